@@ -1,0 +1,281 @@
+"""Typed records passed between stages, and their JSON round trip.
+
+Every record is a dataclass; `to_json_dict` / `from_json_dict` convert it to and from the
+plain JSON structure whose field names are the contract of DESIGN.md ("Profile JSON").
+Top-level files carry `schema_version`; store.py checks it before building a record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from attnprof.errors import InputFileError, UsageError
+
+SCHEMA_VERSION = 1
+
+Mode = Literal["infer", "train"]
+LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
+Bound = Literal["compute", "memory"]
+
+MODES: tuple[str, ...] = ("infer", "train")
+DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64")
+BACKENDS: tuple[str, ...] = ("auto", "math", "flash", "efficient", "cudnn")
+
+R = TypeVar("R")
+
+
+def to_json_dict(record: Any) -> Any:
+    """A dataclass (or list/dict of them) as plain JSON-ready values."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_json_dict(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, (list, tuple)):
+        return [to_json_dict(v) for v in record]
+    if isinstance(record, dict):
+        return {str(k): to_json_dict(v) for k, v in record.items()}
+    if isinstance(record, float) and not math.isfinite(record):
+        return None  # JSON has no NaN/inf; a non-finite figure is "unknown"
+    return record
+
+
+def from_json_dict(cls: type[R], data: Any, where: str = "") -> R:
+    """Build `cls` from JSON data, naming the offending field when the data does not fit."""
+    return typing.cast(R, _build(cls, data, where or cls.__name__))
+
+
+def _build(tp: Any, data: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return data
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if data is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _build(option, data, where)
+            except InputFileError as exc:
+                errors.append(str(exc))
+        raise InputFileError(errors[0] if errors else f"{where}: unexpected null")
+    if origin is Literal:
+        if data not in typing.get_args(tp):
+            raise InputFileError(f"{where}: {data!r} is not one of {list(typing.get_args(tp))}")
+        return data
+    if origin in (list, tuple):
+        if not isinstance(data, list):
+            raise InputFileError(f"{where}: expected a list, got {type(data).__name__}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
+        _, value_type = typing.get_args(tp) or (str, Any)
+        return {k: _build(value_type, v, f"{where}.{k}") for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                kwargs[f.name] = _build(hints[f.name], data[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InputFileError(f"{where}: missing field {f.name!r}")
+        try:
+            return tp(**kwargs)
+        except UsageError as exc:
+            raise InputFileError(f"{where}: {exc}") from exc
+    if tp is float:
+        if data is None:
+            return math.nan
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise InputFileError(f"{where}: expected a number, got {data!r}")
+        return float(data)
+    if tp in (int, str, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            raise InputFileError(f"{where}: expected {tp.__name__}, got {data!r}")
+        return data
+    raise InputFileError(f"{where}: cannot read a value of type {tp}")
+
+
+@dataclass
+class TimeStats:
+    """Spread of repeated timings in milliseconds; `samples` are the raw per-repeat values."""
+
+    median: float
+    p10: float
+    p90: float
+    samples: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(cls, samples: list[float]) -> TimeStats:
+        if not samples:
+            raise ValueError("TimeStats needs at least one sample")
+        ordered = sorted(samples)
+        return cls(
+            median=statistics.median(ordered),
+            p10=_quantile(ordered, 0.10),
+            p90=_quantile(ordered, 0.90),
+            samples=list(samples),
+        )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted values (numpy's default method)."""
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass
+class Settings:
+    """How a workload is run; validated on construction so bad values fail early (exit 2)."""
+
+    mode: Mode = "infer"
+    batch_size: int = 1
+    seq_len: int = 128
+    dtype: str = "fp32"
+    backend: str = "auto"
+    device: str = "cpu"
+    warmup: int = 2
+    repeats: int = 10
+    threads: int = 0  # 0: leave torch's thread count as it is
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("batch_size", "seq_len", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise UsageError(f"--warmup must be a non-negative integer, got {self.warmup!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise UsageError(f"--threads must be a non-negative integer, got {self.threads!r}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not (self.device == "cpu" or self.device == "meta" or self.device.startswith("cuda")):
+            raise UsageError(f"--device must be cpu, meta, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class AttentionInfo:
+    """What one attention layer computed, read from the op arguments that ran."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_len: int
+    kv_len: int
+    causal: bool
+    window: int | None
+    backend: str
+    flops: int  # useful: 4 * head_dim per unmasked (query, key) pair, over batch and query heads
+    flops_dense: int  # 4 * B * H * Sq * Skv * D whatever the mask
+    backward_flops: int = 0  # 2.5x forward in train mode, else 0
+    batch_size: int = 0
+    calls: int = 1
+
+
+@dataclass
+class LayerStats:
+    """One module of the workload: where its time, FLOPs and memory went."""
+
+    name: str
+    type: str
+    kind: LayerKind
+    depth: int
+    time_ms: TimeStats | None  # inclusive of children; None in a dry run
+    self_time_ms: float | None  # median time not spent inside a child module
+    backward_time_ms: TimeStats | None
+    flops: int  # forward FLOPs of this module alone (children excluded)
+    bytes: int  # bytes read + written by this module's own ops
+    memory_bytes: int  # peak activation memory above the level at entry, inclusive
+    params: int
+    achieved_tflops: float | None
+    bound: Bound | None
+    attention: AttentionInfo | None = None
+    backward_flops: int = 0
+    calls: int = 1
+
+
+@dataclass
+class Totals:
+    time_ms: TimeStats | None
+    flops: int
+    attention_flops: int
+    peak_memory_bytes: int
+    energy_j: float | None = None
+    energy_reason: str | None = "energy is measured on NVIDIA GPUs only"
+    backward_flops: int = 0
+    attention_flops_dense: int = 0
+    attention_share_flops: float = 0.0
+    attention_share_time: float | None = None
+    achieved_tflops: float | None = None
+    param_bytes: int = 0
+
+
+@dataclass
+class MachineInfo:
+    cpu: str
+    gpu_name: str | None
+    gpu_uuid: str | None
+    driver: str | None
+    cuda: str | None
+    torch: str
+    python: str
+    threads: int
+    hostname: str = ""
+    platform: str = ""
+
+    def fingerprint(self) -> str:
+        """Identifies a machine kind for comparisons: hardware and software, not the host name."""
+        from attnprof.store import short_hash
+
+        return short_hash([self.cpu, self.gpu_name, self.driver, self.cuda, self.torch, self.threads])
+
+
+@dataclass
+class WorkloadInfo:
+    target: str
+    fingerprint: str  # architecture + settings; identifies the workload in saved files
+    parameter_count: int
+    name: str = ""
+    architecture_fingerprint: str = ""  # architecture alone, shared across settings
+
+
+@dataclass
+class Profile:
+    """The result of one `attnprof profile` run."""
+
+    attnprof_version: str
+    created: str
+    machine: MachineInfo
+    commit: str | None
+    workload: WorkloadInfo
+    settings: Settings
+    totals: Totals
+    layers: list[LayerStats]
+    timing_source: str = "wall"  # wall (CPU perf_counter), cuda_events, cupti, none (dry run)
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def layer(self, name: str) -> LayerStats:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def attention_layers(self) -> list[LayerStats]:
+        return [layer for layer in self.layers if layer.attention is not None]
