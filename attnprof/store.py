@@ -198,98 +198,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-@dataclass
-class JsonLines:
-    """What a JSON Lines store holds: its records (upgraded to the current schema) and notes."""
-
-    records: list[dict[str, Any]]
-    notes: list[str]  # e.g. a torn last line left by a writer that was killed mid-append
-
-
-def append_jsonl(path: Path, record: Any) -> None:
-    """Append one record as one line to a JSON Lines store; durable when this returns.
-
-    Writers hold an exclusive fcntl lock on the file while they append, so lines from
-    concurrent processes never interleave. A torn last line (a writer killed mid-append) is
-    cut off first: it never completed, so nothing completed is lost.
-    """
-    path = Path(path)
-    data = to_json_dict(record)
-    if not isinstance(data, dict):
-        raise TypeError(f"append_jsonl stores objects, not {type(data).__name__}")
-    data.setdefault("schema_version", SCHEMA_VERSION)
-    line = (json.dumps(data, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _cut_torn_tail(fd)
-        written = 0
-        while written < len(line):
-            written += os.write(fd, line[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # also releases the lock
-    if created:
-        _fsync_dir(path.parent)
-
-
-def _cut_torn_tail(fd: int) -> None:
-    """Truncate the file after its last newline, dropping a line whose writer was killed."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        chunk = os.pread(fd, end - start, start)
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            os.ftruncate(fd, start + newline + 1)
-            return
-        end = start
-    os.ftruncate(fd, 0)
-
-
-def read_jsonl(path: Path) -> JsonLines:
-    """Load every complete line of a JSON Lines store; a missing file is an empty store.
-
-    A last line without its newline is a torn append: skipped and reported in `notes`.
-    Any other bad line means the file was damaged by something other than attnprof's
-    writers, and the whole file is refused as corrupt.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return JsonLines(records=[], notes=[])
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, not a file") from None
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    lines = raw.split(b"\n")
-    notes = []
-    if lines[-1].strip():
-        notes.append(f"{path}: skipped a torn last line ({len(lines[-1])} bytes) from an interrupted write")
-    records = []
-    for number, line in enumerate(lines[:-1], start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        records.append(migrate(_parse_json_object(line, where), where))
-    return JsonLines(records=records, notes=notes)
-
-
-def read_jsonl_records(path: Path, cls: type[R]) -> tuple[list[R], list[str]]:
-    """`read_jsonl`, each line built as a `cls` record."""
-    store = read_jsonl(path)
-    records = [
-        from_json_dict(cls, data, where=f"{path}, record {i + 1}") for i, data in enumerate(store.records)
-    ]
-    return records, store.notes
-
-
 def read_record(path: Path, cls: type[R]) -> R:
     return from_json_dict(cls, read_json(path), where=str(path))
 
@@ -357,3 +265,103 @@ def git_commit(folder: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@dataclass
+class JsonLines:
+    """What a JSON Lines store holds: its records (upgraded to the current schema) and notes."""
+
+    records: list[dict[str, Any]]
+    notes: list[str]  # e.g. a torn last line left by a writer that was killed mid-append
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate the file after its last newline, dropping a line whose writer was killed."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def read_jsonl(path: Path) -> JsonLines:
+    """Load every complete line of a JSON Lines store; a missing file is an empty store.
+
+    A last line without its newline is a torn append: skipped and reported in `notes`.
+    Any other bad line means the file was damaged by something other than attnprof's
+    writers, and the whole file is refused as corrupt.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return JsonLines(records=[], notes=[])
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = raw.split(b"\n")
+    notes = []
+    if lines[-1].strip():
+        notes.append(f"{path}: skipped a torn last line ({len(lines[-1])} bytes) from an interrupted write")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        records.append(migrate(_parse_json_object(line, where), where))
+    return JsonLines(records=records, notes=notes)
+
+
+def read_jsonl_records(path: Path, cls: type[R]) -> tuple[list[R], list[str]]:
+    """`read_jsonl`, each line built as a `cls` record."""
+    store = read_jsonl(path)
+    records = [
+        from_json_dict(cls, data, where=f"{path}, record {i + 1}") for i, data in enumerate(store.records)
+    ]
+    return records, store.notes
+
+
+def append_jsonl(path: Path, record: Any) -> None:
+    """Append one record (with its schema_version) as one line of a JSON Lines store."""
+    data = to_json_dict(record)
+    if not isinstance(data, dict):
+        raise TypeError(f"append_jsonl stores objects, not {type(data).__name__}")
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    append_line(path, json.dumps(data, allow_nan=False, separators=(",", ":")))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a file durably; done when this returns.
+
+    Writers hold an exclusive fcntl lock on the file while they append, so lines from
+    concurrent processes never interleave nor cut each other. A torn last line (a writer
+    killed mid-append) is cut off first: it never completed, so nothing completed is lost.
+    The line goes out in one write and is fsynced.
+    """
+    path = Path(path)
+    encoded = (line.rstrip("\n") + "\n").encode("utf-8")
+    if b"\n" in encoded[:-1]:
+        raise ValueError("append_line writes a single line; the text holds a newline")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _cut_torn_tail(fd)
+        written = 0
+        while written < len(encoded):
+            written += os.write(fd, encoded[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # also releases the lock
+    if created:
+        _fsync_dir(path.parent)

@@ -15,7 +15,7 @@ import pytest
 
 from attnprof.errors import InputFileError
 from attnprof.records import SCHEMA_VERSION, Settings
-from attnprof.store import append_jsonl, read_json, read_jsonl, read_jsonl_records
+from attnprof.store import append_jsonl, append_line, read_json, read_jsonl, read_jsonl_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_bad_line_in_the_middle_is_a_corrupt_file(tmp_path: Path) -> None:
     with store.open("ab") as handle:
         handle.write(b"garbage\n")
     append_jsonl(store, {"n": 3})
-    with pytest.raises(InputFileError, match=r"m\.jsonl, line 2: corrupt file"):
+    with pytest.raises(InputFileError, match=r"m\.jsonl:2: corrupt file"):
         read_jsonl(store)
 
 
@@ -157,3 +157,9 @@ def test_two_processes_appending_to_one_store_lose_nothing(tmp_path: Path) -> No
     # 30 snapshots each under one name: nobody overwrote anybody.
     assert len(list(tmp_path.glob("snap*.json"))) == 60
     assert os.listdir(tmp_path).count("m.jsonl") == 1
+
+
+def test_append_line_refuses_text_with_a_newline(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="single line"):
+        append_line(tmp_path / "m.jsonl", '{"a": 1}\n{"b": 2}')
+    assert not (tmp_path / "m.jsonl").exists()
