@@ -279,3 +279,125 @@ class Profile:
 
     def attention_layers(self) -> list[LayerStats]:
         return [layer for layer in self.layers if layer.attention is not None]
+
+
+# --- Budgets and plans (tune writes them; apply reads them) ---------------------------------
+
+OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "energy", "memory")
+PLAN_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
+
+
+@dataclass
+class Budget:
+    """Limits a plan must respect. None means "no limit"; fractions are 0.01 for 1%."""
+
+    memory_bytes: int | None = None
+    latency_ms: float | None = None
+    energy_j: float | None = None
+    gpus: int = 1
+    max_error: float | None = None  # max relative output error vs the fp32 reference
+    max_quality_loss: float | None = None  # relative output change allowed for head changes
+    headroom: float = 0.0  # share of the memory budget held back for bursts and fragmentation
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "latency_ms", "energy_j", "max_error", "max_quality_loss"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise UsageError(f"budget {name} must be positive, got {value!r}")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 1:
+            raise UsageError(f"--gpus must be a positive integer, got {self.gpus!r}")
+        if not 0.0 <= self.headroom < 1.0:
+            raise UsageError(f"--headroom must be in [0%, 100%), got {self.headroom!r}")
+
+    def limits(self) -> dict[str, float]:
+        """The optimizer's constraints: metric -> limit, the memory one net of the headroom."""
+        limits: dict[str, float] = {}
+        if self.memory_bytes is not None:
+            limits["memory_bytes"] = self.memory_bytes * (1.0 - self.headroom)
+        if self.latency_ms is not None:
+            limits["latency_ms"] = float(self.latency_ms)
+        if self.energy_j is not None:
+            limits["energy_j"] = float(self.energy_j)
+        return limits
+
+
+@dataclass
+class LayerChoice:
+    """What a plan changes in one attention layer, named by its module path."""
+
+    name: str
+    num_heads: int | None = None  # query heads kept; None: unchanged
+    num_kv_heads: int | None = None  # key/value heads after GQA conversion; None: unchanged
+    checkpoint: bool = False  # recompute this layer's activations in backward (train mode)
+    stage: int = 0  # pipeline stage holding this layer
+
+
+@dataclass
+class PlanChoices:
+    """The knob values of a plan. Defaults mean "as the workload already runs"."""
+
+    backend: str = "auto"
+    dtype: str = "fp32"  # one of PLAN_DTYPES; tf32 is fp32 storage with TF32 matmuls
+    micro_batch: int | None = None  # samples per forward; None: the whole batch at once
+    threads: int = 0  # CPU threads; 0: unchanged
+    tensor_parallel: int = 1
+    data_parallel: int = 1
+    fsdp: bool = False
+    pipeline_stages: int = 1
+    layers: list[LayerChoice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UsageError(f"plan backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.dtype not in PLAN_DTYPES:
+            raise UsageError(f"plan dtype must be one of {', '.join(PLAN_DTYPES)}, got {self.dtype!r}")
+        for name in ("tensor_parallel", "data_parallel", "pipeline_stages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"plan {name} must be a positive integer, got {value!r}")
+
+    def world_size(self) -> int:
+        return self.tensor_parallel * self.data_parallel * self.pipeline_stages
+
+
+@dataclass
+class PlanFigures:
+    """Predicted or measured figures of one plan (or of the baseline), for one step."""
+
+    latency_ms: float | None = None
+    memory_bytes: float | None = None  # peak memory per device
+    energy_j: float | None = None
+    throughput: float | None = None  # samples per second
+    latency_uncertainty_ms: float | None = None  # one standard deviation, predictions only
+    memory_uncertainty_bytes: float | None = None
+    max_error: float | None = None  # max relative output error vs the fp32 reference
+    quality_loss: float | None = None  # relative output change caused by head changes
+    finite: bool | None = None  # outputs free of inf/nan (measured only)
+
+
+@dataclass
+class Plan:
+    """A tuned plan: the knob values, why they were chosen, and how they measured."""
+
+    attnprof_version: str
+    created: str
+    workload: WorkloadInfo
+    device: str
+    settings: Settings  # the baseline settings the plan was tuned for
+    budget: Budget
+    objective: str
+    knobs: list[str]  # the knobs the optimizer was allowed to change
+    choices: PlanChoices
+    predicted: PlanFigures
+    baseline: PlanFigures
+    measured: PlanFigures | None = None
+    verified: bool = False
+    solver: str = ""  # which optimizer produced it: milp, enumeration or a heuristic
+    machine_fingerprint: str = ""
+    verification_profile: str | None = None  # path of the applied plan's profile, if written
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
