@@ -284,7 +284,10 @@ class Profile:
 # --- Budgets and plans (tune writes them; apply reads them) ---------------------------------
 
 OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "energy", "memory")
-PLAN_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+PRECISION_MODES: tuple[str, ...] = ("autocast", "cast")
+DATA_PARALLEL_MODES: tuple[str, ...] = ("fsdp", "ddp")
+ALL_LAYERS = "*"  # a key of PlanChoices.prune_heads / kv_heads that stands for every attention layer
 
 
 @dataclass
@@ -322,42 +325,56 @@ class Budget:
 
 
 @dataclass
-class LayerChoice:
-    """What a plan changes in one attention layer, named by its module path."""
-
-    name: str
-    num_heads: int | None = None  # query heads kept; None: unchanged
-    num_kv_heads: int | None = None  # key/value heads after GQA conversion; None: unchanged
-    checkpoint: bool = False  # recompute this layer's activations in backward (train mode)
-    stage: int = 0  # pipeline stage holding this layer
-
-
-@dataclass
 class PlanChoices:
-    """The knob values of a plan. Defaults mean "as the workload already runs"."""
+    """What a plan changes. Every default leaves the model as it is.
 
-    backend: str = "auto"
-    dtype: str = "fp32"  # one of PLAN_DTYPES; tf32 is fp32 storage with TF32 matmuls
-    micro_batch: int | None = None  # samples per forward; None: the whole batch at once
-    threads: int = 0  # CPU threads; 0: unchanged
+    Attention layers are named by module path, as in a Profile's `layers` (the module that runs
+    the attention op); `"*"` stands for every attention layer.
+    """
+
+    dtype: str = "fp32"  # fp32 | tf32 | bf16 | fp16
+    precision: str = "autocast"  # autocast (sensitive ops stay fp32) | cast (weights cast, norms kept fp32)
+    backend: str = "auto"  # one of BACKENDS
+    batch_size: int | None = None  # micro-batch size; None keeps the workload's
+    threads: int = 0  # CPU threads; 0 keeps the process's
+    prune_heads: dict[str, int | list[int]] = field(default_factory=dict)  # count (by importance) or indices
+    kv_heads: dict[str, int] = field(default_factory=dict)  # K/V heads after GQA conversion
+    checkpoint: list[str] = field(default_factory=list)  # module paths recomputed in backward
     tensor_parallel: int = 1
     data_parallel: int = 1
-    fsdp: bool = False
+    data_parallel_mode: str = "fsdp"  # fsdp (FSDP2 fully_shard) | ddp
     pipeline_stages: int = 1
-    layers: list[LayerChoice] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.dtype not in PRECISIONS:
+            raise UsageError(f"plan dtype must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
+        if self.precision not in PRECISION_MODES:
+            raise UsageError(
+                f"plan precision must be one of {', '.join(PRECISION_MODES)}, got {self.precision!r}"
+            )
         if self.backend not in BACKENDS:
             raise UsageError(f"plan backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.dtype not in PLAN_DTYPES:
-            raise UsageError(f"plan dtype must be one of {', '.join(PLAN_DTYPES)}, got {self.dtype!r}")
+        if self.data_parallel_mode not in DATA_PARALLEL_MODES:
+            raise UsageError(
+                f"plan data_parallel_mode must be one of {', '.join(DATA_PARALLEL_MODES)}, "
+                f"got {self.data_parallel_mode!r}"
+            )
         for name in ("tensor_parallel", "data_parallel", "pipeline_stages"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"plan {name} must be a positive integer, got {value!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise UsageError(f"plan threads must be a non-negative integer, got {self.threads!r}")
+        for layer, kv in self.kv_heads.items():
+            if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1:
+                raise UsageError(f"plan kv_heads[{layer!r}] must be a positive integer, got {kv!r}")
 
+    @property
     def world_size(self) -> int:
         return self.tensor_parallel * self.data_parallel * self.pipeline_stages
+
+    def changes_heads(self) -> bool:
+        return bool(self.prune_heads or self.kv_heads)
 
 
 @dataclass
@@ -368,8 +385,8 @@ class PlanFigures:
     memory_bytes: float | None = None  # peak memory per device
     energy_j: float | None = None
     throughput: float | None = None  # samples per second
-    latency_uncertainty_ms: float | None = None  # one standard deviation, predictions only
-    memory_uncertainty_bytes: float | None = None
+    latency_sigma_ms: float | None = None  # one standard deviation, predictions only
+    memory_sigma_bytes: float | None = None
     max_error: float | None = None  # max relative output error vs the fp32 reference
     quality_loss: float | None = None  # relative output change caused by head changes
     finite: bool | None = None  # outputs free of inf/nan (measured only)
@@ -377,27 +394,27 @@ class PlanFigures:
 
 @dataclass
 class Plan:
-    """A tuned plan: the knob values, why they were chosen, and how they measured."""
+    """A tuned configuration for one workload: the choices, and the figures that justify them."""
 
-    attnprof_version: str
-    created: str
-    workload: WorkloadInfo
+    workload: WorkloadInfo  # the plan applies only to a workload with this fingerprint
+    settings: Settings  # the settings the fingerprint and the figures were taken with
     device: str
-    settings: Settings  # the baseline settings the plan was tuned for
-    budget: Budget
     objective: str
-    knobs: list[str]  # the knobs the optimizer was allowed to change
     choices: PlanChoices
-    predicted: PlanFigures
-    baseline: PlanFigures
-    measured: PlanFigures | None = None
+    budgets: Budget = field(default_factory=Budget)
+    predicted: PlanFigures = field(default_factory=PlanFigures)
+    measured: PlanFigures | None = None  # None: not verified on this machine
+    baseline: PlanFigures = field(default_factory=PlanFigures)
     verified: bool = False
-    solver: str = ""  # which optimizer produced it: milp, enumeration or a heuristic
+    knobs: list[str] = field(default_factory=list)  # the knobs the optimizer was allowed to change
+    solver: str = ""  # milp, enumeration, or a heuristic (named as such)
     machine_fingerprint: str = ""
-    verification_profile: str | None = None  # path of the applied plan's profile, if written
-    schema_version: int = SCHEMA_VERSION
+    verification_profile: str | None = None  # the applied plan's profile, written next to the plan
+    created: str = ""
+    attnprof_version: str = ""
     notes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            raise UsageError(f"plan objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
