@@ -59,3 +59,13 @@ class NoFeasiblePlan(AttnprofError):
     """No plan satisfies the budget (exit 5)."""
 
     exit_code = 5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds like Ctrl-C (exit 143 = 128 + 15).
+
+    A KeyboardInterrupt, not an AttnprofError: user code that catches Exception must not
+    swallow it, and everything that cleans up after Ctrl-C cleans up after it too.
+    """
+
+    exit_code = 143
