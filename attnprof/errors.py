@@ -39,6 +39,14 @@ class EnvironmentUnsupported(AttnprofError):
     exit_code = 4
 
 
+class OutOfMemory(EnvironmentUnsupported):
+    """The device ran out of memory for what was asked, e.g. too large a batch (exit 4)."""
+
+
+class OutputFileError(EnvironmentUnsupported):
+    """A file cannot be written: disk full, no permission, read-only folder (exit 4)."""
+
+
 class MachineMismatch(EnvironmentUnsupported):
     """Two profiles come from different machines and the comparison was not allowed (exit 4)."""
 

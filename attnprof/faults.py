@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from attnprof.errors import Terminated
+from attnprof.errors import AttnprofError, OutOfMemory, Terminated
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +27,8 @@ _CPU_ALLOCATOR_MESSAGES = (
 )
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc`, or an exception it was raised from, is an out-of-memory error."""
+def out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error `exc` is, or was raised from (e.g. inside a UserCodeError); else None."""
     # torch's exception types exist only once torch is imported; not importing it here keeps
     # processes that never touched torch (an isolated child that failed early) fast.
     torch_module = sys.modules.get("torch")
@@ -40,17 +40,27 @@ def out_of_memory(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, oom_types):
-            return True
+            return current
         if isinstance(current, RuntimeError) and any(m in str(current) for m in _CPU_ALLOCATOR_MESSAGES):
-            return True
+            return current
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def out_of_memory_reason(exc: BaseException) -> str:
     """One line naming the failed allocation, e.g. 'out of memory: CUDA out of memory. Tried to ...'."""
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = out_of_memory(exc) or exc
+    text = str(cause).strip()
+    first_line = text.splitlines()[0] if text else type(cause).__name__
     return f"out of memory: {first_line[:200]}"
+
+
+def known_failure(exc: Exception) -> AttnprofError | None:
+    """The AttnprofError the CLI reports for `exc`: out of memory anywhere (in the user's model
+    too) is OutOfMemory (exit 4), not a bug; other AttnprofErrors as they are; else None."""
+    if out_of_memory(exc) is not None:
+        return OutOfMemory(f"{out_of_memory_reason(exc)}; try a smaller --batch-size or --seq-len")
+    return exc if isinstance(exc, AttnprofError) else None
 
 
 def free_memory() -> None:

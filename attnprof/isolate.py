@@ -91,7 +91,7 @@ def _child(request_path: Path, result_path: Path) -> None:
         function = getattr(importlib.import_module(module_name), name)
         outcome: dict[str, Any] = {"status": "ok", "value": to_json_dict(function(**request["arguments"]))}
     except Exception as exc:
-        if out_of_memory(exc):
+        if out_of_memory(exc) is not None:
             outcome = {"status": "oom", "reason": out_of_memory_reason(exc)}
         elif isinstance(exc, AttnprofError):
             outcome = {"status": "error", "reason": str(exc)}

@@ -29,13 +29,13 @@ def _raised(function: object) -> BaseException:
 def test_real_cpu_allocation_failure_is_out_of_memory() -> None:
     exc = _raised(lambda: torch.empty(2**50, dtype=torch.uint8))
     assert type(exc) is RuntimeError  # torch's CPU allocator raises a plain RuntimeError
-    assert out_of_memory(exc)
+    assert out_of_memory(exc) is exc
     assert out_of_memory_reason(exc).startswith("out of memory: [enforce fail")
 
 
 def test_cuda_out_of_memory_and_memory_error() -> None:
     assert out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert out_of_memory(_raised(lambda: bytearray(2**62)))
+    assert isinstance(out_of_memory(_raised(lambda: bytearray(2**62))), MemoryError)
     assert out_of_memory_reason(MemoryError()) == "out of memory: MemoryError"
 
 
@@ -46,12 +46,14 @@ def test_out_of_memory_wrapped_as_a_user_code_error_is_still_found() -> None:
         except RuntimeError as exc:
             raise UserCodeError("the model's forward raised RuntimeError") from exc
 
-    assert out_of_memory(_raised(user_forward))
+    wrapped = _raised(user_forward)
+    assert isinstance(wrapped, UserCodeError) and type(out_of_memory(wrapped)) is RuntimeError
+    assert out_of_memory_reason(wrapped).startswith("out of memory: [enforce fail at alloc_cpu.cpp")
 
 
 def test_other_errors_are_not_out_of_memory() -> None:
-    assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not out_of_memory(ValueError("memory"))
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert out_of_memory(ValueError("memory")) is None
 
 
 def test_free_memory_releases_what_a_failed_attempt_held() -> None:

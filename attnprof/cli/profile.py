@@ -13,7 +13,7 @@ from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.store import DEFAULT_PROFILE_DIR, profile_path, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, profile_path, write_new_record, write_record
 from attnprof.workload import load_workload
 
 
@@ -49,8 +49,11 @@ def profile_command(
         f"{settings.dtype}, {settings.device})")
     profile = run_profile(workload, settings)
     if not no_save:
-        path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
-        write_record(path, profile)
+        if out is not None:
+            write_record(out, profile)
+            path = out
+        else:  # never over another run's profile, e.g. a second process in the same second
+            path = write_new_record(profile_path(profile, DEFAULT_PROFILE_DIR), profile)
         log(f"saved {path}")
     if as_json:
         typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
