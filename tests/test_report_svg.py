@@ -58,7 +58,14 @@ def test_log_scale_rejects_non_positive_or_empty_ranges(lo: float, hi: float) ->
 
 
 def test_format_number() -> None:
-    assert [format_number(v) for v in (0, 0.5, 12, 1500, 3e6, 2e-6)] == ["0", "0.5", "12", "1.5k", "3M", "2e-06"]
+    assert [format_number(v) for v in (0, 0.5, 12, 1500, 3e6, 2e-6)] == [
+        "0",
+        "0.5",
+        "12",
+        "1.5k",
+        "3M",
+        "2e-06",
+    ]
 
 
 def test_xy_chart_has_one_mark_per_point_and_none_for_reference_lines() -> None:
