@@ -40,6 +40,7 @@ from attnprof.records import (
     Totals,
     WorkloadInfo,
 )
+from attnprof.report.progress import track
 from attnprof.store import git_commit, machine_info
 from attnprof.workload import Inputs, Workload, architecture_fingerprint, call_user
 
@@ -181,7 +182,7 @@ def timing_pass(prepared: Prepared, settings: Settings) -> TimingResult:
     with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
         prepared.step()
     result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
-    for _ in range(settings.repeats):
+    for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
         result.step_ms.append(1e3 * time_call(prepared.step, prepared.device))
         timer.reset()
         with scopes:

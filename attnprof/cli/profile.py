@@ -12,8 +12,9 @@ from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
+from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.store import DEFAULT_PROFILE_DIR, profile_path, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, profile_path, write_record
 from attnprof.workload import load_workload
 
 
@@ -32,6 +33,7 @@ def profile_command(
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
+    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report with charts."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
@@ -52,6 +54,9 @@ def profile_command(
         path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
         write_record(path, profile)
         log(f"saved {path}")
+    if html is not None:
+        atomic_write_text(html, render_html(profile))
+        log(f"wrote {html}")
     if as_json:
         typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
     else:

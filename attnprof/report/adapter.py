@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pandas as pd
+from rich.console import RenderableType
 
 from attnprof.report.plots import Peaks
 from attnprof.report.svg import Chart
@@ -45,6 +46,7 @@ class RecordAdapter(Generic[R]):
     summary: Callable[[R], list[tuple[str, str]]]  # key facts, shown above the tables
     sections: Callable[[R], list[Section]]  # the first one is the record's main table (csv, parquet)
     charts: Callable[[R, ReportOptions], list[Chart]]
+    terminal: Callable[[R], RenderableType] | None = None  # a dedicated terminal view, if it has one
 
 
 def frame(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> pd.DataFrame:

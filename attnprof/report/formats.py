@@ -6,12 +6,13 @@ import io
 import json
 from typing import Any, Literal
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from attnprof.errors import EnvironmentUnsupported
 from attnprof.records import to_json_dict
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
+from attnprof.report.console import PLAIN_WIDTH
 from attnprof.report.html import render_html
 
 Format = Literal["table", "markdown", "json", "csv", "parquet", "html"]
@@ -45,6 +46,13 @@ def render_parquet(adapter: RecordAdapter[Any], record: Any) -> bytes:
     return buffer.getvalue()
 
 
+def render_table_text(adapter: RecordAdapter[Any], record: Any) -> str:
+    """The terminal view as plain text, for `--format table --out FILE`."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=PLAIN_WIDTH, color_system=None, highlight=False).print(render_table(adapter, record))
+    return buffer.getvalue()
+
+
 def render_markdown(adapter: RecordAdapter[Any], record: Any) -> str:
     lines = [f"# {_md_escape(adapter.title(record))}", ""]
     lines += [f"- **{_md_escape(key)}**: {_md_escape(value)}" for key, value in adapter.summary(record)]
@@ -72,7 +80,9 @@ def _markdown_table(section: Section) -> list[str]:
 
 
 def render_table(adapter: RecordAdapter[Any], record: Any) -> RenderableType:
-    """The terminal view: the summary facts, then each table."""
+    """The terminal view: the record's own if it has one, else the summary facts and each table."""
+    if adapter.terminal is not None:
+        return adapter.terminal(record)
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()

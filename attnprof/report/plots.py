@@ -142,7 +142,7 @@ def time_breakdown_chart(profile: Profile) -> BarChart:
         x_label="median time per step (ms)" + (", forward + backward" if train else ""),
         series=series,
         rows=tuple(rows),
-        note=f"step median {step:.3g} ms; {len(blocks)} blocks",
+        note=f"step median {step:.4g} ms; {len(blocks)} blocks",
         value_format="{:.3g} ms",
     )
 

@@ -8,6 +8,7 @@ from attnprof.records import LayerStats, Profile, TimeStats
 from attnprof.report import plots
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.svg import Chart
+from attnprof.report.table import profile_view
 
 LAYER_COLUMNS = (
     "name",
@@ -130,4 +131,5 @@ ADAPTER: RecordAdapter[Profile] = RecordAdapter(
     summary=summary,
     sections=sections,
     charts=charts,
+    terminal=profile_view,
 )

@@ -14,7 +14,8 @@ On a TTY (stderr) the bar shows done/total, elapsed time and an estimate of time
 stderr is not a terminal, or output is quiet (`-q`), the same calls do nothing, so piped
 output and CI logs stay clean. Bars go to stderr: stdout carries data only. Nested calls (a
 sweep inside tune) add a line to the bar already on screen instead of opening a second live
-display, which rich does not allow.
+display, which rich does not allow. The bar is redrawn only when advanced, never from a
+background thread, so it cannot disturb a timed step.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ class ProgressHandle:
     def advance(self, steps: float = 1) -> None:
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task, steps)
+            self._bar.refresh()
 
     def describe(self, description: str) -> None:
         """Change the text in front of the bar, e.g. to name the configuration being measured."""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, description=description)
+            self._bar.refresh()
 
     def set_total(self, total: float | None) -> None:
         if self._bar is not None and self._task is not None:
@@ -90,10 +93,14 @@ def progress(description: str, total: float | None = None) -> Iterator[ProgressH
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("left"),
+        TextColumn("•"),
         TimeRemainingColumn(),
+        TextColumn("left"),
         console=console.stderr_console(),
         transient=True,  # the bar disappears when done; results stay on screen
+        # Redrawn only when a caller advances, between measured steps: a refresh thread would
+        # compete with the workload being timed.
+        auto_refresh=False,
     )
     _live = bar
     try:
