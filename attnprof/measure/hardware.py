@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from attnprof.errors import UsageError
+from attnprof.errors import InputFileError, UsageError
 from attnprof.records import Bound, Calibration, DeviceCalibration, MachineInfo
 from attnprof.store import read_record, write_record
 
@@ -262,7 +262,10 @@ def load_calibration(machine: MachineInfo) -> Calibration | None:
     path = calibration_path(machine)
     if not path.exists():
         return None
-    return read_record(path, Calibration)
+    try:
+        return read_record(path, Calibration)
+    except InputFileError as exc:
+        raise InputFileError(f"{exc}; rerun `attnprof doctor --calibrate` to rewrite it") from None
 
 
 def save_calibration(measured: DeviceCalibration, machine: MachineInfo) -> Path:
