@@ -115,6 +115,7 @@ class FakeNvml:
         return {
             "nvmlInit": init,
             "nvmlShutdown": shutdown,
+            "nvmlSystemGetDriverVersion": lambda: "550.54.15",
             "nvmlDeviceGetCount": lambda: len(self.listed()),
             "nvmlDeviceGetHandleByIndex": lambda index: self.listed()[index],
             "nvmlDeviceGetHandleByUUID": by_uuid,

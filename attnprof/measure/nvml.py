@@ -111,6 +111,10 @@ def gpu_info(index: int, handle: Any) -> GpuInfo:
     )
 
 
+def driver_version() -> str:
+    return str(_call(pynvml.nvmlSystemGetDriverVersion))
+
+
 def list_gpus() -> list[tuple[GpuInfo, Any]]:
     """Every GPU NVML sees, in NVML order, with its handle (inside `session()`)."""
     count = _call(pynvml.nvmlDeviceGetCount)
