@@ -283,6 +283,7 @@ class Profile:
     notes: list[str] = field(default_factory=list)
     telemetry: DeviceTelemetry | None = None  # NVML power, clocks, utilization (NVIDIA GPUs)
     trace: TraceSummary | None = None  # `profile --trace`
+    peak: DevicePeak | None = None  # what % of peak and each layer's `bound` refer to
 
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:
@@ -502,6 +503,18 @@ class TraceSummary:
     backends: dict[str, str] = field(default_factory=dict)  # attention module path -> SDPA backend
     modules: list[ModuleTrace] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DevicePeak:
+    """The peak layers are compared with (% of peak, roofline class); None figures have a reason."""
+
+    device: str
+    math_mode: str  # the peak used: fp32, tf32, fp16, bf16, fp64
+    tflops: float | None
+    memory_gbps: float | None
+    source: str | None  # "datasheet" or "calibrated"
+    reason: str | None = None
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 
@@ -14,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnprof.errors import UsageError
 from attnprof.measure import trace
+from attnprof.measure.scopes import ModuleScopes
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")
@@ -43,31 +43,8 @@ class Block(nn.Module):
         return self.mlp(self.attn(x))
 
 
-@contextlib.contextmanager
-def labels(model: nn.Module):
-    """record_function labels `attnprof::<path>` around every module call, as module scopes push."""
-    names = {m: n for n, m in model.named_modules()}
-    open_labels = []
-
-    def enter(module, args):
-        if module in names:
-            label = torch.autograd.profiler.record_function(trace.LABEL_PREFIX + names[module])
-            label.__enter__()
-            open_labels.append(label)
-
-    def leave(module, args, output):
-        if module in names:
-            open_labels.pop().__exit__(None, None, None)
-
-    handles = [
-        nn.modules.module.register_module_forward_pre_hook(enter),
-        nn.modules.module.register_module_forward_hook(leave),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def labels(model: nn.Module) -> ModuleScopes:
+    return ModuleScopes(model, record_labels=True, backward=False)
 
 
 def test_cpu_trace_attributes_ops_to_modules_and_detects_flash(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from attnprof.errors import InputFileError, UsageError
-from attnprof.records import Bound, Calibration, DeviceCalibration, MachineInfo
+from attnprof.records import Bound, Calibration, DeviceCalibration, DevicePeak, MachineInfo
 from attnprof.store import read_record, write_record
 
 CACHE_DIR_ENV = "ATTNPROF_CACHE_DIR"
@@ -182,18 +182,6 @@ def find_spec(gpu_name: str) -> DeviceSpec | None:
     return None
 
 
-@dataclass(frozen=True)
-class Peak:
-    """The peak a layer is compared with: None figures come with the reason."""
-
-    device: str
-    math_mode: str  # the dtype key used: fp32, tf32, fp16, bf16, fp64
-    tflops: float | None
-    memory_gbps: float | None
-    source: str | None  # "datasheet" or "calibrated"
-    reason: str | None = None
-
-
 def device_key(device: torch.device) -> str:
     """The name a calibration is stored under: "cpu" or the GPU's model name."""
     if device.type == "cuda":
@@ -208,7 +196,7 @@ def math_mode(device: torch.device, dtype: str) -> str:
     return dtype
 
 
-def peak_for(device: torch.device, dtype: str, calibration: Calibration | None = None) -> Peak:
+def peak_for(device: torch.device, dtype: str, calibration: Calibration | None = None) -> DevicePeak:
     """Datasheet peak for a known GPU, else this machine's calibrated peak, else a reason."""
     key = device_key(device)
     mode = math_mode(device, dtype)
@@ -217,18 +205,18 @@ def peak_for(device: torch.device, dtype: str, calibration: Calibration | None =
         if spec is not None:
             tflops = spec.tflops.get(mode)
             reason = None if tflops is not None else f"{spec.name} has no {mode} peak on its datasheet"
-            return Peak(key, mode, tflops, spec.memory_gbps, "datasheet", reason)
+            return DevicePeak(key, mode, tflops, spec.memory_gbps, "datasheet", reason)
     measured = calibration.devices.get(key) if calibration is not None else None
     if measured is None:
-        return Peak(
+        return DevicePeak(
             key, mode, None, None, None, f"no peak known for {key}: run `attnprof doctor --calibrate`"
         )
     tflops = measured.gemm_tflops.get(dtype)
     reason = None if tflops is not None else f"{dtype} was not calibrated on {key}"
-    return Peak(key, mode, tflops, measured.copy_gbps, "calibrated", reason)
+    return DevicePeak(key, mode, tflops, measured.copy_gbps, "calibrated", reason)
 
 
-def roofline_bound(flops: int, bytes_moved: int, peak: Peak) -> Bound | None:
+def roofline_bound(flops: int, bytes_moved: int, peak: DevicePeak) -> Bound | None:
     """Compute- or memory-bound by the roofline; None when the peak or the traffic is unknown."""
     if peak.tflops is None or peak.memory_gbps is None or bytes_moved <= 0:
         return None
@@ -236,7 +224,7 @@ def roofline_bound(flops: int, bytes_moved: int, peak: Peak) -> Bound | None:
     return "compute" if flops / bytes_moved >= ridge else "memory"
 
 
-def percent_of_peak(achieved_tflops: float | None, peak: Peak) -> float | None:
+def percent_of_peak(achieved_tflops: float | None, peak: DevicePeak) -> float | None:
     if achieved_tflops is None or not peak.tflops:
         return None
     return 100.0 * achieved_tflops / peak.tflops

@@ -28,9 +28,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from attnprof.errors import UsageError
+from attnprof.measure.scopes import LABEL_PREFIX
 from attnprof.records import ModuleTrace, TraceSummary
 
-LABEL_PREFIX = "attnprof::"
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step
 TOP_NAMES = 3
 
@@ -258,3 +258,11 @@ def export_chrome_trace(prof: profile, path: Path) -> None:
         with raw.open("rb") as source, gzip.open(packed, "wb") as target:
             shutil.copyfileobj(source, target)
         packed.replace(path)
+
+
+def move_next_to(trace_file: Path, profile_file: Path) -> Path:
+    """Move a saved trace beside its profile: <profile stem>.trace.json.gz."""
+    target = Path(profile_file).with_name(Path(profile_file).stem + ".trace.json.gz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(trace_file, target)
+    return target
