@@ -559,20 +559,3 @@ class MonitorRecording:
     pid: int | None = None
     exit_code: int | None = None
     schema_version: int = SCHEMA_VERSION
-
-
-@dataclass
-class DoctorCheck:
-    """One fact `attnprof doctor` established about this environment; a problem comes with its fix."""
-
-    name: str
-    status: Literal["ok", "info", "warn", "missing"]
-    detail: str
-    fix: str | None = None
-
-
-@dataclass
-class DoctorReport:
-    checks: list[DoctorCheck]
-    calibrated: list[DeviceCalibration] = field(default_factory=list)  # measured by --calibrate
-    calibration_file: str | None = None

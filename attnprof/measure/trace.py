@@ -136,10 +136,12 @@ def summarize(
         timing_source = "cupti" if use_kernels else "cpu_ops"
         modules = _module_rows(tallies, active_steps)
 
+    # Modules that called attention themselves, then the attention layers the caller knows of
+    # (whose attention may run in a child module).
     backends = {}
-    for name in attention_modules:
+    for name in [*sorted(set(op_backends) | {m for m, t in tallies.items() if t.backend_us}), *attention_modules]:
         found = _backend_within(name, tallies, op_backends)
-        if found is not None:
+        if found is not None and name != OUTSIDE:
             backends[name] = found
     return TraceSummary(
         timing_source=timing_source,
