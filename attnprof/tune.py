@@ -25,11 +25,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported
+from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan
 from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.optimize import OBJECTIVE_METRIC, Candidate, Group, Option, Problem, SearchResult, search
@@ -79,8 +81,11 @@ class StepEstimate:
 
 class Estimator(Protocol):
     measurements: int  # configurations measured to build the estimates so far
+    source: str  # how estimates are made, for the report
 
     def estimate(self, choice: GlobalChoice) -> StepEstimate: ...
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None: ...
 
 
 def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
@@ -114,32 +119,141 @@ def sigma_of(profile: Profile) -> float:
     return 0.0 if stats is None else max(stats.p90 - stats.p10, 0.0) / _NORMAL_P10_P90
 
 
-class MeasuringEstimator:
-    """Estimates by measuring: each global choice is profiled once (exact, for small spaces)."""
+MODEL_FORM_SIGMA = 0.05  # relative: what a separable model misses of the knobs' interactions
 
-    def __init__(
-        self, workload: Workload, settings: Settings, known: dict[GlobalChoice, Profile] | None = None
-    ):
+
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Non-negative a, b of y = a + b·x through the points (least squares)."""
+    if len({x for x, _ in points}) < 2:
+        x, y = points[0]
+        return 0.0, y / x
+    design = np.array([[1.0, x] for x, _ in points])
+    coefficients, _ = nnls(design, np.array([y for _, y in points]))
+    return float(coefficients[0]), float(coefficients[1])
+
+
+class ProbeEstimator:
+    """Measures a few probes around a reference choice and predicts the rest by a separable model.
+
+    The probes are the reference itself, the reference with each other backend, precision and
+    thread count, and the reference at the smallest and a middle micro-batch. A choice's latency
+    is the micro-batch line a + b·m times one measured ratio per categorical knob; its memory is
+    the parameters (scaled by element size) plus activations linear in m times the measured
+    activation ratios. Measured choices are returned as measured. The uncertainty combines the
+    probes' timing spread with MODEL_FORM_SIGMA for the interactions the model leaves out.
+    """
+
+    source = "separable model fitted on probe measurements"
+
+    def __init__(self, workload: Workload, settings: Settings, choices: Sequence[GlobalChoice]) -> None:
         self.workload = workload
         self.settings = settings
-        self.profiles: dict[GlobalChoice, Profile] = dict(known or {})
+        singles = sorted({_single(c) for c in choices}, key=str)
+        self.values = {
+            knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in ("backend", "dtype", "threads")
+        }
+        self.batches = sorted({c.batch_size for c in singles})
+        self.reference = reference_choice(settings, singles)
+        self.profiles: dict[GlobalChoice, Profile] = {}
         self.measurements = 0
+        self._fitted = False
+
+    def probes(self) -> list[GlobalChoice]:
+        probes = [self.reference]
+        for knob, values in self.values.items():
+            probes += [
+                dataclasses.replace(self.reference, **{knob: v}) for v in values if v != getattr(self.reference, knob)
+            ]
+        others = [b for b in self.batches if b != self.reference.batch_size]
+        if others:
+            picks = {others[0], others[len(others) // 2]}
+            probes += [dataclasses.replace(self.reference, batch_size=b) for b in sorted(picks)]
+        return probes
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates."""
+        self.profiles[_single(choice)] = profile
+
+    def measure(self, choice: GlobalChoice) -> Profile:
+        single = _single(choice)
+        if single not in self.profiles:
+            self.profiles[single] = profile_choice(self.workload, self.settings, single)
+            self.measurements += 1
+        return self.profiles[single]
+
+    def _fit(self) -> None:
+        for probe in self.probes():
+            self.measure(probe)
+        ref = self._figures(self.reference)
+        self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
+        for knob, values in self.values.items():
+            for value in values:
+                probe = self._figures(dataclasses.replace(self.reference, **{knob: value}))
+                self._ratios[(knob, value)] = (
+                    probe[0] / ref[0],
+                    probe[2] / ref[2] if ref[2] > 0 else 1.0,
+                    probe[1] / probe[0],
+                )
+        batch_points = [
+            (*self._figures(dataclasses.replace(self.reference, batch_size=b)), b)
+            for b in self.batches
+            if dataclasses.replace(self.reference, batch_size=b) in self.profiles
+        ]
+        self._latency_line = _line([(b, t) for t, _, _, b in batch_points])
+        self._activation_line = _line([(b, a) for _, _, a, b in batch_points])
+        self._batch_sigma = max(s / t for t, s, _, _ in batch_points)
+        self._fitted = True
+
+    def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
+        """(latency, latency sigma, activation bytes) of a measured choice."""
+        profile = self.profiles[choice]
+        assert profile.totals.time_ms is not None
+        activations = profile.totals.peak_memory_bytes - profile.totals.param_bytes
+        return profile.totals.time_ms.median, sigma_of(profile), float(activations)
 
     def estimate(self, choice: GlobalChoice) -> StepEstimate:
-        single = dataclasses.replace(choice, tensor_parallel=1, pipeline_stages=1, data_parallel=1)
-        profile = self.profiles.get(single)
-        if profile is None:
-            profile = profile_choice(self.workload, self.settings, single)
-            self.profiles[single] = profile
-            self.measurements += 1
-        assert profile.totals.time_ms is not None
-        return StepEstimate(
-            latency_ms=profile.totals.time_ms.median,
-            latency_sigma_ms=sigma_of(profile),
-            memory_bytes=float(profile.totals.peak_memory_bytes),
-            memory_sigma_bytes=0.0,
-            source="measured",
-        )
+        single = _single(choice)
+        if single in self.profiles:
+            latency, sigma, _ = self._figures(single)
+            memory = float(self.profiles[single].totals.peak_memory_bytes)
+            return StepEstimate(latency, sigma, memory, 0.0, "measured")
+        if not self._fitted:
+            self._fit()
+            if single in self.profiles:
+                return self.estimate(choice)
+        a, b = self._latency_line
+        latency = a + b * choice.batch_size
+        activations = self._activation_line[0] + self._activation_line[1] * choice.batch_size
+        relative_var = self._batch_sigma**2 + MODEL_FORM_SIGMA**2
+        for knob in self.values:
+            time_ratio, activation_ratio, relative_sigma = self._ratios[(knob, getattr(choice, knob))]
+            latency *= time_ratio
+            activations *= activation_ratio
+            relative_var += relative_sigma**2
+        params = self.profiles[self.reference].totals.param_bytes
+        params *= _ELEMENT_BYTES[choice.dtype] / _ELEMENT_BYTES[self.reference.dtype]
+        memory = params + activations
+        return StepEstimate(latency, latency * math.sqrt(relative_var), memory, MODEL_FORM_SIGMA * memory, "predicted")
+
+
+def reference_choice(settings: Settings, choices: Sequence[GlobalChoice]) -> GlobalChoice:
+    """The candidate closest to how the workload runs now: what other choices are compared with."""
+
+    def pick(knob: str, wanted: Sequence[object]) -> object:
+        values = sorted({getattr(c, knob) for c in choices}, key=str)
+        return next((w for w in wanted if w in values), values[-1])
+
+    return GlobalChoice(
+        backend=pick("backend", [settings.backend, "flash"]),
+        dtype=pick("dtype", [settings.dtype]),
+        batch_size=pick("batch_size", [settings.batch_size]),
+        threads=pick("threads", [settings.threads, settings.threads or torch.get_num_threads()]),
+    )
+
+
+def _single(choice: GlobalChoice) -> GlobalChoice:
+    """The one-device part of a choice: what one replica runs per micro-step."""
+    return dataclasses.replace(choice, tensor_parallel=1, pipeline_stages=1, data_parallel=1, data_parallel_mode="fsdp")
 
 
 # --- per-layer costs ---------------------------------------------------------------------------
@@ -289,9 +403,7 @@ class Pricing:
         base = self._baseline_step_ms()
         time_scale = micro_steps * estimate.latency_ms / base if base > 0 else 0.0
         element = _ELEMENT_BYTES[choice.dtype]
-        activation_scale = (
-            choice.batch_size / self.settings.batch_size * element / _ELEMENT_BYTES[self.settings.dtype]
-        )
+        activation_scale = choice.batch_size / self.settings.batch_size * element / _ELEMENT_BYTES[self.settings.dtype]
         train = self.settings.mode == "train"
         groups = []
         for layout in self.space.layouts:
@@ -326,8 +438,7 @@ class Pricing:
         base = self._baseline_step_ms()
         scale = estimate.latency_ms / base if base > 0 else 1.0
         blocks = [
-            (b.forward_ms + b.backward_ms) * scale
-            for b in (self.layer_bases[lay.name] for lay in self.space.layouts)
+            (b.forward_ms + b.backward_ms) * scale for b in (self.layer_bases[lay.name] for lay in self.space.layouts)
         ]
         # Attention layers stand for their blocks; what the blocks do besides attention is spread evenly.
         rest = max(estimate.latency_ms - sum(blocks), 0.0)
@@ -340,9 +451,7 @@ class Pricing:
         )
         hidden = next(iter(self.layer_bases.values())).hidden if self.layer_bases else 0
         tokens = next(iter(self.layer_bases.values())).tokens if self.layer_bases else 0
-        boundary = (
-            tokens * choice.batch_size / self.settings.batch_size * hidden * _ELEMENT_BYTES[choice.dtype]
-        )
+        boundary = tokens * choice.batch_size / self.settings.batch_size * hidden * _ELEMENT_BYTES[choice.dtype]
         return StepShape(
             block_ms=tuple(b + per_block_rest for b in blocks),
             other_ms=rest * 0.2,
@@ -407,9 +516,7 @@ class OutputChecker:
         with torch.no_grad(), backend_scope(backend)():
             return model(*args, **kwargs)
 
-    def check(
-        self, dtype: str, backend: str, transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    ):
+    def check(self, dtype: str, backend: str, transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
         """(finite, relative error) of the model cast to `dtype`, run with `backend`, after `transform`."""
         torch_dtype = torch.float32 if dtype == "tf32" else parse_dtype(dtype)
         model = copy.deepcopy(self.reference_model)
@@ -448,6 +555,16 @@ class Verification:
 
 
 @dataclass
+class Contribution:
+    """What one knob of the plan changes on its own, predicted against the reference choice."""
+
+    knob: str
+    change: str
+    latency_ms: float
+    memory_bytes: float
+
+
+@dataclass
 class TuneOutcome:
     baseline: Profile
     baseline_figures: PlanFigures
@@ -459,6 +576,8 @@ class TuneOutcome:
     limits: dict[str, float]
     measurements: int  # configurations profiled, the baseline included
     estimator_source: str
+    winner: Verification | None = None
+    contributions: list[Contribution] = field(default_factory=list)
 
 
 def figures_of(profile: Profile, micro_steps: int, samples: int, power_w: float | None) -> PlanFigures:
@@ -475,9 +594,7 @@ def figures_of(profile: Profile, micro_steps: int, samples: int, power_w: float 
 
 def predicted_figures(candidate: Candidate) -> PlanFigures:
     _, estimate = candidate.problem.value
-    micro_steps = (
-        max(round(candidate.totals["latency_ms"] / estimate.latency_ms), 1) if estimate.latency_ms else 1
-    )
+    micro_steps = max(round(candidate.totals["latency_ms"] / estimate.latency_ms), 1) if estimate.latency_ms else 1
     quality = candidate.totals.get("quality_loss")
     return PlanFigures(
         latency_ms=candidate.totals["latency_ms"],
@@ -545,41 +662,29 @@ def tune(
     power = energy / (baseline.totals.time_ms.median * 1e-3) if energy else None
     layers = baseline.attention_layers()
     layouts = [
-        AttentionLayout(
-            layer.name, layer.attention.num_heads, layer.attention.num_kv_heads, layer.attention.head_dim
-        )
+        AttentionLayout(layer.name, layer.attention.num_heads, layer.attention.num_kv_heads, layer.attention.head_dim)
         for layer in layers
         if layer.attention is not None
     ]
     facts = DeviceFacts.probe(settings.device)
-    space = build_space(
-        facts, layouts, settings, request.knobs, gpus=budget.gpus, blocks=max(len(layouts), 1)
-    )
+    space = build_space(facts, layouts, settings, request.knobs, gpus=budget.gpus, blocks=max(len(layouts), 1))
     excluded = list(space.excluded)
     checker = OutputChecker(workload, settings)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR
     space.globals = _screen_precisions(space.globals, settings, checker, max_error, excluded)
 
-    base_choice = GlobalChoice(
-        settings.backend
-        if settings.backend != "auto"
-        else (space.globals[0].backend if space.globals else "auto"),
-        settings.dtype,
-        settings.batch_size,
-        settings.threads,
-    )
+    if not space.globals:
+        reasons = "; ".join(f"{e.knob} {e.value}: {e.reason}" for e in excluded)
+        raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     if estimator is None:
-        estimator = MeasuringEstimator(
-            workload, settings, {base_choice: baseline} if settings.backend != "auto" else {}
-        )
+        estimator = ProbeEstimator(workload, settings, space.globals)
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
         space=space,
         estimator=estimator,
         layer_bases={
-            layout.name: LayerBasis.from_layer(layer, layout)
-            for layer, layout in zip(layers, layouts, strict=True)
+            layout.name: LayerBasis.from_layer(layer, layout) for layer, layout in zip(layers, layouts, strict=True)
         },
         power_w=power,
         link=request.link,
@@ -591,12 +696,13 @@ def tune(
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications = []
     if result.ranked and request.verify:
-        verifications = [
-            _verify(c, workload, settings, checker, budget, max_error, limits, objective, power)
-            for c in result.ranked
-        ]
+        for candidate in result.ranked:
+            verification = _verify(candidate, workload, settings, checker, max_error, limits, power)
+            if verification.profile is not None:  # the measurement refines later estimates
+                estimator.add(candidate.problem.value[0], verification.profile)
+            verifications.append(verification)
     measurements = 1 + estimator.measurements + sum(v.profile is not None for v in verifications)
-    plan = _choose(result, verifications, request, workload, baseline, settings, baseline_figures)
+    plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
     return TuneOutcome(
         baseline=baseline,
         baseline_figures=baseline_figures,
@@ -607,8 +713,45 @@ def tune(
         plan=plan,
         limits=limits,
         measurements=measurements,
-        estimator_source=getattr(estimator, "source", "measured"),
+        estimator_source=estimator.source,
+        winner=winner,
+        contributions=knob_contributions(pricing, winner.candidate) if winner else [],
     )
+
+
+def knob_contributions(pricing: Pricing, candidate: Candidate) -> list[Contribution]:
+    """Each changed global knob alone against the reference choice; per-layer knobs summed by kind."""
+    choice, _ = candidate.problem.value
+    reference = reference_choice(pricing.settings, pricing.space.globals)
+    base = pricing.problem(reference)
+    contributions = []
+    for knob in ("backend", "dtype", "batch_size", "threads", "tensor_parallel", "pipeline_stages", "data_parallel"):
+        before, after = getattr(reference, knob), getattr(choice, knob)
+        if before == after or base is None:
+            continue
+        alone = pricing.problem(dataclasses.replace(reference, **{knob: after}))
+        if alone is None:
+            continue
+        contributions.append(
+            Contribution(
+                knob,
+                f"{before} -> {after}",
+                alone.fixed["latency_ms"] - base.fixed["latency_ms"],
+                alone.fixed["memory_bytes"] - base.fixed["memory_bytes"],
+            )
+        )
+    per_kind: dict[str, list[float]] = {}
+    for option in candidate.options():
+        layer: LayerOption = option.value
+        kind = "checkpoint" if layer.checkpoint else ("heads" if layer.prune or layer.kv_heads else "")
+        if kind:
+            total = per_kind.setdefault(kind, [0.0, 0.0, 0.0])
+            total[0] += option.costs.get("latency_ms", 0.0)
+            total[1] += option.costs.get("memory_bytes", 0.0)
+            total[2] += 1
+    for kind, (latency, memory, count) in per_kind.items():
+        contributions.append(Contribution(kind, f"{int(count)} layer(s)", latency, memory))
+    return contributions
 
 
 def _screen_precisions(
@@ -629,9 +772,7 @@ def _screen_precisions(
                 if not finite:
                     verdicts[key] = f"{choice.dtype} outputs are not finite on the example inputs"
                 elif error > max_error:
-                    verdicts[key] = (
-                        f"{choice.dtype} output error {error:.2g} exceeds --max-error {max_error:g}"
-                    )
+                    verdicts[key] = f"{choice.dtype} output error {error:.2g} exceeds --max-error {max_error:g}"
             if verdicts[key]:
                 excluded.append(Exclusion("dtype", f"{choice.dtype} with {choice.backend}", verdicts[key]))
         if verdicts[key] is None:
@@ -644,10 +785,8 @@ def _verify(
     workload: Workload,
     settings: Settings,
     checker: OutputChecker,
-    budget: Budget,
     max_error: float,
     limits: dict[str, float],
-    objective: str,
     power: float | None,
 ) -> Verification:
     choice, _ = candidate.problem.value
@@ -684,9 +823,7 @@ def _verify(
         and measured.memory_bytes is not None
         and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes)
     ):
-        reasons.append(
-            f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B"
-        )
+        reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
     return Verification(candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile)
 
 
@@ -694,13 +831,12 @@ def _choose(
     result: SearchResult,
     verifications: list[Verification],
     request: TuneRequest,
-    workload: Workload,
     baseline: Profile,
     settings: Settings,
     baseline_figures: PlanFigures,
-) -> Plan | None:
+) -> tuple[Plan | None, Verification | None]:
     if not result.ranked:
-        return None
+        return None, None
     notes = []
     if verifications:
         accepted = [v for v in verifications if v.accepted and v.measured is not None]
@@ -709,7 +845,7 @@ def _choose(
         else:
             unverifiable = [v for v in verifications if v.measured is None]
             if not unverifiable:
-                return None
+                return None, None
             winner = unverifiable[0]
             notes.append(f"not verified on this machine: {winner.reason}")
     else:
@@ -718,7 +854,7 @@ def _choose(
         notes.append("not verified: --no-apply")
     if request.budget.max_error is None and winner.choices.dtype != "fp32":
         notes.append(f"precision accepted within the default max error {DEFAULT_MAX_ERROR:g}")
-    return Plan(
+    plan = Plan(
         workload=baseline.workload,
         settings=settings,
         device=settings.device,
@@ -736,3 +872,4 @@ def _choose(
         attnprof_version=attnprof.__version__,
         notes=notes,
     )
+    return plan, winner
