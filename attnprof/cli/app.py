@@ -79,6 +79,10 @@ def _register_commands() -> None:
     register("profile", profile_command)
     register("monitor", monitor_command)
 
+    from attnprof.cli.tune import tune_command
+
+    register("tune", tune_command)
+
 
 _register_commands()
 
