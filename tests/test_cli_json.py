@@ -28,6 +28,14 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
 }
 
 
+# Commands that have no --json yet, and why; the test below fails once one gains it, so that
+# it moves to INVOCATIONS.
+WITHOUT_JSON: dict[str, str] = {
+    "tune": "prints its explanation table; the plan JSON is written to --out",
+    "monitor": "a live view; samples are saved with --record",
+}
+
+
 def registered_commands() -> dict[str, object]:
     command = typer.main.get_command(app)
     return dict(command.commands)  # type: ignore[attr-defined]
@@ -37,8 +45,12 @@ def test_every_command_has_a_json_flag_and_an_invocation() -> None:
     commands = registered_commands()
     for name, command in commands.items():
         flags = {opt for param in command.params for opt in getattr(param, "opts", [])}  # type: ignore[attr-defined]
-        assert "--json" in flags, f"`attnprof {name}` has no --json flag"
-    assert set(commands) <= set(INVOCATIONS), f"add a --json invocation for {set(commands) - set(INVOCATIONS)}"
+        if name in WITHOUT_JSON:
+            assert "--json" not in flags, f"`attnprof {name}` has --json now: move it to INVOCATIONS"
+        else:
+            assert "--json" in flags, f"`attnprof {name}` has no --json flag"
+    missing = set(commands) - set(INVOCATIONS) - set(WITHOUT_JSON)
+    assert not missing, f"add a --json invocation for {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(INVOCATIONS))

@@ -12,7 +12,7 @@ from report_samples import SAMPLES, sample_profile
 from rich.console import Console
 
 from attnprof.errors import EnvironmentUnsupported, InputFileError
-from attnprof.records import to_json_dict
+from attnprof.records import DevicePeak, to_json_dict
 from attnprof.report import formats
 from attnprof.report.adapter import ReportOptions, format_cell
 from attnprof.report.html import render_html
@@ -137,7 +137,7 @@ def test_profile_html_charts_and_their_marks() -> None:
 
 def test_profile_html_without_peaks_says_so() -> None:
     html = render_html(sample_profile())
-    assert "no peaks known for this device" in html
+    assert "ceilings not drawn: no peaks known for this device" in html
 
 
 def test_unknown_record_file_is_a_clear_input_error(tmp_path) -> None:
@@ -156,3 +156,14 @@ def test_format_cell() -> None:
         "yes",
         "x",
     ]
+
+
+def test_roofline_uses_the_peak_recorded_in_the_profile() -> None:
+    profile = sample_profile()
+    profile.peak = DevicePeak("NVIDIA H100", "bf16", 989.0, 3350.0, "datasheet")
+    html = render_html(profile)
+    assert "peak 989 TFLOP/s, 3.35e+03 GB/s" in html and "datasheet, NVIDIA H100 bf16" in html
+    profile.peak = DevicePeak("cpu", "fp32", None, None, None, "no peak known for cpu: run calibration")
+    assert "ceilings not drawn: no peak known for cpu: run calibration" in render_html(profile)
+    # peaks given explicitly win over the recorded ones
+    assert "peak 1 TFLOP/s, 50 GB/s" in render_html(profile, OPTIONS)

@@ -162,7 +162,8 @@ def roofline_points(profile: Profile) -> list[tuple[LayerStats, float, float]]:
     return points
 
 
-def roofline_chart(profile: Profile, peaks: Peaks | None) -> XYChart:
+def roofline_chart(profile: Profile, peaks: Peaks | None, missing_reason: str | None = None) -> XYChart:
+    """Each computing layer against the ceilings; without peaks, the points alone and why."""
     points = roofline_points(profile)
     intensities = [p[1] for p in points] or [1.0]
     achieved = [p[2] for p in points] or [1.0]
@@ -201,7 +202,7 @@ def roofline_chart(profile: Profile, peaks: Peaks | None) -> XYChart:
     note = (
         f"peaks: {peaks.source}; ridge at {peaks.ridge_intensity:.3g} FLOP/byte"
         if peaks is not None
-        else "no peaks known for this device: ceilings not drawn"
+        else f"ceilings not drawn: {missing_reason or 'no peaks known for this device'}"
     )
     return XYChart(
         title=f"Roofline: {len(points)} layers against the device's peaks",

@@ -115,10 +115,20 @@ def summary(profile: Profile) -> list[tuple[str, str]]:
     return facts
 
 
+def recorded_peaks(profile: Profile) -> plots.Peaks | None:
+    """The peaks the profile was compared with when it was taken, if both are known."""
+    peak = profile.peak
+    if peak is None or not peak.tflops or not peak.memory_gbps:
+        return None
+    return plots.Peaks(peak.tflops, peak.memory_gbps, f"{peak.source}, {peak.device} {peak.math_mode}")
+
+
 def charts(profile: Profile, options: ReportOptions) -> list[Chart]:
+    peaks = options.peaks or recorded_peaks(profile)
+    missing = profile.peak.reason if profile.peak is not None and profile.peak.reason else None
     return [
         plots.time_breakdown_chart(profile),
-        plots.roofline_chart(profile, options.peaks),
+        plots.roofline_chart(profile, peaks, missing),
         plots.memory_chart(profile),
     ]
 
