@@ -77,3 +77,7 @@ class Terminated(KeyboardInterrupt):
     """
 
     exit_code = 143
+
+
+class NvmlError(EnvironmentUnsupported):
+    """NVML (the NVIDIA driver's management library) is missing or refused a query (exit 4)."""
