@@ -124,18 +124,20 @@ def test_killed_mid_write(tmp_path: Path) -> None:
     rng = random.Random(20261121)
     acknowledged: list[int] = []
     next_n = 0
-    for _ in range(60):
+    for _ in range(50):
         writer = _start_writer(tmp_path, "w", next_n)
-        time.sleep(rng.uniform(0.0, 0.04))
+        assert writer.stdout is not None
+        first = writer.stdout.readline()  # the writer is in its loop: kill it somewhere in there
+        time.sleep(rng.uniform(0.0, 0.02))
         writer.send_signal(signal.SIGKILL)
         out, _ = writer.communicate()
         assert writer.returncode == -signal.SIGKILL
-        acknowledged += [int(line) for line in out.split()]
+        acknowledged += [int(line) for line in (first + out).split()]
         stored = [r["n"] for r in _load_everything(tmp_path)]  # zero corrupt files
         assert len(stored) == len(set(stored)), "a record was stored twice"
         assert set(acknowledged) <= set(stored), "a completed record was lost"
         next_n = max(stored, default=-1) + 1
-    assert len(acknowledged) > 60  # the writer did get work done between kills
+    assert len(acknowledged) >= 50  # every writer completed work before it was killed
     # Temporary files of killed writers may remain; no reader ever opens them.
     leftovers = [p.name for p in tmp_path.iterdir() if not p.name.endswith((".json", ".jsonl"))]
     assert all(name.endswith(".tmp") for name in leftovers)
