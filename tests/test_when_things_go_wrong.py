@@ -16,9 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
-from attnprof.errors import InputFileError
-from attnprof.records import SCHEMA_VERSION, Settings
-from attnprof.store import read_json, read_jsonl, read_record, write_record
+from attnprof.records import SCHEMA_VERSION
+from attnprof.store import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"
@@ -54,33 +53,51 @@ def _wait_for(path: Path, process: subprocess.Popen[str], timeout_s: float = 120
         time.sleep(0.02)
 
 
-def test_corrupt_or_truncated_file(tmp_path: Path) -> None:
-    path = tmp_path / "settings.json"
-    write_record(path, Settings())
-    path.write_bytes(path.read_bytes()[:-10])  # truncated
-    with pytest.raises(InputFileError, match="corrupt file") as caught:
-        read_record(path, Settings)
-    assert caught.value.exit_code == 2
+@pytest.fixture(scope="module")
+def saved_profile(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real profile's JSON, for the file rows."""
+    folder = tmp_path_factory.mktemp("profile")
+    result = CliRunner().invoke(app, ["profile", "zoo:gpt", *FAST, "--out", str(folder / "p.json")])
+    assert result.exit_code == 0, result.output
+    return json.loads((folder / "p.json").read_text())
 
 
-def test_file_from_a_newer_attnprof(tmp_path: Path) -> None:
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
-    with pytest.raises(InputFileError, match="upgrade attnprof") as caught:
-        read_record(path, Settings)
-    assert caught.value.exit_code == 2
+def test_corrupt_or_truncated_file(runner: CliRunner, tmp_path: Path, saved_profile: dict) -> None:
+    whole = json.dumps(saved_profile)
+    (tmp_path / "cut.json").write_text(whole[: len(whole) // 2])
+    (tmp_path / "garbage.json").write_bytes(b"\x89PNG\r\n")
+    for name, reason in [("cut.json", "invalid JSON at line 1"), ("garbage.json", "not UTF-8 text")]:
+        result = runner.invoke(app, ["report", name])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"{name}: corrupt file ({reason})" in result.stderr
 
 
-def test_file_from_an_older_attnprof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_from_a_newer_attnprof(runner: CliRunner, tmp_path: Path, saved_profile: dict) -> None:
+    (tmp_path / "new.json").write_text(json.dumps({**saved_profile, "schema_version": SCHEMA_VERSION + 1}))
+    result = runner.invoke(app, ["report", "new.json"])
+    assert result.exit_code == 2
+    assert "newer than this attnprof understands" in result.stderr and "upgrade attnprof" in result.stderr
+
+
+def test_file_from_an_older_attnprof(
+    runner: CliRunner, tmp_path: Path, saved_profile: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import attnprof.store as store
 
-    # Pretend the current schema is one newer, with a step that renames a field.
+    # Pretend the current schema is one newer than this profile's, its step renaming a field.
     monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setattr(store, "MIGRATIONS", {})
-    store.migration(SCHEMA_VERSION)(lambda data: {**data, "seq_len": data.pop("sequence_length")})
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "sequence_length": 77}))
-    assert read_record(path, Settings).seq_len == 77
+
+    @store.migration(SCHEMA_VERSION)
+    def rename_commit(data: dict) -> dict:
+        data["commit"] = data.pop("git_commit")
+        return data
+
+    old = {k: v for k, v in saved_profile.items() if k != "commit"} | {"git_commit": "abc1234"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    result = runner.invoke(app, ["report", "old.json", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["commit"] == "abc1234"
 
 
 # A writer that appends numbered records and rewrites JSON files, printing each record number
