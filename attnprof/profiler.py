@@ -373,6 +373,8 @@ def run_profile(
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
     if summary is not None:
         notes += summary.notes
+    elif trace:
+        notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
     if allocator is not None:
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
