@@ -32,7 +32,13 @@ def gpt2(seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_head=4, n_layer=2, n_positions=64, bos_token_id=None, eos_token_id=None,
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_head=4,
+        n_layer=2,
+        n_positions=64,
+        bos_token_id=None,
+        eos_token_id=None,
         attn_implementation="sdpa",
     )
     return GPT2LMHeadModel(config).eval()
@@ -60,13 +66,17 @@ def token_ids(batch: int = 2, seq: int = 8, seed: int = 1) -> torch.Tensor:
 
 def encoder_layer(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0).eval()
+    return nn.TransformerEncoderLayer(
+        d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0
+    ).eval()
 
 
 class QKVOAttention(nn.Module):
     """Hand-written attention in the shape adapters call generic: q/k/v/o Linear, head-count attributes."""
 
-    def __init__(self, dim: int = 32, num_heads: int = 4, num_kv_heads: int = 2, manual: bool = False) -> None:
+    def __init__(
+        self, dim: int = 32, num_heads: int = 4, num_kv_heads: int = 2, manual: bool = False
+    ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
         self.manual = manual
@@ -94,11 +104,12 @@ class QKVOAttention(nn.Module):
 class TinyDecoder(nn.Module):
     """Embedding, blocks of (norm, QKVOAttention, norm, MLP), and a vocabulary head."""
 
-    def __init__(self, layers: int = 2, manual: bool = False, seed: int = 0) -> None:
+    def __init__(self, layers: int = 2, manual: bool = False, kv_heads: int = 2, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
+        self.vocab_size = VOCAB
         self.embed = nn.Embedding(VOCAB, 32)
-        self.blocks = nn.ModuleList(Block(manual) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(manual, kv_heads) for _ in range(layers))
         self.head = nn.Linear(32, VOCAB)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -109,10 +120,10 @@ class TinyDecoder(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, manual: bool) -> None:
+    def __init__(self, manual: bool, kv_heads: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(32), nn.LayerNorm(32)
-        self.attn = QKVOAttention(manual=manual)
+        self.attn = QKVOAttention(num_kv_heads=kv_heads, manual=manual)
         self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
