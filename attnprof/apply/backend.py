@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,8 @@ def apply_backend(
 def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | None:
     """Give a generic module an SDPA forward if it reproduces the recorded call; else say why not."""
     module = site.module
-    if len(call.args) != 1 or call.kwargs or not isinstance(call.args[0], torch.Tensor):
+    hidden, *extra = call.args or (None,)
+    if not isinstance(hidden, torch.Tensor) or any(a is not None for a in [*extra, *call.kwargs.values()]):
         return "called with more than the hidden states (masks, positions), which SDPA cannot be verified on"
     if not isinstance(call.output, torch.Tensor):
         return "returns more than one tensor"
@@ -90,7 +92,7 @@ def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | Non
     for causal in (True, False):
         module.forward = types.MethodType(_sdpa_forward(site, causal), module)
         with torch.no_grad():
-            candidate = module(call.args[0])
+            candidate = module(*call.args, **call.kwargs)
         reference = call.output
         scale = max(1.0, float(reference.abs().max()))
         if candidate.shape == reference.shape and float((candidate - reference).abs().max()) <= 1e-5 * scale:
@@ -102,11 +104,16 @@ def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | Non
     return "an SDPA forward (causal or not) does not reproduce its outputs"
 
 
-def _sdpa_forward(site: AttentionSite, causal: bool) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+def _sdpa_forward(site: AttentionSite, causal: bool) -> Callable[..., torch.Tensor]:
+    """An SDPA forward for a generic module; calls that pass anything beyond the hidden states
+    (a mask, positions) go to the original forward, which alone knows what they mean."""
     adapter = site.adapter
+    original = site.module.forward
 
-    def forward(self: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        head_dim = adapter.layout(self).head_dim
+    def forward(self: nn.Module, hidden: torch.Tensor, *extra: Any, **options: Any) -> torch.Tensor:
+        if any(a is not None for a in [*extra, *options.values()]):
+            return original(hidden, *extra, **options)
+        head_dim = adapter.layout(self).head_dim  # read per call: pruning or sharding may change it
         batch, seq, _ = hidden.shape
         q = self.q_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)

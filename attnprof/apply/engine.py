@@ -109,18 +109,18 @@ def _apply_heads(
             if _attempt(site, "prune_heads", report, lambda s=site, r=remove: prune_heads(s, r)):
                 pruned[site.name] = sorted(remove)
                 changes[site.name].pruned_heads = sorted(remove)
+    grouped = 0
     for key, kv_heads in choices.kv_heads.items():
         for site in found.select(key):
-            _attempt(site, "kv_heads", report, lambda s=site, k=kv_heads: convert_to_gqa(s, k))
+            grouped += _attempt(site, "kv_heads", report, lambda s=site, k=kv_heads: convert_to_gqa(s, k))
     for site in found.sites:
         layout = site.layout
         changes[site.name].new_num_heads = layout.num_heads
         changes[site.name].new_num_kv_heads = layout.num_kv_heads
     if pruned:
         report.applied.append(f"heads pruned in {len(pruned)} layers (weights sliced)")
-    grouped = [c for c in report.sites if c.new_num_kv_heads < c.num_kv_heads]
     if grouped:
-        report.applied.append(f"K/V heads mean-pooled into groups in {len(grouped)} layers")
+        report.applied.append(f"K/V heads mean-pooled into groups in {grouped} layers")
     report.applied += update_config(model, found.sites, pruned)
 
 
