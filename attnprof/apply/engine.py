@@ -23,6 +23,7 @@ from attnprof.apply.precision import LOW_PRECISION, apply_precision
 from attnprof.apply.sharding import apply_sharding
 from attnprof.errors import UsageError
 from attnprof.records import ALL_LAYERS, ApplyReport, NotApplied, PlanChoices, SiteChange
+from attnprof.workload import call_user
 
 LossFn = Callable[[Any, tuple[tuple, dict]], torch.Tensor | None]
 
@@ -48,7 +49,7 @@ class Example:
         return cls((inputs,), {})
 
     def run(self, model: nn.Module) -> Any:
-        return model(*self.args, **self.kwargs)
+        return call_user(model, *self.args, what="the model's forward", **self.kwargs)
 
 
 def apply_plan(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -11,7 +12,8 @@ from torch import nn
 
 from attnprof.apply.engine import Example
 from attnprof.apply.outputs import logits_of, main_tensor
-from attnprof.records import Budget, PlanChoices, Verification
+from attnprof.records import Budget, PlanChoices, Profile, Settings, TimeStats, Verification
+from attnprof.workload import Workload
 
 
 def compare_outputs(reference: Any, applied: Any, reference_model: nn.Module) -> Verification:
@@ -81,3 +83,37 @@ def verify_model(
         reference = example.run(reference_model)
         applied = example.run(applied_model)
     return hold_to_budget(compare_outputs(reference, applied, reference_model), budgets, choices)
+
+
+def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:
+    """The settings an applied plan runs with: the plan's, with its batch size, threads and backend."""
+    return dataclasses.replace(
+        plan_settings,
+        batch_size=choices.batch_size or plan_settings.batch_size,
+        threads=choices.threads or plan_settings.threads,
+        backend=choices.backend,
+    )
+
+
+def reprofile(workload: Workload, applied_model: nn.Module, settings: Settings) -> Profile:
+    """A full per-layer profile of the applied model, as `attnprof profile` would measure it."""
+    from attnprof.profiler import run_profile
+
+    applied = dataclasses.replace(workload, build_model=lambda device, dtype: applied_model, architecture="")
+    return run_profile(applied, settings)
+
+
+def step_time(model: nn.Module, example: Example, settings: Settings, device: torch.device) -> TimeStats:
+    """Step time of a sharded model on this rank (every rank runs the same steps: collectives pair up)."""
+    from attnprof.measure.timing import time_call
+
+    def step() -> None:
+        if settings.mode == "infer":
+            with torch.no_grad():
+                example.run(model)
+        else:
+            main_tensor(example.run(model)).float().square().mean().backward()
+
+    for _ in range(settings.warmup):
+        step()
+    return TimeStats.from_samples([1e3 * time_call(step, device) for _ in range(settings.repeats)])
