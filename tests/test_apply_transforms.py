@@ -157,9 +157,9 @@ class MixedModel(nn.Module):
         return self.fused(self.known(x))
 
 
-def test_unknown_attention_is_named_in_the_report_and_warned_about(tmp_path: Path) -> None:
+def test_unknown_attention_is_named_in_the_report_and_warned_about() -> None:
     x = torch.randn(2, 8, 32)
-    model, report = apply_plan(MixedModel(), PlanChoices(prune_heads={"*": [0, 1]}))
+    _, report = apply_plan(MixedModel(), PlanChoices(prune_heads={"*": [0, 1]}))
     assert [c.name for c in report.sites] == ["known"]
     assert [(n.module, n.type, n.what) for n in report.not_applied] == [("fused", "FusedQKVAttention", "prune_heads")]
     plan = make_plan(PlanChoices(prune_heads={"*": [0, 1]}))
