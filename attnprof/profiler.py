@@ -47,6 +47,7 @@ from attnprof.records import (
     TraceSummary,
     WorkloadInfo,
 )
+from attnprof.report.progress import track
 from attnprof.store import git_commit, machine_info
 from attnprof.workload import Inputs, Workload, architecture_fingerprint, call_user
 
@@ -192,7 +193,7 @@ def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | N
     result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
     if telemetry is not None:
         telemetry.window_start()
-    for _ in range(settings.repeats):
+    for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
         result.step_ms.append(1e3 * time_call(prepared.step, prepared.device))
         timer.reset()
         with scopes:

@@ -619,3 +619,29 @@ class MonitorRecording:
     pid: int | None = None
     exit_code: int | None = None
     schema_version: int = SCHEMA_VERSION
+
+
+FindingStatus = Literal["ok", "info", "warn", "problem"]
+
+
+@dataclass
+class Finding:
+    """One fact `attnprof doctor` established; a `warn` or `problem` says how to fix it."""
+
+    section: str  # torch, gpu, nvml, cupti, sdpa, transformers, peaks, ...
+    name: str
+    status: FindingStatus
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    """What this environment can do, as gathered by `attnprof.doctor.gather`."""
+
+    findings: list[Finding]
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.status in ("warn", "problem")]
