@@ -106,6 +106,8 @@ def _is_tensor(value: Any) -> bool:
 
 def _reshape_keep(keep: torch.Tensor, old: tuple[int, ...], new: tuple[int, ...]) -> torch.Tensor:
     """Carry a keep mask across a view of the scores that keeps the last two dimensions."""
+    if old == new:
+        return keep
     lead = keep.shape[:-2]
     if all(size == 1 for size in lead):
         return keep.reshape((1,) * (len(new) - 2) + tuple(keep.shape[-2:]))
@@ -321,7 +323,9 @@ class AttentionTracker:
         kv_heads = scores.kv_heads or self._kv_heads.get(value) or heads
         shape = AttentionShape(batch, heads, kv_heads, q_len, kv_len, scores.head_dim, value.size(-1))
         backend = "math" if scores.softmax == "_safe_softmax" else "eager"
-        info = attention_info(shape, backend, None, tuple(scores.keeps))
+        full = (batch, heads, q_len, kv_len)
+        keeps = tuple(_reshape_keep(keep, scores.shape, full) for keep in scores.keeps)
+        info = attention_info(shape, backend, None, keeps)
         found = _Found(backward_flops(info.flops))
         for tensor in (probabilities, value, *scores.operands):
             self._found[tensor] = found

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakTensorKeyDictionary
 
@@ -49,12 +50,6 @@ class MetaValues:
     def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self.max_elements = max_elements
         self._values: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
-
-    def register(self, meta: torch.Tensor, value: torch.Tensor) -> None:
-        """Declare the contents of a meta tensor (e.g. an input built on CPU and moved to meta)."""
-        if tuple(meta.shape) != tuple(value.shape):
-            raise ValueError(f"value of shape {list(value.shape)} for a meta tensor of {list(meta.shape)}")
-        self._values[meta] = value.detach().to("cpu")
 
     def value(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """The tensor's contents: itself off meta, its replayed copy on meta, None when unknown."""
@@ -112,6 +107,20 @@ class MetaValues:
         if missing:
             return None
         return func(*cpu_args, **cpu_kwargs)
+
+
+class ValueRecorder(TorchDispatchMode):
+    """Records known meta values while a model or its inputs are built (before any counting)."""
+
+    def __init__(self, values: MetaValues) -> None:
+        super().__init__()
+        self.values = values
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.values.observe(func, args, kwargs, out)
+        return out
 
 
 def _same_shaped_meta(meta: Any, value: Any) -> bool:
