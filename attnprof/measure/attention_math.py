@@ -259,8 +259,3 @@ def _looks_causal(keep: torch.Tensor) -> bool:
 
 def dense_flops(shape: AttentionShape) -> int:
     return useful_flops(shape.dense_pairs, shape.head_dim, shape.value_dim)
-
-
-def is_masking_value(value: float) -> bool:
-    """True when filling scores with `value` removes them from the softmax (False for NaN)."""
-    return value <= MASKED_AT_OR_BELOW

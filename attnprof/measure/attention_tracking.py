@@ -25,10 +25,10 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from attnprof.measure.attention_math import (
+    MASKED_AT_OR_BELOW,
     AttentionShape,
     attention_info,
     backward_flops,
-    is_masking_value,
     keep_from_mask,
 )
 from attnprof.measure.attention_ops import ValueOf
@@ -105,28 +105,37 @@ def _is_tensor(value: Any) -> bool:
 
 
 def _reshape_keep(keep: torch.Tensor, old: tuple[int, ...], new: tuple[int, ...]) -> torch.Tensor:
-    """Carry a keep mask across a view of the scores that keeps the last two dimensions."""
+    """Carry a keep mask (broadcastable to scores of shape `old`) to a view of shape `new` with
+    the same last two sizes and the same number of (query, key) slices."""
     if old == new:
         return keep
-    lead = keep.shape[:-2]
-    if all(size == 1 for size in lead):
+    keep = keep.reshape((1,) * (len(old) - keep.dim()) + tuple(keep.shape))
+    if all(size == 1 for size in keep.shape[:-2]):
         return keep.reshape((1,) * (len(new) - 2) + tuple(keep.shape[-2:]))
-    padded = keep.reshape((1,) * (len(old) - keep.dim()) + tuple(keep.shape))
-    return padded.expand(*old[:-2], *padded.shape[-2:]).reshape(*new[:-2], *padded.shape[-2:])
+    return keep.expand(*old[:-2], *keep.shape[-2:]).reshape(*new[:-2], *keep.shape[-2:])
 
 
-def _moved(scores: _Scores, out: Any) -> _Scores | None:
-    """The scores as `out` holds them after a view or broadcast that keeps every (query, key) slice;
-    None when `out` is something else (other last dimensions, or more slices than the scores)."""
-    if not _is_tensor(out) or out.dim() < 2 or tuple(out.shape[-2:]) != scores.shape[-2:]:
+def _significant(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
+
+
+def _follows(scores: _Scores, out: Any) -> _Scores | None:
+    """The scores as `out` carries them (a view, cast, copy or scaling of them), or None.
+
+    Views may add, drop or move size-1 dimensions (einsum does) and flatten or split the
+    leading ones; the (q_len, kv_len) sizes must stay last. Masks stay relative to one
+    canonical shape, which becomes the first 4-D (batch, heads, q_len, kv_len) view seen.
+    """
+    if not _is_tensor(out) or out.numel() != math.prod(scores.shape):
+        return None
+    tail = _significant(scores.shape[-2:])
+    if tail and _significant(tuple(out.shape))[-len(tail):] != tail:
         return None
     new_shape = tuple(out.shape)
-    if new_shape == scores.shape:
-        return scores
-    if math.prod(new_shape[:-2]) != math.prod(scores.shape[:-2]):
-        return None
-    keeps = [_reshape_keep(keep, scores.shape, new_shape) for keep in scores.keeps]
-    return replace(scores, shape=new_shape, keeps=keeps)
+    if len(new_shape) == 4 and len(scores.shape) != 4 and new_shape[-2:] == scores.shape[-2:]:
+        keeps = [_reshape_keep(keep, scores.shape, new_shape) for keep in scores.keeps]
+        return replace(scores, shape=new_shape, keeps=keeps)
+    return scores
 
 
 class AttentionTracker:
@@ -185,9 +194,9 @@ class AttentionTracker:
             self._splits[out] = self._splits[source]
         scores = self._scores.get(source)
         if scores is not None:
-            moved = _moved(scores, out)
-            if moved is not None:
-                self._scores[out] = moved
+            followed = _follows(scores, out)
+            if followed is not None:
+                self._scores[out] = followed
 
     def _note_repeat(self, source: torch.Tensor, out: torch.Tensor) -> None:
         # repeat_kv: (batch, kv_heads, 1, seq, dim) expanded to (batch, kv_heads, n_rep, seq, dim)
@@ -205,19 +214,23 @@ class AttentionTracker:
 
     def _add_keep(self, scores: _Scores, out: Any, term: torch.Tensor | None) -> None:
         """Tag `out` as the scores with one more mask (None: the mask's values are unknown)."""
-        moved = _moved(scores, out)
-        if moved is None:
+        followed = _follows(scores, out)
+        if followed is None:
             return
-        scores = moved
-        keeps = list(scores.keeps)
-        exact = scores.exact
+        keeps = list(followed.keeps)
+        exact = followed.exact
+        placed = tuple(out.shape)
         if term is None:
             exact = False
+        elif placed != followed.shape and not (
+            placed[-2:] == followed.shape[-2:] and math.prod(placed[:-2]) == math.prod(followed.shape[:-2])
+        ):
+            exact = False  # a mask applied to an unusual view of the scores: not placed, pairs kept
         else:
             keep = keep_from_mask(term)
             if not bool(keep.all()):
-                keeps.append(keep)
-        self._scores[out] = replace(scores, keeps=keeps, exact=exact)
+                keeps.append(_reshape_keep(keep, placed, followed.shape))
+        self._scores[out] = replace(followed, keeps=keeps, exact=exact)
 
     def _known(self, tensor: torch.Tensor) -> torch.Tensor | None:
         return self._value_of(tensor)
@@ -238,46 +251,46 @@ class AttentionTracker:
         term = None if known is None else known.to(torch.float32) * (sign * alpha)
         self._add_keep(scores, out, term)
 
-    def _fill_value(self, value: Any) -> float | None:
-        if _is_tensor(value):
-            known = self._known(value)
-            if known is None or known.numel() != 1:
-                return None
-            return float(known.item())
-        return float(value)
+    def _fill_hides(self, value: Any, after_softmax: bool) -> torch.Tensor | None:
+        """Where a fill value removes pairs: very negative before softmax, zero after it.
+        None when the value is unknown (a meta tensor without a known value)."""
+        known = self._known(value) if _is_tensor(value) else torch.tensor(float(value))
+        if known is None:
+            return None
+        known = known.to(torch.float32)
+        return known == 0.0 if after_softmax else known <= MASKED_AT_OR_BELOW
 
     def _masked_fill(self, args: tuple[Any, ...], out: Any) -> None:
         scores = self._scores.get(args[0]) if _is_tensor(args[0]) else None
         if scores is None:
             return
-        value = self._fill_value(args[2])
-        # Before softmax a very negative fill hides keys; after it, a zero fill does.
-        hides = value is not None and (is_masking_value(value) if scores.softmax is None else value == 0.0)
-        if not hides:
+        hides = self._fill_hides(args[2], after_softmax=scores.softmax is not None)
+        if hides is not None and not bool(hides.any()):
             self._pass(args[0], out)
             return
-        known = self._known(args[1])
-        self._add_keep(scores, out, None if known is None else ~known.to(torch.bool))
+        mask = self._known(args[1])
+        self._add_keep(scores, out, None if mask is None or hides is None else ~(mask.to(torch.bool) & hides))
 
     def _where(self, args: tuple[Any, ...], out: Any) -> None:
         condition, this, other = args[0], args[1], args[2]
-        for scores_side, fill_side, keep_where in ((this, other, True), (other, this, False)):
+        for scores_side, fill_side, scores_where in ((this, other, True), (other, this, False)):
             scores = self._scores.get(scores_side) if _is_tensor(scores_side) else None
             if scores is None or scores.softmax is not None:
                 continue
-            value = self._fill_value(fill_side)
-            if value is None or not is_masking_value(value):
-                return
+            hides = self._fill_hides(fill_side, after_softmax=False)
             known = self._known(condition)
-            keep = None if known is None else known.to(torch.bool)
-            self._add_keep(scores, out, keep if keep is None or keep_where else ~keep)
+            if hides is None or known is None:
+                self._add_keep(scores, out, None)
+                return
+            fill_taken = ~known.to(torch.bool) if scores_where else known.to(torch.bool)
+            self._add_keep(scores, out, ~(fill_taken & hides))
             return
 
     def _softmax(self, packet: Any, args: tuple[Any, ...], out: Any) -> None:
         scores = self._scores.get(args[0]) if _is_tensor(args[0]) else None
         if scores is None or scores.softmax is not None or not _is_tensor(out):
             return
-        if args[1] not in (-1, len(scores.shape) - 1):
+        if args[1] not in (-1, args[0].dim() - 1) or args[0].size(-1) != scores.shape[-1]:
             return  # a softmax over queries or heads is not attention over keys
         self._scores[out] = replace(scores, softmax=packet.__name__)
 
