@@ -62,9 +62,8 @@ def test_llama_with_left_padding(implementation: str) -> None:
     left = torch.tensor([[1] * SEQ, [0] * 2 + [1] * 5])
     attention = counted(llama(implementation), input_ids=ids(), attention_mask=left)
     (info,) = attention["model.layers.0.self_attn"].attention
-    # batch 0: 28 causal pairs; batch 1: the 5 real tokens see each other causally, 15 pairs
-    # (padded query rows attend to nothing, or to themselves where the kernel needs a key): the
-    # mask keeps 15 + 0 here because transformers hides whole rows of padding queries.
+    # batch 0: 28 causal pairs; batch 1: the 5 real tokens see each other causally, 1 + ... + 5 = 15,
+    # and the 2 padding queries see no real key before them, 0
     assert info.flops == PER_PAIR * (28 + 15)  # 128 · 43 = 5504
 
 
