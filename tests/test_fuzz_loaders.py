@@ -24,6 +24,7 @@ from attnprof.records import (
     from_json_dict,
     to_json_dict,
 )
+from attnprof.report.registry import load_report_record
 from attnprof.store import load_profile, read_json, read_jsonl, write_record
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, json_values, locations, mutations_of, replaced
 
@@ -93,10 +94,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load_or_clean_error(path: Path) -> None:
-    try:
-        load_profile(path)
-    except InputFileError as exc:
-        assert "\n" not in str(exc) and str(path) in str(exc)
+    for load in (load_profile, load_report_record):
+        try:
+            load(path)
+        except InputFileError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
 
 
 def test_the_valid_profile_loads(folder: Path) -> None:

@@ -204,7 +204,7 @@ def test_sigterm(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_while_profiling(runner: CliRunner, tmp_path: Path) -> None:
-    model = str(MODELS / "memory_hungry.py")
+    model = str(MODELS / "cuda_out_of_memory.py")
     result = runner.invoke(app, ["profile", model, *FAST, "--batch-size", "4", "--seq-len", "32"])
     assert result.exit_code == 4, result.output
     assert "out of memory: CUDA out of memory. Tried to allocate 16.00 GiB" in result.stderr

@@ -1,11 +1,5 @@
-"""A model that runs out of memory for large configurations, with the real exception type.
-
-Above 64 tokens per batch it raises torch.cuda.OutOfMemoryError, as the CUDA caching allocator
-does; with ATTNPROF_CPU_OOM set it instead asks the CPU allocator for an impossible 1 PiB, which
-fails with torch's real CPU error.
-"""
-
-import os
+"""A model that runs out of GPU memory for large configurations: above 64 tokens per batch it
+raises torch.cuda.OutOfMemoryError, the exception the CUDA caching allocator raises."""
 
 import torch
 from torch import nn
@@ -20,8 +14,6 @@ class Hungry(nn.Module):
 
     def forward(self, x):
         if x.shape[0] * x.shape[1] > TOKEN_LIMIT:
-            if os.environ.get("ATTNPROF_CPU_OOM"):
-                torch.empty(2**50, dtype=torch.uint8)
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate {x.shape[0] * x.shape[1] // 8:.2f} GiB"
             )
