@@ -22,6 +22,7 @@ Metric names, which threshold globs match:
   flops attention_flops backward_flops parameter_count                     exact
   layers.<path>.flops  layers.<path>.params  layers.<path>.attention        exact
   layers.<path>             also names a module that was added or removed    exact
+The root module's path is written `(model)`: `layers.(model)` is the whole forward.
 
 Threshold strings: [GLOB:]STAT:LIMIT, e.g. `median:5%`, `p90:10%`, `memory:2%`,
 `layers.*attn*:median:8%`, `layers.*norm*:median:off`.
@@ -334,8 +335,11 @@ def check_settings(baseline: Profile, current: Profile) -> None:
         )
 
 
+ROOT_LAYER_LABEL = "(model)"  # the root module's path is ""
+
+
 def _layer_metric(layer: LayerStats, suffix: str = "") -> str:
-    return f"layers.{layer.name}{suffix}"
+    return f"layers.{layer.name or ROOT_LAYER_LABEL}{suffix}"
 
 
 def _time_metrics(profile: Profile) -> dict[str, tuple[TimeStats | None, str | None]]:
@@ -395,7 +399,7 @@ def _compare_exact(baseline: Profile, current: Profile, options: CheckOptions) -
         c_value, c_unit, c_layer = cur.get(metric, absent)
         layer = layer or c_layer
         one_sided = layer is not None and (layer in base_layers) != (layer in cur_layers)
-        if not options.selected(metric) or (one_sided and metric != f"layers.{layer}"):
+        if not options.selected(metric) or (one_sided and metric != f"layers.{layer or ROOT_LAYER_LABEL}"):
             continue  # a module added or removed is reported once, by its presence row
         same = b_value == c_value
         rows.append(

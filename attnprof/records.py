@@ -343,9 +343,10 @@ class CheckResult:
 
     def culprit_layers(self) -> list[str]:
         """Innermost modules with a failing metric: a slower module also slows its parents."""
-        failing = {m.layer for m in self.failures() if m.layer}
-        return [
-            layer
-            for layer in dict.fromkeys(m.layer for m in self.failures() if m.layer)
-            if not any(other.startswith(layer + ".") for other in failing if other != layer)
-        ]
+        failing = list(dict.fromkeys(m.layer for m in self.failures() if m.layer is not None))
+        return [layer for layer in failing if not any(_is_inside(other, layer) for other in failing)]
+
+
+def _is_inside(inner: str, outer: str) -> bool:
+    """Whether module path `inner` lies strictly inside `outer` ("" is the whole model)."""
+    return inner != outer and (outer == "" or inner.startswith(outer + "."))
