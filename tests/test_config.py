@@ -95,5 +95,5 @@ def test_bad_pyproject_values(tmp_path: Path) -> None:
 
 def test_corrupt_pyproject_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.attnprof\n")
-    with pytest.raises(InputFileError, match="pyproject.toml: cannot read"):
+    with pytest.raises(InputFileError, match=r"pyproject\.toml: cannot read"):
         ProjectConfig.load(tmp_path, environ={})
