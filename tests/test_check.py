@@ -215,10 +215,16 @@ def test_a_parameter_count_change_fails_even_when_faster() -> None:
     assert [m.metric for m in result.failures()] == ["parameter_count"]
 
 
-def test_memory_threshold() -> None:
-    grown = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=10_300_000))
+def test_memory_is_exact_by_default_and_a_threshold_tolerates_growth() -> None:
+    grown = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=10_000_001))
+    assert [m.metric for m in grown.failures()] == ["peak_memory"]  # one byte more fails by default
+    shrunk = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=9_000_000))
+    assert shrunk.verdict == "pass"
+    assert next(m for m in shrunk.metrics if m.metric == "peak_memory").status == "improved"
+    tolerant = options("median:5%", "memory:2%")
+    grown = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=10_300_000), tolerant)
     assert [m.metric for m in grown.failures()] == ["peak_memory"]  # +3% > 2%
-    within = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=10_100_000))
+    within = compare_profiles(make_profile(seed=1), make_profile(seed=1, peak_memory=10_100_000), tolerant)
     assert within.verdict == "pass"
 
 
@@ -237,6 +243,11 @@ def test_machine_mismatch_fails_unless_allowed() -> None:
     result = compare_profiles(make_profile(seed=1), current, CheckOptions(allow_machine_mismatch=True))
     assert result.machine_differences == ["cpu: Test CPU 3000 vs Other CPU 9000"]
     assert any("machines differ" in w for w in result.warnings)
+    time_rows = [m for m in result.metrics if m.kind == "time"]
+    assert time_rows and all(m.status == "info" for m in time_rows)
+    slower_elsewhere = make_profile(seed=2, machine=other_machine(), attn_flops=1)
+    allowed = CheckOptions(allow_machine_mismatch=True)
+    assert compare_profiles(make_profile(seed=1), slower_elsewhere, allowed).failures()  # exact still gates
 
 
 def test_different_settings_are_a_usage_error() -> None:

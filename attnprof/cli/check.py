@@ -37,7 +37,7 @@ def check_options(
 ) -> CheckOptions:
     """CheckOptions from the command line, the environment, pyproject.toml and the defaults."""
     for key in config.unknown_keys():
-        log(f"warning: {config.source}: [tool.attnprof] {key} is not an attnprof setting; ignored")
+        log(f"warning: {config.source}: tool.attnprof.{key} is not an attnprof setting; ignored")
     return CheckOptions(
         thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
         metrics=tuple(config.resolve("metrics", metrics, ["*"])),

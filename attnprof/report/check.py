@@ -92,18 +92,19 @@ def _header_lines(result: CheckResult) -> list[str]:
 
 def check_table(result: CheckResult, show_all: bool = False) -> Table:
     table = Table(title=f"attnprof check: {result.verdict}", title_justify="left", pad_edge=False)
-    for header, justify in [
-        ("status", "left"),
-        ("metric", "left"),
-        ("stat", "left"),
-        ("baseline", "right"),
-        ("current", "right"),
-        ("change", "right"),
-        ("limit", "right"),
-        ("p", "right"),
-        ("detail", "left"),
+    for header, justify, width in [
+        ("status", "left", None),
+        ("metric", "left", None),
+        ("stat", "left", None),
+        ("baseline", "right", 24),
+        ("current", "right", 24),
+        ("change", "right", None),
+        ("limit", "right", None),
+        ("p", "right", None),
+        ("detail", "left", None),
     ]:
-        table.add_column(header, justify=justify, no_wrap=header != "detail", overflow="fold")
+        wraps = header in ("metric", "baseline", "current", "detail")
+        table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold", max_width=width)
     for m in shown_metrics(result, show_all):
         table.add_row(
             Text(m.status, style=STATUS_STYLE[m.status]),
