@@ -126,7 +126,7 @@ def print_check(result: CheckResult, console: Console, show_all: bool = False) -
     console.print(check_table(result, show_all))
     hidden = len(result.metrics) - len(shown_metrics(result, show_all))
     if hidden:
-        console.print(f"{hidden} more metrics pass (--all shows them)")
+        console.print(f"{hidden} more metrics pass or are not gated (--all shows them)")
     console.print(summary(result), markup=False)
 
 
