@@ -73,12 +73,20 @@ def register(name: str, command: Callable[..., Any]) -> None:
 
 def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
-    from attnprof.cli.baseline import baseline_command
-    from attnprof.cli.check import check_command
-    from attnprof.cli.compare import compare_command
+    from attnprof.cli.monitor import monitor_command
     from attnprof.cli.profile import profile_command
 
     register("profile", profile_command)
+    register("monitor", monitor_command)
+
+    from attnprof.cli.tune import tune_command
+
+    register("tune", tune_command)
+
+    from attnprof.cli.baseline import baseline_command
+    from attnprof.cli.check import check_command
+    from attnprof.cli.compare import compare_command
+
     register("check", check_command)
     register("compare", compare_command)
     register("baseline", baseline_command)
