@@ -43,7 +43,7 @@ def test_compare_equal_profiles_passes(runner: CliRunner, tmp_path: Path) -> Non
 def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner: CliRunner, tmp_path: Path) -> None:
     a = save(tmp_path, "a.json", make_profile(seed=1))
     b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
-    args = ["--markdown", "summary.md", "--junit", "junit.xml", "--json", "check.json"]
+    args = ["--markdown", "summary.md", "--junit", "junit.xml", "--result", "check.json"]
     args += ["--benchmark-json", "bench.json"]
     result = runner.invoke(app, ["compare", a, b, *args])
     assert result.exit_code == 1, result.output
@@ -67,6 +67,15 @@ def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner:
     step = next(e for e in entries if e["name"].endswith(" step (median)"))
     assert step["unit"] == "ms" and step["value"] > 10 and step["range"].startswith("± ")
     assert {e["unit"] for e in entries} == {"ms", "MiB"}
+
+
+def test_json_flag_prints_the_result_even_on_a_regression(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    result = runner.invoke(app, ["compare", a, b, "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["verdict"] == "regression"  # stdout is the JSON and nothing else
+    assert "performance regression" in result.stderr
 
 
 def test_compare_machine_mismatch_exits_4_unless_allowed(runner: CliRunner, tmp_path: Path) -> None:
@@ -163,13 +172,13 @@ def test_check_end_to_end_names_the_slowed_layer(
     baseline = load_profile(tmp_path / "profiles" / "demo.json")
     assert (baseline.settings.threads, baseline.settings.repeats) == (1, 12)
 
-    knob_off = runner.invoke(app, ["check", "--json", "off.json"])
+    knob_off = runner.invoke(app, ["check", "--result", "off.json"])
     assert knob_off.exit_code == 0, knob_off.output
     assert read_record(tmp_path / "off.json", CheckResult).failures() == []
 
     # 100 extra 128x128 matrix products: about 10x the layer's own work.
     monkeypatch.setenv("DEMO_EXTRA_MATMULS", "100")
-    knob_on = runner.invoke(app, ["check", "--json", "on.json"])
+    knob_on = runner.invoke(app, ["check", "--result", "on.json"])
     assert knob_on.exit_code == 1, knob_on.output
     assert "layers.layers.1.attn" in knob_on.stderr
     result = read_record(tmp_path / "on.json", CheckResult)

@@ -6,6 +6,7 @@ Settings not given on the command line come from ATTNPROF_* variables, then
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from attnprof.config import ProjectConfig
 from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiler import resolve_settings, run_profile
+from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.table import print_profile
 from attnprof.workload import load_workload
@@ -32,6 +34,7 @@ def baseline_command(
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),
     repeats: int = typer.Option(None, "--repeats", help="Timed steps: the samples each check is judged on."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
     """Profile TARGET and save it as the baseline for `attnprof check`."""
@@ -49,4 +52,7 @@ def baseline_command(
     log(f"recording a baseline of {workload.target} ({settings.repeats} repeats)")
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)
-    print_profile(profile, stdout_console())
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+    else:
+        print_profile(profile, stdout_console())

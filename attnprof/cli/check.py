@@ -8,18 +8,27 @@ come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import typer
 
-from attnprof.check import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, CheckOptions, compare_profiles, parse_threshold, summary
+from attnprof.check import (
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLDS,
+    CheckOptions,
+    check_machine,
+    compare_profiles,
+    parse_threshold,
+    summary,
+)
 from attnprof.config import ProjectConfig
 from attnprof.errors import RegressionFound, UsageError
 from attnprof.profiler import run_profile
-from attnprof.records import CheckResult, Profile
+from attnprof.records import CheckResult, Profile, to_json_dict
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
 from attnprof.report.console import log, stdout_console
-from attnprof.store import atomic_write_text, load_profile, write_record
+from attnprof.store import atomic_write_text, load_profile, machine_info, write_record
 from attnprof.workload import load_workload
 
 THRESHOLD_HELP = (
@@ -50,13 +59,18 @@ def report_and_judge(
     result: CheckResult,
     markdown: Path | None,
     junit: Path | None,
-    json_out: Path | None,
+    result_file: Path | None,
     benchmark_json: Path | None,
     show_all: bool,
+    as_json: bool,
     fail_on_regression: bool = True,
 ) -> None:
-    """Print the table, write the requested CI files, and raise RegressionFound (exit 1) if any."""
-    print_check(result, stdout_console(), show_all)
+    """Print the table (or the JSON), write the requested CI files, and raise RegressionFound
+    (exit 1) on a regression."""
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(result), indent=1, allow_nan=False))
+    else:
+        print_check(result, stdout_console(), show_all)
     for path, text in [
         (markdown, check_markdown),
         (junit, check_junit),
@@ -65,9 +79,9 @@ def report_and_judge(
         if path is not None:
             atomic_write_text(path, text(result))
             log(f"wrote {path}")
-    if json_out is not None:
-        write_record(json_out, result)
-        log(f"wrote {json_out}")
+    if result_file is not None:
+        write_record(result_file, result)
+        log(f"wrote {result_file}")
     if fail_on_regression and result.verdict == "regression":
         raise RegressionFound(summary(result))
 
@@ -92,11 +106,12 @@ def check_command(
     out: Path = typer.Option(None, "--out", "-o", help="Also save this run's profile JSON here."),
     markdown: Path = typer.Option(None, "--markdown", help="Write Markdown (e.g. $GITHUB_STEP_SUMMARY)."),
     junit: Path = typer.Option(None, "--junit", help="Write JUnit XML, one test case per metric."),
-    json_out: Path = typer.Option(None, "--json", help="Write the check result as JSON."),
+    result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
     benchmark_json: Path = typer.Option(
         None, "--benchmark-json", help="Write github-action-benchmark customSmallerIsBetter JSON."
     ),
     show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
@@ -111,6 +126,10 @@ def check_command(
             f"{baseline_path}: no baseline to update; record one with attnprof baseline TARGET --out {baseline_path}"
         )
     reference = load_profile(baseline_path)
+    # Refuse another machine before spending a profile run on it (the thread count is the
+    # baseline's setting, applied during the run, so it is compared afterwards).
+    here = dataclasses.replace(machine_info(), threads=reference.machine.threads)
+    check_machine(reference.machine, here, options.allow_machine_mismatch or update_baseline)
     workload = load_workload(config.resolve("target", target, reference.workload.target))
     log(f"profiling {workload.target} with the settings of {baseline_path}")
     current = run_profile(workload, reference.settings)
@@ -120,6 +139,8 @@ def check_command(
     if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
         options = dataclasses.replace(options, allow_machine_mismatch=True)
     result = compare_profiles(reference, current, options, str(baseline_path), "this run")
-    report_and_judge(result, markdown, junit, json_out, benchmark_json, show_all, not update_baseline)
+    report_and_judge(
+        result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
+    )
     if update_baseline:
         record_baseline(baseline_path, current)

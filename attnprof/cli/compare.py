@@ -26,14 +26,15 @@ def compare_command(
     ),
     markdown: Path = typer.Option(None, "--markdown", help="Write Markdown (e.g. $GITHUB_STEP_SUMMARY)."),
     junit: Path = typer.Option(None, "--junit", help="Write JUnit XML, one test case per metric."),
-    json_out: Path = typer.Option(None, "--json", help="Write the check result as JSON."),
+    result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
     benchmark_json: Path = typer.Option(
         None, "--benchmark-json", help="Write github-action-benchmark customSmallerIsBetter JSON."
     ),
     show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
     """Compare two saved profiles; exit 1 when B regressed significantly against A."""
     options = check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)
     result = compare_profiles(load_profile(baseline), load_profile(current), options, str(baseline), str(current))
-    report_and_judge(result, markdown, junit, json_out, benchmark_json, show_all)
+    report_and_judge(result, markdown, junit, result_file, benchmark_json, show_all, as_json)
