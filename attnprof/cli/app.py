@@ -95,6 +95,14 @@ def _register_commands() -> None:
     register("tune", tune_command)
     register("apply", apply_command)
 
+    from attnprof.cli.baseline import baseline_command
+    from attnprof.cli.check import check_command
+    from attnprof.cli.compare import compare_command
+
+    register("check", check_command)
+    register("compare", compare_command)
+    register("baseline", baseline_command)
+
 
 _register_commands()
 
