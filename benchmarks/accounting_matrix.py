@@ -3,6 +3,8 @@
 For every case the same q, k, v and mask run through three attention paths — SDPA with the
 flash backend (the CPU default), SDPA with the math backend, and hand-written
 matmul → mask → softmax → matmul — and, as a dry run, the math path on the meta device.
+On meta, the math path counts masks from their replayed values and the flash path is the
+route `attnprof profile --device meta` takes (SDPA sent to the CPU flash kernel).
 Each path is counted by attnprof's CostCounter and by FlopCounterMode in the same process.
 The reference is brute force: 4·D times the number of True entries of the fully
 materialised (batch, heads, q_len, kv_len) keep mask.
@@ -12,6 +14,7 @@ materialised (batch, heads, q_len, kv_len) keep mask.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -28,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnprof.measure.accounting import CostCounter
+from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.scopes import ModuleScopes
 
 
@@ -116,9 +120,10 @@ class Run(nn.Module):
         return self.fn(*args)
 
 
-def attnprof_flops(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> int:
+def attnprof_flops(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, dry_run: bool = False) -> int:
     model = Run(fn)
-    with torch.no_grad(), ModuleScopes(model) as scopes, CostCounter(scopes) as counter:
+    route = FlashOnMeta() if dry_run else contextlib.nullcontext()
+    with torch.no_grad(), ModuleScopes(model) as scopes, CostCounter(scopes) as counter, route:
         model(*inputs)
     return sum(info.flops for cost in counter.per_module.values() for info in cost.attention)
 
@@ -153,8 +158,8 @@ def human(flops: int) -> str:
 
 def main() -> None:
     torch.set_num_threads(1)
-    header = ("| case | brute force | attnprof flash / math / hand / meta | exact | FlopCounterMode flash / math / "
-              "hand | FlopCounterMode error |")
+    header = ("| case | brute force | attnprof flash / math / hand / meta math / meta flash | exact "
+              "| FlopCounterMode flash / math / hand | FlopCounterMode error |")
     print(header)
     print("| --- | ---: | ---: | :---: | ---: | ---: |")
     started = time.perf_counter()
@@ -163,6 +168,7 @@ def main() -> None:
         compared = paths(case)
         ours = [attnprof_flops(fn, *inputs(case, "cpu")) for fn in compared.values()]
         ours.append(attnprof_flops(compared["sdpa math"], *inputs(case, "meta")))
+        ours.append(attnprof_flops(compared["sdpa flash"], *inputs(case, "meta"), dry_run=True))
         theirs = [flop_counter_flops(fn, *inputs(case, "cpu")) for fn in compared.values()]
         exact = all(value == expected for value in ours)
         worst = max(abs(value - expected) / expected for value in theirs)
