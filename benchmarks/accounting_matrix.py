@@ -9,26 +9,22 @@ Each path is counted by attnprof's CostCounter and by FlopCounterMode in the sam
 The reference is brute force: 4·D times the number of True entries of the fully
 materialised (batch, heads, q_len, kv_len) keep mask.
 
-    python benchmarks/accounting_matrix.py            # prints a markdown table
+    python -m benchmarks.accounting_matrix            # prints a markdown table
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnprof.measure.accounting import CostCounter
 from attnprof.measure.dry_run import FlashOnMeta
