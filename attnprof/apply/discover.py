@@ -126,7 +126,5 @@ def _block_of(model: nn.Module, site: AttentionSite, site_paths: list[str]) -> s
 
 def _outside(block: nn.Module, block_path: str, attention_path: str) -> list[nn.Module]:
     return [
-        m
-        for p, m in block.named_modules()
-        if not _inside(f"{block_path}.{p}" if p else block_path, attention_path)
+        m for p, m in block.named_modules() if not _inside(f"{block_path}.{p}" if p else block_path, attention_path)
     ]
