@@ -7,6 +7,7 @@ by name, so that every plan choice that could not reach them is reported, never 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -96,6 +97,17 @@ def discover(model: nn.Module) -> Discovery:
     for site in found.sites:
         site.block_path = _block_of(model, site, site_paths)
     return found
+
+
+def note_sdpa_callers(found: Discovery, model: nn.Module, callers: Iterable[str]) -> None:
+    """Modules seen calling scaled_dot_product_attention that no adapter covers are unknown
+    attention too, whatever their class is called."""
+    for path in callers:
+        if any(_inside(path, s.module_path) for s in found.sites):
+            continue
+        if any(_inside(path, p) for p, _ in found.unknown):
+            continue
+        found.unknown.append((path, type(model.get_submodule(path)).__name__))
 
 
 def _inside(path: str, owner: str) -> bool:
