@@ -167,3 +167,28 @@ def git_commit(folder: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
+    """profiles/<workload name>-<fingerprint>: where one workload's files live."""
+    return Path(folder) / f"{_slug(name)}-{fingerprint}"
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line durably: a torn tail left by a crash is cut first, then the line goes
+    out in a single write and is fsynced, so a crash can tear at most this line."""
+    path = Path(path)
+    created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not created:
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            os.truncate(path, data.rfind(b"\n") + 1)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(path.parent)

@@ -1,0 +1,218 @@
+"""Which configurations to measure, the loop that measures them, and the resumable store.
+
+The design measures few points but covers the space: every combination of choice knobs
+(dtype, backend, threads) is measured at the same shapes — the corners and centre of the
+numeric ranges (log scale), then space-filling points — so each combination gets its own fit
+and, at every shape, the choices can be compared. Shapes come in order of information: a sweep
+stopped by `--time-budget` still has the corners of every combination.
+
+The store is JSON Lines, one measurement per line, appended with a single write and fsynced:
+a crash can tear only the last line, which reading ignores and the next append cuts off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import qmc
+
+from attnprof.errors import InputFileError, UsageError
+from attnprof.records import SCHEMA_VERSION, Measurement, from_json_dict, to_json_dict
+from attnprof.space import Config, ConfigValue, Knob
+from attnprof.store import append_line, short_hash, workload_dir
+
+MeasurePoint = Callable[[Config], Measurement]
+
+# Candidates the greedy space-filling choice picks from, beyond corners and centre.
+_FILL_CANDIDATES = 256
+
+
+def design_points(knobs: Mapping[str, Knob], max_points: int, seed: int = 0) -> list[Config]:
+    """At most `max_points` configurations: shapes in order of coverage, each under every
+    combination of choice values."""
+    if max_points < 1:
+        raise UsageError(f"--max-measurements must be a positive integer, got {max_points}")
+    numeric = [knob for knob in knobs.values() if knob.numeric]
+    choices = [knob for knob in knobs.values() if not knob.numeric]
+    combinations = list(itertools.product(*(knob.choices for knob in choices)))
+    if max_points < len(combinations):
+        names = " x ".join(f"{knob.flag} ({len(knob.choices)})" for knob in choices)
+        raise UsageError(
+            f"--max-measurements {max_points} cannot see every combination of {names}: "
+            f"use at least {len(combinations)}, or fewer choice values"
+        )
+    shapes = _spread_shapes(numeric, max_points // len(combinations), seed)
+    return [
+        {
+            **dict(zip([k.name for k in numeric], shape, strict=True)),
+            **dict(zip([k.name for k in choices], combination, strict=True)),
+        }
+        for shape in shapes
+        for combination in combinations
+    ]
+
+
+def _spread_shapes(numeric: Sequence[Knob], count: int, seed: int) -> list[tuple[int, ...]]:
+    """Up to `count` distinct integer shapes: corners, centre, then greedy max-min distance
+    picks from a scrambled Halton sequence, all in log-scaled unit coordinates."""
+    if not numeric:
+        return [()]
+    dims = len(numeric)
+    corners = [np.array(corner, dtype=float) for corner in itertools.product((0.0, 1.0), repeat=dims)]
+    centre = np.full(dims, 0.5)
+    fill = qmc.Halton(d=dims, scramble=True, seed=seed).random(_FILL_CANDIDATES)
+    candidates = [*corners, centre, *fill]
+    chosen: list[tuple[int, ...]] = []
+    chosen_unit: list[np.ndarray] = []
+    while len(chosen) < count:
+        best, best_distance = None, -1.0
+        for candidate in candidates:
+            shape = tuple(_to_value(knob, u) for knob, u in zip(numeric, candidate, strict=True))
+            if shape in chosen:
+                continue
+            unit = np.array([_to_unit(knob, v) for knob, v in zip(numeric, shape, strict=True)])
+            distance = min((float(np.linalg.norm(unit - c)) for c in chosen_unit), default=math.inf)
+            if distance > best_distance:
+                best, best_distance = (shape, unit), distance
+        if best is None:
+            break  # every distinct integer shape in the ranges is taken
+        chosen.append(best[0])
+        chosen_unit.append(best[1])
+    return chosen
+
+
+def _to_value(knob: Knob, unit: float) -> int:
+    low, high = math.log(knob.low), math.log(knob.high)
+    return min(knob.high, max(knob.low, round(math.exp(low + unit * (high - low)))))
+
+
+def _to_unit(knob: Knob, value: int) -> float:
+    if knob.high == knob.low:
+        return 0.0
+    return (math.log(value) - math.log(knob.low)) / (math.log(knob.high) - math.log(knob.low))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `5m` or `1h`."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"--time-budget: {text!r} is not a positive duration such as 90s, 5m or 1h")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+
+
+def measurement_key(config: Mapping[str, ConfigValue]) -> str:
+    return short_hash(dict(config))
+
+
+def store_path(folder: Path, workload_name: str, workload_fingerprint: str, machine_fingerprint: str) -> Path:
+    """profiles/<workload>-<architecture fingerprint>/measurements-<machine fingerprint>.jsonl"""
+    return (
+        workload_dir(folder, workload_name, workload_fingerprint)
+        / f"measurements-{machine_fingerprint}.jsonl"
+    )
+
+
+class MeasurementStore:
+    """Append-only JSON Lines file of one workload's measurements on one machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Measurement]:
+        """Measurements by key (a later line wins); a torn last line is ignored."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(f"{self.path}: cannot read ({exc})") from None
+        complete = text.split("\n")[:-1]  # whatever follows the last newline is a torn write
+        found: dict[str, Measurement] = {}
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            where = f"{self.path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputFileError(f"{where}: corrupt measurement line (invalid JSON)") from None
+            if not isinstance(data, dict):
+                raise InputFileError(f"{where}: corrupt measurement line (expected a JSON object)")
+            version = data.get("schema_version")
+            if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+                raise InputFileError(
+                    f"{where}: schema_version {version} is newer than this attnprof understands"
+                )
+            measurement = from_json_dict(Measurement, data, where=where)
+            found[measurement.key] = measurement
+        return found
+
+    def append(self, measurement: Measurement) -> None:
+        append_line(self.path, json.dumps(to_json_dict(measurement), sort_keys=True, allow_nan=False))
+
+
+@dataclass
+class SweepOutcome:
+    measurements: list[Measurement]  # one per design point reached, in design order
+    measured: int  # newly measured in this run
+    reused: int  # found in the store from an earlier run
+    stopped: str = ""  # why the sweep ended before the last point, if it did
+    skipped: list[Config] = field(default_factory=list)
+
+
+def run_sweep(
+    points: Sequence[Config],
+    measure_point: MeasurePoint,
+    store: MeasurementStore,
+    *,
+    time_budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    on_measured: Callable[[Measurement, int, int], None] | None = None,
+) -> SweepOutcome:
+    """Measure every point not already in the store, appending each as soon as it is measured.
+
+    `measure_point` turns one configuration into a Measurement (infeasible ones included); the
+    loop stops starting new points once the time budget would be exceeded by a typical point.
+    """
+    done = store.load()
+    start = clock()
+    durations: list[float] = []
+    outcome = SweepOutcome(measurements=[], measured=0, reused=0)
+    for index, config in enumerate(points):
+        key = measurement_key(config)
+        if key in done:
+            outcome.measurements.append(done[key])
+            outcome.reused += 1
+            continue
+        if _over_budget(time_budget_s, clock() - start, durations) and not outcome.stopped:
+            outcome.stopped = f"time budget of {time_budget_s:g} s reached"
+        if outcome.stopped:
+            outcome.skipped.append(dict(config))
+            continue
+        began = clock()
+        measurement = dataclasses.replace(measure_point(config), key=key, config=dict(config))
+        durations.append(clock() - began)
+        store.append(measurement)
+        outcome.measurements.append(measurement)
+        outcome.measured += 1
+        if on_measured is not None:
+            on_measured(measurement, index, len(points))
+    return outcome
+
+
+def _over_budget(budget_s: float | None, elapsed_s: float, durations: list[float]) -> bool:
+    """Whether one more typical point would take the sweep past its time budget."""
+    return budget_s is not None and bool(durations) and elapsed_s + statistics.median(durations) > budget_s
