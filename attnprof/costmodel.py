@@ -31,6 +31,7 @@ from attnprof.records import (
     InfeasiblePoint,
     KindFeatures,
     LayerPrediction,
+    LayerStats,
     LinearFit,
     MachineInfo,
     Measurement,
@@ -49,6 +50,9 @@ LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
 MEMORY_FEATURES: tuple[str, ...] = ("param_bytes", "activation_bytes", "attention_matrix_bytes", "constant")
 # Knobs that change the cost of attention layers only: other kinds share coefficients across them.
 ATTENTION_ONLY_KNOBS: tuple[str, ...] = ("backend",)
+# SDPA kernels that never hold the full score matrix in memory.
+FUSED_BACKENDS: tuple[str, ...] = ("flash", "efficient", "cudnn")
+_ATTENTION_WORDS = ("attention", "attn")
 # A residual this large (relative) counts as an outlier for the robust loss.
 ROBUST_SCALE = 0.05
 # The smallest share of the step attributed to a kind, so relative errors stay defined.
@@ -83,18 +87,44 @@ def _memory_row(features: MemoryFeatures) -> np.ndarray:
 
 
 def kind_targets(measurement: Measurement) -> dict[str, float]:
-    """Measured milliseconds per cost kind; `other` takes whatever the step spent outside
-    attention and MLP layers, so the kinds add up to the measured step time."""
+    """Measured milliseconds per cost kind, floored so relative errors stay defined."""
     assert measurement.time_ms is not None
-    total = measurement.time_ms.median
-    floor = MIN_KIND_SHARE * total
-    attention = max(measurement.kind_time_ms.get("attention", 0.0), 0.0)
-    mlp = max(measurement.kind_time_ms.get("mlp", 0.0), 0.0)
-    return {
-        "attention": max(attention, floor),
-        "mlp": max(mlp, floor),
-        "other": max(total - attention - mlp, floor),
-    }
+    floor = MIN_KIND_SHARE * measurement.time_ms.median
+    return {kind: max(measurement.kind_time_ms.get(kind, 0.0), floor) for kind in COST_KINDS}
+
+
+def split_step_time(step_ms: float, layers: Sequence[LayerStats]) -> dict[str, float]:
+    """The plain step's time split over cost kinds in proportion to the layers' self times.
+
+    Per-layer times come from hooked steps, which run slower than plain ones, and in train mode
+    they cover the forward pass only: the shares, not the absolute times, carry over."""
+    by_name = {layer.name: layer for layer in layers}
+    self_ms = dict.fromkeys(COST_KINDS, 0.0)
+    for layer in layers:
+        self_ms[cost_kind(layer.name, by_name)] += max(layer.self_time_ms or 0.0, 0.0)
+    measured = sum(self_ms.values())
+    if measured <= 0:
+        return {"attention": 0.0, "mlp": 0.0, "other": step_ms}
+    return {kind: step_ms * value / measured for kind, value in self_ms.items()}
+
+
+def cost_kind(name: str, by_name: Mapping[str, LayerStats]) -> str:
+    """attention or mlp when the layer or an enclosing module is one (a q_proj counts as
+    attention, an MLP's Linear as mlp); other otherwise. A module the profile calls `other`
+    but whose class or name says attention (the math backend runs no attention op the
+    accountant recognises) counts as attention."""
+    path = name
+    while True:
+        layer = by_name.get(path)
+        if layer is not None:
+            if layer.kind in ("attention", "mlp"):
+                return layer.kind
+            words = f"{layer.type} {path.rsplit('.', 1)[-1]}".lower()
+            if layer.kind == "other" and any(word in words for word in _ATTENTION_WORDS):
+                return "attention"
+        if not path:
+            return "other"
+        path = path.rpartition(".")[0]
 
 
 def fit_linear(

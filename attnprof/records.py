@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import statistics
 import types
 import typing
@@ -67,7 +68,7 @@ def _build(tp: Any, data: Any, where: str) -> Any:
         raise InputFileError(errors[0] if errors else f"{where}: unexpected null")
     if origin is Literal:
         if data not in typing.get_args(tp):
-            raise InputFileError(f"{where}: {data!r} is not one of {list(typing.get_args(tp))}")
+            raise InputFileError(f"{where}: {_short(data)} is not one of {list(typing.get_args(tp))}")
         return data
     if origin in (list, tuple):
         if not isinstance(data, list):
@@ -91,19 +92,28 @@ def _build(tp: Any, data: Any, where: str) -> Any:
                 raise InputFileError(f"{where}: missing field {f.name!r}")
         try:
             return tp(**kwargs)
-        except UsageError as exc:
-            raise InputFileError(f"{where}: {exc}") from exc
+        except (UsageError, ValueError, TypeError) as exc:
+            # A record's own validation (__post_init__) rejecting what the file holds.
+            raise InputFileError(f"{where}: {exc}") from None
     if tp is float:
         if data is None:
             return math.nan
         if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise InputFileError(f"{where}: expected a number, got {data!r}")
-        return float(data)
+            raise InputFileError(f"{where}: expected a number, got {_short(data)}")
+        try:
+            return float(data)
+        except OverflowError:
+            raise InputFileError(f"{where}: number too large ({_short(data)})") from None
     if tp in (int, str, bool):
         if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
-            raise InputFileError(f"{where}: expected {tp.__name__}, got {data!r}")
+            raise InputFileError(f"{where}: expected {tp.__name__}, got {_short(data)}")
         return data
     raise InputFileError(f"{where}: cannot read a value of type {tp}")
+
+
+def _short(value: Any) -> str:
+    """A value's repr cut short (length and nesting) for a one-line error message."""
+    return reprlib.repr(value)
 
 
 @dataclass

@@ -2,11 +2,16 @@
 
 Every write goes to a temporary file in the destination folder, is fsynced, and is renamed
 over the destination, so a reader never sees a half-written file even if the writer is
-killed. Nothing is ever unpickled: files are JSON.
+killed. Stores that grow record by record are JSON Lines files: one fsynced line per record,
+appended under an fcntl lock, so concurrent writers interleave whole lines and a killed
+writer leaves at most a torn last line, which readers skip and the next writer cuts off.
+Nothing is ever unpickled: files are JSON. Older schema versions are upgraded by the steps
+registered in MIGRATIONS; newer ones are refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +19,8 @@ import platform
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,41 +70,132 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_record(path: Path, record: Any) -> None:
-    """Save a record as JSON with its schema_version, atomically."""
+    """Save a record as JSON with its schema_version, atomically (replacing any older file)."""
+    atomic_write_text(Path(path), _record_text(record))
+
+
+def write_new_record(path: Path, record: Any) -> Path:
+    """Save a record under `path`, or `<stem>-1<suffix>`, `-2`... if that name is taken.
+
+    Two processes saving to the same name both keep their file: the temp file is hard-linked
+    to its final name, which fails rather than overwrite. Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(_record_text(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+        for attempt in range(10_000):
+            candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
+            try:
+                os.link(tmp_name, candidate)
+            except FileExistsError:
+                continue
+            _fsync_dir(path.parent)
+            return candidate
+        raise InputFileError(f"{path}: too many files of this name already")
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def _record_text(record: Any) -> str:
     data = to_json_dict(record)
     if isinstance(data, dict):
         data.setdefault("schema_version", SCHEMA_VERSION)
-    atomic_write_text(Path(path), json.dumps(data, indent=1, allow_nan=False) + "\n")
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
+
+
+# Schema migrations: MIGRATIONS[v] turns the data of a version-v file into version v + 1.
+# read_json applies them in order, so a file of any older version is read as the current one.
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def migration(from_version: int) -> Callable[[Migration], Migration]:
+    """Register the step that upgrades data of schema `from_version` to `from_version + 1`."""
+
+    def register(step: Migration) -> Migration:
+        if from_version in MIGRATIONS:
+            raise ValueError(f"a migration from schema_version {from_version} is already registered")
+        MIGRATIONS[from_version] = step
+        return step
+
+    return register
+
+
+def migrate(
+    data: dict[str, Any],
+    where: str,
+    current: int | None = None,
+    migrations: dict[int, Migration] | None = None,
+) -> dict[str, Any]:
+    """Check `data`'s schema_version and upgrade it to `current` (default: SCHEMA_VERSION);
+    refuse newer or unknown ones. `migrations` defaults to the MIGRATIONS registry."""
+    current = SCHEMA_VERSION if current is None else current
+    steps = MIGRATIONS if migrations is None else migrations
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputFileError(f"{where}: corrupt file (no integer schema_version)")
+    if version > current:
+        raise InputFileError(
+            f"{where}: schema_version {version} is newer than this attnprof understands "
+            f"({current}); upgrade attnprof"
+        )
+    if version < 1:
+        raise InputFileError(f"{where}: corrupt file (schema_version {version})")
+    while version < current:
+        step = steps.get(version)
+        if step is None:
+            raise InputFileError(f"{where}: schema_version {version} is too old to read (no migration)")
+        try:
+            data = step(dict(data))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputFileError(
+                f"{where}: corrupt file (cannot upgrade from schema_version {version}: {exc!r})"
+            ) from None
+        version += 1
+        data["schema_version"] = version
+    return data
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """Load a JSON object written by attnprof, refusing corrupt files and newer schemas."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputFileError(f"{path}: is a directory, not a file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: cannot read ({exc})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = _parse_json_object(raw, str(path))
+    return migrate(data, str(path))
+
+
+def _parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """Strict JSON (no NaN/Infinity) holding an object; anything else is a corrupt file."""
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise InputFileError(f"{where}: corrupt file (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
-        raise InputFileError(f"{path}: corrupt file (invalid JSON at line {exc.lineno})") from None
+        raise InputFileError(f"{where}: corrupt file (invalid JSON at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError: NaN/Infinity, or an integer longer than Python converts; RecursionError:
+        # nesting deeper than the parser's stack.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputFileError(f"{where}: corrupt file ({reason})") from None
     if not isinstance(data, dict):
-        raise InputFileError(f"{path}: corrupt file (expected a JSON object)")
-    version = data.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise InputFileError(f"{path}: corrupt file (no integer schema_version)")
-    if version > SCHEMA_VERSION:
-        raise InputFileError(
-            f"{path}: schema_version {version} is newer than this attnprof understands "
-            f"({SCHEMA_VERSION}); upgrade attnprof"
-        )
-    if version < 1:
-        raise InputFileError(f"{path}: corrupt file (schema_version {version})")
+        raise InputFileError(f"{where}: corrupt file (expected a JSON object)")
     return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_record(path: Path, cls: type[R]) -> R:
@@ -169,26 +267,106 @@ def git_commit(folder: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
-    """profiles/<workload name>-<fingerprint>: where one workload's files live."""
-    return Path(folder) / f"{_slug(name)}-{fingerprint}"
+@dataclass
+class JsonLines:
+    """What a JSON Lines store holds: its records (upgraded to the current schema) and notes."""
+
+    records: list[dict[str, Any]]
+    notes: list[str]  # e.g. a torn last line left by a writer that was killed mid-append
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate the file after its last newline, dropping a line whose writer was killed."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def read_jsonl(path: Path) -> JsonLines:
+    """Load every complete line of a JSON Lines store; a missing file is an empty store.
+
+    A last line without its newline is a torn append: skipped and reported in `notes`.
+    Any other bad line means the file was damaged by something other than attnprof's
+    writers, and the whole file is refused as corrupt.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return JsonLines(records=[], notes=[])
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = raw.split(b"\n")
+    notes = []
+    if lines[-1].strip():
+        notes.append(f"{path}: skipped a torn last line ({len(lines[-1])} bytes) from an interrupted write")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        records.append(migrate(_parse_json_object(line, where), where))
+    return JsonLines(records=records, notes=notes)
+
+
+def read_jsonl_records(path: Path, cls: type[R]) -> tuple[list[R], list[str]]:
+    """`read_jsonl`, each line built as a `cls` record."""
+    store = read_jsonl(path)
+    records = [
+        from_json_dict(cls, data, where=f"{path}, record {i + 1}") for i, data in enumerate(store.records)
+    ]
+    return records, store.notes
+
+
+def append_jsonl(path: Path, record: Any) -> None:
+    """Append one record (with its schema_version) as one line of a JSON Lines store."""
+    data = to_json_dict(record)
+    if not isinstance(data, dict):
+        raise TypeError(f"append_jsonl stores objects, not {type(data).__name__}")
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    append_line(path, json.dumps(data, allow_nan=False, separators=(",", ":")))
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line durably: a torn tail left by a crash is cut first, then the line goes
-    out in a single write and is fsynced, so a crash can tear at most this line."""
+    """Append one line to a file durably; done when this returns.
+
+    Writers hold an exclusive fcntl lock on the file while they append, so lines from
+    concurrent processes never interleave nor cut each other. A torn last line (a writer
+    killed mid-append) is cut off first: it never completed, so nothing completed is lost.
+    The line goes out in one write and is fsynced.
+    """
     path = Path(path)
-    created = not path.exists()
+    encoded = (line.rstrip("\n") + "\n").encode("utf-8")
+    if b"\n" in encoded[:-1]:
+        raise ValueError("append_line writes a single line; the text holds a newline")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not created:
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            os.truncate(path, data.rfind(b"\n") + 1)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _cut_torn_tail(fd)
+        written = 0
+        while written < len(encoded):
+            written += os.write(fd, encoded[written:])
         os.fsync(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # also releases the lock
     if created:
         _fsync_dir(path.parent)
+
+
+def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
+    """profiles/<workload name>-<fingerprint>: where one workload's files live."""
+    return Path(folder) / f"{_slug(name)}-{fingerprint}"

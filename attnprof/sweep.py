@@ -6,15 +6,14 @@ numeric ranges (log scale), then space-filling points — so each combination ge
 and, at every shape, the choices can be compared. Shapes come in order of information: a sweep
 stopped by `--time-budget` still has the corners of every combination.
 
-The store is JSON Lines, one measurement per line, appended with a single write and fsynced:
-a crash can tear only the last line, which reading ignores and the next append cuts off.
+The store is JSON Lines (store.append_jsonl): one fsynced line per measurement, so a crash
+can tear only the last line, which reading skips and the next append cuts off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import re
 import statistics
@@ -26,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import qmc
 
-from attnprof.errors import InputFileError, UsageError
-from attnprof.records import SCHEMA_VERSION, Measurement, from_json_dict, to_json_dict
+from attnprof.errors import UsageError
+from attnprof.records import Measurement
 from attnprof.space import Config, ConfigValue, Knob
-from attnprof.store import append_line, short_hash, workload_dir
+from attnprof.store import append_jsonl, read_jsonl_records, short_hash, workload_dir
 
 MeasurePoint = Callable[[Config], Measurement]
 
@@ -130,38 +129,15 @@ class MeasurementStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.notes: list[str] = []  # e.g. a torn last line skipped on the last load
 
     def load(self) -> dict[str, Measurement]:
-        """Measurements by key (a later line wins); a torn last line is ignored."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputFileError(f"{self.path}: cannot read ({exc})") from None
-        complete = text.split("\n")[:-1]  # whatever follows the last newline is a torn write
-        found: dict[str, Measurement] = {}
-        for number, line in enumerate(complete, start=1):
-            if not line.strip():
-                continue
-            where = f"{self.path}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputFileError(f"{where}: corrupt measurement line (invalid JSON)") from None
-            if not isinstance(data, dict):
-                raise InputFileError(f"{where}: corrupt measurement line (expected a JSON object)")
-            version = data.get("schema_version")
-            if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-                raise InputFileError(
-                    f"{where}: schema_version {version} is newer than this attnprof understands"
-                )
-            measurement = from_json_dict(Measurement, data, where=where)
-            found[measurement.key] = measurement
-        return found
+        """Measurements by key (a later line wins); a torn last line is skipped."""
+        measurements, self.notes = read_jsonl_records(self.path, Measurement)
+        return {m.key: m for m in measurements}
 
     def append(self, measurement: Measurement) -> None:
-        append_line(self.path, json.dumps(to_json_dict(measurement), sort_keys=True, allow_nan=False))
+        append_jsonl(self.path, measurement)
 
 
 @dataclass

@@ -140,7 +140,7 @@ def synthetic_measurement(
         workload_fingerprint="w",
         machine_fingerprint="m",
         time_ms=TimeStats.from_samples([total]),
-        kind_time_ms={"attention": kind_time["attention"], "mlp": kind_time["mlp"]},
+        kind_time_ms=kind_time,
         kind_features=point.kinds,
         peak_memory_bytes=int(law_memory(point.memory)),
         memory_features=point.memory,

@@ -131,8 +131,8 @@ def test_store_refuses_a_corrupt_middle_line(tmp_path: Path) -> None:
     path.write_text('not json\n{"key": "x"}\n')
     with pytest.raises(InputFileError, match=r"m.jsonl:1: corrupt"):
         MeasurementStore(path).load()
-    path.write_text('{"key": "x"}\n')
-    with pytest.raises(InputFileError, match=r"m.jsonl:1: missing field"):
+    path.write_text('{"key": "x", "schema_version": 1}\n')
+    with pytest.raises(InputFileError, match=r"m.jsonl, record 1: missing field"):
         MeasurementStore(path).load()
 
 
