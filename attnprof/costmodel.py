@@ -27,9 +27,11 @@ from attnprof.errors import UsageError
 from attnprof.records import (
     COST_KINDS,
     CostModel,
+    FeatureLaw,
     GroupInfo,
     InfeasiblePoint,
     KindFeatures,
+    LayerLaw,
     LayerPrediction,
     LayerStats,
     LinearFit,
@@ -37,6 +39,7 @@ from attnprof.records import (
     Measurement,
     MemoryFeatures,
     Prediction,
+    Settings,
     Validation,
     ValidationPoint,
 )
@@ -125,6 +128,124 @@ def cost_kind(name: str, by_name: Mapping[str, LayerStats]) -> str:
         if not path:
             return "other"
         path = path.rpartition(".")[0]
+
+
+def _materialises_scores(backend: str) -> bool:
+    # Fused kernels stream the scores through on-chip memory; anything else holds the matrix.
+    return backend not in FUSED_BACKENDS
+
+
+def step_features(
+    layers: Sequence[LayerStats],
+    launches: Mapping[str, int],
+    settings: Settings,
+    param_bytes: int,
+    element_size: int,
+) -> PointFeatures:
+    """Cost drivers of one step from its per-layer accounting: per layer, per cost kind, memory.
+
+    `launches` maps a module path to the operators its own code ran (each at least one kernel
+    launch); `element_size` is the bytes of one element of the compute dtype."""
+    by_name = {layer.name: layer for layer in layers}
+    kinds = {kind: KindFeatures() for kind in COST_KINDS}
+    rows: list[tuple[str, str, KindFeatures]] = []
+    matrices: list[float] = []
+    for layer in layers:
+        kind = cost_kind(layer.name, by_name)
+        pairs = 0.0
+        if layer.attention is not None and layer.attention.head_dim > 0:
+            pairs = layer.attention.flops_dense / (4 * layer.attention.head_dim)
+            if _materialises_scores(layer.attention.backend):
+                matrices.append(pairs * element_size)
+        features = KindFeatures(
+            launches=float(launches.get(layer.name, 0)),
+            flops=float(layer.flops + layer.backward_flops),
+            bytes=float(layer.bytes),
+            attention_pairs=pairs,
+        )
+        kinds[kind] = kinds[kind].plus(features)
+        rows.append((layer.name, kind, features))
+    # Inference frees each layer's scores before the next: one matrix is live at a time;
+    # training keeps every layer's for backward.
+    matrix_bytes = sum(matrices) if settings.mode == "train" else max(matrices, default=0.0)
+    memory = MemoryFeatures(
+        param_bytes=float(param_bytes),
+        activation_bytes=float(settings.batch_size * settings.seq_len * element_size),
+        attention_matrix_bytes=matrix_bytes,
+    )
+    return PointFeatures(kinds=kinds, memory=memory, layers=rows)
+
+
+# Per-layer FLOPs, bytes and pairs of a transformer step are exact polynomials in these terms
+# (rotary tables and masks grow with S or S² alone; weights are constant).
+LAW_BASIS: tuple[str, ...] = ("1", "B", "S", "B*S", "S^2", "B*S^2")
+_KIND_FEATURE_NAMES: tuple[str, ...] = ("launches", "flops", "bytes", "attention_pairs")
+_MEMORY_FEATURE_NAMES: tuple[str, ...] = ("param_bytes", "activation_bytes", "attention_matrix_bytes")
+
+
+def _law_basis(batch: int, seq: int) -> np.ndarray:
+    b, s = float(batch), float(seq)
+    return np.array([1.0, b, s, b * s, s * s, b * s * s])
+
+
+def fit_feature_law(measurements: Sequence[Measurement]) -> FeatureLaw:
+    """Per-layer and memory features of one choice combination as polynomials of (B, S)."""
+    basis = np.array(
+        [_law_basis(int(m.config["batch_size"]), int(m.config["seq_len"])) for m in measurements]
+    )
+    scale = np.abs(basis).max(axis=0)
+    scaled = basis / scale
+    worst = 0.0
+
+    def solve(values: np.ndarray) -> list[float]:
+        nonlocal worst
+        coefficients, *_ = np.linalg.lstsq(scaled, values, rcond=None)
+        fitted = scaled @ coefficients
+        size = max(float(np.abs(values).max()), 1.0)
+        worst = max(worst, float(np.abs(fitted - values).max()) / size)
+        return (coefficients / scale).tolist()
+
+    names: dict[str, str] = {}
+    for m in measurements:
+        for row in m.layers:
+            names.setdefault(row.name, row.kind)
+    layers = []
+    for name, kind in names.items():
+        per_point = [
+            {row.name: row.features for row in m.layers}.get(name, KindFeatures()) for m in measurements
+        ]
+        layers.append(
+            LayerLaw(
+                name=name,
+                kind=kind,
+                coefficients={
+                    feature: solve(np.array([float(getattr(f, feature)) for f in per_point]))
+                    for feature in _KIND_FEATURE_NAMES
+                },
+            )
+        )
+    memory = {
+        feature: solve(np.array([float(getattr(m.memory_features, feature)) for m in measurements]))
+        for feature in _MEMORY_FEATURE_NAMES
+    }
+    return FeatureLaw(basis=list(LAW_BASIS), layers=layers, memory=memory, max_relative_residual=worst)
+
+
+def features_from_law(law: FeatureLaw, batch: int, seq: int) -> PointFeatures:
+    """The features a shape would have, by the law: no run of the model needed."""
+    terms = _law_basis(batch, seq)
+
+    def value(coefficients: list[float]) -> float:
+        return max(float(terms @ np.asarray(coefficients)), 0.0)
+
+    kinds = {kind: KindFeatures() for kind in COST_KINDS}
+    rows = []
+    for layer in law.layers:
+        features = KindFeatures(**{name: value(c) for name, c in layer.coefficients.items()})
+        kinds[layer.kind] = kinds[layer.kind].plus(features)
+        rows.append((layer.name, layer.kind, features))
+    memory = MemoryFeatures(**{name: value(c) for name, c in law.memory.items()})
+    return PointFeatures(kinds=kinds, memory=memory, layers=rows)
 
 
 def fit_linear(
@@ -235,6 +356,10 @@ def fit_cost_model(
         if m.memory_features is not None and m.peak_memory_bytes
     ]
     memory = _grouped_fits(memory_samples, MEMORY_FEATURES) if memory_samples else {}
+    by_group: dict[str, list[Measurement]] = defaultdict(list)
+    for m in feasible:
+        if m.layers and m.memory_features is not None:
+            by_group[memory_group(m.config)].append(m)
     return CostModel(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         target=target,
@@ -245,6 +370,7 @@ def fit_cost_model(
         groups=_group_infos(feasible),
         measurements=len(measurements),
         infeasible=[InfeasiblePoint(m.config, m.status, m.reason) for m in measurements if not m.feasible],
+        feature_laws={group: fit_feature_law(items) for group, items in sorted(by_group.items())},
     )
 
 

@@ -465,6 +465,13 @@ class MemoryFeatures:
 
 
 @dataclass
+class LayerFeatures:
+    name: str
+    kind: str  # cost kind: attention, mlp or other
+    features: KindFeatures
+
+
+@dataclass
 class Measurement:
     """One measured configuration of a sweep, or the reason it could not run."""
 
@@ -480,6 +487,7 @@ class Measurement:
     kind_features: dict[str, KindFeatures] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     memory_features: MemoryFeatures | None = None
+    layers: list[LayerFeatures] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -506,6 +514,27 @@ class GroupInfo:
     config: dict[str, int | str]
     points: int
     ranges: dict[str, list[int]]  # shape knob -> [lowest, highest] measured
+
+
+@dataclass
+class LayerLaw:
+    """One layer's features as exact polynomials of batch size and sequence length."""
+
+    name: str
+    kind: str
+    coefficients: dict[str, list[float]]  # feature -> coefficients over FeatureLaw.basis
+
+
+@dataclass
+class FeatureLaw:
+    """Features of any shape of one choice combination, fitted on the measured shapes, so a
+    prediction needs no run of the model. FLOPs, bytes and pairs of a transformer are
+    polynomials in (B, S); `max_relative_residual` shows how exactly the law reproduced them."""
+
+    basis: list[str]
+    layers: list[LayerLaw]
+    memory: dict[str, list[float]]  # MemoryFeatures field -> coefficients
+    max_relative_residual: float
 
 
 @dataclass
@@ -553,6 +582,7 @@ class CostModel:
     groups: dict[str, GroupInfo]
     measurements: int
     infeasible: list[InfeasiblePoint] = field(default_factory=list)
+    feature_laws: dict[str, FeatureLaw] = field(default_factory=dict)  # group key -> law
     validation: Validation | None = None
     schema_version: int = SCHEMA_VERSION
 
