@@ -1,11 +1,15 @@
-"""Shared test set-up: GPU tests skipped without CUDA; hypothesis runs reproducibly."""
+"""Shared test set-up: GPU tests skipped without CUDA; torch on one thread; hypothesis reproducible."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+MODELS = Path(__file__).parent / "models"
 
 # "ci" (the default) derandomizes: the same examples on every run, a bounded number of them.
 # HYPOTHESIS_PROFILE=explore searches with fresh random examples, many more of them.
@@ -22,12 +26,19 @@ settings.register_profile("explore", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    import torch
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def models_dir() -> Path:
+    return MODELS

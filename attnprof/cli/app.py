@@ -1,0 +1,85 @@
+"""The typer app, global flags, and the mapping from attnprof's errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from attnprof import __version__
+from attnprof.errors import AttnprofError, UserCodeError
+from attnprof.report.console import error, set_quiet
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="attnprof",
+    help="Profile and tune attention workloads in PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class _GlobalFlags:
+    debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnprof {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status lines on stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _GlobalFlags.debug = debug
+    set_quiet(quiet)
+
+
+def handle_errors(command: F) -> F:
+    """AttnprofError -> one line on stderr and its exit code; the user's traceback for exit 3."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = _GlobalFlags.debug or bool(kwargs.get("debug"))
+        try:
+            return command(*args, **kwargs)
+        except AttnprofError as exc:
+            if debug:
+                traceback.print_exc()
+            elif isinstance(exc, UserCodeError) and exc.user_traceback:
+                sys.stderr.write(exc.user_traceback)
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def register(name: str, command: Callable[..., Any]) -> None:
+    app.command(name)(handle_errors(command))
+
+
+def _register_commands() -> None:
+    # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
+    from attnprof.cli.profile import profile_command
+
+    register("profile", profile_command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()

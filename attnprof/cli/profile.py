@@ -1,0 +1,58 @@
+"""`attnprof profile [TARGET]`: per-layer time, memory and FLOPs of one workload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from attnprof.errors import UsageError
+from attnprof.measure.dtypes import canonical_dtype_name
+from attnprof.profiler import resolve_settings, run_profile
+from attnprof.records import to_json_dict
+from attnprof.report.console import log, stdout_console
+from attnprof.report.table import SORT_KEYS, print_profile
+from attnprof.store import DEFAULT_PROFILE_DIR, profile_path, write_record
+from attnprof.workload import load_workload
+
+
+def profile_command(
+    target: str = typer.Argument(None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME "
+                                            "(default: zoo:decoder)."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size."),
+    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
+    dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
+    backend: str = typer.Option(None, "--backend", help="SDPA backend: auto, math, flash, efficient, cudnn."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only)."),
+    mode: str = typer.Option(None, "--mode", help="infer (no_grad forward) or train (forward + backward)."),
+    warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),
+    repeats: int = typer.Option(None, "--repeats", help="Timed steps."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is)."),
+    sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
+    if sort not in SORT_KEYS:
+        raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    workload = load_workload(target)
+    overrides = {
+        "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
+        "warmup": warmup, "repeats": repeats, "threads": threads,
+        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
+    }
+    settings = resolve_settings(workload, overrides)
+    log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "
+        f"{settings.dtype}, {settings.device})")
+    profile = run_profile(workload, settings)
+    if not no_save:
+        path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
+        write_record(path, profile)
+        log(f"saved {path}")
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+    else:
+        print_profile(profile, stdout_console(), sort)

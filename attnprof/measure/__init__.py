@@ -1,0 +1,1 @@
+"""Measurement primitives: module scopes, FLOP/byte accounting, timing, memory, devices."""

@@ -1,0 +1,1 @@
+"""Renderers: the only package that imports rich."""

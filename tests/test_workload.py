@@ -1,0 +1,113 @@
+"""Every target form of DESIGN.md loads, and bad targets fail with the documented exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnprof.errors import UsageError, UserCodeError
+from attnprof.records import Settings
+from attnprof.workload import DEFAULT_TARGET, load_workload
+
+CPU = torch.device("cpu")
+
+
+def _run(target: str, batch: int = 2, seq: int = 8) -> object:
+    workload = load_workload(target)
+    model = workload.build_model(CPU, torch.float32)
+    args, kwargs = workload.make_inputs(batch, seq, CPU, torch.float32)
+    with torch.no_grad():
+        return model(*args, **kwargs)
+
+
+def test_default_target_is_the_zoo_decoder() -> None:
+    assert load_workload(None).target == DEFAULT_TARGET == "zoo:decoder"
+
+
+@pytest.mark.parametrize("name", ["decoder", "encoder", "gpt"])
+def test_zoo_workloads_run(name: str) -> None:
+    out = _run(f"zoo:{name}")
+    assert isinstance(out, torch.Tensor) and out.shape[:2] == (2, 8)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+def test_builtin_hf_configs_run_offline(name: str) -> None:
+    out = _run(f"hf:{name}")
+    assert hasattr(out, "logits") or hasattr(out, "last_hidden_state")
+
+
+def test_llama_builtin_config_has_grouped_query_attention() -> None:
+    config = load_workload("hf:llama").config
+    assert config.num_key_value_heads < config.num_attention_heads
+
+
+def test_hf_local_config_dir(tmp_path: Path) -> None:
+    load_workload("hf:llama").config.save_pretrained(tmp_path)
+    workload = load_workload(f"hf:{tmp_path}")
+    assert workload.config.model_type == "llama"
+    assert hasattr(_run(f"hf:{tmp_path}"), "logits")
+
+
+def test_model_file_with_transformer_encoder(models_dir: Path) -> None:
+    workload = load_workload(str(models_dir / "encoder_model.py"))
+    assert workload.defaults["seq_len"] == 16 and workload.loss_fn is not None
+    assert _run(str(models_dir / "encoder_model.py")).shape == (2, 8, 32)
+
+
+def test_model_file_with_factory_name(models_dir: Path) -> None:
+    model = load_workload(f"{models_dir / 'encoder_model.py'}:make_small").build_model(CPU, torch.float32)
+    assert isinstance(model, torch.nn.Sequential)
+
+
+def test_package_module_factory(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(models_dir.parent))
+    workload = load_workload("models.encoder_model:make_small")
+    assert isinstance(workload.build_model(CPU, torch.float32), torch.nn.Sequential)
+    sys.modules.pop("models.encoder_model", None)
+
+
+def test_fingerprint_depends_on_architecture_and_settings() -> None:
+    decoder, encoder = load_workload("zoo:decoder"), load_workload("zoo:encoder")
+    settings = Settings(batch_size=2, seq_len=8)
+    assert decoder.fingerprint(settings) == load_workload("zoo:decoder").fingerprint(settings)
+    assert decoder.fingerprint(settings) != encoder.fingerprint(settings)
+    assert decoder.fingerprint(settings) != decoder.fingerprint(Settings(batch_size=2, seq_len=16))
+    assert decoder.fingerprint(settings) == decoder.fingerprint(Settings(batch_size=2, seq_len=8, repeats=3))
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing_file.py", "no such file"),
+        ("zoo:nope", "unknown zoo workload"),
+        ("hf:definitely-not-a-model", "unknown hf: model"),
+        ("no_such_pkg.mod:factory", "no such file or importable module"),
+        ("a b c", "is not a target"),
+        ("models/x.py:not-a-name", "must be a Python name"),
+    ],
+)
+def test_bad_targets_are_usage_errors(target: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        load_workload(target)
+    assert caught.value.exit_code == 2
+
+
+def test_file_without_build_model(models_dir: Path) -> None:
+    with pytest.raises(UsageError, match="build_model"):
+        load_workload(str(models_dir / "no_build.py"))
+
+
+def test_syntax_error_is_user_code_error(models_dir: Path) -> None:
+    with pytest.raises(UserCodeError) as caught:
+        load_workload(str(models_dir / "syntax_error.py"))
+    assert caught.value.exit_code == 3
+    assert "syntax_error.py" in caught.value.user_traceback
+
+
+def test_example_inputs_of_wrong_type(models_dir: Path) -> None:
+    workload = load_workload(str(models_dir / "bad_inputs.py"))
+    with pytest.raises(UsageError, match="example_inputs"):
+        workload.make_inputs(1, 4, CPU, torch.float32)
