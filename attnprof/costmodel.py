@@ -130,6 +130,11 @@ def cost_kind(name: str, by_name: Mapping[str, LayerStats]) -> str:
         path = path.rpartition(".")[0]
 
 
+def _outermost_attention(name: str, by_name: Mapping[str, LayerStats]) -> bool:
+    parent = name.rpartition(".")[0] if name else None
+    return parent is None or cost_kind(parent, by_name) != "attention"
+
+
 def _materialises_scores(backend: str) -> bool:
     # Fused kernels stream the scores through on-chip memory; anything else holds the matrix.
     return backend not in FUSED_BACKENDS
@@ -150,6 +155,10 @@ def step_features(
     kinds = {kind: KindFeatures() for kind in COST_KINDS}
     rows: list[tuple[str, str, KindFeatures]] = []
     matrices: list[float] = []
+    # Attention written as matmul-softmax-matmul (or SDPA's math path) runs no op that reports
+    # its heads: its S² term is then B·S² per attention block, and its scores are materialised.
+    recognised = any(layer.attention is not None for layer in layers)
+    unit_pairs = float(settings.batch_size * settings.seq_len * settings.seq_len)
     for layer in layers:
         kind = cost_kind(layer.name, by_name)
         pairs = 0.0
@@ -157,6 +166,9 @@ def step_features(
             pairs = layer.attention.flops_dense / (4 * layer.attention.head_dim)
             if _materialises_scores(layer.attention.backend):
                 matrices.append(pairs * element_size)
+        elif not recognised and kind == "attention" and _outermost_attention(layer.name, by_name):
+            pairs = unit_pairs
+            matrices.append(pairs * element_size)
         features = KindFeatures(
             launches=float(launches.get(layer.name, 0)),
             flops=float(layer.flops + layer.backward_flops),
@@ -190,9 +202,7 @@ def _law_basis(batch: int, seq: int) -> np.ndarray:
 
 def fit_feature_law(measurements: Sequence[Measurement]) -> FeatureLaw:
     """Per-layer and memory features of one choice combination as polynomials of (B, S)."""
-    basis = np.array(
-        [_law_basis(int(m.config["batch_size"]), int(m.config["seq_len"])) for m in measurements]
-    )
+    basis = np.array([_law_basis(int(m.config["batch_size"]), int(m.config["seq_len"])) for m in measurements])
     scale = np.abs(basis).max(axis=0)
     scaled = basis / scale
     worst = 0.0
@@ -211,9 +221,7 @@ def fit_feature_law(measurements: Sequence[Measurement]) -> FeatureLaw:
             names.setdefault(row.name, row.kind)
     layers = []
     for name, kind in names.items():
-        per_point = [
-            {row.name: row.features for row in m.layers}.get(name, KindFeatures()) for m in measurements
-        ]
+        per_point = [{row.name: row.features for row in m.layers}.get(name, KindFeatures()) for m in measurements]
         layers.append(
             LayerLaw(
                 name=name,
@@ -248,9 +256,7 @@ def features_from_law(law: FeatureLaw, batch: int, seq: int) -> PointFeatures:
     return PointFeatures(kinds=kinds, memory=memory, layers=rows)
 
 
-def fit_linear(
-    rows: np.ndarray, targets: np.ndarray, names: Sequence[str], pooled: bool = False
-) -> LinearFit:
+def fit_linear(rows: np.ndarray, targets: np.ndarray, names: Sequence[str], pooled: bool = False) -> LinearFit:
     """Non-negative robust fit of targets ≈ rows @ coefficients, minimising relative error."""
     rows = np.asarray(rows, dtype=float)
     targets = np.asarray(targets, dtype=float)
@@ -415,8 +421,7 @@ def predict(model: CostModel, config: Mapping[str, ConfigValue], features: Point
             raise UsageError(f"the cost model has no {kind} fit for {latency_group(kind, config)}")
         if fit.pooled:
             warnings.append(
-                f"{kind} latency for {group} comes from a fit pooled over all groups "
-                f"(too few measurements of its own)"
+                f"{kind} latency for {group} comes from a fit pooled over all groups (too few measurements of its own)"
             )
         fits[kind] = fit
         value, sigma = _evaluate(fit, _latency_row(kind, features.kinds.get(kind, KindFeatures())))
@@ -523,9 +528,7 @@ def summarise_validation(details: list[ValidationPoint], method: str, folds: int
     """Error metrics of predictions against measurements (cross-validated or held out)."""
     if not details:
         raise UsageError("no configuration could be predicted for validation; measure more points")
-    latency_mape = 100.0 * float(
-        np.mean([abs(d.predicted_ms - d.measured_ms) / d.measured_ms for d in details])
-    )
+    latency_mape = 100.0 * float(np.mean([abs(d.predicted_ms - d.measured_ms) / d.measured_ms for d in details]))
     memory_errors = [
         abs(d.predicted_memory_bytes - d.measured_memory_bytes) / d.measured_memory_bytes
         for d in details
@@ -560,7 +563,6 @@ def top1_agreement(details: Sequence[ValidationPoint]) -> tuple[float | None, in
     if not choices:
         return None, 0
     right = sum(
-        min(points, key=lambda d: d.measured_ms) is min(points, key=lambda d: d.predicted_ms)
-        for points in choices
+        min(points, key=lambda d: d.measured_ms) is min(points, key=lambda d: d.predicted_ms) for points in choices
     )
     return right / len(choices), len(choices)

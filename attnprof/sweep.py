@@ -12,25 +12,36 @@ can tear only the last line, which reading skips and the next append cuts off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import functools
 import itertools
 import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import qmc
 
-from attnprof.errors import UsageError
-from attnprof.records import Measurement
-from attnprof.space import Config, ConfigValue, Knob
+from attnprof.costmodel import PointFeatures, split_step_time, step_features
+from attnprof.errors import UsageError, UserCodeError
+from attnprof.measure.memory import tensor_bytes
+from attnprof.profiler import CountingResult, Prepared, build_layers, counting_pass, prepare, timing_pass
+from attnprof.records import LayerFeatures, LayerStats, Measurement, MeasurementStatus, Settings, TimeStats
+from attnprof.space import Config, ConfigValue, Knob, config_of, settings_for
 from attnprof.store import append_jsonl, read_jsonl_records, short_hash, workload_dir
+from attnprof.workload import Workload
 
 MeasurePoint = Callable[[Config], Measurement]
+
+# Messages of allocator failures that torch raises as a plain RuntimeError.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 # Candidates the greedy space-filling choice picks from, beyond corners and centre.
 _FILL_CANDIDATES = 256
@@ -118,10 +129,7 @@ def measurement_key(config: Mapping[str, ConfigValue]) -> str:
 
 def store_path(folder: Path, workload_name: str, workload_fingerprint: str, machine_fingerprint: str) -> Path:
     """profiles/<workload>-<architecture fingerprint>/measurements-<machine fingerprint>.jsonl"""
-    return (
-        workload_dir(folder, workload_name, workload_fingerprint)
-        / f"measurements-{machine_fingerprint}.jsonl"
-    )
+    return workload_dir(folder, workload_name, workload_fingerprint) / f"measurements-{machine_fingerprint}.jsonl"
 
 
 class MeasurementStore:
@@ -192,3 +200,109 @@ def run_sweep(
 def _over_budget(budget_s: float | None, elapsed_s: float, durations: list[float]) -> bool:
     """Whether one more typical point would take the sweep past its time budget."""
     return budget_s is not None and bool(durations) and elapsed_s + statistics.median(durations) > budget_s
+
+
+def architecture_key(workload: Workload) -> str:
+    """The workload's architecture fingerprint as built in fp32, whatever dtype a run used."""
+    fresh = dataclasses.replace(workload, architecture="")
+    fresh.fingerprint(Settings())  # builds the model on the meta device and fingerprints it
+    return fresh.architecture
+
+
+def failure_status(exc: BaseException) -> MeasurementStatus | None:
+    """How a failed run is recorded: `oom` for any allocation failure, `error` for other
+    exceptions of the user's model at this configuration, None for attnprof's own errors."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(chain, RuntimeError) and any(text in str(chain).lower() for text in _OOM_MESSAGES)
+        ):
+            return "oom"
+        chain = chain.__cause__
+    return "error" if isinstance(exc, UserCodeError) else None
+
+
+def count_features(workload: Workload, settings: Settings) -> PointFeatures:
+    """The cost drivers of one configuration from a single counted step, without timing."""
+    with _restored_threads():
+        prepared = prepare(workload, settings)
+        counting = counting_pass(prepared)
+    layers = build_layers(prepared, counting, None, settings.mode == "train")
+    return _features(prepared, counting, layers, settings)
+
+
+def _features(
+    prepared: Prepared, counting: CountingResult, layers: list[LayerStats], settings: Settings
+) -> PointFeatures:
+    return step_features(
+        layers,
+        {name: cost.ops for name, cost in counting.costs.items()},
+        settings,
+        param_bytes=tensor_bytes(prepared.model),
+        element_size=prepared.dtype.itemsize,
+    )
+
+
+def measure_settings(
+    workload: Workload, settings: Settings, *, workload_fingerprint: str, machine_fingerprint: str
+) -> Measurement:
+    """One configuration measured through the profiler's counting and timing passes; a run
+    that runs out of memory, yields NaN/inf or fails in the model is recorded as infeasible."""
+    record = functools.partial(
+        Measurement,
+        key=measurement_key(config_of(settings)),
+        config=config_of(settings),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        workload_fingerprint=workload_fingerprint,
+        machine_fingerprint=machine_fingerprint,
+    )
+    try:
+        with _restored_threads():
+            prepared = prepare(workload, settings)
+            counting = counting_pass(prepared)
+            if not counting.finite:
+                return record(status="non_finite", reason="the model's output contains NaN or inf")
+            timing = timing_pass(prepared, settings)
+    except Exception as exc:
+        status = failure_status(exc)
+        if status is None:
+            raise
+        return record(status=status, reason=" ".join(str(exc).split())[:300])
+    layers = build_layers(prepared, counting, timing, settings.mode == "train")
+    features = _features(prepared, counting, layers, settings)
+    step = TimeStats.from_samples(timing.step_ms)
+    return record(
+        status="ok",
+        time_ms=step,
+        kind_time_ms=split_step_time(step.median, layers),
+        kind_features=features.kinds,
+        peak_memory_bytes=int(features.memory.param_bytes) + counting.peak_activation_bytes,
+        memory_features=features.memory,
+        layers=[LayerFeatures(name, kind, f) for name, kind, f in features.layers],
+    )
+
+
+def profiler_measure_point(
+    workload: Workload, base: Settings, *, workload_fingerprint: str, machine_fingerprint: str
+) -> MeasurePoint:
+    """The measure_point of `run_sweep` for `workload`: each configuration on top of `base`."""
+
+    def measure_point(config: Config) -> Measurement:
+        return measure_settings(
+            workload,
+            settings_for(base, config),
+            workload_fingerprint=workload_fingerprint,
+            machine_fingerprint=machine_fingerprint,
+        )
+
+    return measure_point
+
+
+@contextlib.contextmanager
+def _restored_threads() -> Iterator[None]:
+    # A configuration's `threads` must not leak into the next one or into the caller.
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
