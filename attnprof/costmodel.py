@@ -50,7 +50,8 @@ LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
     "mlp": ("launches", "flops", "bytes"),
     "other": ("launches", "flops", "bytes"),
 }
-MEMORY_FEATURES: tuple[str, ...] = ("param_bytes", "activation_bytes", "attention_matrix_bytes", "constant")
+# Parameters are known exactly and added as they are; the fit covers the activations.
+MEMORY_FEATURES: tuple[str, ...] = ("activation_bytes", "attention_matrix_bytes", "constant")
 # Knobs that change the cost of attention layers only: other kinds share coefficients across them.
 ATTENTION_ONLY_KNOBS: tuple[str, ...] = ("backend",)
 # SDPA kernels that never hold the full score matrix in memory.
@@ -84,9 +85,7 @@ def _latency_row(kind: str, features: KindFeatures) -> np.ndarray:
 
 
 def _memory_row(features: MemoryFeatures) -> np.ndarray:
-    return np.array(
-        [features.param_bytes, features.activation_bytes, features.attention_matrix_bytes, 1.0], dtype=float
-    )
+    return np.array([features.activation_bytes, features.attention_matrix_bytes, 1.0], dtype=float)
 
 
 def kind_targets(measurement: Measurement) -> dict[str, float]:
@@ -313,22 +312,41 @@ def _min_points(width: int) -> int:
 
 
 def _grouped_fits(samples: list[tuple[str, np.ndarray, float]], names: Sequence[str]) -> dict[str, LinearFit]:
-    """One fit per group; groups with too few points share a fit over all groups' points."""
+    """One fit per group. A group with too few points for its own fit borrows the shape of a
+    fit over every group's points, rescaled to its own points (bf16 may be 3x slower than fp32
+    on a CPU: the shape carries over, the level does not)."""
     by_group: dict[str, list[tuple[np.ndarray, float]]] = defaultdict(list)
     for group, row, target in samples:
         by_group[group].append((row, target))
     pooled: LinearFit | None = None
     fits: dict[str, LinearFit] = {}
     for group, items in sorted(by_group.items()):
+        rows, targets = np.array([r for r, _ in items]), np.array([t for _, t in items])
         if len(items) >= _min_points(len(names)):
-            fits[group] = fit_linear(np.array([r for r, _ in items]), np.array([t for _, t in items]), names)
+            fits[group] = fit_linear(rows, targets, names)
             continue
         if pooled is None:
             pooled = fit_linear(
                 np.array([r for _, r, _ in samples]), np.array([t for _, _, t in samples]), names, pooled=True
             )
-        fits[group] = pooled
+        fits[group] = _rescaled(pooled, rows, targets)
     return fits
+
+
+def _rescaled(pooled: LinearFit, rows: np.ndarray, targets: np.ndarray) -> LinearFit:
+    predicted = rows @ np.asarray(pooled.coefficients)
+    ratios = targets[predicted > 0] / predicted[predicted > 0]
+    scale = float(np.median(ratios)) if ratios.size else 1.0
+    residuals = scale * predicted / targets - 1.0
+    spread = float(np.sqrt(np.mean(residuals**2))) if len(targets) > 1 else 0.0
+    return LinearFit(
+        features=pooled.features,
+        coefficients=(scale * np.asarray(pooled.coefficients)).tolist(),
+        covariance=(scale**2 * np.asarray(pooled.covariance)).tolist(),
+        relative_std=max(pooled.relative_std, spread),
+        points=len(targets),
+        pooled=True,
+    )
 
 
 def fit_cost_model(
@@ -357,7 +375,11 @@ def fit_cost_model(
         ]
         latency[kind] = _grouped_fits(samples, LATENCY_FEATURES[kind])
     memory_samples = [
-        (memory_group(m.config), _memory_row(m.memory_features), float(m.peak_memory_bytes))
+        (
+            memory_group(m.config),
+            _memory_row(m.memory_features),
+            max(float(m.peak_memory_bytes) - m.memory_features.param_bytes, 1.0),
+        )
         for m in feasible
         if m.memory_features is not None and m.peak_memory_bytes
     ]
@@ -435,7 +457,8 @@ def predict(model: CostModel, config: Mapping[str, ConfigValue], features: Point
     memory_fit = model.memory.get(group)
     memory, memory_sigma = (math.nan, math.nan)
     if memory_fit is not None:
-        memory, memory_sigma = _evaluate(memory_fit, _memory_row(features.memory))
+        activations, memory_sigma = _evaluate(memory_fit, _memory_row(features.memory))
+        memory = features.memory.param_bytes + activations
     else:
         warnings.append("no memory measurements for this configuration")
 
@@ -453,6 +476,20 @@ def predict(model: CostModel, config: Mapping[str, ConfigValue], features: Point
         feasible=not reason,
         infeasible_reason=reason,
     )
+
+
+def predict_config(model: CostModel, config: Mapping[str, ConfigValue]) -> Prediction:
+    """`predict` with the features the model's feature law gives for the configuration's shape."""
+    group = memory_group(config)
+    law = model.feature_laws.get(group)
+    if law is None:
+        measured = "; ".join(sorted(model.feature_laws)) or "none"
+        raise UsageError(
+            f"the cost model has no measurements for {group or 'this configuration'} "
+            f"(measured: {measured}); rerun `attnprof fit` with those knob values"
+        )
+    features = features_from_law(law, int(config["batch_size"]), int(config["seq_len"]))
+    return predict(model, config, features)
 
 
 def _infeasible_reason(infeasible: Sequence[InfeasiblePoint], config: Mapping[str, ConfigValue]) -> str:

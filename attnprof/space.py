@@ -62,8 +62,8 @@ def default_knobs(device: str, threads: int) -> dict[str, Knob]:
     """The sweep's default space on `device`; `threads` is the current CPU thread count."""
     backends: tuple[ConfigValue, ...] = CPU_BACKENDS if device == "cpu" else ("math", "flash", "efficient")
     return {
-        "batch_size": Knob("batch_size", low=1, high=8),
-        "seq_len": Knob("seq_len", low=64, high=512),
+        "batch_size": Knob("batch_size", low=1, high=4),
+        "seq_len": Knob("seq_len", low=32, high=256),
         "dtype": Knob("dtype", choices=("fp32", "bf16")),
         "backend": Knob("backend", choices=backends),
         "threads": Knob("threads", choices=(max(threads, 1),)),

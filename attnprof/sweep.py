@@ -29,13 +29,20 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from attnprof.costmodel import PointFeatures, split_step_time, step_features
+from attnprof.costmodel import PointFeatures, cross_validate, fit_cost_model, split_step_time, step_features
 from attnprof.errors import UsageError, UserCodeError
 from attnprof.measure.memory import tensor_bytes
 from attnprof.profiler import CountingResult, Prepared, build_layers, counting_pass, prepare, timing_pass
-from attnprof.records import LayerFeatures, LayerStats, Measurement, MeasurementStatus, Settings, TimeStats
+from attnprof.records import CostModel, LayerFeatures, LayerStats, Measurement, MeasurementStatus, Settings, TimeStats
 from attnprof.space import Config, ConfigValue, Knob, config_of, settings_for
-from attnprof.store import append_jsonl, read_jsonl_records, short_hash, workload_dir
+from attnprof.store import (
+    DEFAULT_PROFILE_DIR,
+    append_jsonl,
+    machine_info,
+    read_jsonl_records,
+    short_hash,
+    workload_dir,
+)
 from attnprof.workload import Workload
 
 MeasurePoint = Callable[[Config], Measurement]
@@ -306,3 +313,54 @@ def _restored_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def model_path(folder: Path, workload_name: str, workload_fingerprint: str, machine_fingerprint: str) -> Path:
+    """profiles/<workload>-<architecture fingerprint>/costmodel-<machine fingerprint>.json"""
+    return workload_dir(folder, workload_name, workload_fingerprint) / f"costmodel-{machine_fingerprint}.json"
+
+
+@dataclass
+class FitRun:
+    model: CostModel
+    sweep: SweepOutcome
+    store_path: Path
+    model_path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_workload(
+    workload: Workload,
+    base: Settings,
+    knobs: Mapping[str, Knob],
+    *,
+    max_measurements: int,
+    time_budget_s: float | None = None,
+    folds: int = 5,
+    folder: Path = DEFAULT_PROFILE_DIR,
+    on_measured: Callable[[Measurement, int, int], None] | None = None,
+) -> FitRun:
+    """Sweep the design (resuming from the store), fit the cost model and cross-validate it."""
+    architecture = architecture_key(workload)
+    machine = machine_info()
+    name = workload.name or workload.target
+    store = MeasurementStore(store_path(folder, name, architecture, machine.fingerprint()))
+    points = [config_of(settings_for(base, point)) for point in design_points(knobs, max_measurements)]
+    measure = profiler_measure_point(
+        workload, base, workload_fingerprint=architecture, machine_fingerprint=machine.fingerprint()
+    )
+    outcome = run_sweep(points, measure, store, time_budget_s=time_budget_s, on_measured=on_measured)
+    notes = list(store.notes)
+    errors = [m for m in outcome.measurements if m.status == "error"]
+    if errors and not any(m.feasible for m in outcome.measurements):
+        raise UserCodeError(f"every configuration failed; the first: {errors[0].reason}")
+
+    def fit(measurements: Sequence[Measurement]) -> CostModel:
+        return fit_cost_model(measurements, target=workload.target, workload_fingerprint=architecture, machine=machine)
+
+    model = fit(outcome.measurements)
+    try:
+        model.validation = cross_validate(outcome.measurements, fit, folds)
+    except UsageError as exc:
+        notes.append(f"not cross-validated: {exc}")
+    return FitRun(model, outcome, store.path, model_path(folder, name, architecture, machine.fingerprint()), notes)

@@ -73,9 +73,13 @@ def register(name: str, command: Callable[..., Any]) -> None:
 
 def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
+    from attnprof.cli.fit import fit_command
+    from attnprof.cli.predict import predict_command
     from attnprof.cli.profile import profile_command
 
     register("profile", profile_command)
+    register("fit", fit_command)
+    register("predict", predict_command)
 
 
 _register_commands()

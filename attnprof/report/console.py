@@ -45,3 +45,8 @@ def log(message: str) -> None:
 def error(message: str) -> None:
     """A one-line error on stderr."""
     _console(True).print(f"attnprof: error: {message}", markup=False)
+
+
+def warning(message: str) -> None:
+    """A warning on stderr, shown even with -q: it qualifies the output."""
+    _console(True).print(f"attnprof: warning: {message}", markup=False)
