@@ -97,9 +97,7 @@ def features(batch: int, seq: int, dtype: str, backend: str) -> PointFeatures:
         launches=30, flops=2 * tokens * HIDDEN * 2048, bytes=size * (2048 * HIDDEN + 6 * tokens * HIDDEN)
     )
     matrix = batch * HEADS * seq * seq * size if backend == "math" else 0.0
-    memory = MemoryFeatures(
-        param_bytes=PARAMS * size, activation_bytes=tokens * size, attention_matrix_bytes=matrix
-    )
+    memory = MemoryFeatures(param_bytes=PARAMS * size, activation_bytes=tokens * size, attention_matrix_bytes=matrix)
     return PointFeatures(kinds={"attention": attention, "mlp": mlp, "other": other}, memory=memory)
 
 
@@ -109,9 +107,7 @@ def law_time(kind: str, dtype: str, backend: str, kind_features: KindFeatures) -
 
 
 def law_memory(memory: MemoryFeatures) -> float:
-    return (
-        memory.param_bytes + 6 * HIDDEN * memory.activation_bytes + 2.0 * memory.attention_matrix_bytes + 1e5
-    )
+    return memory.param_bytes + 6 * HIDDEN * memory.activation_bytes + 2.0 * memory.attention_matrix_bytes + 1e5
 
 
 def synthetic_measurement(
@@ -128,8 +124,7 @@ def synthetic_measurement(
     }
     point = features(batch, seq, dtype, backend)
     kind_time = {
-        kind: law_time(kind, dtype, backend, f) * float(rng.lognormal(0.0, noise))
-        for kind, f in point.kinds.items()
+        kind: law_time(kind, dtype, backend, f) * float(rng.lognormal(0.0, noise)) for kind, f in point.kinds.items()
     }
     total = sum(kind_time.values())
     return Measurement(
@@ -303,12 +298,19 @@ def test_groups_with_too_few_points_fall_back_to_a_pooled_fit() -> None:
     rng = np.random.default_rng(7)
     measurements = [m for m in sweep(rng) if m.config["backend"] == "flash" or m.config["seq_len"] == 64]
     model = fit(measurements)
-    math_group = choice_key(
-        {"dtype": "fp32", "backend": "math", "threads": 1, "mode": "infer", "device": "cpu"}
-    )
+    math_group = choice_key({"dtype": "fp32", "backend": "math", "threads": 1, "mode": "infer", "device": "cpu"})
     assert model.latency["attention"][math_group].pooled
+    # MLP costs do not depend on the attention backend: they keep a fit of their own.
+    assert not model.latency["mlp"][
+        choice_key({"dtype": "fp32", "threads": 1, "mode": "infer", "device": "cpu"})
+    ].pooled
     config = {**measurements[0].config, "backend": "math"}
-    assert any("pooled" in w for w in predict(model, config, features(1, 64, "fp32", "math")).warnings)
+    point = features(8, 64, "fp32", "math")
+    predicted = predict(model, {**config, "batch_size": 8}, point)
+    assert any("pooled" in w for w in predicted.warnings)
+    # The pooled fit is rescaled to the group's own points, so it is right where they were measured.
+    truth = sum(law_time(kind, "fp32", "math", f) for kind, f in point.kinds.items())
+    assert predicted.time_ms == pytest.approx(truth, rel=0.1)
 
 
 def test_unmeasured_choice_is_refused_with_a_clear_message() -> None:

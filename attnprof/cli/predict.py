@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 
-from attnprof.costmodel import predict_config
+from attnprof.costmodel import measured_choice, predict_config
 from attnprof.errors import InputFileError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiler import resolve_settings
@@ -27,7 +26,7 @@ def predict_command(
     seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
     dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
     backend: str = typer.Option(None, "--backend", help="SDPA backend."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads (default: current)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads."),
     mode: str = typer.Option(None, "--mode", help="infer or train."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
     model: Path = typer.Option(None, "--model", "-m", help="Cost model JSON (default: the one `fit` saved)."),
@@ -36,20 +35,11 @@ def predict_command(
     as_json: bool = typer.Option(False, "--json", help="Print the prediction JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
-    """Predict per-layer and total latency and peak memory, with uncertainty; warns when extrapolating."""
+    """Predict per-layer and total latency and peak memory, with uncertainty; warns when extrapolating.
+
+    A choice knob left out (dtype, backend, threads) takes the value the model measured, when it
+    measured only one."""
     workload = load_workload(target)
-    settings = resolve_settings(
-        workload,
-        {
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "backend": backend,
-            "mode": mode,
-            "device": device,
-            "threads": threads if threads is not None else torch.get_num_threads(),
-            "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
-        },
-    )
     architecture = architecture_key(workload)
     machine = machine_info()
     path = model or model_path(profiles_dir, workload.name or workload.target, architecture, machine.fingerprint())
@@ -61,6 +51,23 @@ def predict_command(
             f"{path}: fitted on another architecture ({cost_model.target}, {cost_model.workload_fingerprint}), "
             f"not {workload.target} ({architecture})"
         )
+    given = {
+        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
+        "backend": backend,
+        "threads": threads,
+    }
+    settings = resolve_settings(
+        workload,
+        {
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "mode": mode,
+            "device": device,
+            **{
+                name: value if value is not None else measured_choice(cost_model, name) for name, value in given.items()
+            },
+        },
+    )
     prediction = predict_config(cost_model, config_of(settings))
     if cost_model.machine.fingerprint() != machine.fingerprint():
         prediction.warnings.append(f"the model was fitted on another machine ({cost_model.machine.cpu})")
