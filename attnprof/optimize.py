@@ -65,6 +65,7 @@ class Problem:
     fixed: dict[str, float]
     groups: list[Group] = field(default_factory=list)
     samples: int = 1  # samples processed per step, for throughput
+    value: Any = None  # what the plan builder needs to realise the global choice
     evaluate: Callable[[tuple[int, ...]], dict[str, float]] | None = None
 
     @property

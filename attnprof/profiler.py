@@ -15,6 +15,7 @@ import datetime
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,23 +24,30 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, UsageError
-from attnprof.measure.accounting import ATTENTION_BACKWARD_FACTOR, AttentionCall, CostCounter, ModuleCost
-from attnprof.measure.device import resolve_device
+from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
+from attnprof.measure import hardware
+from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
+from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dtypes import parse_dtype
-from attnprof.measure.memory import LiveMemoryTracker, tensor_bytes
+from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
+from attnprof.measure.meta_values import MetaValues, ValueRecorder
+from attnprof.measure.nvml import Telemetry
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.measure.timing import WallClockLayerTimer, time_call
+from attnprof.measure.timing import layer_timer, time_call
+from attnprof.measure.trace import run_trace
 from attnprof.records import (
-    AttentionInfo,
+    Calibration,
     LayerKind,
     LayerStats,
+    MachineInfo,
     Profile,
     Settings,
     TimeStats,
     Totals,
+    TraceSummary,
     WorkloadInfo,
 )
+from attnprof.report.progress import track
 from attnprof.store import git_commit, machine_info
 from attnprof.workload import Inputs, Workload, architecture_fingerprint, call_user
 
@@ -72,6 +80,7 @@ class Prepared:
     step: Callable[[], Any]
     device: torch.device
     dtype: torch.dtype
+    meta_values: MetaValues | None = None  # dry run: contents of meta tensors built from constants
 
 
 def backend_scope(backend: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -106,11 +115,17 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = parse_dtype(settings.dtype)
-    model = workload.build_model(device, dtype)
+    # A dry run records what meta tensors built from constants hold (causal-mask buffers,
+    # padding masks), so that masks are counted exactly without any real data.
+    meta_values = MetaValues() if device.type == "meta" else None
+    recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
+    with recording:
+        model = workload.build_model(device, dtype)
     model.to(device=device)  # a factory that ignores `device` still runs where asked
     workload.architecture = architecture_fingerprint(model)
     model.train(settings.mode == "train")
-    inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    with recording:
+        inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
     args, kwargs = inputs
     scope = backend_scope(settings.backend)
     loss_fn = workload.loss_fn
@@ -131,7 +146,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
             call_user(loss.backward, what="backward")
             return loss.detach()
 
-    return Prepared(model, inputs, step, device, dtype)
+    return Prepared(model, inputs, step, device, dtype, meta_values)
 
 
 def outputs_finite(output: Any) -> bool:
@@ -149,6 +164,7 @@ class CountingResult:
     memory: dict[str, int]
     peak_activation_bytes: int
     finite: bool
+    unknown_masks: int = 0  # dry run: masks whose values could not be known, counted as dense
 
 
 def counting_pass(prepared: Prepared) -> CountingResult:
@@ -156,10 +172,10 @@ def counting_pass(prepared: Prepared) -> CountingResult:
     with ModuleScopes(prepared.model) as scopes:
         tracker = LiveMemoryTracker()
         scopes.add_listener(tracker)
-        with tracker, CostCounter(scopes) as counter:
+        with tracker, CostCounter(scopes, prepared.meta_values) as counter:
             output = prepared.step()
     return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
-                          tracker.peak_bytes, outputs_finite(output))
+                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks)
 
 
 @dataclass
@@ -171,17 +187,21 @@ class TimingResult:
     calls: dict[str, int]
 
 
-def timing_pass(prepared: Prepared, settings: Settings) -> TimingResult:
-    """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps."""
+def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None) -> TimingResult:
+    """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps.
+
+    NVML telemetry, when given, covers the timed steps (plain and hooked alike)."""
     for _ in range(settings.warmup):
         prepared.step()
-    timer = WallClockLayerTimer()
+    timer = layer_timer(prepared.device)
     scopes = ModuleScopes(prepared.model, backward=settings.mode == "train")
     scopes.add_listener(timer)
     with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
         prepared.step()
     result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
-    for _ in range(settings.repeats):
+    if telemetry is not None:
+        telemetry.window_start()
+    for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
         result.step_ms.append(1e3 * time_call(prepared.step, prepared.device))
         timer.reset()
         with scopes:
@@ -193,7 +213,37 @@ def timing_pass(prepared: Prepared, settings: Settings) -> TimingResult:
                 result.calls[name] = timer.times.calls[(name, phase)]
             else:
                 result.backward_ms[name].append(1e3 * seconds)
+    if telemetry is not None:
+        telemetry.window_end(2 * settings.repeats)
     return result
+
+
+def allocator_pass(prepared: Prepared, train: bool) -> CudaAllocatorTracker:
+    """One hooked step measuring per-module memory with the CUDA caching allocator (after
+    warm-up, so one-off workspaces are not charged to the first layer)."""
+    tracker = CudaAllocatorTracker(prepared.device)
+    with ModuleScopes(prepared.model, backward=train) as scopes:
+        scopes.add_listener(tracker)
+        synchronize(prepared.device)
+        tracker.start()
+        prepared.step()
+        tracker.finish()
+    return tracker
+
+
+def trace_pass(prepared: Prepared, layers: list[LayerStats], train: bool, trace_file: Path | None) -> TraceSummary:
+    """A short torch.profiler window with module labels; detected backends go into the layers."""
+    attention = [layer for layer in layers if layer.attention is not None]
+    with ModuleScopes(prepared.model, record_labels=True, backward=train):
+        summary = run_trace(
+            prepared.step, prepared.device, attention_modules=[layer.name for layer in attention],
+            trace_file=trace_file,
+        )
+    for layer in attention:
+        detected = summary.backends.get(layer.name)
+        if detected is not None and layer.attention is not None:
+            layer.attention.backend = detected
+    return summary
 
 
 def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
@@ -208,26 +258,6 @@ def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
     if any(word in words for word in ("mlp", "feedforward", "feed_forward", "ffn")):
         return "mlp"
     return "other"
-
-
-def attention_info(calls: list[AttentionCall], cost: ModuleCost, train: bool) -> AttentionInfo:
-    first = calls[0]
-    flops = sum(c.flops for c in calls)
-    return AttentionInfo(
-        num_heads=first.num_heads,
-        num_kv_heads=first.num_kv_heads,
-        head_dim=first.head_dim,
-        q_len=first.q_len,
-        kv_len=first.kv_len,
-        causal=first.causal,
-        window=first.window,
-        backend=first.backend,
-        flops=flops,
-        flops_dense=sum(c.flops_dense for c in calls),
-        backward_flops=int(ATTENTION_BACKWARD_FACTOR * flops) if train else 0,
-        batch_size=first.batch_size,
-        calls=len(calls),
-    )
 
 
 def _stats(samples: list[float] | None) -> TimeStats | None:
@@ -262,7 +292,7 @@ def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingRes
                 params=sum(p.numel() for p in module.parameters()),
                 achieved_tflops=achieved,
                 bound=None,
-                attention=attention_info(cost.attention, cost, train) if cost.attention else None,
+                attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
                 backward_flops=cost.backward_flops,
                 calls=timing.calls.get(name, 1) if timing else 1,
             )
@@ -301,16 +331,41 @@ def _threads(settings: Settings) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_profile(workload: Workload, settings: Settings) -> Profile:
+def run_profile(
+    workload: Workload, settings: Settings, trace: bool = False, trace_file: Path | None = None
+) -> Profile:
+    """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
+    backend that ran), saved as a Chrome trace when `trace_file` is given."""
     with _threads(settings):
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
         counting = counting_pass(prepared)
-        timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings)
+        with Telemetry(prepared.device) as telemetry:
+            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry)
+        allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
+        if allocator is not None:
+            counting.memory = dict(allocator.module_peak)
         layers = build_layers(prepared, counting, timing, train)
         totals = build_totals(prepared, counting, timing, layers)
+        if allocator is not None:
+            totals.peak_memory_bytes = allocator.step_peak
+        record = telemetry.record()
+        energy = telemetry.energy()
+        totals.energy_j, totals.energy_reason = energy.energy_j, energy.reason
+        totals.power_w = record.power_w if record is not None else None
         machine = machine_info()
+        peak = hardware.peak_for(prepared.device, settings.dtype, _calibration(machine))
+        for layer in layers:
+            layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
+        summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
+    if counting.unknown_masks:
+        notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
+                     "(inputs built on meta); their pairs were counted as unmasked")
+    if summary is not None:
+        notes += summary.notes
+    if allocator is not None:
+        notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
         attnprof_version=attnprof.__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -326,7 +381,23 @@ def run_profile(workload: Workload, settings: Settings) -> Profile:
         settings=settings,
         totals=totals,
         layers=layers,
-        timing_source="none" if timing is None else "wall",
+        timing_source=_timing_source(prepared.device, timing),
         notes=notes,
+        telemetry=record,
+        trace=summary,
+        peak=peak,
     )
 
+
+def _timing_source(device: torch.device, timing: TimingResult | None) -> str:
+    if timing is None:
+        return "none"
+    return "cuda_events" if device.type == "cuda" else "wall"
+
+
+def _calibration(machine: MachineInfo) -> Calibration | None:
+    """This machine's calibrated peaks; a damaged calibration file only costs the % of peak."""
+    try:
+        return hardware.load_calibration(machine)
+    except InputFileError:
+        return None

@@ -12,7 +12,7 @@ from attnprof.errors import InputFileError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiler import resolve_settings
 from attnprof.records import CostModel, to_json_dict
-from attnprof.report.console import stdout_console, warning
+from attnprof.report.console import stdout_console, warn
 from attnprof.report.costmodel import print_prediction
 from attnprof.space import config_of
 from attnprof.store import DEFAULT_PROFILE_DIR, machine_info, read_record
@@ -72,7 +72,7 @@ def predict_command(
     if cost_model.machine.fingerprint() != machine.fingerprint():
         prediction.warnings.append(f"the model was fitted on another machine ({cost_model.machine.cpu})")
     for message in prediction.warnings:
-        warning(message)
+        warn(message)
     if as_json:
         typer.echo(json.dumps(to_json_dict(prediction), indent=1, allow_nan=False))
     else:

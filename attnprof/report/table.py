@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -66,10 +66,14 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
         f"{profile.workload.target} · {settings.mode} · batch {settings.batch_size} · seq {settings.seq_len} · "
         f"{settings.dtype} · {settings.device} · backend {settings.backend}"
     )
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False,
+                  caption=device_caption(profile), caption_justify="left")
+    peak = profile.peak.tflops if profile.peak is not None else None
+    roofline = [("% peak", "right"), ("bound", "left")] if peak else []
     for header, justify in [("layer", "left"), ("kind", "left"), ("fwd ms", "right"), ("self ms", "right"),
                             ("p10–p90", "right"), ("bwd ms", "right"), ("FLOPs", "right"),
-                            ("attn FLOPs", "right"), ("memory", "right"), ("TFLOP/s", "right"), ("", "left")]:
+                            ("attn FLOPs", "right"), ("memory", "right"), ("TFLOP/s", "right"), *roofline,
+                            ("", "left")]:
         table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
     slow = bottlenecks(profile)
     indent = sort == "order"
@@ -91,6 +95,7 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
             human_count(layer.attention.flops) if layer.attention else "",
             human_bytes(layer.memory_bytes) if layer.memory_bytes else "",
             f"{layer.achieved_tflops:.3f}" if layer.achieved_tflops else "",
+            *([_percent(layer.achieved_tflops, peak), layer.bound or ""] if peak else []),
             Text("◀ slowest", style="bold red") if layer.name in slow else "",
         )
     totals = profile.totals
@@ -106,22 +111,53 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
         human_count(totals.attention_flops),
         human_bytes(totals.peak_memory_bytes) + " peak",
         f"{totals.achieved_tflops:.3f}" if totals.achieved_tflops else "",
+        *([_percent(totals.achieved_tflops, peak), ""] if peak else []),
         "",
     )
     return table
 
 
-def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:
-    console.print(profile_table(profile, sort))
+def _percent(achieved: float | None, peak: float) -> str:
+    return f"{100 * achieved / peak:.1f}" if achieved else ""
+
+
+def device_caption(profile: Profile) -> str:
+    """Where the figures come from: timing source, the peak compared with, GPU telemetry."""
+    parts = [f"timing: {profile.timing_source}"]
+    peak = profile.peak
+    if peak is not None and peak.tflops:
+        bandwidth = f", {peak.memory_gbps:g} GB/s" if peak.memory_gbps else ""
+        parts.append(f"peak {peak.math_mode} {peak.tflops:.4g} TFLOP/s{bandwidth} ({peak.source}, {peak.device})")
+    elif peak is not None and peak.reason:
+        parts.append(f"% of peak: n/a ({peak.reason})")
+    telemetry = profile.telemetry
+    if telemetry is not None:
+        if profile.totals.power_w is not None:
+            parts.append(f"power {profile.totals.power_w:.0f} W")
+        if telemetry.clocks is not None and telemetry.clocks.sm_mhz is not None:
+            parts.append(f"SM clock {telemetry.clocks.sm_mhz:.0f} MHz")
+        if telemetry.utilization_pct is not None:
+            parts.append(f"GPU util {telemetry.utilization_pct:.0f}%")
+    return " · ".join(parts)
+
+
+def profile_view(profile: Profile, sort: str = "order") -> Group:
+    """The table and the totals lines under it."""
     totals = profile.totals
     share = f"{100 * totals.attention_share_flops:.1f}% of FLOPs"
     if totals.attention_share_time is not None:
         share += f", {100 * totals.attention_share_time:.1f}% of step time"
-    console.print(f"attention: {human_count(totals.attention_flops)} FLOPs (useful) of "
-                  f"{human_count(totals.attention_flops_dense)} dense; {share}")
+    lines = [
+        f"attention: {human_count(totals.attention_flops)} FLOPs (useful) of "
+        f"{human_count(totals.attention_flops_dense)} dense; {share}"
+    ]
     if totals.backward_flops:
-        console.print(f"backward: {human_count(totals.backward_flops)} FLOPs")
-    console.print(f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None
-                  else f"energy: n/a ({totals.energy_reason})")
-    for note in profile.notes:
-        console.print(f"note: {note}")
+        lines.append(f"backward: {human_count(totals.backward_flops)} FLOPs")
+    lines.append(f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None
+                 else f"energy: n/a ({totals.energy_reason})")
+    lines += [f"note: {note}" for note in profile.notes]
+    return Group(profile_table(profile, sort), *(Text(line) for line in lines))
+
+
+def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:
+    console.print(profile_view(profile, sort))

@@ -1,0 +1,124 @@
+"""`attnprof tune [TARGET] --budget ...`: the fastest (or cheapest) verified plan under a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from attnprof.budget import parse_budget, parse_objective
+from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
+from attnprof.measure.dtypes import canonical_dtype_name
+from attnprof.profiler import resolve_settings
+from attnprof.report.console import log, stdout_console
+from attnprof.report.tune import format_metric, print_tune
+from attnprof.sharding import LinkLike
+from attnprof.space import parse_plan_knobs
+from attnprof.store import write_record
+from attnprof.tune import TuneRequest, tune
+from attnprof.workload import load_workload
+
+DEFAULT_PLAN = Path("plan.json")
+
+
+def tune_command(
+    target: str = typer.Argument(
+        None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME (default: zoo:decoder)."
+    ),
+    budget: list[str] = typer.Option(
+        None, "--budget", help="A limit: memory=20GiB, latency=15ms or energy=2J. Repeat for several."
+    ),
+    objective: str = typer.Option("latency", "--objective", help="latency, throughput, energy or memory."),
+    gpus: int = typer.Option(1, "--gpus", help="Devices the plan may shard over."),
+    max_error: str = typer.Option(
+        None, "--max-error", help="Relative output error allowed vs fp32 for precision changes (default 1e-2)."
+    ),
+    max_quality_loss: str = typer.Option(
+        None, "--max-quality-loss", help="Relative output change allowed for head changes, e.g. 1%."
+    ),
+    headroom: str = typer.Option(None, "--headroom", help="Share of the memory budget held in reserve, e.g. 10%."),
+    knobs: str = typer.Option(
+        None,
+        "--knobs",
+        help="Comma-separated knobs the plan may change: backend, dtype, batch_size, threads, heads, "
+        "kv_heads, checkpoint, tensor_parallel, pipeline_stages, data_parallel (default: all but heads, kv_heads).",
+    ),
+    top_k: int = typer.Option(3, "--top-k", help="Candidates measured for real before choosing."),
+    pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
+    apply: bool = typer.Option(
+        True, "--apply/--no-apply", help="Measure the candidates and write the winner's profile next to the plan."
+    ),
+    out: Path = typer.Option(DEFAULT_PLAN, "--out", "-o", help="Where to write the plan JSON."),
+    interconnect: str = typer.Option(
+        None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
+    ),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size of one step."),
+    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
+    dtype: str = typer.Option(None, "--dtype", help="Baseline dtype: fp32, fp16, bf16 or fp64."),
+    backend: str = typer.Option(None, "--backend", help="Baseline SDPA backend."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    mode: str = typer.Option(None, "--mode", help="infer or train."),
+    warmup: int = typer.Option(None, "--warmup", help="Warm-up steps per measurement."),
+    repeats: int = typer.Option(None, "--repeats", help="Timed steps per measurement."),
+    threads: int = typer.Option(None, "--threads", help="Baseline CPU threads."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Find the best verified plan under the budget; exit 5 when none fits, 1 when none survives measurement."""
+    limits = parse_budget(budget, gpus=gpus, max_error=max_error, max_quality_loss=max_quality_loss, headroom=headroom)
+    goal = parse_objective(objective)
+    if top_k < 1:
+        raise UsageError(f"--top-k must be a positive integer, e.g. --top-k 3; got {top_k}")
+    workload = load_workload(target)
+    overrides = {
+        "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
+        "warmup": warmup, "repeats": repeats, "threads": threads,
+        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
+    }  # fmt: skip
+    settings = resolve_settings(workload, overrides)
+    request = TuneRequest(
+        budget=limits,
+        objective=goal,
+        knobs=parse_plan_knobs(knobs, settings.mode, gpus),
+        top_k=top_k,
+        pareto=pareto,
+        verify=apply,
+        link=_link(interconnect, settings.device, gpus),
+    )
+    log(f"tuning {workload.target} for {goal} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len})")
+    outcome = tune(workload, settings, request)
+    console = stdout_console()
+    print_tune(outcome, console, pareto=pareto)
+    if outcome.plan is None:
+        if outcome.search.infeasibility is not None:
+            raise NoFeasiblePlan(
+                "no plan satisfies the budget: " + outcome.search.infeasibility.describe(outcome.limits, format_metric)
+            )
+        raise PlanRejected(
+            f"none of the {len(outcome.verifications)} candidate(s) survived verification by measurement"
+        )
+    plan = outcome.plan
+    if apply and outcome.winner is not None and outcome.winner.profile is not None:
+        profile_file = out.with_name(out.stem + ".profile.json")
+        write_record(profile_file, outcome.winner.profile)
+        plan.verification_profile = str(profile_file)
+    write_record(out, plan)
+    log(f"saved {out}" + (f" and {plan.verification_profile}" if plan.verification_profile else ""))
+
+
+def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:
+    """The interconnect of a sharding plan: the one asked for, else the GPU's usual board link."""
+    if name is None and gpus == 1:
+        return None
+    from attnprof.measure.hardware import INTERCONNECTS, find_spec
+
+    if name is not None:
+        if name not in INTERCONNECTS:
+            raise UsageError(f"--interconnect {name!r}: must be one of {', '.join(INTERCONNECTS)}, e.g. nvlink4")
+        return INTERCONNECTS[name]
+    if device.startswith("cuda"):
+        import torch
+
+        spec = find_spec(torch.cuda.get_device_name(torch.device(device)))
+        if spec is not None:
+            return INTERCONNECTS[spec.interconnect]
+    raise UsageError(f"--gpus {gpus} on {device}: name the link with --interconnect, e.g. --interconnect nvlink4")

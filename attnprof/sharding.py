@@ -1,0 +1,142 @@
+"""Predicted cost of a sharded step: an α-β model of the collectives and a balanced pipeline.
+
+A message of n bytes over a link costs α + n/β (α: per-message latency, β: bandwidth per
+direction). Ring collectives over p ranks (Thakur, Rabenseifner & Gropp, "Optimization of
+Collective Communication Operations in MPICH", IJHPCA 2005): all-reduce 2(p-1)α + 2(p-1)/p·n/β,
+all-gather and reduce-scatter (p-1)α + (p-1)/p·n/β each. Tensor parallelism (Megatron-LM) costs
+two all-reduces of the block's activations per block in forward and two more in backward;
+pipeline stages exchange the boundary activations point to point and idle for (p-1) of
+(m+p-1) micro-batch slots (the GPipe bubble); data parallelism all-reduces gradients (DDP) or
+all-gathers parameters and reduce-scatters gradients (FSDP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class LinkLike(Protocol):
+    alpha_us: float
+    beta_gbps: float
+
+
+def _seconds(link: LinkLike, messages: float, nbytes: float) -> float:
+    return messages * link.alpha_us * 1e-6 + nbytes / (link.beta_gbps * 1e9)
+
+
+def all_reduce_s(nbytes: float, ranks: int, link: LinkLike) -> float:
+    if ranks <= 1:
+        return 0.0
+    return _seconds(link, 2 * (ranks - 1), 2 * (ranks - 1) / ranks * nbytes)
+
+
+def all_gather_s(nbytes: float, ranks: int, link: LinkLike) -> float:
+    """Also the cost of a reduce-scatter of the same total size."""
+    if ranks <= 1:
+        return 0.0
+    return _seconds(link, ranks - 1, (ranks - 1) / ranks * nbytes)
+
+
+def point_to_point_s(nbytes: float, link: LinkLike) -> float:
+    return _seconds(link, 1, nbytes)
+
+
+def balanced_stages(costs: Sequence[float], stages: int) -> list[int]:
+    """Stage index of each layer: contiguous stages minimising the slowest stage's cost.
+
+    Exact dynamic programme over split points (O(n²·stages)), so no stage bounds throughput
+    more than the measured per-layer costs force it to.
+    """
+    n = len(costs)
+    if not 1 <= stages <= n:
+        raise ValueError(f"cannot split {n} layers into {stages} stages")
+    prefix = [0.0]
+    for cost in costs:
+        prefix.append(prefix[-1] + cost)
+    # best[s][i]: the smallest possible slowest stage when the first i layers form s stages.
+    best = [[math.inf] * (n + 1) for _ in range(stages + 1)]
+    split = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, stages + 1):
+        for i in range(s, n + 1):
+            for j in range(s - 1, i):
+                value = max(best[s - 1][j], prefix[i] - prefix[j])
+                if value < best[s][i]:
+                    best[s][i], split[s][i] = value, j
+    assignment = [0] * n
+    end = n
+    for s in range(stages, 0, -1):
+        start = split[s][end]
+        for i in range(start, end):
+            assignment[i] = s - 1
+        end = start
+    return assignment
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What one data-parallel replica does in a step, unsharded, measured or predicted."""
+
+    block_ms: tuple[float, ...]  # per repeated block, one micro-batch, forward (+ backward in train)
+    other_ms: float  # embedding, head and everything outside the blocks, one micro-batch
+    param_bytes: float
+    activation_bytes: float  # peak memory above the parameters, one micro-batch
+    boundary_bytes: float  # one block's output activations for one micro-batch
+    micro_batches: int  # micro-batches per replica per step
+    train: bool
+
+
+@dataclass(frozen=True)
+class ShardedCost:
+    latency_ms: float
+    memory_bytes: float
+    communication_ms: float
+    stage_ms: tuple[float, ...]  # compute per micro-batch, in stage order
+    bubble: float  # share of pipeline slots idle
+
+
+def sharded_step(
+    shape: StepShape,
+    tensor_parallel: int,
+    pipeline_stages: int,
+    data_parallel: int,
+    data_parallel_mode: str,
+    link: LinkLike,
+) -> ShardedCost:
+    """Per-rank latency and peak memory of one step under (tp, pp, dp) on `link`."""
+    tp, pp, dp, m = tensor_parallel, pipeline_stages, data_parallel, shape.micro_batches
+    passes = 2 if shape.train else 1  # forward, and backward in train mode
+    stages = balanced_stages(list(shape.block_ms), pp) if pp > 1 else [0] * len(shape.block_ms)
+    stage_ms = [0.0] * pp
+    for cost, stage in zip(shape.block_ms, stages, strict=True):
+        stage_ms[stage] += cost / tp
+    stage_ms[0] += shape.other_ms / tp
+    tp_comm_s = 2 * passes * all_reduce_s(shape.boundary_bytes, tp, link)  # per block, per micro-batch
+    blocks_per_stage = [stages.count(s) for s in range(pp)]
+    slot_ms = max(stage_ms[s] + 1e3 * tp_comm_s * blocks_per_stage[s] for s in range(pp))
+    p2p_ms = 1e3 * passes * point_to_point_s(shape.boundary_bytes / tp, link) if pp > 1 else 0.0
+    pipeline_ms = (m + pp - 1) * (slot_ms + p2p_ms)
+    shard_params = shape.param_bytes / (tp * pp)
+    if dp > 1 and data_parallel_mode == "fsdp":
+        # All-gather before forward (and again before backward), reduce-scatter the gradients.
+        dp_ms = 1e3 * (passes + (1 if shape.train else 0)) * all_gather_s(shard_params, dp, link)
+        params_held = shard_params / dp + shard_params / max(len(shape.block_ms), 1)  # one block gathered
+    elif dp > 1 and shape.train:
+        dp_ms = 1e3 * all_reduce_s(shard_params, dp, link)
+        params_held = shard_params
+    else:
+        dp_ms = 0.0
+        params_held = shard_params
+    in_flight = min(m, pp) if shape.train else 1  # 1F1B keeps at most pp micro-batches alive per stage
+    activations = shape.activation_bytes / (tp * pp) * in_flight
+    communication_ms = 1e3 * tp_comm_s * len(shape.block_ms) * m + (m + pp - 1) * p2p_ms + dp_ms
+    return ShardedCost(
+        latency_ms=pipeline_ms + dp_ms,
+        memory_bytes=params_held + activations,
+        communication_ms=communication_ms,
+        stage_ms=tuple(stage_ms),
+        bubble=(pp - 1) / (m + pp - 1),
+    )

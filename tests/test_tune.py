@@ -1,0 +1,139 @@
+"""`attnprof tune` end to end on real models: verified plans, budgets kept, exits 1/2/5 with reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnprof.budget import parse_budget
+from attnprof.cli.app import app
+from attnprof.profiler import resolve_settings, run_profile
+from attnprof.records import Plan
+from attnprof.space import AttentionLayout, LayerOption
+from attnprof.store import read_record
+from attnprof.tune import LayerBasis, OutputChecker, TuneRequest, layer_option_costs, relative_error, tune
+from attnprof.workload import load_workload
+
+FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "160")
+    return CliRunner()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--budget", "memory"],
+        ["--budget", "memroy=1GiB"],
+        ["--budget", "latency=15"],
+        ["--max-error", "lots"],
+        ["--headroom", "200%"],
+        ["--objective", "speed"],
+        ["--knobs", "dtype,colour"],
+        ["--top-k", "0"],
+        ["--gpus", "0"],
+    ],
+)
+def test_malformed_flags_exit_2_with_an_example(runner: CliRunner, flags: list[str]) -> None:
+    result = runner.invoke(app, ["tune", *flags, *FAST])
+    assert result.exit_code == 2, result.output
+    assert "e.g." in result.stderr and "Traceback" not in result.output
+    assert not Path("plan.json").exists()
+
+
+def test_infeasible_budget_exits_5_naming_the_binding_limit(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--budget", "memory=1KiB", "--knobs", "dtype", *FAST])
+    assert result.exit_code == 5, result.output
+    assert "no plan satisfies the budget" in result.stdout
+    assert "memory_bytes: limit 1.0 KiB would have to move to" in result.stderr
+    assert "nearest plan" in result.stderr
+    assert not Path("plan.json").exists()
+
+
+def test_tune_writes_a_verified_plan_and_its_profile(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["tune", "--knobs", "backend,batch_size", "--budget", "latency=10s", "--top-k", "2", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    plan = read_record(tmp_path / "plan.json", Plan)
+    assert plan.verified and plan.measured is not None
+    assert plan.workload.target == "zoo:decoder"
+    assert plan.choices.backend in ("math", "flash")
+    assert plan.solver == "milp"
+    assert plan.predicted.latency_ms is not None and plan.predicted.latency_ms <= 10_000
+    assert plan.measured.latency_ms is not None and plan.measured.latency_ms <= 10_000
+    assert plan.verification_profile == "plan.profile.json"
+    profile = json.loads((tmp_path / "plan.profile.json").read_text())
+    assert profile["settings"]["backend"] == plan.choices.backend
+    assert "candidates: predicted vs measured" in result.stdout
+    assert "per layer: baseline vs plan" in result.stdout
+
+
+def test_precision_with_non_finite_outputs_is_rejected(models_dir: Path) -> None:
+    workload = load_workload(str(models_dir / "overflow_model.py"))
+    settings = resolve_settings(workload, {"threads": 1})
+    checker = OutputChecker(workload, settings)
+    finite, _ = checker.check("fp16", "math")
+    assert not finite  # 1e6-scaled outputs overflow fp16
+    finite, error = checker.check("bf16", "math")
+    assert finite and error < 0.05
+    outcome = tune(workload, settings, TuneRequest(parse_budget([]), "latency", ["dtype"], top_k=3))
+    reasons = {e.value: e.reason for e in outcome.excluded if e.knob == "dtype"}
+    assert reasons["fp16 with flash"] == "fp16 outputs are not finite on the example inputs"
+    assert all(v.choices.dtype != "fp16" for v in outcome.verifications)
+    assert outcome.plan is not None and outcome.plan.choices.dtype != "fp16"
+    assert outcome.plan.measured is not None and outcome.plan.measured.finite
+
+
+def test_a_tight_max_error_rules_out_reduced_precision(models_dir: Path) -> None:
+    workload = load_workload(str(models_dir / "overflow_model.py"))
+    settings = resolve_settings(workload, {"threads": 1})
+    budget = parse_budget([], max_error="1e-9")
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", ["dtype"], top_k=2))
+    assert "exceeds --max-error 1e-09" in {e.value: e.reason for e in outcome.excluded}["bf16 with flash"]
+    assert outcome.plan is not None and outcome.plan.choices.dtype == "fp32"
+
+
+def test_relative_error_is_normalised_by_the_reference_scale() -> None:
+    reference = {"logits": torch.tensor([[10.0, -20.0]])}
+    assert relative_error(reference, {"logits": torch.tensor([[10.0, -19.0]])}) == (True, pytest.approx(0.05))
+    assert relative_error(reference, {"logits": torch.tensor([[float("inf"), 0.0]])})[0] is False
+
+
+def test_pruning_half_the_heads_of_mha_halves_the_layer_cost() -> None:
+    layout = AttentionLayout("attn", num_heads=4, num_kv_heads=4, head_dim=8)
+    basis = LayerBasis(
+        layout=layout, forward_ms=2.0, backward_ms=0.0, activation_bytes=1000.0, hidden=32, tokens=10, core_flops=500.0
+    )
+    costs = layer_option_costs(basis, LayerOption(prune=2), 1.0, 1.0, 4, train=False)
+    # Projections and the attention product both scale with the heads kept: half the FLOPs go.
+    assert costs["latency_ms"] == pytest.approx(-1.0)
+    # Half of q, k, v, o: 32 x 8 x (2 + 2) x 2 heads removed = 2048 params x 4 bytes, and half the activations.
+    assert costs["memory_bytes"] == pytest.approx(-(2048 * 4 + 500.0))
+    checkpoint = layer_option_costs(basis, LayerOption(checkpoint=True), 1.0, 1.0, 4, train=True)
+    assert checkpoint["latency_ms"] == pytest.approx(2.0)  # the forward again
+    assert checkpoint["memory_bytes"] == pytest.approx(-1000.0)
+
+
+@pytest.mark.slow
+def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits() -> None:
+    workload = load_workload("hf:llama")
+    settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 32, "repeats": 3, "warmup": 1, "threads": 1})
+    fp32 = run_profile(workload, settings).totals.peak_memory_bytes
+    budget = parse_budget([f"memory={int(fp32 * 0.8)}"])
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", ["dtype", "batch_size"], top_k=3))
+    plan = outcome.plan
+    assert plan is not None and plan.verified, [v.reason for v in outcome.verifications]
+    assert plan.measured is not None and plan.measured.memory_bytes is not None
+    assert plan.measured.memory_bytes <= fp32 * 0.8
+    assert plan.predicted.memory_bytes is not None and plan.predicted.memory_bytes <= fp32 * 0.8
+    assert plan.measured.finite and (plan.measured.max_error or 0.0) <= 1e-2
