@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ import typer
 
 from attnprof.errors import UsageError
 from attnprof.profiler import resolve_settings
-from attnprof.records import Measurement
+from attnprof.records import Measurement, to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit
 from attnprof.space import default_knobs, parse_knob
@@ -38,6 +39,7 @@ def fit_command(
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (leave-one-shape-out when few shapes)."),
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Measurement store folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the model JSON (default: under profiles/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
     """Measure a space-filling sweep of configurations and fit the cost model (resumes a stopped sweep)."""
@@ -87,4 +89,7 @@ def fit_command(
     path = out if out is not None else run.model_path
     write_record(path, run.model)
     log(f"saved {path}")
-    print_fit(run.model, stdout_console())
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(run.model), indent=1, allow_nan=False))
+    else:
+        print_fit(run.model, stdout_console())
