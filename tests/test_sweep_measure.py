@@ -60,8 +60,8 @@ def test_a_measurement_carries_times_features_and_memory() -> None:
 def test_math_backend_materialises_the_scores() -> None:
     m = measure("zoo:decoder", backend="math")
     assert m.status == "ok" and m.memory_features is not None
-    # One B x S x S score block per attention module at a time, 4 bytes each: 1 * 16 * 16 * 4
-    assert m.memory_features.attention_matrix_bytes == 16 * 16 * 4
+    # One layer's scores at a time: B x H x S x S x 4 bytes = 1 * 8 * 16 * 16 * 4
+    assert m.memory_features.attention_matrix_bytes == 8 * 16 * 16 * 4
 
 
 def test_out_of_memory_non_finite_and_user_errors_are_infeasible_points(models_dir: Path) -> None:
