@@ -25,6 +25,7 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "profile": ([*FAST, "--no-save"], 0),
     "report": (["{profile}"], 0),
     "doctor": ([], 0),
+    "apply": (["{plan}", "--force"], 0),
     "fit": (["--batch-size", "1:2", "--seq-len", "8:16", "--dtype", "fp32", "--backend", "flash", "--threads", "1",
              "-n", "4", "--repeats", "1", "--warmup", "0"], 0),
     "predict": (["--batch-size", "2"], 2),  # no model fitted in this folder: a one-line error
