@@ -16,11 +16,23 @@ from attnprof.apply.heads import choose_heads, kept_heads
 from attnprof.apply.outputs import main_tensor
 from attnprof.errors import UsageError
 from attnprof.records import PlanChoices
+from attnprof.zoo.models import ZooConfig, ZooTransformer
 from tests import apply_models as models
 
 torch.set_num_threads(1)
 
+
+def zoo(attention: str = "sdpa") -> nn.Module:
+    torch.manual_seed(0)
+    config = ZooConfig(
+        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64, attention=attention
+    )
+    return ZooTransformer(config).eval()
+
+
 FAMILIES = {
+    "zoo_decoder": (zoo, models.token_ids),
+    "zoo_gpt": (lambda: zoo("manual"), models.token_ids),
     "llama": (models.llama, models.token_ids),
     "gpt2": (models.gpt2, models.token_ids),
     "bert": (models.bert, models.token_ids),
