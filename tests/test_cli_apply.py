@@ -78,7 +78,11 @@ def test_multi_rank_plan_prints_the_torchrun_command(runner: CliRunner, tmp_path
     plan = write_plan(tmp_path / "plan.json", PlanChoices(tensor_parallel=2))
     result = runner.invoke(app, ["apply", str(plan), "--verify"])
     assert result.exit_code == 4
-    assert result.stdout.strip() == f"torchrun --standalone --nproc-per-node=2 -m attnprof apply {plan} --verify"
+    command = f"torchrun --standalone --nproc-per-node=2 -m attnprof apply {plan} --verify"
+    assert result.stdout.strip() == command
+    result = runner.invoke(app, ["apply", str(plan), "--verify", "--json"])
+    assert result.exit_code == 4
+    assert json.loads(result.stdout) == {"torchrun_command": command + " --json"}
 
 
 @pytest.mark.parametrize(

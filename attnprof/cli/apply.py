@@ -50,7 +50,8 @@ def apply_command(
     ranks = launched_ranks()
     if world_size > 1 and ranks is None:
         argv = rerun_arguments(plan_path, target, verify, force, device, out, as_json)
-        typer.echo(torchrun_command(world_size, argv))
+        command = torchrun_command(world_size, argv)
+        typer.echo(json.dumps({"torchrun_command": command}) if as_json else command)
         raise EnvironmentUnsupported(f"the plan needs {world_size} ranks: run it with the torchrun command above")
     run_device = resolve_device(device or plan.settings.device)
     if world_size > 1:
