@@ -145,7 +145,7 @@ def importance_loss(model: nn.Module, example: Example, loss_fn: LossFn | None) 
     predictions (for logits) or the mean square of the output: what the heads contribute to."""
     output = example.run(model)
     if loss_fn is not None:
-        loss = loss_fn(output, (example.args, example.kwargs))
+        loss = call_user(loss_fn, output, (example.args, example.kwargs), what="loss_fn")
         if loss is not None:
             return loss
     logits = logits_of(output, model)
