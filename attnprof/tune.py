@@ -31,7 +31,7 @@ from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan
+from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.optimize import OBJECTIVE_METRIC, Candidate, Group, Option, Problem, SearchResult, search
@@ -59,6 +59,7 @@ from attnprof.store import machine_info
 from attnprof.workload import Inputs, Workload
 
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
+DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
 CONTRADICTION_SIGMAS = 3.0  # a measurement this many standard deviations worse than predicted refutes it
 NOISE_FLOOR = 0.05  # relative: timings on a shared machine vary this much between runs at least
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
@@ -109,9 +110,43 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def profile_choice(workload: Workload, settings: Settings, choice: GlobalChoice) -> Profile:
+ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def profile_choice(
+    workload: Workload, settings: Settings, choice: GlobalChoice, transform: ModelTransform | None = None
+) -> Profile:
+    """Profile one micro-step of `choice`; `transform` changes each freshly built fp32 model first."""
+    if transform is not None:
+        build = workload.build_model
+
+        def build_transformed(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+            return transform(build(device, torch.float32)).to(dtype)
+
+        workload = dataclasses.replace(workload, build_model=build_transformed)
     with tf32_matmuls(choice.dtype == "tf32"):
         return run_profile(workload, measured_settings(settings, choice))
+
+
+def layer_transform(workload: Workload, settings: Settings, choices: PlanChoices) -> ModelTransform | None:
+    """The per-layer part of a plan (heads, K/V heads, checkpointing) as a model transform, via
+    plan application; heads to prune are scored on the example inputs. None when there is none."""
+    if not (choices.changes_heads() or choices.checkpoint):
+        return None
+    from attnprof.apply.engine import Example, apply_plan
+
+    layer_only = PlanChoices(prune_heads=choices.prune_heads, kv_heads=choices.kv_heads, checkpoint=choices.checkpoint)
+
+    def transform(model: torch.nn.Module) -> torch.nn.Module:
+        device = next(model.parameters()).device
+        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
+        model, report = apply_plan(model, layer_only, Example(args, kwargs), workload.loss_fn)
+        if report.not_applied:
+            missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
+            raise PlanRejected(f"the plan could not be applied: {missed}")
+        return model
+
+    return transform
 
 
 def sigma_of(profile: Profile) -> float:
@@ -136,7 +171,7 @@ class ProbeEstimator:
     """Measures a few probes around a reference choice and predicts the rest by a separable model.
 
     The probes are the reference itself, the reference with each other backend, precision and
-    thread count, and the reference at the smallest and a middle micro-batch. A choice's latency
+    thread count, and the reference at the smallest micro-batch. A choice's latency
     is the micro-batch line a + b·m times one measured ratio per categorical knob; its memory is
     the parameters (scaled by element size) plus activations linear in m times the measured
     activation ratios. Measured choices are returned as measured. The uncertainty combines the
@@ -164,10 +199,8 @@ class ProbeEstimator:
             probes += [
                 dataclasses.replace(self.reference, **{knob: v}) for v in values if v != getattr(self.reference, knob)
             ]
-        others = [b for b in self.batches if b != self.reference.batch_size]
-        if others:
-            picks = {others[0], others[len(others) // 2]}
-            probes += [dataclasses.replace(self.reference, batch_size=b) for b in sorted(picks)]
+        if self.batches[0] != self.reference.batch_size:  # the line's other end
+            probes.append(dataclasses.replace(self.reference, batch_size=self.batches[0]))
         return probes
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
@@ -552,6 +585,7 @@ class Verification:
     accepted: bool
     reason: str  # why rejected, or what was noticed when accepted
     profile: Profile | None = None
+    can_run: bool = True  # False: the plan needs devices this machine does not have
 
 
 @dataclass
@@ -678,6 +712,8 @@ def tune(
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     if estimator is None:
         estimator = ProbeEstimator(workload, settings, space.globals)
+        if measured_settings(settings, estimator.reference) == settings:
+            estimator.add(estimator.reference, baseline)  # the baseline is the reference probe
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
@@ -689,9 +725,13 @@ def tune(
         power_w=power,
         link=request.link,
     )
+    limits = budget.limits()
+    if any(o.prune or o.kv_heads is not None for options in space.layer_options.values() for o in options):
+        limits["quality_loss"] = budget.max_quality_loss or DEFAULT_MAX_QUALITY_LOSS
+        pricing.quality = _layer_quality(workload, settings, space, checker, estimator_backend(space, settings))
+        _drop_lossy_options(space, pricing.quality, limits["quality_loss"], excluded)
     problems = pricing.problems()
     excluded.extend(pricing.excluded)
-    limits = budget.limits()
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications = []
@@ -754,6 +794,55 @@ def knob_contributions(pricing: Pricing, candidate: Candidate) -> list[Contribut
     return contributions
 
 
+def estimator_backend(space: PlanSpace, settings: Settings) -> str:
+    return reference_choice(settings, space.globals).backend
+
+
+def _layer_quality(
+    workload: Workload, settings: Settings, space: PlanSpace, checker: OutputChecker, backend: str
+) -> dict[tuple[str, LayerOption], float]:
+    """Relative output change of each head option applied to its layer alone (fp32, example inputs).
+
+    The optimizer adds these up over layers; verification measures the combination for real.
+    """
+    quality = {}
+    for layout in space.layouts:
+        for option in space.layer_options[layout.name]:
+            if not option.prune and option.kv_heads is None:
+                continue
+            alone = PlanChoices(
+                prune_heads={layout.name: option.prune} if option.prune else {},
+                kv_heads={layout.name: option.kv_heads} if option.kv_heads is not None else {},
+            )
+            transform = layer_transform(workload, settings, alone)
+            try:
+                finite, error = checker.check("fp32", backend, transform)
+            except PlanRejected:
+                finite, error = False, math.inf
+            quality[(layout.name, option)] = error if finite else math.inf
+    return quality
+
+
+def _drop_lossy_options(
+    space: PlanSpace, quality: dict[tuple[str, LayerOption], float], bound: float, excluded: list[Exclusion]
+) -> None:
+    """An option that alone changes the outputs beyond the bound can be in no plan."""
+    for layout in space.layouts:
+        kept = []
+        for option in space.layer_options[layout.name]:
+            loss = quality.get((layout.name, option), 0.0)
+            if loss <= bound:
+                kept.append(option)
+            else:
+                reason = (
+                    "the change could not be applied"
+                    if math.isinf(loss)
+                    else f"alone it changes the outputs by {loss:.2g} > --max-quality-loss {bound:g}"
+                )
+                excluded.append(Exclusion("heads", f"{layout.name} {option.label(layout)}", reason))
+        space.layer_options[layout.name] = kept
+
+
 def _screen_precisions(
     choices: Sequence[GlobalChoice],
     settings: Settings,
@@ -793,16 +882,18 @@ def _verify(
     choices = plan_choices(candidate, settings)
     predicted = predicted_figures(candidate)
     if choice.world_size > 1:
-        return Verification(candidate, choices, predicted, None, False, f"needs {choice.world_size} devices")
-    if choices.changes_heads() or choices.checkpoint:
-        return Verification(
-            candidate, choices, predicted, None, False, "head and checkpoint plans need plan application"
-        )
-    profile = profile_choice(workload, settings, choice)
+        reason = f"needs {choice.world_size} devices"
+        return Verification(candidate, choices, predicted, None, False, reason, can_run=False)
+    transform = layer_transform(workload, settings, choices)
+    try:
+        profile = profile_choice(workload, settings, choice, transform)
+        finite, error = checker.check(choice.dtype, choice.backend)
+        quality = checker.check("fp32", choice.backend, transform)[1] if choices.changes_heads() else None
+    except PlanRejected as exc:
+        return Verification(candidate, choices, predicted, None, False, str(exc))
     micro_steps = settings.batch_size // choice.batch_size
     measured = figures_of(profile, micro_steps, settings.batch_size, power)
-    finite, error = checker.check(choice.dtype, choice.backend)
-    measured.finite, measured.max_error = finite, error
+    measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
     reasons = []
     if not finite:
         reasons.append("outputs are not finite")
@@ -843,7 +934,7 @@ def _choose(
         if accepted:
             winner = min(accepted, key=lambda v: objective_value(v.measured, request.objective))
         else:
-            unverifiable = [v for v in verifications if v.measured is None]
+            unverifiable = [v for v in verifications if not v.can_run]
             if not unverifiable:
                 return None, None
             winner = unverifiable[0]
@@ -854,6 +945,8 @@ def _choose(
         notes.append("not verified: --no-apply")
     if request.budget.max_error is None and winner.choices.dtype != "fp32":
         notes.append(f"precision accepted within the default max error {DEFAULT_MAX_ERROR:g}")
+    if request.budget.max_quality_loss is None and winner.choices.changes_heads():
+        notes.append(f"head changes accepted within the default max quality loss {DEFAULT_MAX_QUALITY_LOSS:g}")
     plan = Plan(
         workload=baseline.workload,
         settings=settings,
