@@ -119,8 +119,10 @@ class LayerOption:
         parts = []
         if self.prune:
             parts.append(f"heads {layout.num_heads}->{layout.num_heads - self.prune}")
-        if self.kv_heads is not None and self.kv_heads != layout.num_kv_heads:
-            parts.append(f"kv {layout.num_kv_heads}->{self.kv_heads}")
+        if self.kv_heads is not None:
+            grouped = layout.num_kv_heads < layout.num_heads
+            before = layout.num_kv_heads if grouped else layout.num_heads - self.prune
+            parts.append(f"kv {before}->{self.kv_heads}")
         if self.checkpoint:
             parts.append("checkpoint")
         return " ".join(parts)
@@ -352,15 +354,17 @@ def _layer_options(
     layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder
 ) -> list[LayerOption]:
     prunes = range(layout.num_heads) if "heads" in knobs else [0]
-    kv_values: list[int | None] = [None]
-    if "kv_heads" in knobs:
-        kv_values += list(range(1, layout.num_heads))
     checkpoints = [False, True] if "checkpoint" in knobs and mode == "train" else [False]
     options = []
     for prune in prunes:
         if exclude("heads", f"{layout.name} prune {prune}", heads_rule(layout, prune, 1)):
             continue
         kept = layout.num_heads - prune
+        # Candidates: every smaller divisor of the K/V heads the layer has after pruning.
+        current = layout.num_kv_heads if layout.num_kv_heads < layout.num_heads else kept
+        kv_values: list[int | None] = [None]
+        if "kv_heads" in knobs:
+            kv_values += [g for g in divisors(current) if g < current]
         for kv in kv_values:
             if kv is not None and exclude(
                 "kv_heads", f"{layout.name} kv {kv} with {kept} heads", kv_heads_rule(layout, kv, kept, 1)

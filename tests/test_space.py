@@ -82,8 +82,11 @@ def test_head_options_respect_gqa_groups_and_kv_divisors() -> None:
     assert sorted({6 - o.prune for o in mha}) == [1, 2, 3, 4, 5, 6]
     # MHA prunes K/V heads with their query heads; with 4 kept, GQA may go to 1 or 2 K/V heads.
     assert {o.kv_heads for o in mha if o.prune == 2} == {None, 1, 2}
-    assert "divide the current 6" in reasons(space, "kv_heads")[f"{MHA.name} kv 4 with 6 heads"]
-    assert "reduces the 4 K/V heads" in reasons(space, "kv_heads")[f"{MHA.name} kv 5 with 4 heads"]
+    assert {o.kv_heads for o in mha if o.prune == 1} == {None, 1}  # 5 K/V heads: only 1 divides
+    # At tensor-parallel degree 2, K/V heads must split over the ranks too.
+    at_tp2 = space.options_for(MHA, 2)
+    assert all(o.kv_heads is None or o.kv_heads % 2 == 0 for o in at_tp2)
+    assert "tensor-parallel degree 2" in reasons(space, "heads")[f"{MHA.name} heads 6->4 kv 4->1 at tp=2"]
 
 
 def test_architecture_knobs_are_off_by_default_and_knobs_are_validated() -> None:
