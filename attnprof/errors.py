@@ -59,3 +59,7 @@ class NoFeasiblePlan(AttnprofError):
     """No plan satisfies the budget (exit 5)."""
 
     exit_code = 5
+
+
+class NvmlError(EnvironmentUnsupported):
+    """NVML (the NVIDIA driver's management library) is missing or refused a query (exit 4)."""

@@ -15,6 +15,7 @@ import datetime
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,21 +24,27 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, UsageError
+from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
+from attnprof.measure import hardware
 from attnprof.measure.accounting import ATTENTION_BACKWARD_FACTOR, AttentionCall, CostCounter, ModuleCost
-from attnprof.measure.device import resolve_device
+from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dtypes import parse_dtype
-from attnprof.measure.memory import LiveMemoryTracker, tensor_bytes
+from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
+from attnprof.measure.nvml import Telemetry
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.measure.timing import WallClockLayerTimer, time_call
+from attnprof.measure.timing import layer_timer, time_call
+from attnprof.measure.trace import run_trace
 from attnprof.records import (
     AttentionInfo,
+    Calibration,
     LayerKind,
     LayerStats,
+    MachineInfo,
     Profile,
     Settings,
     TimeStats,
     Totals,
+    TraceSummary,
     WorkloadInfo,
 )
 from attnprof.store import git_commit, machine_info
@@ -171,16 +178,20 @@ class TimingResult:
     calls: dict[str, int]
 
 
-def timing_pass(prepared: Prepared, settings: Settings) -> TimingResult:
-    """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps."""
+def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None) -> TimingResult:
+    """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps.
+
+    NVML telemetry, when given, covers the timed steps (plain and hooked alike)."""
     for _ in range(settings.warmup):
         prepared.step()
-    timer = WallClockLayerTimer()
+    timer = layer_timer(prepared.device)
     scopes = ModuleScopes(prepared.model, backward=settings.mode == "train")
     scopes.add_listener(timer)
     with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
         prepared.step()
     result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
+    if telemetry is not None:
+        telemetry.window_start()
     for _ in range(settings.repeats):
         result.step_ms.append(1e3 * time_call(prepared.step, prepared.device))
         timer.reset()
@@ -193,7 +204,37 @@ def timing_pass(prepared: Prepared, settings: Settings) -> TimingResult:
                 result.calls[name] = timer.times.calls[(name, phase)]
             else:
                 result.backward_ms[name].append(1e3 * seconds)
+    if telemetry is not None:
+        telemetry.window_end(2 * settings.repeats)
     return result
+
+
+def allocator_pass(prepared: Prepared, train: bool) -> CudaAllocatorTracker:
+    """One hooked step measuring per-module memory with the CUDA caching allocator (after
+    warm-up, so one-off workspaces are not charged to the first layer)."""
+    tracker = CudaAllocatorTracker(prepared.device)
+    with ModuleScopes(prepared.model, backward=train) as scopes:
+        scopes.add_listener(tracker)
+        synchronize(prepared.device)
+        tracker.start()
+        prepared.step()
+        tracker.finish()
+    return tracker
+
+
+def trace_pass(prepared: Prepared, layers: list[LayerStats], train: bool, trace_file: Path | None) -> TraceSummary:
+    """A short torch.profiler window with module labels; detected backends go into the layers."""
+    attention = [layer for layer in layers if layer.attention is not None]
+    with ModuleScopes(prepared.model, record_labels=True, backward=train):
+        summary = run_trace(
+            prepared.step, prepared.device, attention_modules=[layer.name for layer in attention],
+            trace_file=trace_file,
+        )
+    for layer in attention:
+        detected = summary.backends.get(layer.name)
+        if detected is not None and layer.attention is not None:
+            layer.attention.backend = detected
+    return summary
 
 
 def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
@@ -301,16 +342,38 @@ def _threads(settings: Settings) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_profile(workload: Workload, settings: Settings) -> Profile:
+def run_profile(
+    workload: Workload, settings: Settings, trace: bool = False, trace_file: Path | None = None
+) -> Profile:
+    """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
+    backend that ran), saved as a Chrome trace when `trace_file` is given."""
     with _threads(settings):
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
         counting = counting_pass(prepared)
-        timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings)
+        with Telemetry(prepared.device) as telemetry:
+            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry)
+        allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
+        if allocator is not None:
+            counting.memory = dict(allocator.module_peak)
         layers = build_layers(prepared, counting, timing, train)
         totals = build_totals(prepared, counting, timing, layers)
+        if allocator is not None:
+            totals.peak_memory_bytes = allocator.step_peak
+        record = telemetry.record()
+        energy = telemetry.energy()
+        totals.energy_j, totals.energy_reason = energy.energy_j, energy.reason
+        totals.power_w = record.power_w if record is not None else None
         machine = machine_info()
+        peak = hardware.peak_for(prepared.device, settings.dtype, _calibration(machine))
+        for layer in layers:
+            layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
+        summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
+    if summary is not None:
+        notes += summary.notes
+    if allocator is not None:
+        notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
         attnprof_version=attnprof.__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -326,7 +389,23 @@ def run_profile(workload: Workload, settings: Settings) -> Profile:
         settings=settings,
         totals=totals,
         layers=layers,
-        timing_source="none" if timing is None else "wall",
+        timing_source=_timing_source(prepared.device, timing),
         notes=notes,
+        telemetry=record,
+        trace=summary,
+        peak=peak,
     )
 
+
+def _timing_source(device: torch.device, timing: TimingResult | None) -> str:
+    if timing is None:
+        return "none"
+    return "cuda_events" if device.type == "cuda" else "wall"
+
+
+def _calibration(machine: MachineInfo) -> Calibration | None:
+    """This machine's calibrated peaks; a damaged calibration file only costs the % of peak."""
+    try:
+        return hardware.load_calibration(machine)
+    except InputFileError:
+        return None

@@ -234,6 +234,7 @@ class Totals:
     attention_share_time: float | None = None
     achieved_tflops: float | None = None
     param_bytes: int = 0
+    power_w: float | None = None  # mean GPU power over the measured steps (NVML)
 
 
 @dataclass
@@ -280,6 +281,9 @@ class Profile:
     timing_source: str = "wall"  # wall (CPU perf_counter), cuda_events, cupti, none (dry run)
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    telemetry: DeviceTelemetry | None = None  # NVML power, clocks, utilization (NVIDIA GPUs)
+    trace: TraceSummary | None = None  # `profile --trace`
+    peak: DevicePeak | None = None  # what % of peak and each layer's `bound` refer to
 
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:
@@ -428,3 +432,130 @@ class Plan:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise UsageError(f"plan objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+
+
+# --- GPU instrumentation: NVML telemetry, kernel trace, calibration, monitoring -----------------
+
+
+@dataclass
+class GpuSample:
+    """One NVML reading of one GPU; a field is None when the device does not report it."""
+
+    t: float  # seconds since sampling started
+    nvml_index: int
+    power_w: float | None = None
+    utilization_pct: float | None = None
+    memory_utilization_pct: float | None = None
+    sm_clock_mhz: float | None = None
+    memory_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    memory_used_bytes: int | None = None
+    energy_mj: int | None = None  # the device's cumulative energy counter
+    process_memory_bytes: int | None = None  # GPU memory of the watched process (monitor)
+
+
+@dataclass
+class Clocks:
+    sm_mhz: float | None  # median over the measured steps
+    memory_mhz: float | None
+    sm_max_mhz: float | None = None
+
+
+@dataclass
+class DeviceTelemetry:
+    """NVML readings over the measured steps of a profile; `reasons` says why a field is null."""
+
+    gpu_name: str | None
+    gpu_uuid: str | None
+    nvml_index: int | None
+    sample_rate_hz: float
+    samples: int
+    power_w: float | None = None  # mean
+    power_max_w: float | None = None
+    utilization_pct: float | None = None  # mean
+    clocks: Clocks | None = None
+    temperature_max_c: float | None = None
+    memory_used_max_bytes: int | None = None
+    energy_source: str | None = None  # "counter" (total-energy counter) or "integrated_power"
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ModuleTrace:
+    """One module's share of a traced window, per step."""
+
+    name: str
+    time_ms: float  # inclusive of child modules
+    self_time_ms: float
+    kernels: int  # device kernels (or CPU ops when no kernels were recorded) per step
+    top: list[str] = field(default_factory=list)  # the most expensive kernel / op names
+
+
+@dataclass
+class TraceSummary:
+    """What a torch.profiler window saw: time per module from kernels (or CPU ops) and backends."""
+
+    timing_source: str  # "cupti" (device kernels) or "cpu_ops"
+    active_steps: int
+    events: int
+    kernels: int  # device kernels recorded in the window; 0 on CPU
+    trace_file: str | None
+    backends: dict[str, str] = field(default_factory=dict)  # attention module path -> SDPA backend
+    modules: list[ModuleTrace] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DevicePeak:
+    """The peak layers are compared with (% of peak, roofline class); None figures have a reason."""
+
+    device: str
+    math_mode: str  # the peak used: fp32, tf32, fp16, bf16, fp64
+    tflops: float | None
+    memory_gbps: float | None
+    source: str | None  # "datasheet" or "calibrated"
+    reason: str | None = None
+
+
+@dataclass
+class DeviceCalibration:
+    """Achievable peaks measured by `attnprof doctor --calibrate` on one device kind."""
+
+    device: str  # "cpu" or the GPU's name
+    gemm_tflops: dict[str, float]  # dtype name -> best achieved dense GEMM TFLOP/s
+    copy_gbps: float  # device-memory copy bandwidth, bytes read + written
+    gemm_size: dict[str, int]
+    threads: int
+    created: str
+
+
+@dataclass
+class Calibration:
+    """The calibration file of one machine (see hardware.calibration_path)."""
+
+    machine_fingerprint: str
+    devices: dict[str, DeviceCalibration] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass
+class GpuInfo:
+    nvml_index: int
+    uuid: str
+    name: str
+    memory_total_bytes: int | None
+    mig: bool = False
+
+
+@dataclass
+class MonitorRecording:
+    """Samples recorded by `attnprof monitor --record FILE`."""
+
+    created: str
+    interval_s: float
+    gpus: list[GpuInfo]
+    samples: list[GpuSample]
+    command: list[str] = field(default_factory=list)
+    pid: int | None = None
+    exit_code: int | None = None
+    schema_version: int = SCHEMA_VERSION

@@ -39,6 +39,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Calibration files live in the user's cache: tests must neither read nor write the real one.
+    monkeypatch.setenv("ATTNPROF_CACHE_DIR", str(tmp_path_factory.mktemp("attnprof-cache")))
+
+
 @pytest.fixture
 def models_dir() -> Path:
     return MODELS

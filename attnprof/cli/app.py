@@ -73,9 +73,11 @@ def register(name: str, command: Callable[..., Any]) -> None:
 
 def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
+    from attnprof.cli.monitor import monitor_command
     from attnprof.cli.profile import profile_command
 
     register("profile", profile_command)
+    register("monitor", monitor_command)
 
     from attnprof.cli.tune import tune_command
 

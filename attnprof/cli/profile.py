@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import typer
 
 from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
+from attnprof.measure.trace import move_next_to
 from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
@@ -33,6 +35,10 @@ def profile_command(
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
+    trace: bool = typer.Option(False, "--trace", help="Add a short torch.profiler window: kernels (or CPU ops) per "
+                                                      "module, the SDPA backend that ran, a Chrome trace."),
+    trace_file: Path = typer.Option(None, "--trace-file", help="Where to save the Chrome trace (.json.gz; implies "
+                                                               "--trace; default: next to the saved profile)."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
     """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
@@ -47,11 +53,19 @@ def profile_command(
     settings = resolve_settings(workload, overrides)
     log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "
         f"{settings.dtype}, {settings.device})")
-    profile = run_profile(workload, settings)
-    if not no_save:
-        path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
-        write_record(path, profile)
-        log(f"saved {path}")
+    trace = trace or trace_file is not None
+    with tempfile.TemporaryDirectory(prefix="attnprof-trace-") as scratch:
+        # The saved profile's path depends on the run; the trace moves next to it afterwards.
+        pending = Path(scratch) / "trace.json.gz" if trace and trace_file is None and not no_save else None
+        profile = run_profile(workload, settings, trace=trace, trace_file=trace_file or pending)
+        if not no_save:
+            path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
+            if pending is not None and pending.exists() and profile.trace is not None:
+                profile.trace.trace_file = str(move_next_to(pending, path))
+            write_record(path, profile)
+            log(f"saved {path}")
+    if profile.trace is not None and profile.trace.trace_file:
+        log(f"Chrome trace: {profile.trace.trace_file} (open in https://ui.perfetto.dev)")
     if as_json:
         typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
     else:

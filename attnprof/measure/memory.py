@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,3 +94,53 @@ def tensor_bytes(module: torch.nn.Module) -> int:
             seen.add(id(storage))
             total += storage.nbytes()
     return total
+
+
+@dataclass
+class _AllocatorFrame:
+    name: str
+    phase: Phase
+    at_entry: int
+    peak: int
+
+
+class CudaAllocatorTracker:
+    """Per-module peak of the CUDA caching allocator above its level at entry (a ScopeListener).
+
+    The allocator keeps one peak counter per device. At every scope boundary the counter is
+    folded into every open scope and then reset, so each nested scope gets the exact peak of
+    its own lifetime. This sees what the device really held: workspaces and kernel-internal
+    buffers that never appear as op outputs included. All host-side calls: no synchronisation.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._open: list[_AllocatorFrame] = []
+        self.module_peak: dict[str, int] = defaultdict(int)
+        self.step_peak = 0  # bytes allocated at the step's high-water mark, everything included
+
+    def start(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step_peak = torch.cuda.memory_allocated(self.device)
+
+    def _fold(self) -> None:
+        peak = torch.cuda.max_memory_allocated(self.device)
+        for frame in self._open:
+            frame.peak = max(frame.peak, peak)
+        self.step_peak = max(self.step_peak, peak)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def finish(self) -> int:
+        self._fold()
+        return self.step_peak
+
+    def on_enter(self, name: str, phase: Phase) -> None:
+        self._fold()
+        level = torch.cuda.memory_allocated(self.device)
+        self._open.append(_AllocatorFrame(name, phase, level, level))
+
+    def on_exit(self, name: str, phase: Phase) -> None:
+        self._fold()
+        frame = self._open.pop()
+        if phase == "forward":
+            self.module_peak[name] = max(self.module_peak[name], frame.peak - frame.at_entry)

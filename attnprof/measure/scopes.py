@@ -28,6 +28,9 @@ Phase = Literal["forward", "backward"]
 # transformers' dict-like outputs): attribution handles both, so these warnings are noise.
 _HOOK_WARNINGS = ("Full backward hook is firing", "For backward hooks to be called")
 ROOT = ""  # named_modules() calls the root module ""
+# record_function label of a scope: the prefix + the module path, exactly (the root's is the bare
+# prefix), so a trace maps labels back to paths without clashing with a child named "model".
+LABEL_PREFIX = "attnprof::"
 
 
 class ScopeListener(Protocol):
@@ -127,7 +130,7 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
     def _push(self, name: str, phase: Phase) -> None:
         label = None
         if self._record_labels:
-            label = torch.autograd.profiler.record_function(f"attnprof::{name or 'model'}")
+            label = torch.autograd.profiler.record_function(LABEL_PREFIX + name)
             label.__enter__()
         self._stack.append(_Frame(name, phase, label))
         for listener in self._listeners:

@@ -3,7 +3,9 @@
 Step times come from plain steps with no hooks installed, so the reported step time is not
 distorted by instrumentation; per-layer times come from separate hooked steps interleaved with
 the plain ones (so slow drift affects both alike). On CPU a layer's time is the wall time
-between its scope opening and closing; `self` time subtracts the time spent in child scopes.
+between its scope opening and closing; on a GPU it is the time between CUDA events recorded on
+the device's stream as the scope opens and closes (kernels run asynchronously, so host time
+says nothing about them). `self` time subtracts the time spent in child scopes.
 """
 
 from __future__ import annotations
@@ -61,10 +63,86 @@ class WallClockLayerTimer:
             self._open[-1].child_time += elapsed
 
 
+@dataclass
+class _EventScope:
+    name: str
+    phase: Phase
+    start: Any  # torch.cuda.Event
+    parent: _EventScope | None
+    end: Any = None
+    child_time: float = 0.0
+
+
+class CudaEventLayerTimer:
+    """A ModuleScopes listener timing each module with CUDA events on the device's stream.
+
+    Events are only readable once the step's work has finished: `times` resolves them and must
+    be read after the device is synchronised (time_call does that). Events are reused between
+    steps, since creating one costs more than recording it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pool: list[Any] = []
+        self._used: list[Any] = []
+        self._open: list[_EventScope] = []
+        self._closed: list[_EventScope] = []
+        self._times = LayerTimes()
+
+    def reset(self) -> None:
+        self._pool.extend(self._used)
+        self._used.clear()
+        self._open.clear()
+        self._closed.clear()
+        self._times = LayerTimes()
+
+    def _record(self) -> Any:
+        event = self._pool.pop() if self._pool else torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        self._used.append(event)
+        return event
+
+    def on_enter(self, name: str, phase: Phase) -> None:
+        parent = self._open[-1] if self._open else None
+        self._open.append(_EventScope(name, phase, self._record(), parent))
+
+    def on_exit(self, name: str, phase: Phase) -> None:
+        scope = self._open.pop()
+        scope.end = self._record()
+        self._closed.append(scope)
+
+    @property
+    def times(self) -> LayerTimes:
+        if self._closed:
+            elapsed = {id(s): s.start.elapsed_time(s.end) / 1e3 for s in self._closed}  # ms -> s
+            for scope in self._closed:
+                if scope.parent is not None:
+                    scope.parent.child_time += elapsed[id(scope)]
+            for scope in self._closed:
+                key = (scope.name, scope.phase)
+                self._times.inclusive[key] += elapsed[id(scope)]
+                self._times.self_time[key] += elapsed[id(scope)] - scope.child_time
+                self._times.calls[key] += 1
+            self._closed.clear()
+        return self._times
+
+
+def layer_timer(device: torch.device) -> WallClockLayerTimer | CudaEventLayerTimer:
+    return CudaEventLayerTimer(device) if device.type == "cuda" else WallClockLayerTimer()
+
+
 def time_call(step: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of one synchronised call of `step`."""
+    """Seconds of one synchronised call of `step`: CUDA events on a GPU, wall time otherwise."""
     synchronize(device)
-    start = time.perf_counter()
+    if device.type == "cuda":
+        stream = torch.cuda.current_stream(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        step()
+        end.record(stream)
+        end.synchronize()
+        synchronize(device)  # work on other streams, if the model uses any, is part of the step too
+        return start.elapsed_time(end) / 1e3
+    start_s = time.perf_counter()
     step()
-    synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start_s

@@ -66,10 +66,14 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
         f"{profile.workload.target} · {settings.mode} · batch {settings.batch_size} · seq {settings.seq_len} · "
         f"{settings.dtype} · {settings.device} · backend {settings.backend}"
     )
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False,
+                  caption=device_caption(profile), caption_justify="left")
+    peak = profile.peak.tflops if profile.peak is not None else None
+    roofline = [("% peak", "right"), ("bound", "left")] if peak else []
     for header, justify in [("layer", "left"), ("kind", "left"), ("fwd ms", "right"), ("self ms", "right"),
                             ("p10–p90", "right"), ("bwd ms", "right"), ("FLOPs", "right"),
-                            ("attn FLOPs", "right"), ("memory", "right"), ("TFLOP/s", "right"), ("", "left")]:
+                            ("attn FLOPs", "right"), ("memory", "right"), ("TFLOP/s", "right"), *roofline,
+                            ("", "left")]:
         table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
     slow = bottlenecks(profile)
     indent = sort == "order"
@@ -91,6 +95,7 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
             human_count(layer.attention.flops) if layer.attention else "",
             human_bytes(layer.memory_bytes) if layer.memory_bytes else "",
             f"{layer.achieved_tflops:.3f}" if layer.achieved_tflops else "",
+            *([_percent(layer.achieved_tflops, peak), layer.bound or ""] if peak else []),
             Text("◀ slowest", style="bold red") if layer.name in slow else "",
         )
     totals = profile.totals
@@ -106,9 +111,34 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
         human_count(totals.attention_flops),
         human_bytes(totals.peak_memory_bytes) + " peak",
         f"{totals.achieved_tflops:.3f}" if totals.achieved_tflops else "",
+        *([_percent(totals.achieved_tflops, peak), ""] if peak else []),
         "",
     )
     return table
+
+
+def _percent(achieved: float | None, peak: float) -> str:
+    return f"{100 * achieved / peak:.1f}" if achieved else ""
+
+
+def device_caption(profile: Profile) -> str:
+    """Where the figures come from: timing source, the peak compared with, GPU telemetry."""
+    parts = [f"timing: {profile.timing_source}"]
+    peak = profile.peak
+    if peak is not None and peak.tflops:
+        bandwidth = f", {peak.memory_gbps:g} GB/s" if peak.memory_gbps else ""
+        parts.append(f"peak {peak.math_mode} {peak.tflops:.4g} TFLOP/s{bandwidth} ({peak.source}, {peak.device})")
+    elif peak is not None and peak.reason:
+        parts.append(f"% of peak: n/a ({peak.reason})")
+    telemetry = profile.telemetry
+    if telemetry is not None:
+        if profile.totals.power_w is not None:
+            parts.append(f"power {profile.totals.power_w:.0f} W")
+        if telemetry.clocks is not None and telemetry.clocks.sm_mhz is not None:
+            parts.append(f"SM clock {telemetry.clocks.sm_mhz:.0f} MHz")
+        if telemetry.utilization_pct is not None:
+            parts.append(f"GPU util {telemetry.utilization_pct:.0f}%")
+    return " · ".join(parts)
 
 
 def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:

@@ -1,0 +1,30 @@
+"""`attnprof monitor [--pid PID | -- COMMAND]`: live GPU utilization, memory, power and clocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from attnprof.monitor import MonitorOptions, run_monitor
+from attnprof.report.console import log, stdout_console
+from attnprof.report.monitor import LiveMonitor
+
+
+def monitor_command(
+    command: list[str] = typer.Argument(None, help="A command to launch and watch (after --)."),
+    pid: int = typer.Option(None, "--pid", help="Watch this running process."),
+    interval: float = typer.Option(1.0, "--interval", help="Seconds between samples (at least 0.1)."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    record: Path = typer.Option(None, "--record", help="Save every sample to this JSON file."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Watch every NVIDIA GPU live; with a command, until it exits (its exit code is returned)."""
+    options = MonitorOptions(interval_s=interval, duration_s=duration, pid=pid, command=command or (),
+                             record=record)
+    with LiveMonitor(stdout_console()) as live:
+        code = run_monitor(options, live.update)
+    if record is not None:
+        log(f"saved {record}")
+    if code:
+        raise typer.Exit(code)
