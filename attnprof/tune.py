@@ -45,7 +45,7 @@ from attnprof.records import (
     Profile,
     Settings,
 )
-from attnprof.sharding import LinkLike, StepShape, sharded_step
+from attnprof.sharding import LinkLike, ShardedCost, StepShape, sharded_step
 from attnprof.space import (
     AttentionLayout,
     DeviceFacts,
@@ -397,7 +397,7 @@ class Pricing:
             self.excluded.append(
                 Exclusion(
                     "batch_size",
-                    str(choice.as_config()),
+                    ", ".join(f"{k}={v}" for k, v in choice.as_config().items()),
                     f"batch {batch} does not split into {choice.data_parallel} replica(s) of "
                     f"micro-batches of {choice.batch_size}",
                 )
@@ -406,27 +406,59 @@ class Pricing:
         estimate = self.estimator.estimate(choice)
         step_ms = per_replica * estimate.latency_ms
         memory = estimate.memory_bytes
+        shape = None
         if choice.world_size > 1:
             shape = self._step_shape(estimate, choice, per_replica)
-            sharded = sharded_step(
-                shape,
-                choice.tensor_parallel,
-                choice.pipeline_stages,
-                choice.data_parallel,
-                choice.data_parallel_mode,
-                self._link(),
-            )
+            sharded = self._sharded(shape, choice)
             step_ms, memory = sharded.latency_ms, sharded.memory_bytes
-        fixed = {"latency_ms": step_ms, "memory_bytes": memory}
-        if self.power_w is not None:
-            fixed["energy_j"] = self.power_w * step_ms * 1e-3 * choice.world_size
-        return Problem(
+        groups = self._groups(choice, estimate, per_replica)
+        problem = Problem(
             config=choice.as_config(),
-            fixed=fixed,
-            groups=self._groups(choice, estimate, per_replica),
+            fixed=self._with_energy({"latency_ms": step_ms, "memory_bytes": memory}, choice),
+            groups=groups,
             samples=batch,
             value=(choice, estimate),
         )
+        if shape is not None and choice.pipeline_stages > 1 and groups:
+            problem.evaluate = self._pipeline_totals(problem, shape, choice)
+        return problem
+
+    def _sharded(self, shape: StepShape, choice: GlobalChoice) -> ShardedCost:
+        return sharded_step(
+            shape,
+            choice.tensor_parallel,
+            choice.pipeline_stages,
+            choice.data_parallel,
+            choice.data_parallel_mode,
+            self._link(),
+        )
+
+    def _with_energy(self, totals: dict[str, float], choice: GlobalChoice) -> dict[str, float]:
+        if self.power_w is not None:
+            totals["energy_j"] = self.power_w * totals["latency_ms"] * 1e-3 * choice.world_size
+        return totals
+
+    def _pipeline_totals(
+        self, problem: Problem, shape: StepShape, choice: GlobalChoice
+    ) -> Callable[[tuple[int, ...]], dict[str, float]]:
+        """A pipeline is as fast as its slowest stage: layer options change the stage balance, so
+        the totals do not add up over layers (the optimizer enumerates or searches heuristically)."""
+        index = {layout.name: i for i, layout in enumerate(self.space.layouts)}
+
+        def totals(chosen: tuple[int, ...]) -> dict[str, float]:
+            blocks = list(shape.block_ms)
+            memory = quality = 0.0
+            for group, option_index in zip(problem.groups, chosen, strict=True):
+                costs = group.options[option_index].costs
+                # Option costs are per step and per rank; blocks are per micro-batch, unsharded.
+                blocks[index[group.name]] += costs["latency_ms"] * choice.tensor_parallel / shape.micro_batches
+                memory += costs["memory_bytes"] / choice.pipeline_stages
+                quality += costs.get("quality_loss", 0.0)
+            sharded = self._sharded(dataclasses.replace(shape, block_ms=tuple(blocks)), choice)
+            result = {"latency_ms": sharded.latency_ms, "memory_bytes": sharded.memory_bytes + memory}
+            return {**self._with_energy(result, choice), "quality_loss": quality}
+
+        return totals
 
     def _baseline_step_ms(self) -> float:
         stats = self.baseline.totals.time_ms

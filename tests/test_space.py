@@ -111,7 +111,7 @@ def test_checkpointing_is_a_train_mode_choice() -> None:
 
 def test_sharding_degrees_divide_gpus_and_heads() -> None:
     knobs = ["tensor_parallel", "pipeline_stages", "data_parallel"]
-    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16"), knobs, gpus=8, blocks=4)
+    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16", batch_size=8), knobs, gpus=8, blocks=4)
     triples = {(g.tensor_parallel, g.pipeline_stages, g.data_parallel) for g in space.globals}
     assert all(tp * pp * dp == 8 for tp, pp, dp in triples)
     assert {tp for tp, _, _ in triples} == {1, 2}  # 2 K/V heads: tp 4 and 8 split a head
@@ -170,3 +170,11 @@ def test_sharded_step_trades_compute_for_communication() -> None:
     ddp = sharded_step(shape, 1, 1, 4, "ddp", NVLINK)
     assert fsdp.memory_bytes < ddp.memory_bytes
     assert ddp.communication_ms == pytest.approx(1e3 * all_reduce_s(8e9, 4, NVLINK))
+
+
+def test_data_parallel_replicas_split_the_batch() -> None:
+    knobs = ["tensor_parallel", "data_parallel", "batch_size"]
+    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16", batch_size=6), knobs, gpus=4)
+    # tp 4 would split the 2 K/V heads, dp 4 the batch of 6: only tp 2 x dp 2 remains, 3 samples per replica.
+    assert {(g.tensor_parallel, g.data_parallel, g.batch_size) for g in space.globals} == {(2, 2, 1), (2, 2, 3)}
+    assert "does not split over 4 replicas" in reasons(space, "data_parallel")["4"]

@@ -137,3 +137,29 @@ def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits()
     assert plan.measured.memory_bytes <= fp32 * 0.8
     assert plan.predicted.memory_bytes is not None and plan.predicted.memory_bytes <= fp32 * 0.8
     assert plan.measured.finite and (plan.measured.max_error or 0.0) <= 1e-2
+
+
+def test_sharded_plans_are_predicted_with_the_interconnect_and_marked_unverified(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    flags = ["--gpus", "4", "--interconnect", "nvlink4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel"]
+    result = runner.invoke(app, ["tune", *flags, "--batch-size", "4", *FAST[2:]])
+    assert result.exit_code == 0, result.output
+    plan = read_record(tmp_path / "plan.json", Plan)
+    assert plan.choices.world_size == 4
+    assert not plan.verified and plan.measured is None
+    assert "not verified on this machine: needs 4 devices" in plan.notes
+    assert plan.budgets.gpus == 4
+
+
+def test_sharding_without_a_known_link_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--gpus", "2", *FAST])
+    assert result.exit_code == 2 and "--interconnect nvlink4" in result.stderr
+    result = runner.invoke(app, ["tune", "--gpus", "2", "--interconnect", "carrier-pigeon", *FAST])
+    assert result.exit_code == 2 and "must be one of" in result.stderr
+
+
+def test_pareto_frontier_is_shown(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--knobs", "batch_size", "--pareto", "--top-k", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "Pareto frontier (predicted)" in result.stdout
