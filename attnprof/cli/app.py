@@ -12,7 +12,7 @@ import typer
 
 from attnprof import __version__
 from attnprof.errors import AttnprofError, UserCodeError
-from attnprof.report.console import error, set_quiet
+from attnprof.report.console import error, set_verbosity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,10 +39,13 @@ def _version(value: bool) -> None:
 def _global(
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status lines on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr about what was done."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
+    if quiet and verbose:
+        raise typer.BadParameter("-q and -v contradict each other: give one")
     _GlobalFlags.debug = debug
-    set_quiet(quiet)
+    set_verbosity(-1 if quiet else 1 if verbose else 0)
 
 
 def handle_errors(command: F) -> F:
@@ -73,15 +76,19 @@ def register(name: str, command: Callable[..., Any]) -> None:
 
 def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
+    from attnprof.cli.apply import apply_command
+    from attnprof.cli.doctor import doctor_command
     from attnprof.cli.monitor import monitor_command
     from attnprof.cli.profile import profile_command
-
-    register("profile", profile_command)
-    register("monitor", monitor_command)
-
+    from attnprof.cli.report import report_command
     from attnprof.cli.tune import tune_command
 
+    register("profile", profile_command)
+    register("report", report_command)
+    register("doctor", doctor_command)
+    register("monitor", monitor_command)
     register("tune", tune_command)
+    register("apply", apply_command)
 
 
 _register_commands()

@@ -14,8 +14,9 @@ from attnprof.measure.trace import move_next_to
 from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
+from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.store import DEFAULT_PROFILE_DIR, profile_path, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, profile_path, write_record
 from attnprof.workload import load_workload
 
 
@@ -34,6 +35,7 @@ def profile_command(
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
+    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report with charts."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
     trace: bool = typer.Option(False, "--trace", help="Add a short torch.profiler window: kernels (or CPU ops) per "
                                                       "module, the SDPA backend that ran, a Chrome trace."),
@@ -66,6 +68,9 @@ def profile_command(
             log(f"saved {path}")
     if profile.trace is not None and profile.trace.trace_file:
         log(f"Chrome trace: {profile.trace.trace_file} (open in https://ui.perfetto.dev)")
+    if html is not None:
+        atomic_write_text(html, render_html(profile))
+        log(f"wrote {html}")
     if as_json:
         typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
     else:

@@ -28,20 +28,43 @@ def stdout_console() -> Console:
     return _console(False)
 
 
+def stderr_console() -> Console:
+    return _console(True)
+
+
 class _Verbosity:
-    quiet = False
+    level = 0  # -1 quiet (-q), 0 normal, 1 verbose (-v)
 
 
-def set_quiet(quiet: bool) -> None:
-    _Verbosity.quiet = quiet
+def set_verbosity(level: int) -> None:
+    _Verbosity.level = max(-1, min(level, 1))
+
+
+def is_quiet() -> bool:
+    return _Verbosity.level < 0
+
+
+def is_verbose() -> bool:
+    return _Verbosity.level > 0
 
 
 def log(message: str) -> None:
-    """A progress or status line on stderr (suppressed by -q)."""
-    if not _Verbosity.quiet:
-        _console(True).print(message)
+    """A status line on stderr (suppressed by -q)."""
+    if not is_quiet():
+        stderr_console().print(message, markup=False)
+
+
+def detail(message: str) -> None:
+    """A line only -v asks for: what was measured, skipped or assumed along the way."""
+    if is_verbose():
+        stderr_console().print(message, markup=False, style="dim")
+
+
+def warn(message: str) -> None:
+    """A warning on stderr: shown even with -q, since it may change how results are read."""
+    stderr_console().print(f"attnprof: warning: {message}", markup=False)
 
 
 def error(message: str) -> None:
     """A one-line error on stderr."""
-    _console(True).print(f"attnprof: error: {message}", markup=False)
+    stderr_console().print(f"attnprof: error: {message}", markup=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -141,17 +141,23 @@ def device_caption(profile: Profile) -> str:
     return " · ".join(parts)
 
 
-def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:
-    console.print(profile_table(profile, sort))
+def profile_view(profile: Profile, sort: str = "order") -> Group:
+    """The table and the totals lines under it."""
     totals = profile.totals
     share = f"{100 * totals.attention_share_flops:.1f}% of FLOPs"
     if totals.attention_share_time is not None:
         share += f", {100 * totals.attention_share_time:.1f}% of step time"
-    console.print(f"attention: {human_count(totals.attention_flops)} FLOPs (useful) of "
-                  f"{human_count(totals.attention_flops_dense)} dense; {share}")
+    lines = [
+        f"attention: {human_count(totals.attention_flops)} FLOPs (useful) of "
+        f"{human_count(totals.attention_flops_dense)} dense; {share}"
+    ]
     if totals.backward_flops:
-        console.print(f"backward: {human_count(totals.backward_flops)} FLOPs")
-    console.print(f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None
-                  else f"energy: n/a ({totals.energy_reason})")
-    for note in profile.notes:
-        console.print(f"note: {note}")
+        lines.append(f"backward: {human_count(totals.backward_flops)} FLOPs")
+    lines.append(f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None
+                 else f"energy: n/a ({totals.energy_reason})")
+    lines += [f"note: {note}" for note in profile.notes]
+    return Group(profile_table(profile, sort), *(Text(line) for line in lines))
+
+
+def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:
+    console.print(profile_view(profile, sort))

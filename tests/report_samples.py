@@ -1,0 +1,185 @@
+"""Hand-built records with known numbers, for the report tests."""
+
+from __future__ import annotations
+
+from attnprof.records import (
+    AttentionInfo,
+    Budget,
+    LayerStats,
+    MachineInfo,
+    Plan,
+    PlanChoices,
+    PlanFigures,
+    Profile,
+    Settings,
+    TimeStats,
+    Totals,
+    WorkloadInfo,
+)
+
+MIB = 2**20
+
+
+def _stats(median: float) -> TimeStats:
+    return TimeStats.from_samples([median * 0.95, median, median * 1.05])
+
+
+def _layer(
+    name: str,
+    kind: str,
+    depth: int,
+    time_ms: float,
+    *,
+    self_ms: float = 0.0,
+    flops: int = 0,
+    nbytes: int = 0,
+    memory: int = 0,
+    train: bool = False,
+    attention: AttentionInfo | None = None,
+) -> LayerStats:
+    return LayerStats(
+        name=name,
+        type={"attention": "Attention", "mlp": "MLP", "norm": "LayerNorm", "embedding": "Embedding"}.get(
+            kind, "Linear" if flops else "Module"
+        ),
+        kind=kind,  # type: ignore[arg-type]
+        depth=depth,
+        time_ms=_stats(time_ms),
+        self_time_ms=self_ms,
+        backward_time_ms=_stats(2 * time_ms) if train else None,
+        flops=flops,
+        bytes=nbytes,
+        memory_bytes=memory,
+        params=0,
+        achieved_tflops=flops / (self_ms * 1e-3) / 1e12 if flops and self_ms else None,
+        bound=None,
+        attention=attention,
+    )
+
+
+def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
+    """A decoder with `blocks` blocks; block i's attention takes 1 + i ms and its MLP 2 ms.
+
+    Every computing layer has a distinct arithmetic intensity and speed, spread over decades,
+    so the roofline points never overlap.
+    """
+    train = mode == "train"
+    layers = [_layer("", "other", 0, 0.0, train=train)]
+    layers.append(_layer("embed", "embedding", 1, 0.5, self_ms=0.5, memory=1 * MIB, train=train))
+    for i in range(blocks):
+        attn_ms, mlp_ms = 1.0 + i, 2.0
+        info = AttentionInfo(
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            q_len=64,
+            kv_len=64,
+            causal=True,
+            window=None,
+            backend="flash",
+            flops=4 * 4 * 16 * 64 * 65 // 2,
+            flops_dense=4 * 4 * 16 * 64 * 64,
+        )
+        scale = 10 ** (i % 3)
+        layers += [
+            _layer(f"layers.{i}", "other", 1, attn_ms + mlp_ms, memory=(4 + i) * MIB, train=train),
+            _layer(
+                f"layers.{i}.attn",
+                "attention",
+                2,
+                attn_ms,
+                self_ms=attn_ms / 2,
+                flops=info.flops * scale,
+                nbytes=10_000 * (i + 1),
+                memory=(3 + i) * MIB,
+                train=train,
+                attention=info,
+            ),
+            _layer(
+                f"layers.{i}.attn.qkv",
+                "other",
+                3,
+                attn_ms / 2,
+                self_ms=attn_ms / 2,
+                flops=3_000_000 * scale,
+                nbytes=2_000_000,
+                memory=MIB // 2,
+                train=train,
+            ),
+            _layer(
+                f"layers.{i}.mlp",
+                "mlp",
+                2,
+                mlp_ms,
+                self_ms=mlp_ms,
+                flops=50_000_000 * (i + 1) * scale,
+                nbytes=100_000,
+                memory=2 * MIB,
+                train=train,
+            ),
+        ]
+    layers.append(
+        _layer(
+            "lm_head", "other", 1, 0.7, self_ms=0.7, flops=900_000, nbytes=3_000_000, memory=MIB, train=train
+        )
+    )
+    step = 0.5 + sum(3.0 + i for i in range(blocks)) + 0.7 + 0.3  # 0.3 ms outside any module
+    layers[0] = _layer("", "other", 0, step - 0.3, train=train)
+    if train:
+        step *= 3  # backward takes twice the forward time in every layer
+    settings = Settings(mode=mode, batch_size=2, seq_len=64)  # type: ignore[arg-type]
+    return Profile(
+        attnprof_version="0.1.0",
+        created="2026-11-21T09:00:00+00:00",
+        machine=MachineInfo(
+            cpu="Test CPU",
+            gpu_name=None,
+            gpu_uuid=None,
+            driver=None,
+            cuda=None,
+            torch="2.13.0",
+            python="3.11.7",
+            threads=1,
+        ),
+        commit="0123456789abcdef",
+        workload=WorkloadInfo(
+            target="zoo:decoder", fingerprint="abc123def456", parameter_count=12345, name="decoder"
+        ),
+        settings=settings,
+        totals=Totals(
+            time_ms=_stats(step),
+            flops=sum(layer.flops for layer in layers),
+            attention_flops=sum(layer.attention.flops for layer in layers if layer.attention),
+            peak_memory_bytes=32 * MIB,
+        ),
+        layers=layers,
+    )
+
+
+def sample_plan() -> Plan:
+    """bf16 + flash: predicted 40% faster (± 1 ms) and measured 35% faster than 10 ms."""
+    profile = sample_profile()
+    return Plan(
+        workload=profile.workload,
+        settings=profile.settings,
+        device="cpu",
+        objective="latency",
+        choices=PlanChoices(dtype="bf16", backend="flash", kv_heads={"layers.0.attn": 1}),
+        budgets=Budget(memory_bytes=64 * MIB, latency_ms=8.0),
+        predicted=PlanFigures(
+            latency_ms=6.0, memory_bytes=20 * MIB, latency_sigma_ms=1.0, memory_sigma_bytes=MIB
+        ),
+        measured=PlanFigures(latency_ms=6.5, memory_bytes=21 * MIB, max_error=1e-3, finite=True),
+        baseline=PlanFigures(latency_ms=10.0, memory_bytes=32 * MIB),
+        verified=True,
+        knobs=["dtype", "backend", "kv_heads"],
+        solver="enumeration",
+        created="2026-11-21T09:30:00+00:00",
+    )
+
+
+# One sample per report adapter kind; test_report_formats checks every adapter has one.
+SAMPLES = {
+    "profile": sample_profile,
+    "plan": sample_plan,
+}

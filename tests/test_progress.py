@@ -1,0 +1,76 @@
+"""Progress bars: drawn on a terminal only, no-ops otherwise, nested bars share one display."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from attnprof.report import console, progress
+
+
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """Make stderr a 100-column terminal that writes into a buffer."""
+    buffer = io.StringIO()
+    fake = Console(file=buffer, force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(console, "stderr_console", lambda: fake)
+    return buffer
+
+
+def test_not_a_terminal_draws_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress.progress("measuring", total=3) as bar:
+        assert not bar.shown
+        for _ in range(3):
+            bar.advance()
+        bar.describe("still nothing")
+    assert list(progress.track([1, 2, 3], "items")) == [1, 2, 3]
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_terminal_shows_counts_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = terminal(monkeypatch)
+    with progress.progress("measuring configs", total=4) as bar:
+        assert bar.shown
+        bar.advance(2)
+        progress._live.refresh()  # type: ignore[union-attr]
+        screen = buffer.getvalue()
+    assert "measuring configs" in screen and "2/4" in screen and "left" in screen
+    assert progress._live is None
+
+
+def test_quiet_hides_bars_even_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = terminal(monkeypatch)
+    monkeypatch.setattr(console, "is_quiet", lambda: True)
+    with progress.progress("measuring", total=2) as bar:
+        assert not bar.shown
+        bar.advance()
+    assert buffer.getvalue() == ""
+
+
+def test_nested_progress_adds_a_line_to_the_bar_on_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = terminal(monkeypatch)
+    with progress.progress("tune", total=2) as outer:
+        for step in progress.track(range(3), "repeats"):
+            assert progress._live is not None and len(progress._live.tasks) == 2
+            if step == 2:
+                progress._live.refresh()
+        assert len(progress._live.tasks) == 1  # the inner line is gone once its loop ends
+        outer.advance()
+    assert "repeats" in buffer.getvalue() and "tune" in buffer.getvalue()
+
+
+def test_track_takes_the_total_from_the_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal(monkeypatch)
+    seen = []
+    for item in progress.track(["a", "b"], "letters"):
+        seen.append((item, progress._live.tasks[0].total))  # type: ignore[union-attr]
+    assert seen == [("a", 2), ("b", 2)]
+
+
+def test_a_failing_loop_closes_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal(monkeypatch)
+    with pytest.raises(RuntimeError), progress.progress("measuring", total=3):
+        raise RuntimeError("model failed")
+    assert progress._live is None
