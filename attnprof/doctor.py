@@ -17,7 +17,11 @@ from pathlib import Path
 
 import torch
 
+from attnprof.errors import InputFileError, NvmlError
+from attnprof.measure import hardware, nvml, trace
+from attnprof.measure.device import resolve_device
 from attnprof.records import DoctorReport, Finding
+from attnprof.store import machine_info
 
 # Our backend names (Settings.backend) for the SDPA kernels torch can be asked for.
 SDPA_BACKENDS: dict[str, str] = {
@@ -178,10 +182,136 @@ def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
 
+def nvml_section() -> list[Finding]:
+    """The driver, each GPU NVML sees, and which telemetry each one reports."""
+    try:
+        with nvml.session():
+            driver = nvml.driver_version()
+            gpus = nvml.list_gpus()
+            findings = [Finding("nvml", "driver", "ok", f"NVIDIA driver {driver}, {len(gpus)} GPU(s)")]
+            for info, handle in gpus:
+                reader = nvml.DeviceReader(info, handle)
+                reader.read(0.0)
+                detail = f"{info.name} ({info.uuid}){', MIG' if info.mig else ''}"
+                if reader.reasons:
+                    missing = "; ".join(f"{name}: {why}" for name, why in sorted(reader.reasons.items()))
+                    findings.append(
+                        Finding(
+                            "nvml",
+                            f"gpu {info.nvml_index}",
+                            "warn",
+                            f"{detail}; not reported: {missing}",
+                            "profiles record these as null with the reason; energy falls back to "
+                            "integrated power when only the energy counter is missing",
+                        )
+                    )
+                else:
+                    findings.append(Finding("nvml", f"gpu {info.nvml_index}", "ok", f"{detail}; every reading"))
+            return findings
+    except NvmlError as exc:
+        status = "problem" if torch.cuda.is_available() else "info"
+        return [
+            Finding(
+                "nvml",
+                "driver",
+                status,
+                f"{exc}: no power, energy or clocks",
+                "install the NVIDIA driver (NVML ships with it); CPU profiles never need it",
+            )
+        ]
+
+
+def cupti_section() -> list[Finding]:
+    """Whether `profile --trace` sees GPU kernels: a one-matmul trial trace."""
+    if not torch.cuda.is_available():
+        return [Finding("cupti", "kernel trace", "info", "no CUDA device: `--trace` records CPU ops")]
+    device = torch.device("cuda", torch.cuda.current_device())
+    a = torch.randn(256, 256, device=device)
+    summary = trace.run_trace(lambda: a @ a, device, warmup=1, active=1)
+    if summary.kernels > 0:
+        return [Finding("cupti", "kernel trace", "ok", f"{summary.kernels} kernel(s) recorded in a trial")]
+    return [
+        Finding(
+            "cupti",
+            "kernel trace",
+            "warn",
+            "a trial trace recorded no GPU kernels; `--trace` falls back to CUDA event timing",
+            "stop other profilers (Nsight Systems, another torch.profiler) and check that CUPTI "
+            "ships with your CUDA toolkit",
+        )
+    ]
+
+
+def peaks_section() -> list[Finding]:
+    """Where each device's peak comes from: datasheet, calibration, or nowhere yet."""
+    machine = machine_info()
+    path = hardware.calibration_path(machine)
+    try:
+        calibration = hardware.load_calibration(machine)
+    except InputFileError as exc:
+        return [Finding("peaks", "calibration", "problem", str(exc), "run `attnprof doctor --calibrate`")]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    findings = []
+    for device in devices:
+        key = hardware.device_key(device)
+        spec = hardware.find_spec(key) if device.type == "cuda" else None
+        measured = calibration.devices.get(key) if calibration is not None else None
+        if spec is not None:
+            detail = (f"{key}: datasheet {spec.name}, bf16 {spec.tflops['bf16']:g} TFLOP/s, "
+                      f"{spec.memory_gbps:g} GB/s")
+            findings.append(Finding("peaks", str(device), "ok", detail))
+        elif measured is not None:
+            figures = ", ".join(f"{dtype} {tflops:.3g}" for dtype, tflops in measured.gemm_tflops.items())
+            detail = (f"{key}: calibrated {measured.created}: {figures} TFLOP/s, "
+                      f"copy {measured.copy_gbps:.3g} GB/s ({path})")
+            findings.append(Finding("peaks", str(device), "ok", detail))
+        else:
+            findings.append(
+                Finding(
+                    "peaks",
+                    str(device),
+                    "warn",
+                    f"{key}: no peak known, so no % of peak and no roofline class (`bound`)",
+                    f"run `attnprof doctor --calibrate` (writes {path})",
+                )
+            )
+    return findings
+
+
+def calibrate(devices: list[torch.device], budget_s: float = 0.5) -> list[Finding]:
+    """Measure and store the achievable peaks of `devices` on this machine."""
+    machine = machine_info()
+    findings = []
+    for device in devices:
+        measured = hardware.calibrate(device, budget_s=budget_s)
+        path = hardware.save_calibration(measured, machine)
+        figures = ", ".join(f"{dtype} {tflops:.3g}" for dtype, tflops in measured.gemm_tflops.items())
+        findings.append(
+            Finding("calibration", str(device), "ok",
+                    f"GEMM TFLOP/s {figures}; copy {measured.copy_gbps:.3g} GB/s; saved to {path}")
+        )
+    return findings
+
+
+def calibration_devices(spec: str | None) -> list[torch.device]:
+    """`--device` for --calibrate: the given one, else the CPU and the current GPU if any."""
+    if spec is not None:
+        return [resolve_device(spec)]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda", torch.cuda.current_device()))
+    return devices
+
+
 SECTIONS: tuple[Callable[[], list[Finding]], ...] = (
     torch_section,
     gpu_section,
+    nvml_section,
+    cupti_section,
     sdpa_section,
+    peaks_section,
     transformers_section,
 )
 
