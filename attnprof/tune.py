@@ -9,9 +9,11 @@
    parameters they remove (heads) or the forward they repeat (checkpointing); sharding goes
    through the α-β model of `sharding`.
 4. `optimize.search` ranks the plans under the budget (exit 5 with the binding limit when none fits).
-5. The top candidates that can run here are measured for real; the winner is the best
+5. The top candidates that can run here are measured for real, after the reference choice is
+   measured again to correct the predictions for the machine's drift; the winner is the best
    *measured* plan that keeps its promises: finite outputs, error and quality within bounds,
-   limits met, and a measurement no worse than predicted beyond the stated uncertainty.
+   limits met, and a measurement no worse than predicted beyond the stated uncertainty. The
+   measurements refine the estimates of the rest.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from attnprof.workload import Inputs, Workload
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
 DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
 CONTRADICTION_SIGMAS = 3.0  # a measurement this many standard deviations worse than predicted refutes it
-NOISE_FLOOR = 0.05  # relative: timings on a shared machine vary this much between runs at least
+NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
 _ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8, "fp8": 1}
 
@@ -767,13 +769,20 @@ def tune(
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications = []
+    drift_measurements = 0
     if result.ranked and request.verify:
+        drift = 1.0
+        if any(c.problem.value[0].world_size == 1 for c in result.ranked):
+            drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
+            drift_measurements = 1
         for candidate in result.ranked:
-            verification = _verify(candidate, workload, settings, checker, max_error, limits, power)
+            verification = _verify(candidate, workload, settings, checker, max_error, limits, power, drift)
             if verification.profile is not None:  # the measurement refines later estimates
                 estimator.add(candidate.problem.value[0], verification.profile)
             verifications.append(verification)
-    measurements = 1 + estimator.measurements + sum(v.profile is not None for v in verifications)
+    measurements = (
+        1 + estimator.measurements + drift_measurements + sum(v.profile is not None for v in verifications)
+    )
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
     return TuneOutcome(
         baseline=baseline,
@@ -901,6 +910,17 @@ def _screen_precisions(
     return kept
 
 
+def _drift(workload: Workload, settings: Settings, estimator: Estimator, reference: GlobalChoice) -> float:
+    """How much slower (>1) or faster the machine runs now than when the estimates were made.
+
+    The reference choice is measured again just before the candidates, so that a machine that
+    got busier (or quieter) in between does not pass for a wrong prediction (ratios, not times).
+    """
+    before = estimator.estimate(reference).latency_ms
+    now = profile_choice(workload, settings, reference).totals.time_ms
+    return now.median / before if now is not None and before > 0 else 1.0
+
+
 def _verify(
     candidate: Candidate,
     workload: Workload,
@@ -909,6 +929,7 @@ def _verify(
     max_error: float,
     limits: dict[str, float],
     power: float | None,
+    drift: float = 1.0,
 ) -> Verification:
     choice, _ = candidate.problem.value
     choices = plan_choices(candidate, settings)
@@ -936,10 +957,12 @@ def _verify(
         if value is not None and value > limit:
             reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
     assert measured.latency_ms is not None and predicted.latency_ms is not None
-    sigma = math.hypot(predicted.latency_sigma_ms or 0.0, measured.latency_sigma_ms or 0.0)
-    if contradiction(predicted.latency_ms, sigma, measured.latency_ms):
+    expected = predicted.latency_ms * drift
+    sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
+    if contradiction(expected, sigma, measured.latency_ms):
         reasons.append(
-            f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ± {sigma:.2g} ms"
+            f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
+            f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
         )
     if (
         predicted.memory_bytes
