@@ -25,6 +25,11 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "profile": ([*FAST, "--no-save"], 0),
     "report": (["{profile}"], 0),
     "doctor": ([], 0),
+    "apply": (["{plan}", "--force"], 0),
+    "compare": (["{profile}", "{profile}"], 0),
+    "baseline": (["zoo:decoder", "--out", "baseline.json", *FAST], 0),
+    # the sample profile comes from another machine: refused before anything is printed
+    "check": (["--baseline", "{profile}"], 4),
 }
 
 
