@@ -18,7 +18,9 @@ Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3] [--quic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -40,26 +42,40 @@ from attnprof.zoo.models import ZooConfig, ZooTransformer
 GLOBAL_KNOBS = ["backend", "dtype", "batch_size", "threads"]
 
 
-def part_global(quick: bool) -> None:
+def part_global(quick: bool, table_path: Path | None, measure_only: bool) -> None:
     workload = load_workload("zoo:decoder")
-    batch = 16 if quick else 64
+    batch = 16 if quick else 32
     settings = resolve_settings(
-        workload, {"batch_size": batch, "seq_len": 32, "repeats": 5, "warmup": 1, "threads": 1, "backend": "flash"}
+        workload, {"batch_size": batch, "seq_len": 16, "repeats": 3, "warmup": 1, "threads": 1, "backend": "flash"}
     )
     facts = DeviceFacts.probe("cpu")
     space = build_space(facts, [], settings, GLOBAL_KNOBS)
     print(f"space: {len(space.globals)} configurations (backend x dtype x micro-batch x threads)")
 
-    started = time.perf_counter()
     table: dict[GlobalChoice, tuple[float, float]] = {}
-    for choice in space.globals:
-        profile = profile_choice(workload, settings, choice)
-        assert profile.totals.time_ms is not None
-        table[choice] = (
-            batch // choice.batch_size * profile.totals.time_ms.median,
-            float(profile.totals.peak_memory_bytes),
-        )
-    exhaustive_s = time.perf_counter() - started
+    exhaustive_s = 0.0
+    if table_path is not None and table_path.exists():  # a saved exhaustive table: measure it once
+        saved = json.loads(table_path.read_text())
+        exhaustive_s = saved["seconds"]
+        table = {GlobalChoice(**row["choice"]): (row["latency_ms"], row["memory_bytes"]) for row in saved["rows"]}
+    else:
+        started = time.perf_counter()
+        for choice in space.globals:
+            profile = profile_choice(workload, settings, choice)
+            assert profile.totals.time_ms is not None
+            table[choice] = (
+                batch // choice.batch_size * profile.totals.time_ms.median,
+                float(profile.totals.peak_memory_bytes),
+            )
+            print(f"  {len(table)}/{len(space.globals)} {choice.as_config()} {table[choice]}", flush=True)
+        exhaustive_s = time.perf_counter() - started
+        if table_path is not None:
+            rows = [
+                {"choice": dataclasses.asdict(c), "latency_ms": t, "memory_bytes": m} for c, (t, m) in table.items()
+            ]
+            table_path.write_text(json.dumps({"seconds": exhaustive_s, "rows": rows}))
+    if measure_only:
+        return
     fp32_full = table[GlobalChoice("flash", "fp32", batch, 1)][1]
     limit = 0.6 * fp32_full
     feasible = {c: v for c, v in table.items() if v[1] <= limit * 0.999}
@@ -77,8 +93,11 @@ def part_global(quick: bool) -> None:
     print(f"memory limit {limit / 2**20:.1f} MiB (60% of fp32 at micro-batch {batch}); {len(feasible)} fit")
     print(f"exhaustive optimum: {optimum} {table[optimum][0]:.1f} ms")
     print(f"tuned plan:         {tuned} {table[tuned][0]:.1f} ms (rank {ranked.index(tuned) + 1} of {len(ranked)})")
+    for v in outcome.verifications:
+        measured = v.measured.latency_ms if v.measured else None
+        print(f"  candidate {v.candidate.describe()}: predicted {v.predicted.latency_ms} measured {measured}", v.reason)
     print(
-        f"| backend x dtype x micro-batch x threads, zoo:decoder B{batch} S32 | {len(table)} | "
+        f"| backend x dtype x micro-batch x threads, zoo:decoder B{batch} S16 | {len(table)} | "
         f"{outcome.measurements} ({outcome.measurements / len(table):.0%}) | {gap:+.1%} | "
         f"{exhaustive_s:.0f} s | {tune_s:.0f} s |"
     )
@@ -153,10 +172,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", type=int, choices=(1, 2, 3))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", type=Path, help="JSON file caching part 1's exhaustive measurements")
+    parser.add_argument("--measure-only", action="store_true", help="part 1: only the exhaustive table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.part in (None, 1):
-        part_global(args.quick)
+        part_global(args.quick, args.table, args.measure_only)
     if args.part in (None, 2):
         part_heads(args.quick)
     if args.part in (None, 3):
