@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from attnprof.errors import InputFileError, NvmlError
+from attnprof.measure import hardware, nvml
 from attnprof.records import DoctorReport, Finding
+from attnprof.store import machine_info
 
 # Our backend names (Settings.backend) for the SDPA kernels torch can be asked for.
 SDPA_BACKENDS: dict[str, str] = {
@@ -91,8 +94,7 @@ def gpu_section() -> list[Finding]:
                 "gpu",
                 f"cuda:{index}",
                 "ok",
-                f"{props.name}, compute capability {props.major}.{props.minor}, "
-                f"{props.total_memory / 2**30:.1f} GiB",
+                f"{props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.1f} GiB",
             )
         )
     return findings
@@ -151,8 +153,7 @@ def sdpa_section() -> list[Finding]:
                         name,
                         "warn",
                         f"unavailable: {reason}",
-                        f"plans will not use --backend {backend} on {device}; "
-                        "a newer GPU or torch build may enable it",
+                        f"plans will not use --backend {backend} on {device}; a newer GPU or torch build may enable it",
                     )
                 )
     return findings
@@ -174,6 +175,117 @@ def transformers_section() -> list[Finding]:
     return [Finding("transformers", "transformers", "ok", f"transformers {version}: hf: targets work")]
 
 
+def nvml_section() -> list[Finding]:
+    """The GPUs NVML sees (power and energy come from it), matched to CUDA devices by UUID."""
+    try:
+        with nvml.session():
+            driver = nvml.driver_version()
+            gpus = [info for info, _handle in nvml.list_gpus()]
+    except NvmlError as exc:
+        if torch.cuda.is_available() or _nvidia_driver_present():
+            return [
+                Finding(
+                    "nvml",
+                    "nvml",
+                    "problem",
+                    f"{exc}: power, energy, clocks and `attnprof monitor` are unavailable",
+                    "check that the NVIDIA driver is loaded (`nvidia-smi`) and nvidia-ml-py is installed",
+                )
+            ]
+        return [Finding("nvml", "nvml", "info", f"{exc}: no GPU energy or power readings here")]
+    cuda_index = {}
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            cuda_index[nvml.normalize_uuid(nvml.cuda_uuid(torch.device("cuda", index)))] = f"cuda:{index}"
+    findings = [Finding("nvml", "driver", "ok", f"NVIDIA driver {driver}, {len(gpus)} GPU(s) seen by NVML")]
+    for gpu in gpus:
+        memory = f", {gpu.memory_total_bytes / 2**30:.1f} GiB" if gpu.memory_total_bytes else ""
+        mapped = cuda_index.get(nvml.normalize_uuid(gpu.uuid), "not visible to CUDA")
+        detail = f"{gpu.name}{memory}, {gpu.uuid} -> {mapped}"
+        if gpu.mig:
+            findings.append(
+                Finding(
+                    "nvml",
+                    f"nvml:{gpu.nvml_index}",
+                    "warn",
+                    detail + ", MIG enabled",
+                    "MIG slices report no utilization and share power counters: energy is per whole GPU",
+                )
+            )
+        else:
+            findings.append(Finding("nvml", f"nvml:{gpu.nvml_index}", "ok", detail))
+    return findings
+
+
+def cupti_section() -> list[Finding]:
+    """Whether torch.profiler records CUDA kernels here (CUPTI present and permitted)."""
+    if not torch.cuda.is_available():
+        return [Finding("cupti", "cupti", "info", "no CUDA device: `profile --trace` records CPU ops instead")]
+    from torch.profiler import ProfilerActivity, profile
+
+    if ProfilerActivity.CUDA not in torch.profiler.supported_activities():
+        return [
+            Finding(
+                "cupti",
+                "cupti",
+                "problem",
+                "this torch build cannot trace CUDA kernels (no CUPTI)",
+                "install a CUDA build of torch that ships CUPTI",
+            )
+        ]
+    x = torch.randn(64, 64, device="cuda")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        (x @ x).sum().item()
+    kernels = sum(len(event.kernels) for event in prof.events())
+    if kernels == 0:
+        return [
+            Finding(
+                "cupti",
+                "cupti",
+                "warn",
+                "a traced matmul recorded no kernels: CUPTI is not permitted or is in use by another profiler",
+                "allow profiling for non-root users (driver option NVreg_RestrictProfilingToAdminUsers=0) or "
+                "run as root, and close other profilers; until then timing falls back to CUDA events",
+            )
+        ]
+    return [Finding("cupti", "cupti", "ok", f"kernel tracing works ({kernels} kernels in a test matmul)")]
+
+
+def peaks_section() -> list[Finding]:
+    """The peaks % of peak and the roofline compare with: datasheet for known GPUs, else calibrated."""
+    machine = machine_info()
+    try:
+        calibration = hardware.load_calibration(machine)
+    except InputFileError as exc:
+        return [Finding("peaks", "calibration", "problem", str(exc), "attnprof doctor --calibrate")]
+    findings = []
+    for device in sdpa_devices():
+        peak = hardware.peak_for(torch.device(device), "fp32", calibration)
+        if peak.tflops and peak.memory_gbps:
+            findings.append(
+                Finding(
+                    "peaks",
+                    device,
+                    "ok",
+                    f"{peak.math_mode} {peak.tflops:.4g} TFLOP/s, {peak.memory_gbps:.4g} GB/s "
+                    f"({peak.source}, {peak.device})",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "peaks",
+                    device,
+                    "warn",
+                    "no peak known: % of peak, the roofline class and its ceilings are unavailable"
+                    if peak.source is None
+                    else f"{peak.reason}",
+                    "attnprof doctor --calibrate",
+                )
+            )
+    return findings
+
+
 def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
@@ -181,7 +293,10 @@ def _nvidia_driver_present() -> bool:
 SECTIONS: tuple[Callable[[], list[Finding]], ...] = (
     torch_section,
     gpu_section,
+    nvml_section,
+    cupti_section,
     sdpa_section,
+    peaks_section,
     transformers_section,
 )
 
