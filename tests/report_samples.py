@@ -7,6 +7,7 @@ from attnprof.records import (
     Budget,
     LayerStats,
     MachineInfo,
+    ParetoPoint,
     Plan,
     PlanChoices,
     PlanFigures,
@@ -119,9 +120,7 @@ def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
             ),
         ]
     layers.append(
-        _layer(
-            "lm_head", "other", 1, 0.7, self_ms=0.7, flops=900_000, nbytes=3_000_000, memory=MIB, train=train
-        )
+        _layer("lm_head", "other", 1, 0.7, self_ms=0.7, flops=900_000, nbytes=3_000_000, memory=MIB, train=train)
     )
     step = 0.5 + sum(3.0 + i for i in range(blocks)) + 0.7 + 0.3  # 0.3 ms outside any module
     layers[0] = _layer("", "other", 0, step - 0.3, train=train)
@@ -142,9 +141,7 @@ def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
             threads=1,
         ),
         commit="0123456789abcdef",
-        workload=WorkloadInfo(
-            target="zoo:decoder", fingerprint="abc123def456", parameter_count=12345, name="decoder"
-        ),
+        workload=WorkloadInfo(target="zoo:decoder", fingerprint="abc123def456", parameter_count=12345, name="decoder"),
         settings=settings,
         totals=Totals(
             time_ms=_stats(step),
@@ -166,15 +163,20 @@ def sample_plan() -> Plan:
         objective="latency",
         choices=PlanChoices(dtype="bf16", backend="flash", kv_heads={"layers.0.attn": 1}),
         budgets=Budget(memory_bytes=64 * MIB, latency_ms=8.0),
-        predicted=PlanFigures(
-            latency_ms=6.0, memory_bytes=20 * MIB, latency_sigma_ms=1.0, memory_sigma_bytes=MIB
-        ),
+        predicted=PlanFigures(latency_ms=6.0, memory_bytes=20 * MIB, latency_sigma_ms=1.0, memory_sigma_bytes=MIB),
         measured=PlanFigures(latency_ms=6.5, memory_bytes=21 * MIB, max_error=1e-3, finite=True),
         baseline=PlanFigures(latency_ms=10.0, memory_bytes=32 * MIB),
         verified=True,
         knobs=["dtype", "backend", "kv_heads"],
         solver="enumeration",
         created="2026-11-21T09:30:00+00:00",
+        frontier=[
+            # latency falls as memory grows; fp32 misses the 8 ms budget, b4 needs more than 64 MiB
+            ParetoPoint("fp32", {"latency_ms": 10.0, "memory_bytes": 32 * MIB}, feasible=False),
+            ParetoPoint("bf16", {"latency_ms": 7.0, "memory_bytes": 40 * MIB}, feasible=True),
+            ParetoPoint("bf16 flash", {"latency_ms": 6.0, "memory_bytes": 48 * MIB}, feasible=True, chosen=True),
+            ParetoPoint("bf16 flash b4", {"latency_ms": 4.0, "memory_bytes": 80 * MIB}, feasible=False),
+        ],
     )
 
 

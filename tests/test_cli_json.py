@@ -25,13 +25,14 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "profile": ([*FAST, "--no-save"], 0),
     "report": (["{profile}"], 0),
     "doctor": ([], 0),
+    "tune": (["--knobs", "batch_size", "--top-k", "1", *FAST, "--threads", "1", "--out", "plan.json"], 0),
 }
+SLOW = {"tune"}  # measures several configurations
 
 
 # Commands that have no --json yet, and why; the test below fails once one gains it, so that
 # it moves to INVOCATIONS.
 WITHOUT_JSON: dict[str, str] = {
-    "tune": "prints its explanation table; the plan JSON is written to --out",
     "monitor": "a live view; samples are saved with --record",
 }
 
@@ -53,7 +54,9 @@ def test_every_command_has_a_json_flag_and_an_invocation() -> None:
     assert not missing, f"add a --json invocation for {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(INVOCATIONS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(INVOCATIONS)]
+)
 def test_json_stdout_is_only_json(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if name not in registered_commands():
         pytest.skip(f"`attnprof {name}` is not registered")
