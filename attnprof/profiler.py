@@ -26,16 +26,16 @@ from torch.utils._pytree import tree_flatten
 import attnprof
 from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.measure import hardware
-from attnprof.measure.accounting import ATTENTION_BACKWARD_FACTOR, AttentionCall, CostCounter, ModuleCost
+from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
 from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
+from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.records import (
-    AttentionInfo,
     Calibration,
     LayerKind,
     LayerStats,
@@ -80,6 +80,7 @@ class Prepared:
     step: Callable[[], Any]
     device: torch.device
     dtype: torch.dtype
+    meta_values: MetaValues | None = None  # dry run: contents of meta tensors built from constants
 
 
 def backend_scope(backend: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -114,11 +115,17 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = parse_dtype(settings.dtype)
-    model = workload.build_model(device, dtype)
+    # A dry run records what meta tensors built from constants hold (causal-mask buffers,
+    # padding masks), so that masks are counted exactly without any real data.
+    meta_values = MetaValues() if device.type == "meta" else None
+    recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
+    with recording:
+        model = workload.build_model(device, dtype)
     model.to(device=device)  # a factory that ignores `device` still runs where asked
     workload.architecture = architecture_fingerprint(model)
     model.train(settings.mode == "train")
-    inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    with recording:
+        inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
     args, kwargs = inputs
     scope = backend_scope(settings.backend)
     loss_fn = workload.loss_fn
@@ -139,7 +146,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
             call_user(loss.backward, what="backward")
             return loss.detach()
 
-    return Prepared(model, inputs, step, device, dtype)
+    return Prepared(model, inputs, step, device, dtype, meta_values)
 
 
 def outputs_finite(output: Any) -> bool:
@@ -157,6 +164,7 @@ class CountingResult:
     memory: dict[str, int]
     peak_activation_bytes: int
     finite: bool
+    unknown_masks: int = 0  # dry run: masks whose values could not be known, counted as dense
 
 
 def counting_pass(prepared: Prepared) -> CountingResult:
@@ -164,10 +172,10 @@ def counting_pass(prepared: Prepared) -> CountingResult:
     with ModuleScopes(prepared.model) as scopes:
         tracker = LiveMemoryTracker()
         scopes.add_listener(tracker)
-        with tracker, CostCounter(scopes) as counter:
+        with tracker, CostCounter(scopes, prepared.meta_values) as counter:
             output = prepared.step()
     return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
-                          tracker.peak_bytes, outputs_finite(output))
+                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks)
 
 
 @dataclass
@@ -252,26 +260,6 @@ def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
     return "other"
 
 
-def attention_info(calls: list[AttentionCall], cost: ModuleCost, train: bool) -> AttentionInfo:
-    first = calls[0]
-    flops = sum(c.flops for c in calls)
-    return AttentionInfo(
-        num_heads=first.num_heads,
-        num_kv_heads=first.num_kv_heads,
-        head_dim=first.head_dim,
-        q_len=first.q_len,
-        kv_len=first.kv_len,
-        causal=first.causal,
-        window=first.window,
-        backend=first.backend,
-        flops=flops,
-        flops_dense=sum(c.flops_dense for c in calls),
-        backward_flops=int(ATTENTION_BACKWARD_FACTOR * flops) if train else 0,
-        batch_size=first.batch_size,
-        calls=len(calls),
-    )
-
-
 def _stats(samples: list[float] | None) -> TimeStats | None:
     return TimeStats.from_samples(samples) if samples else None
 
@@ -304,7 +292,7 @@ def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingRes
                 params=sum(p.numel() for p in module.parameters()),
                 achieved_tflops=achieved,
                 bound=None,
-                attention=attention_info(cost.attention, cost, train) if cost.attention else None,
+                attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
                 backward_flops=cost.backward_flops,
                 calls=timing.calls.get(name, 1) if timing else 1,
             )
@@ -371,6 +359,9 @@ def run_profile(
             layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
         summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
+    if counting.unknown_masks:
+        notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
+                     "(inputs built on meta); their pairs were counted as unmasked")
     if summary is not None:
         notes += summary.notes
     if allocator is not None:

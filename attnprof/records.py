@@ -435,6 +435,66 @@ class Plan:
             raise UsageError(f"plan objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
 
+# --- Applying plans (apply writes them) ------------------------------------------------------
+
+
+@dataclass
+class SiteChange:
+    """One attention layer as found, and as the plan left it."""
+
+    name: str
+    type: str
+    family: str  # mha | llama | gpt2 | bert | generic
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    new_num_heads: int
+    new_num_kv_heads: int
+    pruned_heads: list[int] = field(default_factory=list)
+    head_importance: list[float] = field(default_factory=list)
+
+
+@dataclass
+class NotApplied:
+    """A part of a plan that could not be applied to a module, and why."""
+
+    module: str
+    type: str
+    what: str  # the choice: prune_heads, kv_heads, backend, tensor_parallel, ...
+    reason: str
+
+
+@dataclass
+class Verification:
+    """The applied model compared with the unmodified one on the example inputs.
+
+    Relative error is max|applied - reference| / max|reference| (elementwise ratios blow up
+    near zero); KL is the mean over positions of KL(reference || applied) on softmaxed logits.
+    """
+
+    max_abs_error: float
+    max_rel_error: float
+    logit_kl: float | None
+    finite: bool
+    passed: bool
+    reasons: list[str] = field(default_factory=list)  # why it failed, one line each
+    measured_latency_ms: float | None = None
+    predicted_latency_ms: float | None = None
+    profile_path: str | None = None
+
+
+@dataclass
+class ApplyReport:
+    """What applying a plan did to a model."""
+
+    sites: list[SiteChange] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # one line per choice that took effect
+    not_applied: list[NotApplied] = field(default_factory=list)
+    verification: Verification | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
 # --- GPU instrumentation: NVML telemetry, kernel trace, calibration, monitoring -----------------
 
 

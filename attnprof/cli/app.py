@@ -76,19 +76,19 @@ def register(name: str, command: Callable[..., Any]) -> None:
 
 def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
+    from attnprof.cli.apply import apply_command
     from attnprof.cli.doctor import doctor_command
     from attnprof.cli.monitor import monitor_command
     from attnprof.cli.profile import profile_command
     from attnprof.cli.report import report_command
+    from attnprof.cli.tune import tune_command
 
     register("profile", profile_command)
     register("report", report_command)
     register("doctor", doctor_command)
     register("monitor", monitor_command)
-
-    from attnprof.cli.tune import tune_command
-
     register("tune", tune_command)
+    register("apply", apply_command)
 
 
 _register_commands()

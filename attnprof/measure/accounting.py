@@ -4,6 +4,14 @@ Formulas are plain functions of the op's arguments in a registry keyed by aten o
 (the style of torch/utils/flop_counter.py). attnprof owns the attention formulas because
 FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks (DESIGN.md).
 
+Attention is found three ways, all from op arguments rather than class names:
+  - SDPA kernel ops and the fused MHA / encoder-layer ops (attention_ops.py);
+  - matmul → mask → softmax → matmul chains written by hand, or SDPA's decomposed math path
+    (attention_tracking.py), whose matmuls are then not counted again as plain matmuls;
+  - on the meta device, masks built from constants get values by replay (meta_values.py),
+    so a dry run counts masked pairs exactly as a real run does.
+A module's `flops` include the useful (mask-aware) FLOPs of the attention it ran.
+
 Bytes moved is the size of every tensor an op reads plus every tensor it writes; views move
 nothing and are skipped.
 """
@@ -20,35 +28,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from attnprof.measure.attention_math import backward_flops
+from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_attention
+from attnprof.measure.attention_tracking import AttentionTracker, Site
+from attnprof.measure.meta_values import MetaValues
 from attnprof.measure.scopes import ModuleScopes
+from attnprof.records import AttentionInfo
 
 aten = torch.ops.aten
-
-# FlashAttention benchmark convention: backward does 2.5x the forward FLOPs.
-ATTENTION_BACKWARD_FACTOR = 2.5
-
-
-@dataclass
-class AttentionCall:
-    """One attention computation as its op arguments describe it."""
-
-    batch_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    q_len: int
-    kv_len: int
-    causal: bool
-    window: int | None
-    backend: str
-    flops: int  # useful: 4 * head_dim per unmasked (query, key) pair, over batch and query heads
-    flops_dense: int
-
-
-@dataclass
-class OpCost:
-    flops: int
-    attention: AttentionCall | None = None
 
 
 @dataclass
@@ -60,11 +47,11 @@ class ModuleCost:
     backward_flops: int = 0
     backward_bytes: int = 0
     ops: int = 0
-    attention: list[AttentionCall] = field(default_factory=list)
-    backward_attention_flops: int = 0
+    attention: list[AttentionInfo] = field(default_factory=list)
+    backward_attention_flops: int = 0  # included in backward_flops
 
 
-Formula = Callable[[tuple[Any, ...], dict[str, Any], Any], OpCost]
+Formula = Callable[[tuple[Any, ...], dict[str, Any], Any], int]
 FORMULAS: dict[Any, Formula] = {}
 
 
@@ -78,83 +65,53 @@ def register(*packets: Any) -> Callable[[Formula], Formula]:
 
 
 @register(aten.mm)
-def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
+def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     (m, k), (_, n) = args[0].shape, args[1].shape
-    return OpCost(2 * m * k * n)
+    return 2 * m * k * n
 
 
 @register(aten.addmm)
-def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
+def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     return _mm(args[1:], kwargs, out)
 
 
 @register(aten.bmm)
-def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
+def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     (b, m, k), (_, _, n) = args[0].shape, args[1].shape
-    return OpCost(2 * b * m * k * n)
+    return 2 * b * m * k * n
 
 
 @register(aten.baddbmm)
-def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
+def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     return _bmm(args[1:], kwargs, out)
 
 
 @register(aten.convolution)
-def _convolution(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
+def _convolution(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     weight = args[1]
     # Each output element is a dot product over (in_channels / groups) * kernel elements.
     per_output = math.prod(weight.shape[1:])
-    return OpCost(2 * out.numel() * per_output)
+    return 2 * out.numel() * per_output
 
 
-def attention_pairs(q_len: int, kv_len: int, causal: bool) -> int:
-    """Unmasked (query, key) pairs of one head; a causal mask aligns its diagonal bottom-right
-    when q_len < kv_len (decoding against a KV cache), as SDPA does."""
-    if not causal:
-        return q_len * kv_len
-    offset = kv_len - q_len
-    # Query i sees keys 0..i+offset, clipped to [0, kv_len].
-    return sum(min(kv_len, max(0, i + offset + 1)) for i in range(q_len))
-
-
-def _sdpa_call(query: torch.Tensor, key: torch.Tensor, causal: bool, backend: str) -> AttentionCall:
-    *batch_dims, heads, q_len, head_dim = query.shape
-    kv_heads, kv_len = key.shape[-3], key.shape[-2]
-    batch = math.prod(batch_dims)
-    pairs = attention_pairs(q_len, kv_len, causal)
-    return AttentionCall(
-        batch_size=batch,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        q_len=q_len,
-        kv_len=kv_len,
-        causal=causal,
-        window=None,
-        backend=backend,
-        flops=4 * head_dim * pairs * batch * heads,
-        flops_dense=4 * head_dim * q_len * kv_len * batch * heads,
+def merge_attention(calls: list[AttentionInfo], backward: int) -> AttentionInfo:
+    """One module's attention calls as one record: FLOPs summed, shapes from the first call."""
+    first = calls[0]
+    return AttentionInfo(
+        num_heads=first.num_heads,
+        num_kv_heads=first.num_kv_heads,
+        head_dim=first.head_dim,
+        q_len=first.q_len,
+        kv_len=first.kv_len,
+        causal=first.causal,
+        window=first.window,
+        backend=first.backend,
+        flops=sum(c.flops for c in calls),
+        flops_dense=sum(c.flops_dense for c in calls),
+        backward_flops=backward,
+        batch_size=first.batch_size,
+        calls=sum(c.calls for c in calls),
     )
-
-
-def _causal_flag(args: tuple[Any, ...], kwargs: dict[str, Any], position: int) -> bool:
-    if "is_causal" in kwargs:
-        return bool(kwargs["is_causal"])
-    return bool(args[position]) if len(args) > position else False
-
-
-@register(aten._scaled_dot_product_flash_attention_for_cpu)
-def _sdpa_flash_cpu(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
-    # (query, key, value, dropout_p, is_causal, *, attn_mask, scale)
-    call = _sdpa_call(args[0], args[1], _causal_flag(args, kwargs, 4), "flash")
-    return OpCost(call.flops, call)
-
-
-@register(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-def _sdpa_flash_cpu_backward(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
-    # (grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, ...)
-    call = _sdpa_call(args[1], args[2], _causal_flag(args, kwargs, 7), "flash")
-    return OpCost(int(ATTENTION_BACKWARD_FACTOR * call.flops))
 
 
 def _tensor_bytes(values: list[Any]) -> int:
@@ -164,26 +121,68 @@ def _tensor_bytes(values: list[Any]) -> int:
 class CostCounter(TorchDispatchMode):
     """Counts FLOPs and bytes of every op and attributes them to `scopes.current()`."""
 
-    def __init__(self, scopes: ModuleScopes) -> None:
+    def __init__(self, scopes: ModuleScopes, values: MetaValues | None = None) -> None:
         super().__init__()
         self.scopes = scopes
         self.per_module: dict[str, ModuleCost] = defaultdict(ModuleCost)
+        self.values = values if values is not None else MetaValues()
+        self.tracker = AttentionTracker(self.values.value)
+        self.unknown_masks = 0  # attention masks whose values a dry run could not know
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        cost = self.per_module[self.scopes.current()]
-        backward = self.scopes.phase == "backward"
+        self.values.observe(func, args, kwargs, out)
+        site: Site = (self.scopes.current(), self.scopes.phase)
+        cost = self.per_module[site[0]]
+        backward = site[1] == "backward"
         formula = FORMULAS.get(func.overloadpacket)
-        op_cost = formula(args, kwargs, out) if formula is not None else OpCost(0)
+        flops = formula(args, kwargs, out) if formula is not None else 0
+        fused = self._attention_op(func, args, kwargs)
+        if fused is not None:
+            flops = self._book_attention_op(cost, fused)
+        verdict = self.tracker.observe(func, args, kwargs, out, site, flops)
+        if verdict.absorb:
+            flops = 0
+        if verdict.release is not None:
+            (name, phase), taken_back = verdict.release
+            released = self.per_module[name]
+            if phase == "backward":
+                released.backward_flops -= taken_back
+            else:
+                released.flops -= taken_back
+        if verdict.attention is not None:
+            cost.attention.append(verdict.attention)
+            flops += verdict.attention.flops
+        cost.backward_attention_flops += verdict.backward_flops
+        flops += verdict.backward_flops
+        self.unknown_masks += not verdict.exact
         moved = 0 if func.is_view else _tensor_bytes(tree_flatten((args, kwargs, out))[0])
+        self._book(cost, backward, flops, moved)
+        return out
+
+    def _attention_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpAttention | None:
+        fused_layer = FUSED_LAYERS.get(func.overloadpacket)
+        if fused_layer is not None:
+            return fused_layer(func, args, kwargs, self.values.value)
+        return sdpa_attention(func, args, kwargs, self.values.value, self.tracker.kv_heads_of)
+
+    def _book_attention_op(self, cost: ModuleCost, found: OpAttention) -> int:
+        """Record an attention op's call; its FLOPs (backward: 2.5x forward) are returned to book."""
+        self.unknown_masks += not found.exact
+        if found.backward:
+            extra = backward_flops(found.info.flops)
+            cost.backward_attention_flops += extra
+            return extra
+        cost.attention.append(found.info)
+        return found.info.flops + found.other_flops
+
+    @staticmethod
+    def _book(cost: ModuleCost, backward: bool, flops: int, moved: int) -> None:
         if backward:
-            cost.backward_flops += op_cost.flops
+            cost.backward_flops += flops
             cost.backward_bytes += moved
         else:
-            cost.flops += op_cost.flops
+            cost.flops += flops
             cost.bytes += moved
             cost.ops += 1
-            if op_cost.attention is not None:
-                cost.attention.append(op_cost.attention)
-        return out

@@ -88,7 +88,9 @@ def load_hf(target: str) -> Workload:
         if max_positions is not None and seq_len > max_positions:
             raise UsageError(f"--seq-len {seq_len} exceeds hf:{name}'s max positions {max_positions}")
         ids = random_token_ids(batch_size, seq_len, config.vocab_size, device)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        kwargs: dict[str, Any] = {"input_ids": ids}
+        if device.type != "meta":  # all ones says nothing, and transformers reads its values (.all())
+            kwargs["attention_mask"] = torch.ones_like(ids)
         if config.model_type == "bert":
             kwargs["token_type_ids"] = torch.zeros_like(ids)
         return (), kwargs

@@ -1,0 +1,140 @@
+"""`attnprof apply PLAN [TARGET]`: apply a saved plan to the unmodified model, optionally verified.
+
+A multi-rank plan prints the torchrun command that runs it; under torchrun each rank joins the
+process group (gloo on CPU, nccl on GPU), applies the plan and verifies its own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+
+from attnprof.apply import load_plan
+from attnprof.apply.engine import Example, apply_plan
+from attnprof.apply.sharding import init_distributed, launched_ranks, rank_device, torchrun_command
+from attnprof.apply.verify import applied_settings, reprofile, step_time, verify_model
+from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
+from attnprof.measure.device import resolve_device
+from attnprof.measure.dtypes import parse_dtype
+from attnprof.records import Plan, to_json_dict
+from attnprof.report.apply import print_apply_report
+from attnprof.report.console import log, stdout_console
+from attnprof.store import write_record
+from attnprof.workload import Workload, call_user, load_workload
+
+
+def apply_command(
+    plan_path: Path = typer.Argument(..., metavar="PLAN", help="Plan JSON written by attnprof tune."),
+    target: str = typer.Argument(None, help="The model the plan is for (default: the plan's target)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Compare outputs with the unmodified model and re-profile the applied one."
+    ),
+    force: bool = typer.Option(False, "--force", help="Apply a plan made for another workload fingerprint."),
+    device: str = typer.Option(None, "--device", help="Run on this device instead of the plan's."),
+    out: Path = typer.Option(None, "--out", "-o", help="Save the apply report (JSON) here."),
+    profile_out: Path = typer.Option(
+        None, "--profile-out", help="Where --verify saves the applied model's profile (default: next to the plan)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the apply report JSON to stdout and nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Apply a saved plan to a model; with --verify, check it against the unmodified model."""
+    plan = load_plan(plan_path)
+    workload = load_workload(target or plan.workload.target)
+    check_fingerprint(plan, workload, force, plan_path)
+    world_size = plan.choices.world_size
+    ranks = launched_ranks()
+    if world_size > 1 and ranks is None:
+        typer.echo(torchrun_command(world_size, rerun_arguments(plan_path, target, verify, force, device, out)))
+        raise EnvironmentUnsupported(f"the plan needs {world_size} ranks: run it with the torchrun command above")
+    run_device = resolve_device(device or plan.settings.device)
+    if world_size > 1:
+        ranks = init_distributed(run_device)
+        run_device = rank_device(run_device, ranks)
+    try:
+        run_plan(plan, plan_path, workload, run_device, verify, out, profile_out, as_json)
+    finally:
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def run_plan(
+    plan: Plan,
+    plan_path: Path,
+    workload: Workload,
+    device: torch.device,
+    verify: bool,
+    out: Path | None,
+    profile_out: Path | None,
+    as_json: bool,
+) -> None:
+    settings = applied_settings(plan.settings, plan.choices)
+    dtype = parse_dtype(plan.settings.dtype)
+    args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    example = Example(tuple(args), dict(kwargs))
+    model = build(workload, device, dtype)
+    reference = build(workload, device, dtype) if verify else None
+    model, report = apply_plan(model, plan.choices, example, workload.loss_fn)
+    if reference is not None:
+        check = verify_model(reference, model.eval(), example, plan.budgets, plan.choices)
+        check.predicted_latency_ms = plan.predicted.latency_ms
+        if report.world_size > 1:
+            check.measured_latency_ms = step_time(model, example, settings, device).median
+        else:
+            profile = reprofile(workload, model, settings)
+            path = profile_out or plan_path.with_name(f"{plan_path.stem}-applied-profile.json")
+            write_record(path, profile)
+            check.profile_path = str(path)
+            if profile.totals.time_ms is not None:
+                check.measured_latency_ms = profile.totals.time_ms.median
+        report.verification = check
+    if report.rank == 0:
+        if out is not None:
+            write_record(out, report)
+            log(f"saved {out}")
+        if as_json:
+            typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
+        else:
+            print_apply_report(report, plan, stdout_console())
+    if report.verification is not None and not report.verification.passed:
+        raise PlanRejected("verification failed: " + "; ".join(report.verification.reasons))
+
+
+def check_fingerprint(plan: Plan, workload: Workload, force: bool, plan_path: Path) -> None:
+    """A plan is tuned for one workload; applying it elsewhere is refused unless forced."""
+    actual = workload.fingerprint(plan.settings)
+    if actual == plan.workload.fingerprint:
+        return
+    if force:
+        log(f"warning: {plan_path} was made for workload {plan.workload.fingerprint}; applying to {actual} (--force)")
+        return
+    raise UsageError(
+        f"{plan_path} was made for {plan.workload.target} (fingerprint {plan.workload.fingerprint}), "
+        f"but {workload.target} has fingerprint {actual}; pass --force to apply it anyway"
+    )
+
+
+def rerun_arguments(
+    plan_path: Path, target: str | None, verify: bool, force: bool, device: str | None, out: Path | None
+) -> list[str]:
+    """This command's arguments, for each rank to run again under torchrun."""
+    argv = ["apply", str(plan_path)]
+    if target:
+        argv.append(target)
+    argv += ["--verify"] if verify else []
+    argv += ["--force"] if force else []
+    argv += ["--device", device] if device else []
+    argv += ["--out", str(out)] if out else []
+    return argv
+
+
+def build(workload: Workload, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Seeded, so the reference and every rank get the same weights from the user's factory."""
+    torch.manual_seed(0)
+    model = call_user(workload.build_model, device, dtype, what="build_model")
+    return model.to(device=device).eval()
