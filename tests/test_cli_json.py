@@ -19,13 +19,19 @@ from attnprof.store import write_record
 
 FAST = ["--batch-size", "1", "--seq-len", "8", "--repeats", "1", "--warmup", "0"]
 
+TUNE_FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--out", "plan.json"]
+
 # command name -> (arguments before --json, expected exit code); {profile} and {plan} are saved
 # sample records. A command that cannot work here (e.g. one needing a GPU) expects its exit code.
 INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "profile": ([*FAST, "--no-save"], 0),
     "report": (["{profile}"], 0),
     "doctor": ([], 0),
-    "tune": (["--knobs", "batch_size", "--top-k", "1", *FAST, "--threads", "1", "--out", "plan.json"], 0),
+    "tune": (
+        ["--knobs", "backend,batch_size", "--budget", "latency=10s", "--top-k", "2", "--threads", "1", *TUNE_FAST],
+        0,
+    ),
+    "apply": (["{plan}", "--force"], 0),  # the sample plan names zoo:decoder's layers
 }
 SLOW = {"tune"}  # measures several configurations
 
