@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from attnprof.errors import InputFileError, NvmlError
-from attnprof.measure import hardware, nvml
+from attnprof.measure import hardware, nvml, trace
+from attnprof.measure.device import resolve_device
 from attnprof.records import DoctorReport, Finding
 from attnprof.store import machine_info
 
@@ -94,7 +95,8 @@ def gpu_section() -> list[Finding]:
                 "gpu",
                 f"cuda:{index}",
                 "ok",
-                f"{props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.1f} GiB",
+                f"{props.name}, compute capability {props.major}.{props.minor}, "
+                f"{props.total_memory / 2**30:.1f} GiB",
             )
         )
     return findings
@@ -153,7 +155,8 @@ def sdpa_section() -> list[Finding]:
                         name,
                         "warn",
                         f"unavailable: {reason}",
-                        f"plans will not use --backend {backend} on {device}; a newer GPU or torch build may enable it",
+                        f"plans will not use --backend {backend} on {device}; "
+                        "a newer GPU or torch build may enable it",
                     )
                 )
     return findings
@@ -175,119 +178,131 @@ def transformers_section() -> list[Finding]:
     return [Finding("transformers", "transformers", "ok", f"transformers {version}: hf: targets work")]
 
 
+def _nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def nvml_section() -> list[Finding]:
-    """The GPUs NVML sees (power and energy come from it), matched to CUDA devices by UUID."""
+    """The driver, each GPU NVML sees, and which telemetry each one reports."""
     try:
         with nvml.session():
             driver = nvml.driver_version()
-            gpus = [info for info, _handle in nvml.list_gpus()]
+            gpus = nvml.list_gpus()
+            findings = [Finding("nvml", "driver", "ok", f"NVIDIA driver {driver}, {len(gpus)} GPU(s)")]
+            for info, handle in gpus:
+                reader = nvml.DeviceReader(info, handle)
+                reader.read(0.0)
+                detail = f"{info.name} ({info.uuid}){', MIG' if info.mig else ''}"
+                if reader.reasons:
+                    missing = "; ".join(f"{name}: {why}" for name, why in sorted(reader.reasons.items()))
+                    findings.append(
+                        Finding(
+                            "nvml",
+                            f"gpu {info.nvml_index}",
+                            "warn",
+                            f"{detail}; not reported: {missing}",
+                            "profiles record these as null with the reason; energy falls back to "
+                            "integrated power when only the energy counter is missing",
+                        )
+                    )
+                else:
+                    findings.append(Finding("nvml", f"gpu {info.nvml_index}", "ok", f"{detail}; every reading"))
+            return findings
     except NvmlError as exc:
-        if torch.cuda.is_available() or _nvidia_driver_present():
-            return [
-                Finding(
-                    "nvml",
-                    "nvml",
-                    "problem",
-                    f"{exc}: power, energy, clocks and `attnprof monitor` are unavailable",
-                    "check that the NVIDIA driver is loaded (`nvidia-smi`) and nvidia-ml-py is installed",
-                )
-            ]
-        return [Finding("nvml", "nvml", "info", f"{exc}: no GPU energy or power readings here")]
-    cuda_index = {}
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            cuda_index[nvml.normalize_uuid(nvml.cuda_uuid(torch.device("cuda", index)))] = f"cuda:{index}"
-    findings = [Finding("nvml", "driver", "ok", f"NVIDIA driver {driver}, {len(gpus)} GPU(s) seen by NVML")]
-    for gpu in gpus:
-        memory = f", {gpu.memory_total_bytes / 2**30:.1f} GiB" if gpu.memory_total_bytes else ""
-        mapped = cuda_index.get(nvml.normalize_uuid(gpu.uuid), "not visible to CUDA")
-        detail = f"{gpu.name}{memory}, {gpu.uuid} -> {mapped}"
-        if gpu.mig:
-            findings.append(
-                Finding(
-                    "nvml",
-                    f"nvml:{gpu.nvml_index}",
-                    "warn",
-                    detail + ", MIG enabled",
-                    "MIG slices report no utilization and share power counters: energy is per whole GPU",
-                )
+        status = "problem" if torch.cuda.is_available() else "info"
+        return [
+            Finding(
+                "nvml",
+                "driver",
+                status,
+                f"{exc}: no power, energy or clocks",
+                "install the NVIDIA driver (NVML ships with it); CPU profiles never need it",
             )
-        else:
-            findings.append(Finding("nvml", f"nvml:{gpu.nvml_index}", "ok", detail))
-    return findings
+        ]
 
 
 def cupti_section() -> list[Finding]:
-    """Whether torch.profiler records CUDA kernels here (CUPTI present and permitted)."""
+    """Whether `profile --trace` sees GPU kernels: a one-matmul trial trace."""
     if not torch.cuda.is_available():
-        return [Finding("cupti", "cupti", "info", "no CUDA device: `profile --trace` records CPU ops instead")]
-    from torch.profiler import ProfilerActivity, profile
-
-    if ProfilerActivity.CUDA not in torch.profiler.supported_activities():
-        return [
-            Finding(
-                "cupti",
-                "cupti",
-                "problem",
-                "this torch build cannot trace CUDA kernels (no CUPTI)",
-                "install a CUDA build of torch that ships CUPTI",
-            )
-        ]
-    x = torch.randn(64, 64, device="cuda")
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        (x @ x).sum().item()
-    kernels = sum(len(event.kernels) for event in prof.events())
-    if kernels == 0:
-        return [
-            Finding(
-                "cupti",
-                "cupti",
-                "warn",
-                "a traced matmul recorded no kernels: CUPTI is not permitted or is in use by another profiler",
-                "allow profiling for non-root users (driver option NVreg_RestrictProfilingToAdminUsers=0) or "
-                "run as root, and close other profilers; until then timing falls back to CUDA events",
-            )
-        ]
-    return [Finding("cupti", "cupti", "ok", f"kernel tracing works ({kernels} kernels in a test matmul)")]
+        return [Finding("cupti", "kernel trace", "info", "no CUDA device: `--trace` records CPU ops")]
+    device = torch.device("cuda", torch.cuda.current_device())
+    a = torch.randn(256, 256, device=device)
+    summary = trace.run_trace(lambda: a @ a, device, warmup=1, active=1)
+    if summary.kernels > 0:
+        return [Finding("cupti", "kernel trace", "ok", f"{summary.kernels} kernel(s) recorded in a trial")]
+    return [
+        Finding(
+            "cupti",
+            "kernel trace",
+            "warn",
+            "a trial trace recorded no GPU kernels; `--trace` falls back to CUDA event timing",
+            "stop other profilers (Nsight Systems, another torch.profiler) and check that CUPTI "
+            "ships with your CUDA toolkit",
+        )
+    ]
 
 
 def peaks_section() -> list[Finding]:
-    """The peaks % of peak and the roofline compare with: datasheet for known GPUs, else calibrated."""
+    """Where each device's peak comes from: datasheet, calibration, or nowhere yet."""
     machine = machine_info()
+    path = hardware.calibration_path(machine)
     try:
         calibration = hardware.load_calibration(machine)
     except InputFileError as exc:
-        return [Finding("peaks", "calibration", "problem", str(exc), "attnprof doctor --calibrate")]
+        return [Finding("peaks", "calibration", "problem", str(exc), "run `attnprof doctor --calibrate`")]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     findings = []
-    for device in sdpa_devices():
-        peak = hardware.peak_for(torch.device(device), "fp32", calibration)
-        if peak.tflops and peak.memory_gbps:
-            findings.append(
-                Finding(
-                    "peaks",
-                    device,
-                    "ok",
-                    f"{peak.math_mode} {peak.tflops:.4g} TFLOP/s, {peak.memory_gbps:.4g} GB/s "
-                    f"({peak.source}, {peak.device})",
-                )
-            )
+    for device in devices:
+        key = hardware.device_key(device)
+        spec = hardware.find_spec(key) if device.type == "cuda" else None
+        measured = calibration.devices.get(key) if calibration is not None else None
+        if spec is not None:
+            detail = (f"{key}: datasheet {spec.name}, bf16 {spec.tflops['bf16']:g} TFLOP/s, "
+                      f"{spec.memory_gbps:g} GB/s")
+            findings.append(Finding("peaks", str(device), "ok", detail))
+        elif measured is not None:
+            figures = ", ".join(f"{dtype} {tflops:.3g}" for dtype, tflops in measured.gemm_tflops.items())
+            detail = (f"{key}: calibrated {measured.created}: {figures} TFLOP/s, "
+                      f"copy {measured.copy_gbps:.3g} GB/s ({path})")
+            findings.append(Finding("peaks", str(device), "ok", detail))
         else:
             findings.append(
                 Finding(
                     "peaks",
-                    device,
+                    str(device),
                     "warn",
-                    "no peak known: % of peak, the roofline class and its ceilings are unavailable"
-                    if peak.source is None
-                    else f"{peak.reason}",
-                    "attnprof doctor --calibrate",
+                    f"{key}: no peak known, so no % of peak and no roofline class (`bound`)",
+                    f"run `attnprof doctor --calibrate` (writes {path})",
                 )
             )
     return findings
 
 
-def _nvidia_driver_present() -> bool:
-    return Path("/proc/driver/nvidia/version").exists()
+def calibrate(devices: list[torch.device], budget_s: float = 0.5) -> list[Finding]:
+    """Measure and store the achievable peaks of `devices` on this machine."""
+    machine = machine_info()
+    findings = []
+    for device in devices:
+        measured = hardware.calibrate(device, budget_s=budget_s)
+        path = hardware.save_calibration(measured, machine)
+        figures = ", ".join(f"{dtype} {tflops:.3g}" for dtype, tflops in measured.gemm_tflops.items())
+        findings.append(
+            Finding("calibration", str(device), "ok",
+                    f"GEMM TFLOP/s {figures}; copy {measured.copy_gbps:.3g} GB/s; saved to {path}")
+        )
+    return findings
+
+
+def calibration_devices(spec: str | None) -> list[torch.device]:
+    """`--device` for --calibrate: the given one, else the CPU and the current GPU if any."""
+    if spec is not None:
+        return [resolve_device(spec)]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda", torch.cuda.current_device()))
+    return devices
 
 
 SECTIONS: tuple[Callable[[], list[Finding]], ...] = (

@@ -364,6 +364,8 @@ def run_profile(
                      "(inputs built on meta); their pairs were counted as unmasked")
     if summary is not None:
         notes += summary.notes
+    elif trace:
+        notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
     if allocator is not None:
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(

@@ -91,3 +91,11 @@ def test_profile_trace_file_must_be_json_gz(runner, tmp_path):
     result = runner.invoke(app, ["profile", *FAST, "--trace-file", "t.json"])
     assert result.exit_code == 2
     assert ".json.gz" in result.stderr
+
+
+def test_trace_on_meta_device_says_why_nothing_was_traced(runner):
+    result = runner.invoke(app, ["profile", *FAST, "--device", "meta", "--trace", "--json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["trace"] is None
+    assert any("nothing was traced" in note for note in data["notes"])

@@ -6,15 +6,11 @@ import importlib.metadata
 import types
 from unittest import mock
 
-import pynvml
 import pytest
 import torch
 
 from attnprof import doctor
-from attnprof.measure import hardware
-from attnprof.records import DeviceCalibration, DoctorReport, from_json_dict, to_json_dict
-from attnprof.store import machine_info
-from tests.fake_nvml import FakeGpu, FakeNvml
+from attnprof.records import DoctorReport, from_json_dict, to_json_dict
 
 
 def by_name(findings, section: str) -> dict[str, object]:
@@ -97,62 +93,3 @@ def test_gather_round_trips_through_json() -> None:
     assert from_json_dict(DoctorReport, to_json_dict(report)) == report
     assert all(f.fix for f in report.problems())
 
-
-def test_nvml_without_a_driver_on_a_cpu_machine_is_information(monkeypatch: pytest.MonkeyPatch) -> None:
-    FakeNvml([], init_error=pynvml.NVMLError_LibraryNotFound()).install(monkeypatch)
-    monkeypatch.setattr(doctor, "_nvidia_driver_present", lambda: False)
-    (finding,) = doctor.nvml_section()
-    assert finding.status == "info" and "no NVIDIA driver" in finding.detail
-
-
-def test_nvml_failing_next_to_a_driver_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    FakeNvml([], init_error=pynvml.NVMLError_DriverNotLoaded()).install(monkeypatch)
-    monkeypatch.setattr(doctor, "_nvidia_driver_present", lambda: True)
-    (finding,) = doctor.nvml_section()
-    assert finding.status == "problem" and "driver is not loaded" in finding.detail and "nvidia-smi" in finding.fix
-
-
-def test_nvml_gpus_are_matched_to_cuda_by_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
-    # NVML lists GPUs in PCI order; CUDA_VISIBLE_DEVICES shows only the second one, as cuda:0.
-    gpus = [FakeGpu("GPU-aaaa"), FakeGpu("GPU-bbbb", mig_mode=True)]
-    FakeNvml(gpus).install(monkeypatch, cuda_uuids=["bbbb"])
-    monkeypatch.setattr(torch.cuda, "is_available", mock.create_autospec(torch.cuda.is_available, return_value=True))
-    monkeypatch.setattr(torch.cuda, "device_count", mock.create_autospec(torch.cuda.device_count, return_value=1))
-    findings = by_name(doctor.nvml_section(), "nvml")
-    assert "550.54.15" in findings["driver"].detail and "2 GPU(s)" in findings["driver"].detail
-    assert findings["nvml:0"].status == "ok" and "not visible to CUDA" in findings["nvml:0"].detail
-    assert findings["nvml:1"].detail.endswith("-> cuda:0, MIG enabled") and findings["nvml:1"].status == "warn"
-
-
-def test_cupti_without_cuda_is_information() -> None:
-    (finding,) = doctor.cupti_section()
-    assert finding.status == "info"
-
-
-@pytest.mark.gpu
-def test_cupti_records_kernels_on_a_gpu() -> None:
-    (finding,) = doctor.cupti_section()
-    assert finding.status in ("ok", "warn") and (finding.status == "ok") == ("kernel tracing works" in finding.detail)
-
-
-def test_uncalibrated_cpu_peak_points_to_calibration(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv(hardware.CACHE_DIR_ENV, str(tmp_path))
-    cpu = by_name(doctor.peaks_section(), "peaks")["cpu"]
-    assert cpu.status == "warn" and cpu.fix == "attnprof doctor --calibrate"
-
-
-def test_calibrated_cpu_peak_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv(hardware.CACHE_DIR_ENV, str(tmp_path))
-    measured = DeviceCalibration(
-        device="cpu", gemm_tflops={"fp32": 0.25}, copy_gbps=12.5, gemm_size={"fp32": 512}, threads=1, created="now"
-    )
-    hardware.save_calibration(measured, machine_info())
-    cpu = by_name(doctor.peaks_section(), "peaks")["cpu"]
-    assert cpu.status == "ok" and "0.25 TFLOP/s" in cpu.detail and "12.5 GB/s" in cpu.detail
-
-
-def test_damaged_calibration_file_is_a_problem(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv(hardware.CACHE_DIR_ENV, str(tmp_path))
-    hardware.calibration_path(machine_info()).write_text("{not json")
-    (finding,) = doctor.peaks_section()
-    assert finding.status == "problem" and finding.fix == "attnprof doctor --calibrate"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import torch
 import typer
 
-from attnprof.doctor import gather
+from attnprof.doctor import calibrate, calibration_devices, gather
+from attnprof.errors import UsageError
 from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.doctor_view import doctor_summary, doctor_table
@@ -14,9 +16,27 @@ from attnprof.report.doctor_view import doctor_summary, doctor_table
 
 def doctor_command(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON to stdout and nothing else."),
+    calibrate_peaks: bool = typer.Option(False, "--calibrate", help="Measure GEMM TFLOP/s per dtype and copy "
+                                         "bandwidth, and store them for % of peak and the roofline class."),
+    device: str = typer.Option(None, "--device", help="Device to calibrate (default: the CPU and the current GPU)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch while calibrating; match "
+                                "`profile --threads` (calibrations are kept per thread count)."),
 ) -> None:
-    """Check torch, CUDA, GPUs, SDPA backends and optional packages; each problem comes with its fix."""
+    """Check torch, CUDA, GPUs, NVML, CUPTI, SDPA backends, device peaks and optional packages; each problem
+    comes with its fix."""
+    measured = []
+    if (device is not None or threads is not None) and not calibrate_peaks:
+        raise UsageError("--device and --threads only apply with --calibrate")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        torch.set_num_threads(threads)
+    if calibrate_peaks:
+        devices = calibration_devices(device)
+        log(f"calibrating {', '.join(map(str, devices))} (a few seconds each)")
+        measured = calibrate(devices)
     report = gather()
+    report.findings[:0] = measured
     if as_json:
         typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
         return

@@ -20,7 +20,7 @@ class Sleep(nn.Module):
 
 
 def build_model(device, dtype):
-    return nn.Sequential(Sleep(0.01), Sleep(0.02), Sleep(0.01)).to(device=device, dtype=dtype)
+    return nn.Sequential(Sleep(0.04), Sleep(0.08), Sleep(0.04)).to(device=device, dtype=dtype)
 
 
 def example_inputs(batch_size, seq_len, device, dtype):
