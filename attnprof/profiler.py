@@ -370,7 +370,7 @@ def run_profile(
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
         attnprof_version=attnprof.__version__,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         machine=machine,
         commit=git_commit(),
         workload=WorkloadInfo(

@@ -1,4 +1,5 @@
-"""Tensor parallel, FSDP2 and DDP for real: torch.distributed with gloo, two spawned processes.
+"""Tensor parallel, FSDP2 and DDP for real: torch.distributed with gloo, two spawned processes
+(four for the 2-D tensor-parallel x FSDP mesh).
 
 Each rank builds the same seeded model twice, shards one with the plan and compares forward
 outputs and gradients with the unsharded one (max abs diff <= 1e-5 in fp32).
@@ -45,6 +46,8 @@ BUILDERS = {"zoo_decoder": zoo_decoder, "llama": models.llama, "gpt2": models.gp
 def _choices(strategy: str) -> PlanChoices:
     if strategy == "tp":
         return PlanChoices(tensor_parallel=WORLD_SIZE)
+    if strategy == "tp+fsdp":  # a 2-D mesh: 2 data-parallel groups of 2 tensor-parallel ranks
+        return PlanChoices(tensor_parallel=2, data_parallel=2)
     return PlanChoices(data_parallel=WORLD_SIZE, data_parallel_mode=strategy)
 
 
@@ -57,12 +60,12 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 CASES = {"tp": ["zoo_decoder", "llama", "gpt2"], "fsdp": ["zoo_decoder", "llama"], "ddp": ["zoo_decoder", "llama"]}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, out_dir: str, cases: dict[str, list[str]]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
     try:
-        results = {strategy: _compare(strategy, names) for strategy, names in CASES.items()}
+        results = {strategy: _compare(strategy, names) for strategy, names in cases.items()}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()
@@ -100,14 +103,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Every strategy's comparison, as each rank measured it."""
-    out_dir = tmp_path_factory.mktemp("ranks")
+def run_ranks(world_size: int, cases: dict[str, list[str]], out_dir: Path) -> list[dict]:
+    """Every case's comparison, as each rank measured it."""
     context = mp.start_processes(
         _worker,
-        args=(_free_port(), str(out_dir)),
-        nprocs=WORLD_SIZE,
+        args=(world_size, _free_port(), str(out_dir), cases),
+        nprocs=world_size,
         join=False,
         start_method="spawn",
     )
@@ -117,7 +118,12 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
             for process in context.processes:
                 process.kill()
             pytest.fail(f"the ranks did not finish in {TIMEOUT_S} s")
-    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(world_size)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return run_ranks(WORLD_SIZE, CASES, tmp_path_factory.mktemp("ranks"))
 
 
 def test_tensor_parallel_matches_the_unsharded_model(ranks: list[dict]) -> None:
@@ -142,3 +148,13 @@ def test_data_parallel_matches_the_unsharded_model(strategy: str, ranks: list[di
         for name, result in rank_results.items():
             assert result["output_diff"] <= TOLERANCE and result["grad_diff"] <= TOLERANCE, (name, result)
             assert result["not_applied"] == []
+
+
+def test_tensor_parallel_inside_fsdp_on_a_2d_mesh(tmp_path: Path) -> None:
+    for rank_results in run_ranks(4, {"tp+fsdp": ["zoo_decoder"]}, tmp_path):
+        result = rank_results["tp+fsdp"]["zoo_decoder"]
+        assert result["output_diff"] <= TOLERANCE and result["grad_diff"] <= TOLERANCE, result
+        assert result["applied"] == [
+            "tensor parallel over 2 ranks: 2 attention layers, 2 MLPs",
+            "FSDP2 fully_shard over 2 ranks: 2 blocks and the root",
+        ]

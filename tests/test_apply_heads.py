@@ -144,3 +144,24 @@ def test_gqa_on_families_without_grouping_is_reported_per_layer(family: str) -> 
 def test_plan_naming_a_missing_layer_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"blocks\.7\.attn"):
         apply_plan(models.TinyDecoder(), PlanChoices(prune_heads={"blocks.7.attn": [0, 1]}))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_sliced_multihead_attention_keeps_masks_and_weights(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    original = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    masked = copy.deepcopy(original)
+    mask_heads(masked, [2])
+    pruned, _ = apply_plan(copy.deepcopy(original), PlanChoices(prune_heads={"*": [2]}))
+    x = torch.randn(2, 6, 32) if batch_first else torch.randn(6, 2, 32)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    with torch.no_grad():
+        out, weights = pruned(x, x, x, key_padding_mask=padding, attn_mask=causal, average_attn_weights=False)
+        ref_out, ref_weights = masked(x, x, x, key_padding_mask=padding, attn_mask=causal, average_attn_weights=False)
+        fast_out, none = pruned(x, x, x, key_padding_mask=padding, attn_mask=causal, need_weights=False)
+    assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(fast_out, ref_out, atol=1e-6)
+    assert none is None
+    assert torch.allclose(weights, ref_weights[:, [0, 1, 3]], atol=1e-6)  # the kept heads' own weights
+    with pytest.raises(RuntimeError, match="per-head"):
+        pruned(x, x, x, attn_mask=torch.zeros(8, 6, 6, dtype=torch.bool))

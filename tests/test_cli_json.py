@@ -32,6 +32,10 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
         0,
     ),
     "apply": (["{plan}", "--force"], 0),  # the sample plan names zoo:decoder's layers
+    "compare": (["{profile}", "{profile}"], 0),
+    "baseline": (["zoo:decoder", "--out", "baseline.json", *FAST], 0),
+    # the sample profile comes from another machine: refused before anything is printed
+    "check": (["--baseline", "{profile}"], 4),
 }
 SLOW = {"tune"}  # measures several configurations
 

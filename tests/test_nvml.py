@@ -209,3 +209,21 @@ def test_normalize_uuid():
     assert nvml.normalize_uuid("GPU-58FF3B2B-aaaa") == "58ff3b2b-aaaa"
     assert nvml.normalize_uuid("MIG-1234") == "1234"
     assert nvml.normalize_uuid("58ff3b2b") == "58ff3b2b"
+
+
+def test_torch_without_device_uuids_is_a_reason(monkeypatch):
+    from types import SimpleNamespace
+    from unittest import mock
+
+    FakeNvml([FakeGpu("GPU-aaaa")]).install(monkeypatch)
+    props = mock.create_autospec(torch.cuda.get_device_properties, return_value=SimpleNamespace(name="old"))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    with nvml.Telemetry(CUDA0) as telemetry:
+        _measure(telemetry)
+    assert "does not report CUDA device UUIDs" in telemetry.energy().reason
+
+
+def test_driver_version(monkeypatch):
+    FakeNvml([]).install(monkeypatch)
+    with nvml.session():
+        assert nvml.driver_version() == "550.54.15"

@@ -127,7 +127,10 @@ def list_gpus() -> list[tuple[GpuInfo, Any]]:
 
 def cuda_uuid(device: torch.device) -> str:
     """The UUID CUDA reports for a device (no "GPU-" prefix); honours CUDA_VISIBLE_DEVICES."""
-    return str(torch.cuda.get_device_properties(device).uuid)
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    if uuid is None:  # torch builds before device properties carried the UUID
+        raise NvmlError(f"torch {torch.__version__} does not report CUDA device UUIDs to match NVML devices by")
+    return str(uuid)
 
 
 def match_cuda_device(uuid: str) -> tuple[GpuInfo, Any]:

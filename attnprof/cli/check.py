@@ -1,0 +1,146 @@
+"""`attnprof check [TARGET] --baseline FILE`: re-profile with the baseline's settings and judge.
+
+Exit 0 pass (inconclusive metrics are reported, not failed), 1 regression, 2 bad input,
+4 machine mismatch unless --allow-machine-mismatch. Options not given on the command line
+come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof.config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+
+from attnprof.check import (
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLDS,
+    CheckOptions,
+    check_machine,
+    compare_profiles,
+    parse_threshold,
+    summary,
+)
+from attnprof.config import ProjectConfig
+from attnprof.errors import RegressionFound, UsageError
+from attnprof.profiler import run_profile
+from attnprof.records import CheckResult, Profile, to_json_dict
+from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
+from attnprof.report.console import log, stdout_console
+from attnprof.store import atomic_write_text, load_profile, machine_info, write_record
+from attnprof.workload import load_workload
+
+THRESHOLD_HELP = (
+    "[GLOB:]STAT:LIMIT, repeatable: median:5%, p90:10%, memory:2%, layers.*attn*:median:8%, "
+    f"layers.*norm*:median:off (default: {' '.join(DEFAULT_THRESHOLDS)})."
+)
+
+
+def check_options(
+    config: ProjectConfig,
+    thresholds: list[str] | None,
+    metrics: list[str] | None,
+    alpha: float | None,
+    allow_machine_mismatch: bool,
+) -> CheckOptions:
+    """CheckOptions from the command line, the environment, pyproject.toml and the defaults."""
+    for key in config.unknown_keys():
+        log(f"warning: {config.source}: tool.attnprof.{key} is not an attnprof setting; ignored")
+    return CheckOptions(
+        thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
+        metrics=tuple(config.resolve("metrics", metrics, ["*"])),
+        alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
+        allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
+    )
+
+
+def report_and_judge(
+    result: CheckResult,
+    markdown: Path | None,
+    junit: Path | None,
+    result_file: Path | None,
+    benchmark_json: Path | None,
+    show_all: bool,
+    as_json: bool,
+    fail_on_regression: bool = True,
+) -> None:
+    """Print the table (or the JSON), write the requested CI files, and raise RegressionFound
+    (exit 1) on a regression."""
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(result), indent=1, allow_nan=False))
+    else:
+        print_check(result, stdout_console(), show_all)
+    for path, text in [
+        (markdown, check_markdown),
+        (junit, check_junit),
+        (benchmark_json, benchmark_action_json),
+    ]:
+        if path is not None:
+            atomic_write_text(path, text(result))
+            log(f"wrote {path}")
+    if result_file is not None:
+        write_record(result_file, result)
+        log(f"wrote {result_file}")
+    if fail_on_regression and result.verdict == "regression":
+        raise RegressionFound(summary(result))
+
+
+def record_baseline(path: Path, profile: Profile) -> None:
+    write_record(path, profile)
+    log(f"baseline saved to {path}")
+
+
+def check_command(
+    target: str = typer.Argument(None, help="The workload (default: [tool.attnprof] target, else the baseline's)."),
+    baseline: Path = typer.Option(None, "--baseline", "-B", help="Baseline profile JSON (env ATTNPROF_BASELINE)."),
+    threshold: list[str] = typer.Option(None, "--threshold", "-t", help=THRESHOLD_HELP),
+    metric: list[str] = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable."),
+    alpha: float = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA})."),
+    allow_machine_mismatch: bool = typer.Option(
+        False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
+    ),
+    update_baseline: bool = typer.Option(
+        False, "--update-baseline", help="Save this run as the new baseline (after reporting); exit 0."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Also save this run's profile JSON here."),
+    markdown: Path = typer.Option(None, "--markdown", help="Write Markdown (e.g. $GITHUB_STEP_SUMMARY)."),
+    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML, one test case per metric."),
+    result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
+    benchmark_json: Path = typer.Option(
+        None, "--benchmark-json", help="Write github-action-benchmark customSmallerIsBetter JSON."
+    ),
+    show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
+    config = ProjectConfig.load()
+    options = check_options(config, threshold, metric, alpha, allow_machine_mismatch)
+    baseline_text = config.resolve("baseline", str(baseline) if baseline else None, None)
+    if baseline_text is None:
+        raise UsageError("no baseline: pass --baseline FILE, set ATTNPROF_BASELINE or [tool.attnprof] baseline")
+    baseline_path = Path(baseline_text)
+    if update_baseline and not baseline_path.exists():
+        raise UsageError(
+            f"{baseline_path}: no baseline to update; record one with attnprof baseline TARGET --out {baseline_path}"
+        )
+    reference = load_profile(baseline_path)
+    # Refuse another machine before spending a profile run on it (the thread count is the
+    # baseline's setting, applied during the run, so it is compared afterwards).
+    here = dataclasses.replace(machine_info(), threads=reference.machine.threads)
+    check_machine(reference.machine, here, options.allow_machine_mismatch or update_baseline)
+    workload = load_workload(config.resolve("target", target, reference.workload.target))
+    log(f"profiling {workload.target} with the settings of {baseline_path}")
+    current = run_profile(workload, reference.settings)
+    if out is not None:
+        write_record(out, current)
+        log(f"saved {out}")
+    if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
+        options = dataclasses.replace(options, allow_machine_mismatch=True)
+    result = compare_profiles(reference, current, options, str(baseline_path), "this run")
+    report_and_judge(
+        result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
+    )
+    if update_baseline:
+        record_baseline(baseline_path, current)

@@ -1,0 +1,199 @@
+"""`attnprof compare`, `check` and `baseline` in-process: exit codes, CI files, configuration,
+and an end-to-end run on a real model whose knob slows one layer down."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnprof.cli.app import app
+from attnprof.records import CheckResult, Profile
+from attnprof.store import load_profile, read_record, write_record
+from tests.synthetic_profiles import make_profile, other_machine
+
+DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "160")
+    for name in ("ATTNPROF_BASELINE", "ATTNPROF_THRESHOLDS", "ATTNPROF_METRICS", "ATTNPROF_ALPHA"):
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()
+
+
+def save(tmp_path: Path, name: str, profile: Profile) -> str:
+    write_record(tmp_path / name, profile)
+    return str(tmp_path / name)
+
+
+def test_compare_equal_profiles_passes(runner: CliRunner, tmp_path: Path) -> None:
+    a, b = save(tmp_path, "a.json", make_profile(seed=1)), save(tmp_path, "b.json", make_profile(seed=2))
+    result = runner.invoke(app, ["compare", a, b])
+    assert result.exit_code == 0, result.output
+    assert "attnprof check: pass" in result.stdout and "no regression in" in result.stdout
+
+
+def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    args = ["--markdown", "summary.md", "--junit", "junit.xml", "--result", "check.json"]
+    args += ["--benchmark-json", "bench.json"]
+    result = runner.invoke(app, ["compare", a, b, *args])
+    assert result.exit_code == 1, result.output
+    assert "performance regression: layers.blocks.0.attn" in result.stderr
+    assert "Traceback" not in result.output
+
+    markdown = (tmp_path / "summary.md").read_text()
+    assert markdown.startswith("## attnprof check: ❌ regression")
+    assert "`layers.blocks.0.attn`" in markdown and "<details>" in markdown
+
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    saved = read_record(tmp_path / "check.json", CheckResult)
+    assert len(cases) == int(suite.get("tests", "0")) == len(saved.metrics)  # one test case per metric
+    failed = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert "layers.blocks.0.attn [median]" in failed and "layers.blocks.0.mlp [median]" not in failed
+    assert int(suite.get("failures", "0")) == len(saved.failures())
+
+    entries = json.loads((tmp_path / "bench.json").read_text())
+    step = next(e for e in entries if e["name"].endswith(" step (median)"))
+    assert step["unit"] == "ms" and step["value"] > 10 and step["range"].startswith("± ")
+    assert {e["unit"] for e in entries} == {"ms", "MiB"}
+
+
+def test_json_flag_prints_the_result_even_on_a_regression(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    result = runner.invoke(app, ["compare", a, b, "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["verdict"] == "regression"  # stdout is the JSON and nothing else
+    assert "performance regression" in result.stderr
+
+
+def test_compare_machine_mismatch_exits_4_unless_allowed(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, machine=other_machine()))
+    refused = runner.invoke(app, ["compare", a, b])
+    assert refused.exit_code == 4
+    assert "different machine (cpu: Test CPU 3000 vs Other CPU 9000)" in refused.stderr
+    allowed = runner.invoke(app, ["compare", a, b, "--allow-machine-mismatch"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: machines differ" in allowed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--threshold", "median5%"], 2, "bad threshold 'median5%'"),
+        (["--alpha", "2"], 2, "--alpha must be between 0 and 0.5"),
+    ],
+)
+def test_compare_bad_options(runner: CliRunner, tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    a, b = save(tmp_path, "a.json", make_profile(seed=1)), save(tmp_path, "b.json", make_profile(seed=2))
+    result = runner.invoke(app, ["compare", a, b, *args])
+    assert result.exit_code == code
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_compare_bad_files(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    (tmp_path / "corrupt.json").write_text('{"schema_version": 1, "totals": ')
+    (tmp_path / "future.json").write_text('{"schema_version": 99}')
+    other = make_profile(seed=2)
+    other.settings.seq_len = 256
+    b = save(tmp_path, "seq256.json", other)
+    for path, message in [
+        ("missing.json", "missing.json: no such file"),
+        (str(tmp_path / "corrupt.json"), "corrupt file"),
+        (str(tmp_path / "future.json"), "schema_version 99 is newer"),
+        (b, "seq_len 128 vs 256"),
+    ]:
+        result = runner.invoke(app, ["compare", a, path])
+        assert result.exit_code == 2, (path, result.output)
+        assert message in result.stderr
+
+
+def test_thresholds_come_from_pyproject_and_the_environment(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    # 80% tolerates the 50% slower attention (and the +30% step and block) that fails by default.
+    loose = '["median:80%", "memory:0%"]'
+    (tmp_path / "pyproject.toml").write_text(f"[tool.attnprof]\nthresholds = {loose}\nbaseline = 'a.json'\n")
+    assert runner.invoke(app, ["compare", a, b]).exit_code == 0
+    monkeypatch.setenv("ATTNPROF_THRESHOLDS", "median:5%")  # the environment beats pyproject
+    assert runner.invoke(app, ["compare", a, b]).exit_code == 1
+    assert runner.invoke(app, ["compare", a, b, "-t", "median:80%"]).exit_code == 0  # the command line beats both
+
+
+def test_unknown_pyproject_keys_warn(runner: CliRunner, tmp_path: Path) -> None:
+    a, b = save(tmp_path, "a.json", make_profile(seed=1)), save(tmp_path, "b.json", make_profile(seed=2))
+    (tmp_path / "pyproject.toml").write_text("[tool.attnprof]\ntreshold = 'median:5%'\n")
+    result = runner.invoke(app, ["compare", a, b])
+    assert result.exit_code == 0
+    assert "tool.attnprof.treshold is not an attnprof setting" in result.stderr
+
+
+def test_check_without_a_baseline_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["check", "zoo:decoder"])
+    assert result.exit_code == 2 and "no baseline" in result.stderr
+    result = runner.invoke(app, ["check", "--baseline", "nope.json", "--update-baseline"])
+    assert result.exit_code == 2 and "no baseline to update" in result.stderr
+    result = runner.invoke(app, ["check", "--baseline", "nope.json"])
+    assert result.exit_code == 2 and "no such file" in result.stderr
+    result = runner.invoke(app, ["baseline", "zoo:decoder"])
+    assert result.exit_code == 2 and "pass --out FILE" in result.stderr
+
+
+@pytest.mark.slow
+def test_check_end_to_end_names_the_slowed_layer(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Settings from pyproject.toml; one thread so other processes on the machine disturb less.
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.attnprof]\nbaseline = 'profiles/demo.json'\n"
+        # Timings on a shared machine swing by integer factors between runs: a generous limit
+        # keeps the knob-off run green, the knob's extra work is far past it.
+        "thresholds = ['median:150%', 'memory:0%']\n"
+        "[tool.attnprof.settings]\nthreads = 1\nrepeats = 12\nwarmup = 2\n"
+    )
+    monkeypatch.delenv("DEMO_EXTRA_MATMULS", raising=False)
+    recorded = runner.invoke(app, ["baseline", str(DEMO_MODEL)])
+    assert recorded.exit_code == 0, recorded.output
+    baseline = load_profile(tmp_path / "profiles" / "demo.json")
+    assert (baseline.settings.threads, baseline.settings.repeats) == (1, 12)
+
+    knob_off = runner.invoke(app, ["check", "--result", "off.json"])
+    assert knob_off.exit_code == 0, knob_off.output
+    assert read_record(tmp_path / "off.json", CheckResult).failures() == []
+
+    # 100 extra 128x128 matrix products: about 10x the layer's own work.
+    monkeypatch.setenv("DEMO_EXTRA_MATMULS", "100")
+    knob_on = runner.invoke(app, ["check", "--result", "on.json"])
+    assert knob_on.exit_code == 1, knob_on.output
+    assert "layers.layers.1.attn" in knob_on.stderr
+    result = read_record(tmp_path / "on.json", CheckResult)
+    # The slowed layer is named, and nothing outside it (its own children may be caught in the
+    # swings of a busy machine's timings, so they are allowed).
+    culprits = result.culprit_layers()
+    assert culprits and all(c == "layers.1.attn" or c.startswith("layers.1.attn.") for c in culprits), culprits
+    rows = {(m.metric, m.statistic): m for m in result.metrics}
+    assert rows[("layers.layers.1.attn", "median")].status == "regression"  # timing caught it too
+    assert rows[("layers.layers.1.attn.flops", "exact")].status == "changed"
+    # 100 products of (2*64) x 128 by 128 x 128, at 2 FLOPs per multiply-add
+    assert rows[("flops", "exact")].current - rows[("flops", "exact")].baseline == 100 * 2 * 128 * 128 * 128
+    assert rows[("layers.layers.0.attn", "median")].status != "regression"
+
+    updated = runner.invoke(app, ["check", "--update-baseline"])
+    assert updated.exit_code == 0, updated.output
+    assert "baseline saved to profiles/demo.json" in updated.stderr
+    assert runner.invoke(app, ["check", "--metric", "*flops*"]).exit_code == 0  # the knob is the new normal
