@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from attnprof.check import compare_profiles
 from attnprof.records import (
     AttentionInfo,
     Budget,
+    CheckResult,
     LayerStats,
     MachineInfo,
     ParetoPoint,
@@ -21,8 +23,13 @@ from attnprof.records import (
 MIB = 2**20
 
 
+REPEATS = 3
+
+
 def _stats(median: float) -> TimeStats:
-    return TimeStats.from_samples([median * 0.95, median, median * 1.05])
+    """REPEATS samples spread evenly over ±5% of the median."""
+    n = REPEATS
+    return TimeStats.from_samples([median * (0.95 + 0.1 * i / max(n - 1, 1)) for i in range(n)])
 
 
 def _layer(
@@ -180,8 +187,24 @@ def sample_plan() -> Plan:
     )
 
 
+def sample_check() -> CheckResult:
+    """A real comparison: the current run's layers.1.attn is 30% slower, with 12 repeats each."""
+    global REPEATS
+    REPEATS = 12
+    try:
+        baseline, current = sample_profile(), sample_profile()
+    finally:
+        REPEATS = 3
+    slow = current.layer("layers.1.attn")
+    assert slow.time_ms is not None
+    slow.time_ms = TimeStats.from_samples([t * 1.3 for t in slow.time_ms.samples])
+    current.totals.flops += 1000  # a deterministic change: always a failure
+    return compare_profiles(baseline, current, baseline_label="base.json", current_label="this run")
+
+
 # One sample per report adapter kind; test_report_formats checks every adapter has one.
 SAMPLES = {
     "profile": sample_profile,
     "plan": sample_plan,
+    "check": sample_check,
 }

@@ -11,10 +11,12 @@ import re
 
 import numpy as np
 import pytest
-from report_samples import sample_plan, sample_profile
+from report_samples import sample_check, sample_plan, sample_profile
 from scipy import ndimage
 
 from attnprof.report.adapter import ReportOptions
+from attnprof.report.check_report import STATUS_COLORS
+from attnprof.report.check_report import charts as check_charts
 from attnprof.report.html import render_html
 from attnprof.report.plan_report import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
 from attnprof.report.plots import KIND_COLORS, REST_COLOR, Peaks
@@ -80,3 +82,14 @@ def test_pareto_chart_marks_each_plan_and_the_chosen_one() -> None:
     assert regions_of(image, FITS_COLOR) == 1 + 1
     assert regions_of(image, OVER_BUDGET_COLOR) == 2 + 1
     assert regions_of(image, CHOSEN_COLOR) == 1 + 1
+
+
+def test_check_chart_marks_each_compared_metric() -> None:
+    result = sample_check()
+    (chart,) = check_charts(result, ReportOptions())
+    image = render_png(render_svg(chart))
+    # sample_check: one layer 30% slower (a regression), the FLOP count changed (exact)
+    assert regions_of(image, STATUS_COLORS["regression"]) >= 1 + 1  # the +5% threshold line shares it
+    assert regions_of(image, STATUS_COLORS["changed"]) == 1 + 1
+    inconclusive = sum(1 for m in result.metrics if m.status == "inconclusive")
+    assert regions_of(image, STATUS_COLORS["inconclusive"]) == inconclusive + 1

@@ -223,7 +223,7 @@ def comparison_charts(plan: Plan) -> list[Chart]:
             x_label="change from the baseline (%)",
             rows=tuple(rows),
             statuses={"predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
-            reference_lines=(ReferenceLine(0.0, "baseline"),),
+            reference_lines=(ReferenceLine(0.0, "baseline", side="left"),),
         )
     ]
 

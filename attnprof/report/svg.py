@@ -231,6 +231,7 @@ class ReferenceLine:
     value: float
     label: str
     color: str = "#888888"
+    side: Literal["left", "centre", "right"] = "centre"  # where the label sits: lines close together
 
 
 @dataclass(frozen=True)
@@ -478,7 +479,9 @@ def _render_intervals(chart: IntervalChart) -> str:
 
     for ref in chart.reference_lines:
         svg.line(px(ref.value), top, px(ref.value), top + plot_h, ref.color, 1.5, "5 3")
-        svg.text(px(ref.value), top - 2, ref.label, size=10, anchor="middle", color=ref.color)
+        anchor = {"left": "end", "centre": "middle", "right": "start"}[ref.side]
+        offset = {"left": -3, "centre": 0, "right": 3}[ref.side]
+        svg.text(px(ref.value) + offset, top - 2, ref.label, size=10, anchor=anchor, color=ref.color)
     for i, row in enumerate(chart.rows):
         color = chart.statuses.get(row.status, "#777777")
         y = top + (i + 0.5) * chart.row_height
