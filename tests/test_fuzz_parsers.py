@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from attnprof.apply import load_plan
 from attnprof.budget import parse_budget, parse_objective
+from attnprof.cli.check import check_options
+from attnprof.config import ProjectConfig
 from attnprof.errors import InputFileError, UsageError
 from attnprof.records import Budget, Plan, PlanChoices, PlanFigures, Settings, WorkloadInfo, to_json_dict
 from attnprof.report.registry import load_report_record
@@ -26,13 +28,11 @@ NUMBERS = st.one_of(
     st.sampled_from(["1e308", "1e300", "1e-320", "0", "0.0", ".5", "5.", "1e", "--1", "nan", "inf"]),
 )
 UNITS = st.sampled_from(["", "b", "GiB", "MB", "k", "ms", "s", "us", "µs", "min", "J", "kJ", "Wh", "%", "x"])
-QUANTITIES = st.one_of(
-    st.tuples(NUMBERS, st.sampled_from(["", " "]), UNITS).map("".join), st.text(max_size=12)
-)
+QUANTITIES = st.one_of(st.tuples(NUMBERS, st.sampled_from(["", " "]), UNITS).map("".join), st.text(max_size=12))
 BUDGET_ITEMS = st.one_of(
-    st.tuples(
-        st.sampled_from(["memory", "latency", "energy", "Memory ", "power", ""]), st.just("="), QUANTITIES
-    ).map("".join),
+    st.tuples(st.sampled_from(["memory", "latency", "energy", "Memory ", "power", ""]), st.just("="), QUANTITIES).map(
+        "".join
+    ),
     st.text(max_size=20),
 )
 
@@ -55,9 +55,7 @@ def test_budget_flags(
     items: list[str], max_error: str | None, quality: str | None, headroom: str | None, gpus: int
 ) -> None:
     try:
-        budget = parse_budget(
-            items, gpus=gpus, max_error=max_error, max_quality_loss=quality, headroom=headroom
-        )
+        budget = parse_budget(items, gpus=gpus, max_error=max_error, max_quality_loss=quality, headroom=headroom)
     except UsageError as exc:
         assert "\n" not in str(exc) and exc.exit_code == 2
         return
@@ -82,9 +80,7 @@ def small_plan() -> Plan:
         settings=Settings(),
         device="cpu",
         objective="latency",
-        choices=PlanChoices(
-            dtype="bf16", backend="flash", prune_heads={"*": 1}, kv_heads={"layers.0.attn": 2}
-        ),
+        choices=PlanChoices(dtype="bf16", backend="flash", prune_heads={"*": 1}, kv_heads={"layers.0.attn": 2}),
         budgets=Budget(memory_bytes=2**30, latency_ms=15.0, headroom=0.1),
         predicted=PlanFigures(latency_ms=10.0, memory_bytes=1e8),
         measured=PlanFigures(latency_ms=10.5, memory_bytes=1.1e8, finite=True),
@@ -130,3 +126,52 @@ def test_every_plan_field_with_every_edge_value(folder: Path, edge: Any) -> None
     for location in locations(PLAN):
         path.write_text(json.dumps(replaced(PLAN, location, edge)))
         _load_plan_or_clean_error(path)
+
+
+THRESHOLD_TEXTS = st.one_of(
+    st.text(max_size=30),
+    st.tuples(
+        st.sampled_from(["", "*:", "layers.*attn*:", "::", "total:"]),
+        st.sampled_from(["median", "MEAN", "p10", "p90", "memory", "p50", ""]),
+        st.just(":"),
+        st.one_of(NUMBERS, st.sampled_from(["off", "OFF", "", "%"])),
+        st.sampled_from(["%", "", " %", "%%"]),
+    ).map("".join),
+)
+CONFIG_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=10),
+    st.lists(st.text(max_size=8), max_size=3),
+)
+CONFIG_KEYS = st.sampled_from(["target", "baseline", "thresholds", "metrics", "alpha", "allow_machine_mismatch", "x"])
+
+
+@given(
+    st.dictionaries(CONFIG_KEYS, CONFIG_VALUES.filter(lambda v: v is not None), max_size=4),
+    st.dictionaries(CONFIG_KEYS.map(lambda k: "ATTNPROF_" + k.upper()), st.text(max_size=12), max_size=3),
+    st.one_of(st.none(), st.lists(THRESHOLD_TEXTS, max_size=3)),
+    st.one_of(st.none(), st.floats()),
+)
+def test_check_thresholds_from_flags_environment_and_pyproject(
+    table: dict, environ: dict, thresholds: list[str] | None, alpha: float | None
+) -> None:
+    config = ProjectConfig(table, Path("pyproject.toml"), environ)
+    try:
+        options = check_options(config, thresholds, None, alpha, False)
+    except UsageError as exc:
+        assert "\n" not in str(exc) and exc.exit_code == 2
+        return
+    assert all(t.limit is None or (math.isfinite(t.limit) and t.limit >= 0) for t in options.thresholds)
+
+
+@given(st.text(max_size=200))
+def test_pyproject_with_random_attnprof_table(folder: Path, body: str) -> None:
+    (folder / "pyproject.toml").write_text("[tool.attnprof]\n" + body, encoding="utf-8", errors="surrogatepass")
+    try:
+        config = ProjectConfig.load(folder, environ={})
+        check_options(config, None, None, None, False)
+    except (InputFileError, UsageError) as exc:
+        assert exc.exit_code == 2
