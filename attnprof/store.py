@@ -384,3 +384,8 @@ def append_line(path: Path, line: str) -> None:
             os.close(fd)  # also releases the lock
         if created:
             _fsync_dir(path.parent)
+
+
+def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
+    """profiles/<workload name>-<fingerprint>: where one workload's files live."""
+    return Path(folder) / f"{_slug(name)}-{fingerprint}"

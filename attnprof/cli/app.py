@@ -83,7 +83,9 @@ def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
     from attnprof.cli.apply import apply_command
     from attnprof.cli.doctor import doctor_command
+    from attnprof.cli.fit import fit_command
     from attnprof.cli.monitor import monitor_command
+    from attnprof.cli.predict import predict_command
     from attnprof.cli.profile import profile_command
     from attnprof.cli.report import report_command
     from attnprof.cli.tune import tune_command
@@ -94,6 +96,8 @@ def _register_commands() -> None:
     register("monitor", monitor_command)
     register("tune", tune_command)
     register("apply", apply_command)
+    register("fit", fit_command)
+    register("predict", predict_command)
 
     from attnprof.cli.baseline import baseline_command
     from attnprof.cli.check import check_command
