@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from attnprof.check import compare_profiles
+from attnprof.costmodel import latency_group, memory_group, summarise_validation
 from attnprof.records import (
+    COST_KINDS,
     AttentionInfo,
     Budget,
     CheckResult,
+    CostModel,
+    GroupInfo,
+    InfeasiblePoint,
     LayerStats,
+    LinearFit,
     MachineInfo,
     ParetoPoint,
     Plan,
@@ -17,6 +23,7 @@ from attnprof.records import (
     Settings,
     TimeStats,
     Totals,
+    ValidationPoint,
     WorkloadInfo,
 )
 
@@ -202,9 +209,39 @@ def sample_check() -> CheckResult:
     return compare_profiles(baseline, current, baseline_label="base.json", current_label="this run")
 
 
+def sample_fit() -> CostModel:
+    """Six held-out configurations, each predicted within 10%, and one out-of-memory point."""
+    details = [
+        ValidationPoint(
+            f"b{b}-s{s}",
+            {"batch_size": b, "seq_len": s},
+            measured_ms=b * s / 10,
+            predicted_ms=b * s / 10 * (1.1 if i % 2 else 0.95),
+            measured_memory_bytes=b * s * 1000.0,
+            predicted_memory_bytes=b * s * 1000.0 * 1.02,
+        )
+        for i, (b, s) in enumerate([(1, 64), (1, 256), (2, 512), (4, 32), (4, 1024), (8, 256)])
+    ]
+    config: dict[str, int | str] = {"backend": "flash", "dtype": "fp32"}
+    fit = LinearFit(["flops", "bytes"], [1e-9, 2e-10], [[0.0, 0.0], [0.0, 0.0]], relative_std=0.04, points=12)
+    return CostModel(
+        created="2026-11-21T10:00:00+00:00",
+        target="zoo:decoder",
+        workload_fingerprint="abc123def456",
+        machine=sample_profile().machine,
+        latency={kind: {latency_group(kind, config): fit} for kind in COST_KINDS},
+        memory={memory_group(config): fit},
+        groups={memory_group(config): GroupInfo(config, 12, {"batch_size": [1, 8], "seq_len": [64, 512]})},
+        measurements=13,
+        infeasible=[InfeasiblePoint({"batch_size": 64, "seq_len": 4096}, "oom", "out of memory")],
+        validation=summarise_validation(details, "k-fold", 3),
+    )
+
+
 # One sample per report adapter kind; test_report_formats checks every adapter has one.
 SAMPLES = {
     "profile": sample_profile,
     "plan": sample_plan,
     "check": sample_check,
+    "fit": sample_fit,
 }

@@ -11,12 +11,14 @@ import re
 
 import numpy as np
 import pytest
-from report_samples import sample_check, sample_plan, sample_profile
+from report_samples import sample_check, sample_fit, sample_plan, sample_profile
 from scipy import ndimage
 
 from attnprof.report.adapter import ReportOptions
 from attnprof.report.check_report import STATUS_COLORS
 from attnprof.report.check_report import charts as check_charts
+from attnprof.report.fit_report import POINT_COLOR
+from attnprof.report.fit_report import charts as fit_charts
 from attnprof.report.html import render_html
 from attnprof.report.plan_report import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
 from attnprof.report.plots import KIND_COLORS, REST_COLOR, Peaks
@@ -93,3 +95,11 @@ def test_check_chart_marks_each_compared_metric() -> None:
     assert regions_of(image, STATUS_COLORS["changed"]) == 1 + 1
     inconclusive = sum(1 for m in result.metrics if m.status == "inconclusive")
     assert regions_of(image, STATUS_COLORS["inconclusive"]) == inconclusive + 1
+
+
+def test_fit_charts_mark_each_held_out_configuration() -> None:
+    model = sample_fit()
+    assert model.validation is not None
+    for chart in fit_charts(model, ReportOptions()):
+        image = render_png(render_svg(chart))
+        assert regions_of(image, POINT_COLOR) == len(model.validation.details) + 1
