@@ -153,3 +153,11 @@ def test_tune_writes_the_plan_report_with_its_frontier(runner: CliRunner, tmp_pa
     assert count_marks(figures[1], "chosen plan") == 1
     assert count_marks(figures[1]) == len(plan["frontier"])
     assert not re.search(r"https?://|//cdn", html)
+
+
+def test_verbose_adds_detail_on_stderr_only(runner: CliRunner, profiled: tuple[Path, Path]) -> None:
+    plain = runner.invoke(app, ["report", str(profiled[0]), "-f", "csv"])
+    verbose = runner.invoke(app, ["-v", "report", str(profiled[0]), "-f", "csv"])
+    assert plain.exit_code == verbose.exit_code == 0
+    assert plain.stdout == verbose.stdout
+    assert "a profile record, rendered as csv" in verbose.stderr and plain.stderr == ""
