@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -179,6 +180,27 @@ def test_two_attnprof_processes_writing_to_one_profiles_folder(tmp_path: Path) -
     saved = sorted((tmp_path / "profiles").rglob("*.json"))
     assert len(saved) == 2
     assert all(read_json(path)["workload"]["target"] == "zoo:gpt" for path in saved)
+
+
+def test_two_runs_saved_under_one_name_keep_their_own_traces(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both runs get the same profile name, as two processes finishing in the same second do.
+    monkeypatch.setattr("attnprof.cli.profile.profile_path", lambda profile, folder: folder / "w" / "profile.json")
+    for _ in range(2):
+        result = runner.invoke(app, ["profile", "zoo:gpt", *FAST, "--trace"])
+        assert result.exit_code == 0, result.output
+    folder = tmp_path / "profiles" / "w"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "profile-1.json",
+        "profile-1.trace.json.gz",
+        "profile.json",
+        "profile.trace.json.gz",
+    ]
+    for name in ("profile", "profile-1"):
+        trace_file = read_json(folder / f"{name}.json")["trace"]["trace_file"]
+        assert Path(trace_file).name == f"{name}.trace.json.gz"
+        assert json.loads(gzip.decompress((tmp_path / trace_file).read_bytes()))["traceEvents"]
 
 
 def _interrupted_profile(tmp_path: Path, signum: int) -> tuple[int, str]:
