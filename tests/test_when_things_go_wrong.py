@@ -225,13 +225,16 @@ def test_sigterm(tmp_path: Path) -> None:
     assert not (tmp_path / "profiles").exists()
 
 
-def test_out_of_memory_while_profiling(runner: CliRunner, tmp_path: Path) -> None:
+def test_out_of_memory_while_profiling_or_tuning(runner: CliRunner, tmp_path: Path) -> None:
     model = str(MODELS / "cuda_out_of_memory.py")
-    result = runner.invoke(app, ["profile", model, *FAST, "--batch-size", "4", "--seq-len", "32"])
-    assert result.exit_code == 4, result.output
-    assert "out of memory: CUDA out of memory. Tried to allocate 16.00 GiB" in result.stderr
-    assert "try a smaller --batch-size or --seq-len" in result.stderr
-    assert "Traceback" not in result.output and not (tmp_path / "profiles").exists()
+    too_large = [*FAST, "--batch-size", "4", "--seq-len", "32"]  # 128 tokens: over the model's 64
+    for command in (["profile", model, *too_large], ["tune", model, *too_large, "--knobs", "dtype"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 4, result.output
+        assert "out of memory: CUDA out of memory. Tried to allocate 16.00 GiB" in result.stderr
+        assert "try a smaller --batch-size or --seq-len" in result.stderr
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "profiles").exists() and not (tmp_path / "plan.json").exists()
     assert runner.invoke(app, ["profile", model, *FAST, "--no-save"]).exit_code == 0  # small fits
 
 
