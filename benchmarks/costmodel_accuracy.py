@@ -167,9 +167,9 @@ def main() -> None:
             print(f"done {target} in {row['seconds']:.0f} s", file=sys.stderr, flush=True)
     print(
         "| workload | fitted on | held-out configs | latency MAPE | memory MAPE | Spearman | top-1 | "
-        "worst top-1 regret | CV latency MAPE | CV memory MAPE | CV top-1 | median p10–p90 spread |"
+        "worst top-1 regret | CV latency MAPE | CV memory MAPE | CV top-1 | noise floor | median p10–p90 spread |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         held, cv = row["held"], row["cv"]
         print(
