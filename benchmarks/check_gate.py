@@ -15,7 +15,7 @@ Two parts, side by side in one process:
    verdict is the gate's rule (slowdown past the limit AND one-sided Mann-Whitney p < alpha),
    checked against `compare_samples` on the first trials.
 
-    python -m benchmarks.check_gate [--budget-s 150] [--repeats 20] [--trials 20000]
+    python -m benchmarks.check_gate [--budget-s 90] [--repeats 20] [--trials 20000] [--cpu-blocks 40]
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def alarm_rate(change: np.ndarray, p_value: np.ndarray, limit: float) -> tuple[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=150.0, help="Time for the real runs.")
+    parser.add_argument("--budget-s", type=float, default=90.0, help="Time for the real profile runs.")
     parser.add_argument("--repeats", type=int, default=20, help="Timed steps per profile run.")
     parser.add_argument("--trials", type=int, default=20000, help="Simulated checks per configuration.")
     parser.add_argument("--cpu-blocks", type=int, default=40, help="Interleaved CPU-time blocks of each of A, B.")
