@@ -38,6 +38,14 @@ def _split_quantity(text: str, flag: str, example: str, allow_zero: bool = False
     return value, match.group(2)
 
 
+def _scaled(value: float, factor: float, flag: str, text: str, example: str) -> float:
+    """value x factor, refusing a product beyond the float range (e.g. 1e300TiB)."""
+    scaled = value * factor
+    if not math.isfinite(scaled):
+        raise UsageError(f"{flag}{text}: too large; e.g. {example}")
+    return scaled
+
+
 def parse_bytes(text: str, flag: str = "--budget memory=") -> int:
     value, unit = _split_quantity(text, flag, "memory=20GiB or memory=512MB")
     factor = _BYTE_UNITS.get(unit.lower() or "b")
@@ -45,7 +53,7 @@ def parse_bytes(text: str, flag: str = "--budget memory=") -> int:
         raise UsageError(
             f"{flag}{text}: unknown size unit {unit!r}; e.g. --budget memory=20GiB (or MiB, GB, MB)"
         )
-    return int(value * factor)
+    return int(_scaled(value, factor, flag, text, "--budget memory=20GiB"))
 
 
 def parse_time_ms(text: str, flag: str = "--budget latency=") -> float:
@@ -53,7 +61,7 @@ def parse_time_ms(text: str, flag: str = "--budget latency=") -> float:
     factor = _TIME_UNITS_MS.get(unit.lower())
     if factor is None:
         raise UsageError(f"{flag}{text}: need a time unit (ns, us, ms, s); e.g. --budget latency=15ms")
-    return value * factor
+    return _scaled(value, factor, flag, text, "--budget latency=15ms")
 
 
 def parse_energy_j(text: str, flag: str = "--budget energy=") -> float:
@@ -61,7 +69,7 @@ def parse_energy_j(text: str, flag: str = "--budget energy=") -> float:
     factor = _ENERGY_UNITS_J.get(unit.lower())
     if factor is None:
         raise UsageError(f"{flag}{text}: need an energy unit (mJ, J, kJ, Wh); e.g. --budget energy=2J")
-    return value * factor
+    return _scaled(value, factor, flag, text, "--budget energy=2J")
 
 
 def parse_fraction(text: str, flag: str, example: str, upper: float | None = None) -> float:

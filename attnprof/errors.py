@@ -39,6 +39,14 @@ class EnvironmentUnsupported(AttnprofError):
     exit_code = 4
 
 
+class OutOfMemory(EnvironmentUnsupported):
+    """The device ran out of memory for what was asked, e.g. too large a batch (exit 4)."""
+
+
+class OutputFileError(EnvironmentUnsupported):
+    """A file cannot be written: disk full, no permission, read-only folder (exit 4)."""
+
+
 class MachineMismatch(EnvironmentUnsupported):
     """Two profiles come from different machines and the comparison was not allowed (exit 4)."""
 
@@ -59,6 +67,16 @@ class NoFeasiblePlan(AttnprofError):
     """No plan satisfies the budget (exit 5)."""
 
     exit_code = 5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds like Ctrl-C (exit 143 = 128 + 15).
+
+    A KeyboardInterrupt, not an AttnprofError: user code that catches Exception must not
+    swallow it, and everything that cleans up after Ctrl-C cleans up after it too.
+    """
+
+    exit_code = 143
 
 
 class NvmlError(EnvironmentUnsupported):

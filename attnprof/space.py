@@ -4,17 +4,23 @@ Every value left out of the space is left out by a named rule with a reason, so 
 why a plan the user expected was never considered. Global knobs (backend, precision,
 micro-batch, threads, sharding) form `GlobalChoice`s; per-layer knobs (heads pruned, K/V heads,
 activation checkpointing) form one list of `LayerOption`s per attention layer.
+
+The sweep measures a workload over `Knob`s: numeric ranges (shapes: batch size, sequence
+length), sampled on a log scale, and choices (dtype, attention backend, CPU threads), each
+combination of which gets its own cost-model coefficients. A configuration is a plain mapping
+from knob name to value; its `Settings` are the base settings with those values put in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from attnprof.errors import UsageError
-from attnprof.records import PRECISIONS, Settings
+from attnprof.records import BACKENDS, DTYPES, PRECISIONS, Settings
 
 PLAN_KNOBS: tuple[str, ...] = (
     "backend",
@@ -368,3 +374,122 @@ def _layer_options(
                 continue
             options.extend(LayerOption(prune, kv, checkpoint) for checkpoint in checkpoints)
     return options
+
+# --- measurable knobs: what a sweep varies and the cost model is fitted over ---------------------
+
+ConfigValue = int | str
+Config = dict[str, ConfigValue]
+
+# Shape knobs: the cost model turns them into physical features (FLOPs, bytes, S² pairs).
+SHAPE_KNOBS: tuple[str, ...] = ("batch_size", "seq_len")
+# Choice knobs: each combination of their values gets its own fitted coefficients.
+CHOICE_KNOBS: tuple[str, ...] = ("dtype", "backend", "threads")
+MEASURABLE_KNOBS: tuple[str, ...] = SHAPE_KNOBS + CHOICE_KNOBS
+
+# Only these SDPA backends run on CPU (DESIGN.md, "Facts about PyTorch here").
+CPU_BACKENDS: tuple[str, ...] = ("math", "flash")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable or measurable setting: a numeric range `low..high` or a tuple of `choices`."""
+
+    name: str
+    low: int = 0
+    high: int = 0
+    choices: tuple[ConfigValue, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            if len(set(self.choices)) != len(self.choices):
+                raise UsageError(f"--{self.flag}: repeated value in {list(self.choices)}")
+            return
+        if self.low < 1 or self.high < self.low:
+            raise UsageError(f"--{self.flag}: range {self.low}:{self.high} must satisfy 1 <= low <= high")
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def numeric(self) -> bool:
+        return not self.choices
+
+    def values(self) -> tuple[ConfigValue, ...]:
+        """The distinct values a sweep must see: the choices, or the two ends of the range."""
+        return self.choices if self.choices else tuple(sorted({self.low, self.high}))
+
+
+def default_knobs(device: str, threads: int) -> dict[str, Knob]:
+    """The sweep's default space on `device`; `threads` is the current CPU thread count."""
+    backends: tuple[ConfigValue, ...] = CPU_BACKENDS if device == "cpu" else ("math", "flash", "efficient")
+    return {
+        "batch_size": Knob("batch_size", low=1, high=4),
+        "seq_len": Knob("seq_len", low=32, high=256),
+        "dtype": Knob("dtype", choices=("fp32", "bf16")),
+        "backend": Knob("backend", choices=backends),
+        "threads": Knob("threads", choices=(max(threads, 1),)),
+    }
+
+
+def parse_knob(name: str, text: str) -> Knob:
+    """A knob from a command-line value: `64:512` (range), `fp32,bf16` or `1,2` (choices), `128`."""
+    if name not in MEASURABLE_KNOBS:
+        raise UsageError(f"unknown knob {name!r}; known: {', '.join(MEASURABLE_KNOBS)}")
+    flag = name.replace("_", "-")
+    text = text.strip()
+    if not text:
+        raise UsageError(f"--{flag}: empty value")
+    if name in SHAPE_KNOBS:
+        if ":" in text:
+            low_text, _, high_text = text.partition(":")
+            return Knob(name, low=_positive_int(flag, low_text), high=_positive_int(flag, high_text))
+        values = [_positive_int(flag, part) for part in text.split(",")]
+        return Knob(name, low=min(values), high=max(values))
+    parts = [part.strip() for part in text.split(",")]
+    if name == "threads":
+        return Knob(name, choices=tuple(_positive_int(flag, part) for part in parts))
+    allowed = DTYPES if name == "dtype" else BACKENDS
+    for part in parts:
+        if part not in allowed:
+            raise UsageError(f"--{flag}: {part!r} is not one of {', '.join(allowed)}")
+    return Knob(name, choices=tuple(parts))
+
+
+def _positive_int(flag: str, text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UsageError(f"--{flag}: {text.strip()!r} is not an integer") from None
+    if value < 1:
+        raise UsageError(f"--{flag}: {value} must be a positive integer")
+    return value
+
+
+def choice_key(config: Mapping[str, ConfigValue], ignore: Sequence[str] = ()) -> str:
+    """A readable, stable name for the non-shape part of a configuration, e.g. `backend=flash,dtype=fp32`."""
+    return ",".join(
+        f"{name}={config[name]}" for name in sorted(config) if name not in SHAPE_KNOBS and name not in ignore
+    )
+
+
+def settings_for(base: Settings, config: Mapping[str, ConfigValue]) -> Settings:
+    """`base` with the configuration's values put in (validated by Settings)."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise UsageError(f"configuration names unknown settings: {', '.join(unknown)}")
+    return dataclasses.replace(base, **dict(config))
+
+
+def config_of(settings: Settings) -> Config:
+    """The full configuration a measurement is keyed by: the knobs plus mode and device."""
+    return {
+        "batch_size": settings.batch_size,
+        "seq_len": settings.seq_len,
+        "dtype": settings.dtype,
+        "backend": settings.backend,
+        "threads": settings.threads,
+        "mode": settings.mode,
+        "device": settings.device,
+    }

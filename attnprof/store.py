@@ -11,6 +11,7 @@ registered in MIGRATIONS; newer ones are refused.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -19,12 +20,12 @@ import platform
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attnprof.errors import InputFileError
+from attnprof.errors import InputFileError, OutputFileError
 from attnprof.records import SCHEMA_VERSION, MachineInfo, Profile, from_json_dict, to_json_dict
 
 R = TypeVar("R")
@@ -46,18 +47,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via temp file + fsync + rename: all or nothing."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` (disk full, no permission) as a one-line OutputFileError."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        yield
+    except OSError as exc:
+        raise OutputFileError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,24 +97,26 @@ def write_new_record(path: Path, record: Any) -> Path:
     to its final name, which fails rather than overwrite. Returns the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(_record_text(record))
-            handle.flush()
-            os.fsync(handle.fileno())
-        for attempt in range(10_000):
-            candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
-            try:
-                os.link(tmp_name, candidate)
-            except FileExistsError:
-                continue
-            _fsync_dir(path.parent)
-            return candidate
-        raise InputFileError(f"{path}: too many files of this name already")
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    text = _record_text(record)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for attempt in range(10_000):
+                candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
+                try:
+                    os.link(tmp_name, candidate)
+                except FileExistsError:
+                    continue
+                _fsync_dir(path.parent)
+                return candidate
+            raise OutputFileError(f"{path}: cannot write (10000 files of this name already)")
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
 
 
 def _record_text(record: Any) -> str:
@@ -356,17 +369,23 @@ def append_line(path: Path, line: str) -> None:
     encoded = (line.rstrip("\n") + "\n").encode("utf-8")
     if b"\n" in encoded[:-1]:
         raise ValueError("append_line writes a single line; the text holds a newline")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _cut_torn_tail(fd)
-        written = 0
-        while written < len(encoded):
-            written += os.write(fd, encoded[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # also releases the lock
-    if created:
-        _fsync_dir(path.parent)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _cut_torn_tail(fd)
+            written = 0
+            while written < len(encoded):
+                written += os.write(fd, encoded[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # also releases the lock
+        if created:
+            _fsync_dir(path.parent)
+
+
+def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
+    """profiles/<workload name>-<fingerprint>: where one workload's files live."""
+    return Path(folder) / f"{_slug(name)}-{fingerprint}"

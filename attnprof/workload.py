@@ -72,6 +72,16 @@ def architecture_fingerprint(model: nn.Module) -> str:
 def load_workload(target: str | None) -> Workload:
     """Parse a target string and load what it names (exit 2 on bad targets, 3 on user errors)."""
     target = (target or DEFAULT_TARGET).strip()
+    try:
+        return _load_target(target)
+    except (OSError, ValueError) as exc:
+        # A path the OS refuses (name too long, NUL byte): a bad target, not a crash. Errors
+        # of the user's code arrive here already wrapped as UserCodeError.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{target[:200]!r}: not a loadable target ({reason})") from None
+
+
+def _load_target(target: str) -> Workload:
     if not target:
         raise UsageError("empty target")
     if target.startswith("zoo:"):

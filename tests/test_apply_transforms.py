@@ -101,8 +101,8 @@ def test_hand_written_attention_is_replaced_by_sdpa_when_equal() -> None:
     assert sum("replaced by SDPA" in line for line in report.applied) == 2
     assert torch.allclose(outputs(model, ids), reference, atol=1e-5)
     names = [s.name for s in discover(model).sites]
-    calls = record_calls(model, names, lambda: model(ids))
-    assert all(call.sdpa_calls == 1 for call in calls.values())
+    recording = record_calls(model, names, lambda: model(ids))
+    assert all(call.sdpa_calls == 1 for call in recording.calls.values())
 
 
 class TemperatureAttention(models.QKVOAttention):
@@ -146,15 +146,20 @@ def test_checkpointed_blocks_recompute_and_give_equal_gradients() -> None:
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
 
+class TokenMixer(models.FusedQKVAttention):
+    """Attention by another name: found only by watching it call SDPA."""
+
+
 class MixedModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.known = models.QKVOAttention()
         self.fused = models.FusedQKVAttention()
+        self.mixer = TokenMixer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused(self.known(x))
+        return self.mixer(self.fused(self.known(x)))
 
 
 def test_unknown_attention_is_named_in_the_report_and_warned_about() -> None:
@@ -162,6 +167,8 @@ def test_unknown_attention_is_named_in_the_report_and_warned_about() -> None:
     _, report = apply_plan(MixedModel(), PlanChoices(prune_heads={"*": [0, 1]}))
     assert [c.name for c in report.sites] == ["known"]
     assert [(n.module, n.type, n.what) for n in report.not_applied] == [("fused", "FusedQKVAttention", "prune_heads")]
+    _, report = apply_plan(MixedModel(), PlanChoices(prune_heads={"*": [0, 1]}), Example.of(x))
+    assert [(n.module, n.type) for n in report.not_applied] == [("fused", "FusedQKVAttention"), ("mixer", "TokenMixer")]
     plan = make_plan(PlanChoices(prune_heads={"*": [0, 1]}))
     with pytest.warns(UserWarning, match=r"fused \(FusedQKVAttention\)"):
         applied = attnprof.apply(MixedModel(), plan)

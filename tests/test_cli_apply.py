@@ -144,3 +144,46 @@ def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
     assert "tensor parallel over 2 ranks: 4 attention layers, 4 MLPs" in ranks.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["world_size"] == 2 and report["verification"]["max_abs_error"] <= 1e-5
+
+
+def test_pipeline_stages_are_refused_before_anything_runs(runner: CliRunner, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.json", PlanChoices(pipeline_stages=2))
+    result = runner.invoke(app, ["apply", str(plan)])
+    assert result.exit_code == 4 and "pipeline stages" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_on_two_gpus_uses_nccl(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    plan = write_plan(tmp_path / "plan.json", PlanChoices(tensor_parallel=2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    ranks = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "attnprof",
+            "apply",
+            str(plan),
+            "--device",
+            "cuda",
+            "--force",
+            "--verify",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    assert "PASS" in ranks.stdout

@@ -30,6 +30,9 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "baseline": (["zoo:decoder", "--out", "baseline.json", *FAST], 0),
     # the sample profile comes from another machine: refused before anything is printed
     "check": (["--baseline", "{profile}"], 4),
+    "fit": (["--batch-size", "1:2", "--seq-len", "8:16", "--dtype", "fp32", "--backend", "flash", "--threads", "1",
+             "-n", "4", "--repeats", "1", "--warmup", "0"], 0),
+    "predict": (["--batch-size", "2"], 2),  # no model fitted in this folder: a one-line error
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -25,79 +24,68 @@ from attnprof.records import (
     from_json_dict,
     to_json_dict,
 )
+from attnprof.report.registry import load_report_record
 from attnprof.store import load_profile, read_json, read_jsonl, write_record
+from tests.fuzzing import EDGE_OR_WRONG_TYPE, json_values, locations, mutations_of, replaced
 
 
 def small_profile() -> Profile:
     attention = AttentionInfo(
-        num_heads=4, num_kv_heads=2, head_dim=8, q_len=16, kv_len=16, causal=True, window=None,
-        backend="flash", flops=34816, flops_dense=65536, batch_size=1,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        q_len=16,
+        kv_len=16,
+        causal=True,
+        window=None,
+        backend="flash",
+        flops=34816,
+        flops_dense=65536,
+        batch_size=1,
     )
     layer = LayerStats(
-        name="layers.0.attn", type="Attention", kind="attention", depth=2,
-        time_ms=TimeStats.from_samples([0.5, 0.6, 0.7]), self_time_ms=0.2, backward_time_ms=None,
-        flops=1000, bytes=4096, memory_bytes=2048, params=512, achieved_tflops=0.01,
-        bound="memory", attention=attention,
+        name="layers.0.attn",
+        type="Attention",
+        kind="attention",
+        depth=2,
+        time_ms=TimeStats.from_samples([0.5, 0.6, 0.7]),
+        self_time_ms=0.2,
+        backward_time_ms=None,
+        flops=1000,
+        bytes=4096,
+        memory_bytes=2048,
+        params=512,
+        achieved_tflops=0.01,
+        bound="memory",
+        attention=attention,
     )
     return Profile(
         attnprof_version="0.1.0",
         created="2026-11-21T09:00:00Z",
-        machine=MachineInfo(cpu="cpu", gpu_name=None, gpu_uuid=None, driver=None, cuda=None,
-                            torch="2.13.0", python="3.11.7", threads=2),
+        machine=MachineInfo(
+            cpu="cpu",
+            gpu_name=None,
+            gpu_uuid=None,
+            driver=None,
+            cuda=None,
+            torch="2.13.0",
+            python="3.11.7",
+            threads=2,
+        ),
         commit=None,
         workload=WorkloadInfo(target="zoo:decoder", fingerprint="abc123", parameter_count=512),
         settings=Settings(),
-        totals=Totals(time_ms=TimeStats.from_samples([1.0, 1.1]), flops=2000, attention_flops=34816,
-                      peak_memory_bytes=8192),
+        totals=Totals(
+            time_ms=TimeStats.from_samples([1.0, 1.1]),
+            flops=2000,
+            attention_flops=34816,
+            peak_memory_bytes=8192,
+        ),
         layers=[layer],
     )
 
 
 VALID = to_json_dict(small_profile()) | {"schema_version": 1}
-
-# Leaves include values at the edges of what the records accept: numbers beyond a float's
-# range, negative and zero sizes, 64-bit overflow, strings that look like numbers.
-EDGE_VALUES = [10**400, -(10**400), 2**63, -1, 0, "", "nan", "1e999", "infer", "attention"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12) | st.sampled_from(EDGE_VALUES),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20,
-)
-
-
-def _paths(data: Any, prefix: tuple = ()) -> list[tuple]:
-    """Every location inside nested dicts and lists, as a key path."""
-    found = [prefix]
-    if isinstance(data, dict):
-        for key, value in data.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            found += _paths(value, (*prefix, index))
-    return found
-
-
-ALL_PATHS = _paths(VALID)[1:]
-
-
-@st.composite
-def mutated_profiles(draw: st.DrawFn) -> Any:
-    """The valid profile with a few locations replaced by random JSON or removed."""
-    data = copy.deepcopy(VALID)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(ALL_PATHS))
-        parent = data
-        try:
-            for key in path[:-1]:
-                parent = parent[key]
-            if draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = draw(json_values)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation removed this location
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +94,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load_or_clean_error(path: Path) -> None:
-    try:
-        load_profile(path)
-    except InputFileError as exc:
-        assert "\n" not in str(exc) and str(path) in str(exc)
+    for load in (load_profile, load_report_record):
+        try:
+            load(path)
+        except InputFileError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
 
 
 def test_the_valid_profile_loads(folder: Path) -> None:
@@ -133,7 +122,7 @@ def test_random_json_values(folder: Path, value: Any) -> None:
         from_json_dict(Profile, value)
 
 
-@given(mutated_profiles())
+@given(mutations_of(VALID))
 def test_mutated_profiles(folder: Path, data: Any) -> None:
     path = folder / "mutated.json"
     path.write_text(json.dumps(data))
@@ -179,16 +168,11 @@ def test_random_text_to_read_json(folder: Path, text: str) -> None:
         assert isinstance(read_json(path), dict)
 
 
-@pytest.mark.parametrize("edge", [*EDGE_VALUES, None, [], {}, True, 1.5, -0.0])
+@pytest.mark.parametrize("edge", EDGE_OR_WRONG_TYPE)
 def test_every_field_with_every_edge_value(edge: Any) -> None:
     # Exhaustive where random search is thin: each location of the profile, one edge value.
-    for path in ALL_PATHS:
-        data = copy.deepcopy(VALID)
-        parent = data
-        for key in path[:-1]:
-            parent = parent[key]
-        parent[path[-1]] = copy.deepcopy(edge)
+    for location in locations(VALID):
         try:
-            from_json_dict(Profile, data)
+            from_json_dict(Profile, replaced(VALID, location, edge))
         except InputFileError as exc:
             assert "\n" not in str(exc)

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from attnprof.errors import InputFileError
 from attnprof.records import SCHEMA_VERSION, Settings
-from attnprof.store import append_jsonl, append_line, read_json, read_jsonl, read_jsonl_records
+from attnprof.store import append_jsonl, append_line, read_jsonl, read_jsonl_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,79 +78,6 @@ def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
     append_jsonl(store, {"latency_ms": float("nan"), "memory": float("inf")})
     assert b"NaN" not in store.read_bytes() and b"Infinity" not in store.read_bytes()
     assert read_jsonl(store).records[0]["latency_ms"] is None
-
-
-# A writer that appends numbered records and rewrites two JSON files, printing each record
-# number once its append has returned (that is, once the record is complete and durable).
-WRITER = r"""
-import json, sys
-from pathlib import Path
-from attnprof.store import append_jsonl, atomic_write_text, write_new_record
-folder, name, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-print("ready", flush=True)
-for n in range(start, start + 100_000):
-    append_jsonl(folder / "m.jsonl", {"writer": name, "n": n, "pad": "x" * (n % 200)})
-    print(n, flush=True)
-    text = json.dumps({"schema_version": 1, "writer": name, "n": n, "pad": "y" * (n % 300)})
-    atomic_write_text(folder / f"state-{n % 2}.json", text)
-    if n % 5 == 0:
-        write_new_record(folder / "snap.json", {"writer": name, "n": n})
-"""
-
-
-def _start_writer(folder: Path, name: str, start: int, count: int | None = None) -> subprocess.Popen[str]:
-    code = WRITER if count is None else WRITER.replace("start + 100_000", f"start + {count}")
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder), name, str(start)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None and process.stdout.readline() == "ready\n"
-    return process
-
-
-def _load_everything(folder: Path) -> list[dict]:
-    """Every file a reader would open: all must load; returns the store's records."""
-    for path in folder.glob("*.json"):
-        read_json(path)
-    return read_jsonl(folder / "m.jsonl").records
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path: Path) -> None:
-    rng = random.Random(20261121)
-    acknowledged: list[int] = []
-    next_n = 0
-    for _ in range(60):
-        writer = _start_writer(tmp_path, "w", next_n)
-        time.sleep(rng.uniform(0.0, 0.04))
-        writer.send_signal(signal.SIGKILL)
-        out, _ = writer.communicate()
-        assert writer.returncode == -signal.SIGKILL
-        acknowledged += [int(line) for line in out.split()]
-        records = _load_everything(tmp_path)
-        stored = [r["n"] for r in records]
-        assert len(stored) == len(set(stored)), "a record was stored twice"
-        assert set(acknowledged) <= set(stored), "a completed record was lost"
-        next_n = max(stored, default=-1) + 1
-    assert len(acknowledged) > 60  # the writer did get work done between kills
-    # Temporary files of killed writers may remain; no reader ever opens them.
-    leftovers = [p.name for p in tmp_path.iterdir() if not p.name.endswith((".json", ".jsonl"))]
-    assert all(name.endswith(".tmp") for name in leftovers)
-
-
-def test_two_processes_appending_to_one_store_lose_nothing(tmp_path: Path) -> None:
-    writers = [_start_writer(tmp_path, name, 0, count=150) for name in ("a", "b")]
-    for writer in writers:
-        writer.communicate()
-        assert writer.returncode == 0
-    records = _load_everything(tmp_path)
-    for name in ("a", "b"):
-        assert sorted(r["n"] for r in records if r["writer"] == name) == list(range(150))
-    # 30 snapshots each under one name: nobody overwrote anybody.
-    assert len(list(tmp_path.glob("snap*.json"))) == 60
-    assert os.listdir(tmp_path).count("m.jsonl") == 1
 
 
 def test_append_line_refuses_text_with_a_newline(tmp_path: Path) -> None:

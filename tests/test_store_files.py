@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.errors import InputFileError
+from attnprof.errors import InputFileError, OutputFileError
 from attnprof.records import SCHEMA_VERSION, Settings
 from attnprof.store import (
     MIGRATIONS,
+    append_jsonl,
     atomic_write_text,
     migrate,
     read_json,
@@ -148,8 +149,9 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: p
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("attnprof.store.os.fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputFileError, match=r"a\.json: cannot write \(No space left on device\)") as caught:
         write_record(path, Settings(batch_size=7))
+    assert caught.value.exit_code == 4
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
@@ -160,3 +162,10 @@ def test_write_new_record_never_overwrites(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["profile.json", "profile-1.json", "profile-2.json"]
     assert [read_record(p, Settings).batch_size for p in written] == [1, 2, 3]
     assert sorted(p.name for p in path.parent.iterdir()) == sorted(p.name for p in written)
+
+
+def test_unwritable_destination_is_a_clean_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    for write in (write_record, write_new_record, append_jsonl):
+        with pytest.raises(OutputFileError, match="cannot write"):
+            write(tmp_path / "a-file" / "sub" / "x.json", Settings())

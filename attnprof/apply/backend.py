@@ -35,9 +35,7 @@ def check_backend_runs(backend: str, device: torch.device, dtype: torch.dtype) -
             F.scaled_dot_product_attention(q, q, q, is_causal=True)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EnvironmentUnsupported(
-            f"attention backend {backend} does not run on {device} ({reason})"
-        ) from None
+        raise EnvironmentUnsupported(f"attention backend {backend} does not run on {device} ({reason})") from None
 
 
 def apply_backend(
@@ -46,10 +44,7 @@ def apply_backend(
     applied: list[str] = []
     missed: list[NotApplied] = []
     config = getattr(model, "config", None)
-    if (
-        hasattr(model, "set_attn_implementation")
-        and getattr(config, "_attn_implementation", "sdpa") != "sdpa"
-    ):
+    if hasattr(model, "set_attn_implementation") and getattr(config, "_attn_implementation", "sdpa") != "sdpa":
         previous = config._attn_implementation
         model.set_attn_implementation("sdpa")
         applied.append(f"transformers attention implementation: sdpa (was {previous})")
@@ -69,9 +64,7 @@ def apply_backend(
     for path, type_name in found.unknown:
         call = calls.get(path)
         if call is not None and not call.sdpa_calls:
-            missed.append(
-                NotApplied(path, type_name, "backend", "unrecognised attention that does not call SDPA")
-            )
+            missed.append(NotApplied(path, type_name, "backend", "unrecognised attention that does not call SDPA"))
     add_forward_scope(model, lambda: sdpa_kernel(SDPA_BACKENDS[backend]))
     applied.append(f"attention backend {backend}: sdpa_kernel scope around forward")
     return applied, missed

@@ -42,6 +42,4 @@ class BertAdapter(SeparateLinearAdapter):
         module.self.all_head_size = layout.num_heads * layout.head_dim
 
     def check_gqa(self, module: nn.Module) -> None:
-        raise Unsupported(
-            "BERT attention multiplies queries by keys of the same head count (no K/V grouping)"
-        )
+        raise Unsupported("BERT attention multiplies queries by keys of the same head count (no K/V grouping)")

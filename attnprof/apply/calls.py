@@ -1,10 +1,12 @@
-"""One forward over the example inputs, recording what each attention module received and
-returned and whether it called `scaled_dot_product_attention` itself."""
+"""One forward over the example inputs: what each attention module received and returned, and
+which modules called `scaled_dot_product_attention` themselves (attributed to the innermost
+running module by the global module hooks of ModuleScopes)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,50 +14,58 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from attnprof.measure.scopes import ModuleScopes
+
 
 @dataclass
 class ModuleCall:
     args: tuple
     kwargs: dict[str, Any]
-    output: Any
+    output: Any = None
     sdpa_calls: int = 0
 
 
+@dataclass
+class Recording:
+    calls: dict[str, ModuleCall] = field(default_factory=dict)  # first call of each watched module
+    sdpa_callers: Counter[str] = field(default_factory=Counter)  # module path -> SDPA calls
+
+
 class _SdpaCounter(TorchFunctionMode):
-    def __init__(self, stack: list[str], calls: dict[str, ModuleCall]) -> None:
+    def __init__(self, scopes: ModuleScopes, callers: Counter[str]) -> None:
         super().__init__()
-        self.stack, self.calls = stack, calls
+        self.scopes, self.callers = scopes, callers
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func is F.scaled_dot_product_attention and self.stack and self.stack[-1] in self.calls:
-            self.calls[self.stack[-1]].sdpa_calls += 1
+        if func is F.scaled_dot_product_attention:
+            self.callers[self.scopes.current()] += 1
         return func(*args, **(kwargs or {}))
 
 
-def record_calls(model: nn.Module, paths: Sequence[str], run: Callable[[], Any]) -> dict[str, ModuleCall]:
-    """The first call of each module in `paths` during `run()`, under no_grad."""
-    calls: dict[str, ModuleCall] = {}
-    stack: list[str] = []
+def record_calls(model: nn.Module, paths: Sequence[str], run: Callable[[], Any]) -> Recording:
+    """Run `run()` under no_grad, recording the modules at `paths` and every SDPA caller."""
+    recording = Recording()
     handles = []
     for path in paths:
         module = model.get_submodule(path)
 
         def before(module: nn.Module, args: tuple, kwargs: dict, path: str = path) -> None:
-            stack.append(path)
-            if path not in calls:
-                calls[path] = ModuleCall(args=args, kwargs=dict(kwargs), output=None)
+            recording.calls.setdefault(path, ModuleCall(args=args, kwargs=dict(kwargs)))
 
         def after(module: nn.Module, args: tuple, kwargs: dict, output: Any, path: str = path) -> None:
-            stack.pop()
-            if calls[path].output is None:
-                calls[path].output = output
+            if recording.calls[path].output is None:
+                recording.calls[path].output = output
 
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(module.register_forward_hook(after, with_kwargs=True))
     try:
-        with torch.no_grad(), _SdpaCounter(stack, calls):
+        with torch.no_grad(), ModuleScopes(model, backward=False) as scopes, _SdpaCounter(
+            scopes, recording.sdpa_callers
+        ):
             run()
     finally:
         for handle in handles:
             handle.remove()
-    return calls
+    for path, call in recording.calls.items():
+        call.sdpa_calls = recording.sdpa_callers[path]
+    return recording

@@ -7,6 +7,7 @@ by name, so that every plan choice that could not reach them is reported, never 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -98,6 +99,17 @@ def discover(model: nn.Module) -> Discovery:
     return found
 
 
+def note_sdpa_callers(found: Discovery, model: nn.Module, callers: Iterable[str]) -> None:
+    """Modules seen calling scaled_dot_product_attention that no adapter covers are unknown
+    attention too, whatever their class is called."""
+    for path in callers:
+        if any(_inside(path, s.module_path) for s in found.sites):
+            continue
+        if any(_inside(path, p) for p, _ in found.unknown):
+            continue
+        found.unknown.append((path, type(model.get_submodule(path)).__name__))
+
+
 def _inside(path: str, owner: str) -> bool:
     """True when module `path` is `owner` or lies in its subtree ("" is the root)."""
     return path == owner or owner == "" or path.startswith(owner + ".")
@@ -126,7 +138,5 @@ def _block_of(model: nn.Module, site: AttentionSite, site_paths: list[str]) -> s
 
 def _outside(block: nn.Module, block_path: str, attention_path: str) -> list[nn.Module]:
     return [
-        m
-        for p, m in block.named_modules()
-        if not _inside(f"{block_path}.{p}" if p else block_path, attention_path)
+        m for p, m in block.named_modules() if not _inside(f"{block_path}.{p}" if p else block_path, attention_path)
     ]

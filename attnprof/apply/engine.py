@@ -14,13 +14,13 @@ from torch import nn
 
 from attnprof.apply.adapter import Unsupported
 from attnprof.apply.backend import apply_backend, check_backend_runs
-from attnprof.apply.calls import record_calls
+from attnprof.apply.calls import Recording, record_calls
 from attnprof.apply.checkpointing import checkpoint_modules
-from attnprof.apply.discover import AttentionSite, Discovery, discover
+from attnprof.apply.discover import AttentionSite, Discovery, discover, note_sdpa_callers
 from attnprof.apply.heads import choose_heads, convert_to_gqa, head_importance, prune_heads, update_config
 from attnprof.apply.outputs import logits_of, main_tensor
 from attnprof.apply.precision import LOW_PRECISION, apply_precision
-from attnprof.apply.sharding import apply_sharding
+from attnprof.apply.sharding import apply_sharding, check_shardable
 from attnprof.errors import UsageError
 from attnprof.records import ALL_LAYERS, ApplyReport, NotApplied, PlanChoices, SiteChange
 from attnprof.workload import call_user
@@ -60,14 +60,22 @@ def apply_plan(
 ) -> tuple[nn.Module, ApplyReport]:
     """Apply `choices` to `model` in place (sharding may wrap it); returns the model to use."""
     device = _device_of(model)
-    found = discover(model)
-    report = ApplyReport(sites=[_site_change(site) for site in found.sites])
-    _check_layer_names(found, choices, report)
+    check_shardable(choices)
     if choices.backend != "auto":
         check_backend_runs(choices.backend, device, LOW_PRECISION.get(choices.dtype, torch.float32))
+    found = discover(model)
+    recording = Recording()
+    if example is not None:
         paths = [s.name for s in found.sites] + [path for path, _ in found.unknown]
-        calls = record_calls(model, paths, lambda: example.run(model)) if example is not None else {}
-        applied, missed = apply_backend(model, found, choices.backend, calls)
+        recording = record_calls(model, paths, lambda: example.run(model))
+        note_sdpa_callers(found, model, recording.sdpa_callers)
+    report = ApplyReport(sites=[_site_change(site) for site in found.sites])
+    _check_layer_names(found, choices, report)
+    if choices.threads and device.type == "cpu":
+        torch.set_num_threads(choices.threads)
+        report.applied.append(f"torch CPU threads set to {choices.threads} (process-wide)")
+    if choices.backend != "auto":
+        applied, missed = apply_backend(model, found, choices.backend, recording.calls)
         report.applied += applied
         report.not_applied += missed
     if choices.changes_heads():
@@ -104,9 +112,7 @@ def _apply_heads(
     pruned: dict[str, list[int]] = {}
     for key, value in choices.prune_heads.items():
         for site in found.select(key):
-            remove = (
-                choose_heads(site.layout, importance[site.name], value) if isinstance(value, int) else value
-            )
+            remove = choose_heads(site.layout, importance[site.name], value) if isinstance(value, int) else value
             if _attempt(site, "prune_heads", report, lambda s=site, r=remove: prune_heads(s, r)):
                 pruned[site.name] = sorted(remove)
                 changes[site.name].pruned_heads = sorted(remove)

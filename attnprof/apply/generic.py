@@ -36,6 +36,4 @@ class GenericAdapter(SeparateLinearAdapter):
 
     def check_gqa(self, module: nn.Module) -> None:
         if int_attribute(module, "num_kv_heads") is None:
-            raise Unsupported(
-                "the module has no num_kv_heads attribute, so its forward cannot group K/V heads"
-            )
+            raise Unsupported("the module has no num_kv_heads attribute, so its forward cannot group K/V heads")

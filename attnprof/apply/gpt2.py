@@ -72,11 +72,7 @@ class GPT2Adapter(Adapter):
         module.split_size = layout.num_heads * layout.head_dim
 
     def check_gqa(self, module: nn.Module) -> None:
-        raise Unsupported(
-            "GPT-2's fused c_attn splits q, k and v in equal thirds, so K/V heads cannot be grouped"
-        )
+        raise Unsupported("GPT-2's fused c_attn splits q, k and v in equal thirds, so K/V heads cannot be grouped")
 
     def shard_names(self, name: str, module: nn.Module) -> ShardNames:
-        raise Unsupported(
-            "GPT-2 projections are fused Conv1D layers; DTensor parallel styles split nn.Linear only"
-        )
+        raise Unsupported("GPT-2 projections are fused Conv1D layers; DTensor parallel styles split nn.Linear only")

@@ -55,9 +55,7 @@ def choose_heads(layout: HeadLayout, importance: torch.Tensor, count: int) -> li
     the option that keeps the most importance wins.
     """
     if count < 1 or count >= layout.num_heads:
-        raise UsageError(
-            f"cannot prune {count} of {layout.num_heads} heads: keep at least one, remove at least one"
-        )
+        raise UsageError(f"cannot prune {count} of {layout.num_heads} heads: keep at least one, remove at least one")
     groups = importance.view(layout.num_kv_heads, layout.group_size)
     options: list[list[int]] = []
     if count % layout.group_size == 0:
@@ -152,9 +150,7 @@ def convert_to_gqa(site: AttentionSite, num_kv_heads: int) -> HeadLayout:
     return new_layout
 
 
-def update_config(
-    model: nn.Module, sites: Sequence[AttentionSite], pruned: dict[str, list[int]]
-) -> list[str]:
+def update_config(model: nn.Module, sites: Sequence[AttentionSite], pruned: dict[str, list[int]]) -> list[str]:
     """Bring a transformers config in line with the rewritten layers; returns what changed.
 
     Per-layer pruning is recorded as `pruned_heads` {layer_idx: heads} (the transformers
@@ -165,9 +161,7 @@ def update_config(
     if config is None or not hasattr(config, "num_attention_heads"):
         return []
     changes = []
-    by_layer = {
-        getattr(s.attention_module, "layer_idx", None): pruned[s.name] for s in sites if pruned.get(s.name)
-    }
+    by_layer = {getattr(s.attention_module, "layer_idx", None): pruned[s.name] for s in sites if pruned.get(s.name)}
     if by_layer and all(isinstance(k, int) for k in by_layer):
         config.pruned_heads = {**getattr(config, "pruned_heads", {}), **by_layer}
         changes.append(f"config.pruned_heads records {len(by_layer)} layers")

@@ -26,9 +26,7 @@ class LlamaAdapter(SeparateLinearAdapter):
 
     def layout(self, module: nn.Module) -> HeadLayout:
         head_dim = module.head_dim
-        return HeadLayout(
-            module.q_proj.out_features // head_dim, module.k_proj.out_features // head_dim, head_dim
-        )
+        return HeadLayout(module.q_proj.out_features // head_dim, module.k_proj.out_features // head_dim, head_dim)
 
     def write(self, module: nn.Module, weights: Projections, layout: HeadLayout) -> None:
         self.write_projections(module, weights)

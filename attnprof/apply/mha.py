@@ -165,9 +165,7 @@ class MultiheadAttentionAdapter(Adapter):
         self._check_rewritable(module)
 
     def shard_names(self, name: str, module: nn.Module) -> ShardNames:
-        raise Unsupported(
-            "nn.MultiheadAttention fuses q/k/v in one in_proj_weight that DTensor styles cannot split"
-        )
+        raise Unsupported("nn.MultiheadAttention fuses q/k/v in one in_proj_weight that DTensor styles cannot split")
 
     def _check_rewritable(self, module: nn.Module) -> None:
         if module.in_proj_weight is None:

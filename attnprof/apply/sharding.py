@@ -74,28 +74,34 @@ def torchrun_command(world_size: int, argv: Sequence[str]) -> str:
     return shlex.join(["torchrun", "--standalone", f"--nproc-per-node={world_size}", "-m", "attnprof", *argv])
 
 
+def check_shardable(choices: PlanChoices) -> None:
+    """Refuse, before anything runs, sharding this module does not set up."""
+    if choices.pipeline_stages > 1:
+        raise EnvironmentUnsupported(
+            f"the plan splits the model into {choices.pipeline_stages} pipeline stages, "
+            "which attnprof apply does not set up (tensor parallel, FSDP2 and DDP only)"
+        )
+    if choices.tensor_parallel > 1 and choices.data_parallel > 1 and choices.data_parallel_mode == "ddp":
+        raise UsageError("tensor parallel with data parallel needs data_parallel_mode fsdp (DDP cannot wrap DTensors)")
+
+
 def apply_sharding(
     model: nn.Module, found: Discovery, choices: PlanChoices, device: torch.device
 ) -> tuple[nn.Module, list[str], list[NotApplied]]:
     """Shard `model` across the initialised process group as the plan says."""
     if choices.world_size == 1:
         return model, [], []
-    if choices.pipeline_stages > 1:
-        raise UsageError("the plan uses pipeline stages, which attnprof apply does not set up")
+    check_shardable(choices)
     if not dist.is_initialized():
         raise EnvironmentUnsupported(
             f"the plan needs {choices.world_size} ranks; run it under torchrun "
             f"({torchrun_command(choices.world_size, ['apply', '...'])})"
         )
     if dist.get_world_size() != choices.world_size:
-        raise UsageError(
-            f"the plan needs {choices.world_size} ranks, torchrun started {dist.get_world_size()}"
-        )
+        raise UsageError(f"the plan needs {choices.world_size} ranks, torchrun started {dist.get_world_size()}")
     tp, dp = choices.tensor_parallel, choices.data_parallel
     if tp > 1 and dp > 1 and choices.data_parallel_mode == "ddp":
-        raise UsageError(
-            "tensor parallel with data parallel needs data_parallel_mode fsdp (DDP cannot wrap DTensors)"
-        )
+        raise UsageError("tensor parallel with data parallel needs data_parallel_mode fsdp (DDP cannot wrap DTensors)")
     if tp > 1 and dp > 1:
         mesh = init_device_mesh(device.type, (dp, tp), mesh_dim_names=("dp", "tp"))
         tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
@@ -121,9 +127,7 @@ def apply_sharding(
     return model, applied, missed
 
 
-def tensor_parallel(
-    model: nn.Module, found: Discovery, mesh: DeviceMesh
-) -> tuple[list[str], list[NotApplied]]:
+def tensor_parallel(model: nn.Module, found: Discovery, mesh: DeviceMesh) -> tuple[list[str], list[NotApplied]]:
     degree = mesh.size()
     styles: dict[str, ParallelStyle] = {}
     missed: list[NotApplied] = []
@@ -135,9 +139,7 @@ def tensor_parallel(
         try:
             names = site.adapter.shard_names(site.module_path, site.module)
         except Unsupported as exc:
-            missed.append(
-                NotApplied(site.name, kind, "tensor_parallel", f"{exc}; the layer stays replicated")
-            )
+            missed.append(NotApplied(site.name, kind, "tensor_parallel", f"{exc}; the layer stays replicated"))
             continue
         if layout.num_heads % degree or layout.num_kv_heads % degree:
             missed.append(
@@ -163,9 +165,7 @@ def tensor_parallel(
             mlps += 1
     for path, type_name in found.unknown:
         missed.append(
-            NotApplied(
-                path, type_name, "tensor_parallel", "unrecognised attention; its weights stay replicated"
-            )
+            NotApplied(path, type_name, "tensor_parallel", "unrecognised attention; its weights stay replicated")
         )
     if styles:
         parallelize_module(model, mesh, styles)

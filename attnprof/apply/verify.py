@@ -65,9 +65,7 @@ def hold_to_budget(verification: Verification, budgets: Budget, choices: PlanCho
         bound, name = budgets.max_quality_loss, "max_quality_loss"
     if bound is not None and not verification.max_rel_error <= bound:
         verification.passed = False
-        verification.reasons.append(
-            f"relative output error {verification.max_rel_error:.3g} exceeds {name} {bound:g}"
-        )
+        verification.reasons.append(f"relative output error {verification.max_rel_error:.3g} exceeds {name} {bound:g}")
     return verification
 
 

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import typer
 
 from attnprof import __version__
-from attnprof.errors import AttnprofError, UserCodeError
+from attnprof.errors import UserCodeError
+from attnprof.faults import known_failure, raise_on_sigterm
 from attnprof.report.console import error, set_verbosity
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,23 +50,27 @@ def _global(
 
 
 def handle_errors(command: F) -> F:
-    """AttnprofError -> one line on stderr and its exit code; the user's traceback for exit 3."""
+    """AttnprofError -> one line on stderr and its exit code; the user's traceback for exit 3;
+    out of memory -> exit 4."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = _GlobalFlags.debug or bool(kwargs.get("debug"))
         try:
             return command(*args, **kwargs)
-        except AttnprofError as exc:
+        except Exception as exc:
+            known = known_failure(exc)
+            if known is None:
+                raise
             if debug:
                 traceback.print_exc()
-            elif isinstance(exc, UserCodeError) and exc.user_traceback:
-                sys.stderr.write(exc.user_traceback)
-            error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+            elif isinstance(known, UserCodeError) and known.user_traceback:
+                sys.stderr.write(known.user_traceback)
+            error(str(known))
+            raise typer.Exit(known.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM arrives as Terminated: 143
             error("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -78,7 +83,9 @@ def _register_commands() -> None:
     # Imported here so that `attnprof --help` lists every command and each module stays free of app.py.
     from attnprof.cli.apply import apply_command
     from attnprof.cli.doctor import doctor_command
+    from attnprof.cli.fit import fit_command
     from attnprof.cli.monitor import monitor_command
+    from attnprof.cli.predict import predict_command
     from attnprof.cli.profile import profile_command
     from attnprof.cli.report import report_command
     from attnprof.cli.tune import tune_command
@@ -89,6 +96,8 @@ def _register_commands() -> None:
     register("monitor", monitor_command)
     register("tune", tune_command)
     register("apply", apply_command)
+    register("fit", fit_command)
+    register("predict", predict_command)
 
     from attnprof.cli.baseline import baseline_command
     from attnprof.cli.check import check_command
@@ -103,4 +112,5 @@ _register_commands()
 
 
 def main() -> None:
+    raise_on_sigterm()
     app()

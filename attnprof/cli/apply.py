@@ -14,7 +14,7 @@ import typer
 
 from attnprof.apply import load_plan
 from attnprof.apply.engine import Example, apply_plan
-from attnprof.apply.sharding import init_distributed, launched_ranks, rank_device, torchrun_command
+from attnprof.apply.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
 from attnprof.apply.verify import applied_settings, reprofile, step_time, verify_model
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.measure.device import resolve_device
@@ -45,6 +45,7 @@ def apply_command(
     plan = load_plan(plan_path)
     workload = load_workload(target or plan.workload.target)
     check_fingerprint(plan, workload, force, plan_path)
+    check_shardable(plan.choices)
     world_size = plan.choices.world_size
     ranks = launched_ranks()
     if world_size > 1 and ranks is None:

@@ -16,7 +16,7 @@ from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, profile_path, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, profile_path, write_new_record, write_record
 from attnprof.workload import load_workload
 
 
@@ -64,7 +64,10 @@ def profile_command(
             path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
             if pending is not None and pending.exists() and profile.trace is not None:
                 profile.trace.trace_file = str(move_next_to(pending, path))
-            write_record(path, profile)
+            if out is not None:
+                write_record(path, profile)
+            else:  # never over another run's profile, e.g. a second process in the same second
+                path = write_new_record(path, profile)
             log(f"saved {path}")
     if profile.trace is not None and profile.trace.trace_file:
         log(f"Chrome trace: {profile.trace.trace_file} (open in https://ui.perfetto.dev)")

@@ -1,0 +1,95 @@
+"""`attnprof fit TARGET`: sweep the knobs, fit the latency and memory cost model, show its error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+
+from attnprof.errors import UsageError
+from attnprof.profiler import resolve_settings
+from attnprof.records import Measurement, to_json_dict
+from attnprof.report.console import log, stdout_console
+from attnprof.report.costmodel import print_fit
+from attnprof.space import default_knobs, parse_knob
+from attnprof.store import DEFAULT_PROFILE_DIR, write_record
+from attnprof.sweep import fit_workload, parse_duration
+from attnprof.workload import load_workload
+
+# Sweeps time many configurations: fewer repeats than a single profile, medians still.
+SWEEP_WARMUP = 1
+SWEEP_REPEATS = 5
+
+
+def fit_command(
+    target: str = typer.Argument(None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME."),
+    batch_size: str = typer.Option(None, "--batch-size", "-b", help="Range LOW:HIGH or a value (default 1:4)."),
+    seq_len: str = typer.Option(None, "--seq-len", "-s", help="Range LOW:HIGH or a value (default 32:256)."),
+    dtype: str = typer.Option(None, "--dtype", help="Comma-separated dtypes (default fp32,bf16)."),
+    backend: str = typer.Option(None, "--backend", help="Comma-separated SDPA backends (default math,flash on CPU)."),
+    threads: str = typer.Option(None, "--threads", help="Comma-separated CPU thread counts (default: current)."),
+    mode: str = typer.Option(None, "--mode", help="infer or train."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    max_measurements: int = typer.Option(24, "--max-measurements", "-n", help="Most configurations to measure."),
+    time_budget: str = typer.Option(None, "--time-budget", help="Stop starting measurements after e.g. 90s, 5m."),
+    warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),
+    repeats: int = typer.Option(SWEEP_REPEATS, "--repeats", help="Timed steps per configuration (median used)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (leave-one-shape-out when few shapes)."),
+    profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Measurement store folder."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where to save the model JSON (default: under profiles/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model JSON to stdout and nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Measure a space-filling sweep of configurations and fit the cost model (resumes a stopped sweep)."""
+    if folds < 2:
+        raise UsageError(f"--folds must be at least 2, got {folds}")
+    workload = load_workload(target)
+    base = resolve_settings(workload, {"mode": mode, "device": device, "warmup": warmup, "repeats": repeats})
+    knobs = default_knobs(base.device, torch.get_num_threads())
+    for name, text in [
+        ("batch_size", batch_size),
+        ("seq_len", seq_len),
+        ("dtype", dtype),
+        ("backend", backend),
+        ("threads", threads),
+    ]:
+        if text is not None:
+            knobs[name] = parse_knob(name, text)
+    budget_s = parse_duration(time_budget) if time_budget is not None else None
+
+    def progress(measurement: Measurement, index: int, total: int) -> None:
+        config = measurement.config
+        shown = f"batch {config['batch_size']} seq {config['seq_len']} {config['dtype']} {config['backend']}"
+        result = (
+            f"{measurement.time_ms.median:.2f} ms"
+            if measurement.time_ms is not None
+            else f"{measurement.status}: {measurement.reason}"
+        )
+        log(f"[{index + 1}/{total}] {shown}: {result}")
+
+    log(f"sweeping {workload.target}: up to {max_measurements} configurations")
+    run = fit_workload(
+        workload,
+        base,
+        knobs,
+        max_measurements=max_measurements,
+        time_budget_s=budget_s,
+        folds=folds,
+        folder=profiles_dir,
+        on_measured=progress,
+    )
+    sweep = run.sweep
+    log(f"measured {sweep.measured} new, reused {sweep.reused} from {run.store_path}")
+    if sweep.stopped:
+        log(f"stopped early: {sweep.stopped}; {len(sweep.skipped)} configurations not measured (rerun to resume)")
+    for note in run.notes:
+        log(f"note: {note}")
+    path = out if out is not None else run.model_path
+    write_record(path, run.model)
+    log(f"saved {path}")
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(run.model), indent=1, allow_nan=False))
+    else:
+        print_fit(run.model, stdout_console())

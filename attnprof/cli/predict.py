@@ -1,0 +1,79 @@
+"""`attnprof predict TARGET`: latency and memory of a configuration from a fitted cost model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from attnprof.costmodel import measured_choice, predict_config
+from attnprof.errors import InputFileError
+from attnprof.measure.dtypes import canonical_dtype_name
+from attnprof.profiler import resolve_settings
+from attnprof.records import CostModel, to_json_dict
+from attnprof.report.console import stdout_console, warn
+from attnprof.report.costmodel import print_prediction
+from attnprof.space import config_of
+from attnprof.store import DEFAULT_PROFILE_DIR, machine_info, read_record
+from attnprof.sweep import architecture_key, model_path
+from attnprof.workload import load_workload
+
+
+def predict_command(
+    target: str = typer.Argument(None, help="The workload the model was fitted on."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size."),
+    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
+    dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
+    backend: str = typer.Option(None, "--backend", help="SDPA backend."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads."),
+    mode: str = typer.Option(None, "--mode", help="infer or train."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    model: Path = typer.Option(None, "--model", "-m", help="Cost model JSON (default: the one `fit` saved)."),
+    profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Where `fit` saved it."),
+    layers: int = typer.Option(15, "--layers", help="Show the N slowest layers (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the prediction JSON to stdout and nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+) -> None:
+    """Predict per-layer and total latency and peak memory, with uncertainty; warns when extrapolating.
+
+    A choice knob left out (dtype, backend, threads) takes the value the model measured, when it
+    measured only one."""
+    workload = load_workload(target)
+    architecture = architecture_key(workload)
+    machine = machine_info()
+    path = model or model_path(profiles_dir, workload.name or workload.target, architecture, machine.fingerprint())
+    if model is None and not path.exists():
+        raise InputFileError(f"no cost model for {workload.target} on this machine at {path}; run `attnprof fit` first")
+    cost_model = read_record(path, CostModel)
+    if cost_model.workload_fingerprint != architecture:
+        raise InputFileError(
+            f"{path}: fitted on another architecture ({cost_model.target}, {cost_model.workload_fingerprint}), "
+            f"not {workload.target} ({architecture})"
+        )
+    given = {
+        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
+        "backend": backend,
+        "threads": threads,
+    }
+    settings = resolve_settings(
+        workload,
+        {
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "mode": mode,
+            "device": device,
+            **{
+                name: value if value is not None else measured_choice(cost_model, name) for name, value in given.items()
+            },
+        },
+    )
+    prediction = predict_config(cost_model, config_of(settings))
+    if cost_model.machine.fingerprint() != machine.fingerprint():
+        prediction.warnings.append(f"the model was fitted on another machine ({cost_model.machine.cpu})")
+    for message in prediction.warnings:
+        warn(message)
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(prediction), indent=1, allow_nan=False))
+    else:
+        print_prediction(prediction, stdout_console(), layers or None)

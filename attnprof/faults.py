@@ -1,0 +1,110 @@
+"""Faults a measurement can hit, told apart so that a sweep records them and goes on.
+
+- out of memory (CUDA's OutOfMemoryError, the CPU allocator's error, Python's MemoryError):
+  the configuration is infeasible; memory is freed before the next one;
+- non-finite outputs (NaN or inf, typically fp16 overflow): the configuration is rejected;
+- SIGTERM: unwinds like Ctrl-C (finished work is kept, temp files are removed), exit 143.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from attnprof.errors import AttnprofError, OutOfMemory, Terminated
+
+if TYPE_CHECKING:
+    import torch
+
+# torch reports a failed CPU allocation as a plain RuntimeError; these are its messages.
+_CPU_ALLOCATOR_MESSAGES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+)
+
+
+def out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error `exc` is, or was raised from (e.g. inside a UserCodeError); else None."""
+    # torch's exception types exist only once torch is imported; not importing it here keeps
+    # processes that never touched torch (an isolated child that failed early) fast.
+    torch_module = sys.modules.get("torch")
+    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
+    if torch_module is not None:
+        oom_types += (torch_module.cuda.OutOfMemoryError,)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, oom_types):
+            return current
+        if isinstance(current, RuntimeError) and any(m in str(current) for m in _CPU_ALLOCATOR_MESSAGES):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def out_of_memory_reason(exc: BaseException) -> str:
+    """One line naming the failed allocation, e.g. 'out of memory: CUDA out of memory. Tried to ...'."""
+    cause = out_of_memory(exc) or exc
+    text = str(cause).strip()
+    first_line = text.splitlines()[0] if text else type(cause).__name__
+    return f"out of memory: {first_line[:200]}"
+
+
+def known_failure(exc: Exception) -> AttnprofError | None:
+    """The AttnprofError the CLI reports for `exc`: out of memory anywhere (in the user's model
+    too) is OutOfMemory (exit 4), not a bug; other AttnprofErrors as they are; else None."""
+    if out_of_memory(exc) is not None:
+        return OutOfMemory(f"{out_of_memory_reason(exc)}; try a smaller --batch-size or --seq-len")
+    return exc if isinstance(exc, AttnprofError) else None
+
+
+def free_memory() -> None:
+    """Give memory held by a failed attempt back: collect its tensors, empty the CUDA cache."""
+    gc.collect()
+    torch_module = sys.modules.get("torch")
+    if torch_module is not None and torch_module.cuda.is_available():
+        torch_module.cuda.empty_cache()
+
+
+def non_finite_reason(output: Any, dtype: str = "") -> str | None:
+    """None when every floating-point tensor in `output` is finite, else why not, in one line."""
+    import torch
+
+    for where, tensor in _tensors(output, "output"):
+        if not tensor.is_floating_point() and not tensor.is_complex():
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nans = int(torch.isnan(tensor).sum())
+        infs = int(tensor.numel() - int(finite.sum()) - nans)
+        under = f" under {dtype}" if dtype else ""
+        return f"non-finite output{under}: {where} has {nans} NaN and {infs} inf of {tensor.numel()} values"
+    return None
+
+
+def _tensors(value: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, Mapping):  # transformers' ModelOutput is a Mapping
+        for key, item in value.items():
+            yield from _tensors(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{where}[{index}]")
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise Terminated (a KeyboardInterrupt), so it unwinds like Ctrl-C."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
