@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from synthetic_profiles import make_profile
+
+from attnprof.check import compare_profiles
 from attnprof.records import (
     AttentionInfo,
     Budget,
+    CheckResult,
     LayerStats,
     MachineInfo,
     Plan,
@@ -178,8 +182,14 @@ def sample_plan() -> Plan:
     )
 
 
+def sample_check() -> CheckResult:
+    """A check whose attention got 50% slower: regressions, passes and exact rows."""
+    return compare_profiles(make_profile(seed=1), make_profile(seed=2, attn_slowdown=1.5))
+
+
 # One sample per report adapter kind; test_report_formats checks every adapter has one.
 SAMPLES = {
     "profile": sample_profile,
     "plan": sample_plan,
+    "check": sample_check,
 }

@@ -12,8 +12,10 @@ from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.check import ordered
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
 
+# Numbers and text apart, so every column has one type (CSV and Parquet need that).
 METRIC_COLUMNS = (
-    "status", "metric", "kind", "statistic", "baseline", "current", "unit", "change", "limit", "p_value", "detail"
+    "status", "metric", "kind", "statistic", "baseline", "current", "baseline_text", "current_text", "unit",
+    "change", "limit", "p_value", "detail",
 )
 STATUS_COLORS = {
     "regression": "#d62728",
@@ -26,6 +28,10 @@ CHART_ROWS = 40
 MEDIAN_EFFICIENCY = 1.2533  # SE of a sample median / SE of the mean, for normal data
 
 
+def _number(value: int | float | str | None) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def metric_rows(result: CheckResult) -> list[dict[str, Any]]:
     return [
         {
@@ -33,8 +39,10 @@ def metric_rows(result: CheckResult) -> list[dict[str, Any]]:
             "metric": m.metric,
             "kind": m.kind,
             "statistic": m.statistic,
-            "baseline": m.baseline,
-            "current": m.current,
+            "baseline": _number(m.baseline),
+            "current": _number(m.current),
+            "baseline_text": m.baseline if isinstance(m.baseline, str) else None,
+            "current_text": m.current if isinstance(m.current, str) else None,
             "unit": m.unit,
             "change": m.change,
             "limit": m.threshold,
