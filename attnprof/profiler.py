@@ -28,6 +28,7 @@ from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.measure import hardware
 from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
 from attnprof.measure.device import resolve_device, synchronize
+from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
@@ -128,6 +129,8 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
         inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
     args, kwargs = inputs
     scope = backend_scope(settings.backend)
+    if device.type == "meta" and settings.backend in ("auto", "flash"):
+        scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
     loss_fn = workload.loss_fn
 
     if settings.mode == "infer":

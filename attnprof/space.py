@@ -125,8 +125,10 @@ class LayerOption:
         parts = []
         if self.prune:
             parts.append(f"heads {layout.num_heads}->{layout.num_heads - self.prune}")
-        if self.kv_heads is not None and self.kv_heads != layout.num_kv_heads:
-            parts.append(f"kv {layout.num_kv_heads}->{self.kv_heads}")
+        if self.kv_heads is not None:
+            grouped = layout.num_kv_heads < layout.num_heads
+            before = layout.num_kv_heads if grouped else layout.num_heads - self.prune
+            parts.append(f"kv {before}->{self.kv_heads}")
         if self.checkpoint:
             parts.append("checkpoint")
         return " ".join(parts)
@@ -304,7 +306,6 @@ def build_space(
     )
     backend_values = list(backends or SDPA_BACKENDS) if "backend" in knobs else [base_backend]
     dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
-    batch_values = micro_batch_values(settings.batch_size) if "batch_size" in knobs else [settings.batch_size]
     threads_values = (
         thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
     )
@@ -312,15 +313,18 @@ def build_space(
         exclude("threads", "*", "threads apply to CPU execution only")
 
     dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
-    sharding = _sharding_choices(layouts, knobs, gpus, blocks, exclude)
+    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude)
     globals_: list[GlobalChoice] = []
     for backend, dtype in itertools.product(backend_values, dtype_values):
         if backend != "auto" and exclude(
             "backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)
         ):
             continue
-        for batch, threads, (tp, pp, dp, mode) in itertools.product(batch_values, threads_values, sharding):
-            globals_.append(GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode))
+        for threads, (tp, pp, dp, mode) in itertools.product(threads_values, sharding):
+            # Each data-parallel replica takes an equal share of the batch, in equal micro-batches.
+            replica_batch = settings.batch_size // dp
+            batches = micro_batch_values(replica_batch) if "batch_size" in knobs else [replica_batch]
+            globals_.extend(GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode) for batch in batches)
 
     layer_options = {layout.name: _layer_options(layout, knobs, settings.mode, exclude) for layout in layouts}
     if "checkpoint" in knobs and settings.mode != "train":
@@ -331,11 +335,19 @@ def build_space(
 
 
 def _sharding_choices(
-    layouts: Sequence[AttentionLayout], knobs: set[str], gpus: int, blocks: int, exclude: Excluder
+    layouts: Sequence[AttentionLayout],
+    knobs: set[str],
+    gpus: int,
+    blocks: int,
+    settings_batch: int,
+    exclude: Excluder,
 ) -> list[tuple[int, int, int, str]]:
     if gpus == 1:
         return [(1, 1, 1, "fsdp")]
     if not knobs & set(SHARDING_KNOBS):
+        if settings_batch % gpus:
+            exclude("data_parallel", gpus, f"the batch of {settings_batch} does not split over {gpus} replicas")
+            return []
         return [(1, 1, gpus, "ddp")]
     choices = []
     for tp in divisors(gpus) if "tensor_parallel" in knobs else [1]:
@@ -346,6 +358,9 @@ def _sharding_choices(
                 exclude("pipeline_stages", pp, f"the model has {blocks} block(s) to split into stages")
                 continue
             dp = gpus // (tp * pp)
+            if settings_batch % dp:
+                exclude("data_parallel", dp, f"the batch of {settings_batch} does not split over {dp} replicas")
+                continue
             if dp > 1 and "data_parallel" not in knobs:
                 exclude("data_parallel", dp, "data parallelism was not allowed by --knobs")
                 continue
@@ -358,15 +373,17 @@ def _layer_options(
     layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder
 ) -> list[LayerOption]:
     prunes = range(layout.num_heads) if "heads" in knobs else [0]
-    kv_values: list[int | None] = [None]
-    if "kv_heads" in knobs:
-        kv_values += list(range(1, layout.num_heads))
     checkpoints = [False, True] if "checkpoint" in knobs and mode == "train" else [False]
     options = []
     for prune in prunes:
         if exclude("heads", f"{layout.name} prune {prune}", heads_rule(layout, prune, 1)):
             continue
         kept = layout.num_heads - prune
+        # Candidates: every smaller divisor of the K/V heads the layer has after pruning.
+        current = layout.num_kv_heads if layout.num_kv_heads < layout.num_heads else kept
+        kv_values: list[int | None] = [None]
+        if "kv_heads" in knobs:
+            kv_values += [g for g in divisors(current) if g < current]
         for kv in kv_values:
             if kv is not None and exclude(
                 "kv_heads", f"{layout.name} kv {kv} with {kept} heads", kv_heads_rule(layout, kv, kept, 1)

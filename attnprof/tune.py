@@ -9,9 +9,11 @@
    parameters they remove (heads) or the forward they repeat (checkpointing); sharding goes
    through the α-β model of `sharding`.
 4. `optimize.search` ranks the plans under the budget (exit 5 with the binding limit when none fits).
-5. The top candidates that can run here are measured for real; the winner is the best
+5. The top candidates that can run here are measured for real, after the reference choice is
+   measured again to correct the predictions for the machine's drift; the winner is the best
    *measured* plan that keeps its promises: finite outputs, error and quality within bounds,
-   limits met, and a measurement no worse than predicted beyond the stated uncertainty.
+   limits met, and a measurement no worse than predicted beyond the stated uncertainty. The
+   measurements refine the estimates of the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan
+from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.optimize import OBJECTIVE_METRIC, Candidate, Group, Option, Problem, SearchResult, search
@@ -45,7 +47,7 @@ from attnprof.records import (
     Profile,
     Settings,
 )
-from attnprof.sharding import LinkLike, StepShape, sharded_step
+from attnprof.sharding import LinkLike, ShardedCost, StepShape, sharded_step
 from attnprof.space import (
     AttentionLayout,
     DeviceFacts,
@@ -59,8 +61,9 @@ from attnprof.store import machine_info
 from attnprof.workload import Inputs, Workload
 
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
+DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
 CONTRADICTION_SIGMAS = 3.0  # a measurement this many standard deviations worse than predicted refutes it
-NOISE_FLOOR = 0.05  # relative: timings on a shared machine vary this much between runs at least
+NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
 _ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8, "fp8": 1}
 
@@ -109,9 +112,43 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def profile_choice(workload: Workload, settings: Settings, choice: GlobalChoice) -> Profile:
+ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def profile_choice(
+    workload: Workload, settings: Settings, choice: GlobalChoice, transform: ModelTransform | None = None
+) -> Profile:
+    """Profile one micro-step of `choice`; `transform` changes each freshly built fp32 model first."""
+    if transform is not None:
+        build = workload.build_model
+
+        def build_transformed(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+            return transform(build(device, torch.float32)).to(dtype)
+
+        workload = dataclasses.replace(workload, build_model=build_transformed)
     with tf32_matmuls(choice.dtype == "tf32"):
         return run_profile(workload, measured_settings(settings, choice))
+
+
+def layer_transform(workload: Workload, settings: Settings, choices: PlanChoices) -> ModelTransform | None:
+    """The per-layer part of a plan (heads, K/V heads, checkpointing) as a model transform, via
+    plan application; heads to prune are scored on the example inputs. None when there is none."""
+    if not (choices.changes_heads() or choices.checkpoint):
+        return None
+    from attnprof.apply.engine import Example, apply_plan
+
+    layer_only = PlanChoices(prune_heads=choices.prune_heads, kv_heads=choices.kv_heads, checkpoint=choices.checkpoint)
+
+    def transform(model: torch.nn.Module) -> torch.nn.Module:
+        device = next(model.parameters()).device
+        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
+        model, report = apply_plan(model, layer_only, Example(args, kwargs), workload.loss_fn)
+        if report.not_applied:
+            missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
+            raise PlanRejected(f"the plan could not be applied: {missed}")
+        return model
+
+    return transform
 
 
 def sigma_of(profile: Profile) -> float:
@@ -136,7 +173,7 @@ class ProbeEstimator:
     """Measures a few probes around a reference choice and predicts the rest by a separable model.
 
     The probes are the reference itself, the reference with each other backend, precision and
-    thread count, and the reference at the smallest and a middle micro-batch. A choice's latency
+    thread count, and the reference at the smallest micro-batch. A choice's latency
     is the micro-batch line a + b·m times one measured ratio per categorical knob; its memory is
     the parameters (scaled by element size) plus activations linear in m times the measured
     activation ratios. Measured choices are returned as measured. The uncertainty combines the
@@ -164,10 +201,8 @@ class ProbeEstimator:
             probes += [
                 dataclasses.replace(self.reference, **{knob: v}) for v in values if v != getattr(self.reference, knob)
             ]
-        others = [b for b in self.batches if b != self.reference.batch_size]
-        if others:
-            picks = {others[0], others[len(others) // 2]}
-            probes += [dataclasses.replace(self.reference, batch_size=b) for b in sorted(picks)]
+        if self.batches[0] != self.reference.batch_size:  # the line's other end
+            probes.append(dataclasses.replace(self.reference, batch_size=self.batches[0]))
         return probes
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
@@ -364,7 +399,7 @@ class Pricing:
             self.excluded.append(
                 Exclusion(
                     "batch_size",
-                    str(choice.as_config()),
+                    ", ".join(f"{k}={v}" for k, v in choice.as_config().items()),
                     f"batch {batch} does not split into {choice.data_parallel} replica(s) of "
                     f"micro-batches of {choice.batch_size}",
                 )
@@ -373,27 +408,59 @@ class Pricing:
         estimate = self.estimator.estimate(choice)
         step_ms = per_replica * estimate.latency_ms
         memory = estimate.memory_bytes
+        shape = None
         if choice.world_size > 1:
             shape = self._step_shape(estimate, choice, per_replica)
-            sharded = sharded_step(
-                shape,
-                choice.tensor_parallel,
-                choice.pipeline_stages,
-                choice.data_parallel,
-                choice.data_parallel_mode,
-                self._link(),
-            )
+            sharded = self._sharded(shape, choice)
             step_ms, memory = sharded.latency_ms, sharded.memory_bytes
-        fixed = {"latency_ms": step_ms, "memory_bytes": memory}
-        if self.power_w is not None:
-            fixed["energy_j"] = self.power_w * step_ms * 1e-3 * choice.world_size
-        return Problem(
+        groups = self._groups(choice, estimate, per_replica)
+        problem = Problem(
             config=choice.as_config(),
-            fixed=fixed,
-            groups=self._groups(choice, estimate, per_replica),
+            fixed=self._with_energy({"latency_ms": step_ms, "memory_bytes": memory}, choice),
+            groups=groups,
             samples=batch,
             value=(choice, estimate),
         )
+        if shape is not None and choice.pipeline_stages > 1 and groups:
+            problem.evaluate = self._pipeline_totals(problem, shape, choice)
+        return problem
+
+    def _sharded(self, shape: StepShape, choice: GlobalChoice) -> ShardedCost:
+        return sharded_step(
+            shape,
+            choice.tensor_parallel,
+            choice.pipeline_stages,
+            choice.data_parallel,
+            choice.data_parallel_mode,
+            self._link(),
+        )
+
+    def _with_energy(self, totals: dict[str, float], choice: GlobalChoice) -> dict[str, float]:
+        if self.power_w is not None:
+            totals["energy_j"] = self.power_w * totals["latency_ms"] * 1e-3 * choice.world_size
+        return totals
+
+    def _pipeline_totals(
+        self, problem: Problem, shape: StepShape, choice: GlobalChoice
+    ) -> Callable[[tuple[int, ...]], dict[str, float]]:
+        """A pipeline is as fast as its slowest stage: layer options change the stage balance, so
+        the totals do not add up over layers (the optimizer enumerates or searches heuristically)."""
+        index = {layout.name: i for i, layout in enumerate(self.space.layouts)}
+
+        def totals(chosen: tuple[int, ...]) -> dict[str, float]:
+            blocks = list(shape.block_ms)
+            memory = quality = 0.0
+            for group, option_index in zip(problem.groups, chosen, strict=True):
+                costs = group.options[option_index].costs
+                # Option costs are per step and per rank; blocks are per micro-batch, unsharded.
+                blocks[index[group.name]] += costs["latency_ms"] * choice.tensor_parallel / shape.micro_batches
+                memory += costs["memory_bytes"] / choice.pipeline_stages
+                quality += costs.get("quality_loss", 0.0)
+            sharded = self._sharded(dataclasses.replace(shape, block_ms=tuple(blocks)), choice)
+            result = {"latency_ms": sharded.latency_ms, "memory_bytes": sharded.memory_bytes + memory}
+            return {**self._with_energy(result, choice), "quality_loss": quality}
+
+        return totals
 
     def _baseline_step_ms(self) -> float:
         stats = self.baseline.totals.time_ms
@@ -552,6 +619,7 @@ class Verification:
     accepted: bool
     reason: str  # why rejected, or what was noticed when accepted
     profile: Profile | None = None
+    can_run: bool = True  # False: the plan needs devices this machine does not have
 
 
 @dataclass
@@ -678,6 +746,8 @@ def tune(
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     if estimator is None:
         estimator = ProbeEstimator(workload, settings, space.globals)
+        if measured_settings(settings, estimator.reference) == settings:
+            estimator.add(estimator.reference, baseline)  # the baseline is the reference probe
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
@@ -689,19 +759,30 @@ def tune(
         power_w=power,
         link=request.link,
     )
+    limits = budget.limits()
+    if any(o.prune or o.kv_heads is not None for options in space.layer_options.values() for o in options):
+        limits["quality_loss"] = budget.max_quality_loss or DEFAULT_MAX_QUALITY_LOSS
+        pricing.quality = _layer_quality(workload, settings, space, checker, estimator_backend(space, settings))
+        _drop_lossy_options(space, pricing.quality, limits["quality_loss"], excluded)
     problems = pricing.problems()
     excluded.extend(pricing.excluded)
-    limits = budget.limits()
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications = []
+    drift_measurements = 0
     if result.ranked and request.verify:
+        drift = 1.0
+        if any(c.problem.value[0].world_size == 1 for c in result.ranked):
+            drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
+            drift_measurements = 1
         for candidate in result.ranked:
-            verification = _verify(candidate, workload, settings, checker, max_error, limits, power)
+            verification = _verify(candidate, workload, settings, checker, max_error, limits, power, drift)
             if verification.profile is not None:  # the measurement refines later estimates
                 estimator.add(candidate.problem.value[0], verification.profile)
             verifications.append(verification)
-    measurements = 1 + estimator.measurements + sum(v.profile is not None for v in verifications)
+    measurements = (
+        1 + estimator.measurements + drift_measurements + sum(v.profile is not None for v in verifications)
+    )
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
     return TuneOutcome(
         baseline=baseline,
@@ -754,6 +835,55 @@ def knob_contributions(pricing: Pricing, candidate: Candidate) -> list[Contribut
     return contributions
 
 
+def estimator_backend(space: PlanSpace, settings: Settings) -> str:
+    return reference_choice(settings, space.globals).backend
+
+
+def _layer_quality(
+    workload: Workload, settings: Settings, space: PlanSpace, checker: OutputChecker, backend: str
+) -> dict[tuple[str, LayerOption], float]:
+    """Relative output change of each head option applied to its layer alone (fp32, example inputs).
+
+    The optimizer adds these up over layers; verification measures the combination for real.
+    """
+    quality = {}
+    for layout in space.layouts:
+        for option in space.layer_options[layout.name]:
+            if not option.prune and option.kv_heads is None:
+                continue
+            alone = PlanChoices(
+                prune_heads={layout.name: option.prune} if option.prune else {},
+                kv_heads={layout.name: option.kv_heads} if option.kv_heads is not None else {},
+            )
+            transform = layer_transform(workload, settings, alone)
+            try:
+                finite, error = checker.check("fp32", backend, transform)
+            except PlanRejected:
+                finite, error = False, math.inf
+            quality[(layout.name, option)] = error if finite else math.inf
+    return quality
+
+
+def _drop_lossy_options(
+    space: PlanSpace, quality: dict[tuple[str, LayerOption], float], bound: float, excluded: list[Exclusion]
+) -> None:
+    """An option that alone changes the outputs beyond the bound can be in no plan."""
+    for layout in space.layouts:
+        kept = []
+        for option in space.layer_options[layout.name]:
+            loss = quality.get((layout.name, option), 0.0)
+            if loss <= bound:
+                kept.append(option)
+            else:
+                reason = (
+                    "the change could not be applied"
+                    if math.isinf(loss)
+                    else f"alone it changes the outputs by {loss:.2g} > --max-quality-loss {bound:g}"
+                )
+                excluded.append(Exclusion("heads", f"{layout.name} {option.label(layout)}", reason))
+        space.layer_options[layout.name] = kept
+
+
 def _screen_precisions(
     choices: Sequence[GlobalChoice],
     settings: Settings,
@@ -780,6 +910,17 @@ def _screen_precisions(
     return kept
 
 
+def _drift(workload: Workload, settings: Settings, estimator: Estimator, reference: GlobalChoice) -> float:
+    """How much slower (>1) or faster the machine runs now than when the estimates were made.
+
+    The reference choice is measured again just before the candidates, so that a machine that
+    got busier (or quieter) in between does not pass for a wrong prediction (ratios, not times).
+    """
+    before = estimator.estimate(reference).latency_ms
+    now = profile_choice(workload, settings, reference).totals.time_ms
+    return now.median / before if now is not None and before > 0 else 1.0
+
+
 def _verify(
     candidate: Candidate,
     workload: Workload,
@@ -788,21 +929,24 @@ def _verify(
     max_error: float,
     limits: dict[str, float],
     power: float | None,
+    drift: float = 1.0,
 ) -> Verification:
     choice, _ = candidate.problem.value
     choices = plan_choices(candidate, settings)
     predicted = predicted_figures(candidate)
     if choice.world_size > 1:
-        return Verification(candidate, choices, predicted, None, False, f"needs {choice.world_size} devices")
-    if choices.changes_heads() or choices.checkpoint:
-        return Verification(
-            candidate, choices, predicted, None, False, "head and checkpoint plans need plan application"
-        )
-    profile = profile_choice(workload, settings, choice)
+        reason = f"needs {choice.world_size} devices"
+        return Verification(candidate, choices, predicted, None, False, reason, can_run=False)
+    transform = layer_transform(workload, settings, choices)
+    try:
+        profile = profile_choice(workload, settings, choice, transform)
+        finite, error = checker.check(choice.dtype, choice.backend)
+        quality = checker.check("fp32", choice.backend, transform)[1] if choices.changes_heads() else None
+    except PlanRejected as exc:
+        return Verification(candidate, choices, predicted, None, False, str(exc))
     micro_steps = settings.batch_size // choice.batch_size
     measured = figures_of(profile, micro_steps, settings.batch_size, power)
-    finite, error = checker.check(choice.dtype, choice.backend)
-    measured.finite, measured.max_error = finite, error
+    measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
     reasons = []
     if not finite:
         reasons.append("outputs are not finite")
@@ -813,10 +957,12 @@ def _verify(
         if value is not None and value > limit:
             reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
     assert measured.latency_ms is not None and predicted.latency_ms is not None
-    sigma = math.hypot(predicted.latency_sigma_ms or 0.0, measured.latency_sigma_ms or 0.0)
-    if contradiction(predicted.latency_ms, sigma, measured.latency_ms):
+    expected = predicted.latency_ms * drift
+    sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
+    if contradiction(expected, sigma, measured.latency_ms):
         reasons.append(
-            f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ± {sigma:.2g} ms"
+            f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
+            f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
         )
     if (
         predicted.memory_bytes
@@ -843,7 +989,7 @@ def _choose(
         if accepted:
             winner = min(accepted, key=lambda v: objective_value(v.measured, request.objective))
         else:
-            unverifiable = [v for v in verifications if v.measured is None]
+            unverifiable = [v for v in verifications if not v.can_run]
             if not unverifiable:
                 return None, None
             winner = unverifiable[0]
@@ -854,6 +1000,8 @@ def _choose(
         notes.append("not verified: --no-apply")
     if request.budget.max_error is None and winner.choices.dtype != "fp32":
         notes.append(f"precision accepted within the default max error {DEFAULT_MAX_ERROR:g}")
+    if request.budget.max_quality_loss is None and winner.choices.changes_heads():
+        notes.append(f"head changes accepted within the default max quality loss {DEFAULT_MAX_QUALITY_LOSS:g}")
     plan = Plan(
         workload=baseline.workload,
         settings=settings,

@@ -16,9 +16,8 @@ from attnprof.measure.attention_math import (
     bottom_right,
     causal_keep,
     causal_pairs,
-    count_kept,
     count_pairs,
-    window_of,
+    summarize_keep,
 )
 
 
@@ -48,15 +47,14 @@ def brute_force_pairs(s: AttentionShape, causal: CausalSpec | None, masks: tuple
 
 
 def test_full_attention_counts_every_pair() -> None:
-    pairs, window = count_pairs(shape(2, 3, 5, 7))
-    assert pairs == 2 * 3 * 5 * 7  # = 210
-    assert window is None
+    summary = count_pairs(shape(2, 3, 5, 7))
+    assert summary.pairs == 2 * 3 * 5 * 7  # = 210
+    assert summary.window is None and not summary.causal
 
 
 def test_causal_square_is_triangular_number() -> None:
     # S = 6: 1 + 2 + ... + 6 = 6·7/2 = 21 pairs per (batch, head); 2 batches · 4 heads = 168
-    pairs, _ = count_pairs(shape(2, 4, 6, 6), CausalSpec())
-    assert pairs == 168
+    assert count_pairs(shape(2, 4, 6, 6), CausalSpec()).pairs == 168
 
 
 def test_causal_top_left_with_longer_keys() -> None:
@@ -79,10 +77,11 @@ def test_causal_more_queries_than_keys_bottom_right() -> None:
 def test_sliding_window() -> None:
     # S = 6, window 3: rows see 1, 2, 3, 3, 3, 3 keys = 15
     assert causal_pairs(6, 6, CausalSpec(window=3)) == 15
-    pairs, window = count_pairs(shape(1, 2, 6, 6), CausalSpec(window=3))
-    assert (pairs, window) == (30, 3)  # 15 · 2 heads
+    summary = count_pairs(shape(1, 2, 6, 6), CausalSpec(window=3))
+    assert (summary.pairs, summary.window) == (30, 3)  # 15 · 2 heads
     # a window as wide as the keys masks nothing beyond causal, so no window is reported
-    assert count_pairs(shape(1, 1, 6, 6), CausalSpec(window=6)) == (21, None)
+    summary = count_pairs(shape(1, 1, 6, 6), CausalSpec(window=6))
+    assert (summary.pairs, summary.window) == (21, None)
 
 
 def test_flops_and_backward() -> None:
@@ -109,8 +108,8 @@ def test_padding_mask_broadcast_over_heads_and_queries() -> None:
     # batch 0 keeps 3 of 5 keys, batch 1 keeps all 5; 2 heads, 4 queries:
     # (3 + 5) · 2 · 4 = 64
     keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]
-    pairs, window = count_pairs(shape(2, 2, 4, 5), masks=(keep,))
-    assert (pairs, window) == (64, None)
+    summary = count_pairs(shape(2, 2, 4, 5), masks=(keep,))
+    assert (summary.pairs, summary.window, summary.causal) == (64, None, False)
 
 
 def test_additive_mask_with_finfo_min_and_inf() -> None:
@@ -118,23 +117,28 @@ def test_additive_mask_with_finfo_min_and_inf() -> None:
     mask[0, 1:] = float("-inf")
     mask[1, 2] = torch.finfo(torch.float32).min
     mask[2, 0] = -0.5  # a bias, not a mask
-    pairs, _ = count_pairs(shape(1, 1, 3, 3), masks=(mask,))
-    assert pairs == 6  # 1 + 2 + 3
+    summary = count_pairs(shape(1, 1, 3, 3), masks=(mask,))
+    assert summary.pairs == 6  # 1 + 2 + 3
+    assert summary.causal
 
 
 def test_expanded_mask_is_counted_without_materialising() -> None:
     base = torch.tensor([[True, False], [True, True]])
     expanded = base.expand(1000, 64, 2, 2)  # stride 0 over batch and heads
-    assert count_kept(expanded, (1000, 64, 2, 2)) == 3 * 1000 * 64
+    assert summarize_keep(expanded, (1000, 64, 2, 2)).pairs == 3 * 1000 * 64
 
 
 def test_bad_mask_shapes_are_rejected() -> None:
     with pytest.raises(ValueError, match="does not broadcast"):
-        count_kept(torch.ones(3, 4, dtype=torch.bool), (1, 1, 5, 4))
+        summarize_keep(torch.ones(3, 4, dtype=torch.bool), (1, 1, 5, 4))
     with pytest.raises(ValueError, match="boolean or floating"):
         count_pairs(shape(1, 1, 2, 2), masks=(torch.ones(2, 2, dtype=torch.int64),))
     with pytest.raises(ValueError, match="at least one key"):
         CausalSpec(window=0)
+
+
+def window_of(keep: torch.Tensor) -> int | None:
+    return summarize_keep(keep, tuple(keep.shape)).window
 
 
 def test_window_detection() -> None:
@@ -215,8 +219,8 @@ def test_shape_matrix_matches_brute_force(
     elif mask_kind:
         keep = _padding(b, skv, left=mask_kind.startswith("left"))
         masks = (_additive(keep) if mask_kind.endswith("additive") else keep,)
-    pairs, _ = count_pairs(s, causal, masks)
+    pairs = count_pairs(s, causal, masks).pairs
     assert pairs == brute_force_pairs(s, causal, masks)
     # the same mask given as a tensor instead of parameters counts the same
     if causal is not None and not masks:
-        assert count_pairs(s, None, (causal_keep(sq, skv, causal),))[0] == pairs
+        assert count_pairs(s, None, (causal_keep(sq, skv, causal),)).pairs == pairs

@@ -82,8 +82,11 @@ def test_head_options_respect_gqa_groups_and_kv_divisors() -> None:
     assert sorted({6 - o.prune for o in mha}) == [1, 2, 3, 4, 5, 6]
     # MHA prunes K/V heads with their query heads; with 4 kept, GQA may go to 1 or 2 K/V heads.
     assert {o.kv_heads for o in mha if o.prune == 2} == {None, 1, 2}
-    assert "divide the current 6" in reasons(space, "kv_heads")[f"{MHA.name} kv 4 with 6 heads"]
-    assert "reduces the 4 K/V heads" in reasons(space, "kv_heads")[f"{MHA.name} kv 5 with 4 heads"]
+    assert {o.kv_heads for o in mha if o.prune == 1} == {None, 1}  # 5 K/V heads: only 1 divides
+    # At tensor-parallel degree 2, K/V heads must split over the ranks too.
+    at_tp2 = space.options_for(MHA, 2)
+    assert all(o.kv_heads is None or o.kv_heads % 2 == 0 for o in at_tp2)
+    assert "tensor-parallel degree 2" in reasons(space, "heads")[f"{MHA.name} heads 6->4 kv 4->1 at tp=2"]
 
 
 def test_architecture_knobs_are_off_by_default_and_knobs_are_validated() -> None:
@@ -108,7 +111,7 @@ def test_checkpointing_is_a_train_mode_choice() -> None:
 
 def test_sharding_degrees_divide_gpus_and_heads() -> None:
     knobs = ["tensor_parallel", "pipeline_stages", "data_parallel"]
-    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16"), knobs, gpus=8, blocks=4)
+    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16", batch_size=8), knobs, gpus=8, blocks=4)
     triples = {(g.tensor_parallel, g.pipeline_stages, g.data_parallel) for g in space.globals}
     assert all(tp * pp * dp == 8 for tp, pp, dp in triples)
     assert {tp for tp, _, _ in triples} == {1, 2}  # 2 K/V heads: tp 4 and 8 split a head
@@ -167,3 +170,11 @@ def test_sharded_step_trades_compute_for_communication() -> None:
     ddp = sharded_step(shape, 1, 1, 4, "ddp", NVLINK)
     assert fsdp.memory_bytes < ddp.memory_bytes
     assert ddp.communication_ms == pytest.approx(1e3 * all_reduce_s(8e9, 4, NVLINK))
+
+
+def test_data_parallel_replicas_split_the_batch() -> None:
+    knobs = ["tensor_parallel", "data_parallel", "batch_size"]
+    space = build_space(H100, [GQA], Settings(device="cuda", dtype="bf16", batch_size=6), knobs, gpus=4)
+    # tp 4 would split the 2 K/V heads, dp 4 the batch of 6: only tp 2 x dp 2 remains, 3 samples per replica.
+    assert {(g.tensor_parallel, g.data_parallel, g.batch_size) for g in space.globals} == {(2, 2, 1), (2, 2, 3)}
+    assert "does not split over 4 replicas" in reasons(space, "data_parallel")["4"]

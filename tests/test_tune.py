@@ -137,3 +137,75 @@ def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits()
     assert plan.measured.memory_bytes <= fp32 * 0.8
     assert plan.predicted.memory_bytes is not None and plan.predicted.memory_bytes <= fp32 * 0.8
     assert plan.measured.finite and (plan.measured.max_error or 0.0) <= 1e-2
+
+
+def test_sharded_plans_are_predicted_with_the_interconnect_and_marked_unverified(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    flags = ["--gpus", "4", "--interconnect", "nvlink4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel"]
+    result = runner.invoke(app, ["tune", *flags, "--batch-size", "4", *FAST[2:]])
+    assert result.exit_code == 0, result.output
+    plan = read_record(tmp_path / "plan.json", Plan)
+    assert plan.choices.world_size == 4
+    assert not plan.verified and plan.measured is None
+    assert "not verified on this machine: needs 4 devices" in plan.notes
+    assert plan.budgets.gpus == 4
+
+
+def test_sharding_without_a_known_link_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--gpus", "2", *FAST])
+    assert result.exit_code == 2 and "--interconnect nvlink4" in result.stderr
+    result = runner.invoke(app, ["tune", "--gpus", "2", "--interconnect", "carrier-pigeon", *FAST])
+    assert result.exit_code == 2 and "must be one of" in result.stderr
+
+
+def test_pareto_frontier_is_shown(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--knobs", "batch_size", "--pareto", "--top-k", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "Pareto frontier (predicted)" in result.stdout
+
+
+@pytest.mark.slow
+def test_head_plans_are_verified_within_the_quality_limit_and_apply_to_a_fresh_model(tmp_path: Path) -> None:
+    from attnprof.apply import apply, load_plan
+    from attnprof.store import write_record
+
+    workload = load_workload("zoo:decoder")
+    settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 16, "repeats": 2, "warmup": 1, "threads": 1})
+    budget = parse_budget([], max_quality_loss="50%")
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", ["heads", "kv_heads"], top_k=2))
+    plan = outcome.plan
+    assert plan is not None and plan.verified, [v.reason for v in outcome.verifications]
+    assert plan.choices.changes_heads()
+    assert plan.measured is not None and plan.measured.quality_loss is not None
+    assert plan.measured.quality_loss <= 0.5
+    # Every layer option was scored alone before the search; the search adds them up.
+    assert plan.predicted.quality_loss is not None and 0 < plan.predicted.quality_loss <= 0.5
+    # The plan file is what the apply side consumes: it must apply to an unmodified model.
+    write_record(tmp_path / "plan.json", plan)
+    model = workload.build_model(torch.device("cpu"), torch.float32).eval()
+    (ids,), _ = workload.make_inputs(2, 16, torch.device("cpu"), torch.float32)
+    applied = apply(model, load_plan(tmp_path / "plan.json"), (ids,), strict=True)
+    with torch.no_grad():
+        assert torch.isfinite(applied(ids)).all()
+
+
+@pytest.mark.slow
+def test_head_changes_beyond_the_quality_limit_are_left_out_with_the_reason() -> None:
+    workload = load_workload("zoo:decoder")
+    settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 16, "repeats": 2, "warmup": 1, "threads": 1})
+    budget = parse_budget([], max_quality_loss="1e-9")
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", ["heads"], top_k=1))
+    reasons = [e.reason for e in outcome.excluded if e.knob == "heads" and "heads 8->4" in e.value]
+    assert reasons and all("> --max-quality-loss 1e-09" in r for r in reasons)
+    assert outcome.plan is not None and not outcome.plan.choices.changes_heads()
+
+
+@pytest.mark.slow
+def test_pipelined_head_plans_are_not_additive_and_are_enumerated(runner: CliRunner, tmp_path: Path) -> None:
+    flags = ["--gpus", "2", "--interconnect", "pcie4", "--knobs", "pipeline_stages,heads", "--max-quality-loss", "50%"]
+    result = runner.invoke(app, ["tune", *flags, *FAST])
+    assert result.exit_code == 0, result.output
+    plan = read_record(tmp_path / "plan.json", Plan)
+    assert "enumeration" in plan.solver
+    assert "enumeration" in result.stdout

@@ -137,13 +137,6 @@ def _broadcast_factor(mask_shape: tuple[int, ...], target: tuple[int, ...]) -> i
     return factor
 
 
-def count_kept(keep: torch.Tensor, target: tuple[int, ...]) -> int:
-    """Number of True entries of `keep` broadcast to `target`, without materialising the broadcast."""
-    factor = _broadcast_factor(tuple(keep.shape), target)
-    compact, repeats = _compact(keep)
-    return int(torch.count_nonzero(compact).item()) * repeats * factor
-
-
 def combine_keeps(keeps: list[torch.Tensor]) -> torch.Tensor:
     """Pairs kept by every mask (logical and, with broadcasting over compacted slices)."""
     result = _compact(keeps[0])[0]
@@ -152,32 +145,61 @@ def combine_keeps(keeps: list[torch.Tensor]) -> torch.Tensor:
     return result
 
 
-def window_of(keep: torch.Tensor) -> int | None:
-    """The sliding-window width a boolean mask encodes, or None when it encodes none.
+@dataclass(frozen=True)
+class KeepSummary:
+    """What a keep mask means for one attention call."""
 
-    A window shows as rows whose kept keys form one contiguous run whose start moves down the
-    rows; padding and plain causal masks start every row at the same key and give None.
+    pairs: int  # kept (query, key) pairs over batch and query heads
+    window: int | None  # the sliding window it encodes, if any
+    causal: bool  # no query sees a key past its diagonal (top-left or bottom-right aligned)
+
+
+def summarize_keep(keep: torch.Tensor, target: tuple[int, ...]) -> KeepSummary:
+    """Summarise `keep` broadcast to `target` (..., q_len, kv_len) without materialising the broadcast.
+
+    One pass gives each row's kept count and first and last kept key; pairs, window and
+    causality all follow from those, so a (q_len, kv_len) mask costs a few passes whatever
+    the batch and head counts.
     """
-    compact = _compact(keep)[0]
-    if compact.dim() < 2 or compact.numel() == 0:
-        return None
+    factor = _broadcast_factor(tuple(keep.shape), target)
+    compact, repeats = _compact(keep)
+    compact = compact.reshape((1,) * max(0, 2 - compact.dim()) + tuple(compact.shape))
     rows = compact.reshape(-1, compact.size(-2), compact.size(-1))
-    kv_len = rows.size(-1)
     counts = rows.sum(-1)
+    pairs = int(counts.sum()) * repeats * factor
+    q_len, kv_len = target[-2:]
+    if tuple(rows.shape[-2:]) != (q_len, kv_len):  # rows or keys broadcast: no window, not causal
+        return KeepSummary(pairs, None, False)
+    positions = torch.arange(kv_len, dtype=torch.int32, device=rows.device)
+    first = torch.where(rows, positions, kv_len).amin(-1)
+    last = torch.where(rows, positions, -1).amax(-1)
+    return KeepSummary(pairs, _window(counts, first, last), _causal(counts, last, q_len, kv_len))
+
+
+def _window(counts: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> int | None:
+    """A window shows as rows whose kept keys form one contiguous run whose start moves down the
+    rows; padding and plain causal masks start every row at the same key and give None."""
     has_any = counts > 0
-    if not bool(has_any.any()):
+    if not bool(((last - first + 1 == counts) | ~has_any).all()):
+        return None  # some row keeps scattered keys: an arbitrary mask, not a window
+    lowest = torch.where(has_any, first, first.new_full((), torch.iinfo(torch.int32).max)).amin(-1)
+    highest = torch.where(has_any, first, first.new_full((), -1)).amax(-1)
+    if not bool((highest > lowest).any()):
         return None
-    as_int = rows.to(torch.int8)
-    first = as_int.argmax(-1)
-    last = kv_len - 1 - as_int.flip(-1).argmax(-1)
-    contiguous = (last - first + 1 == counts) | ~has_any
-    if not bool(contiguous.all()):
-        return None
-    lowest = torch.where(has_any, first, first.new_full((), kv_len)).min(-1).values
-    highest = torch.where(has_any, first, first.new_full((), -1)).max(-1).values
-    if not bool((has_any.any(-1) & (highest > lowest)).any()):
-        return None
-    return int(counts.max().item())
+    return int(counts.max())
+
+
+def _causal(counts: torch.Tensor, last: torch.Tensor, q_len: int, kv_len: int) -> bool:
+    """True when, for the top-left or the bottom-right diagonal, some key lies past it and no
+    query keeps such a key."""
+    if not bool((counts > 0).any()):
+        return False
+    queries = torch.arange(q_len, device=last.device)
+    for offset in sorted({0, kv_len - q_len}):
+        diagonal = queries + offset  # the last key query i may see
+        if bool((diagonal < kv_len - 1).any()) and bool((last <= diagonal).all()):
+            return True
+    return False
 
 
 def useful_flops(pairs: int, head_dim: int, value_dim: int) -> int:
@@ -194,8 +216,8 @@ def count_pairs(
     shape: AttentionShape,
     causal: CausalSpec | None = None,
     masks: tuple[torch.Tensor, ...] = (),
-) -> tuple[int, int | None]:
-    """Kept pairs over batch and query heads, and the sliding window if one is in force.
+) -> KeepSummary:
+    """Kept pairs over batch and query heads, the sliding window in force and causality.
 
     `masks` are boolean "keep" masks or SDPA-style additive masks, each broadcastable to
     (batch, num_heads, q_len, kv_len); a pair counts when the causal spec and every mask keep it.
@@ -204,14 +226,14 @@ def count_pairs(
     keeps = [keep_from_mask(mask) for mask in masks]
     if not keeps:
         if causal is None:
-            return shape.dense_pairs, None
+            return KeepSummary(shape.dense_pairs, None, False)
         per_slice = causal_pairs(shape.q_len, shape.kv_len, causal)
         window = causal.window if causal.window is not None and causal.window < shape.kv_len else None
-        return per_slice * shape.batch * shape.num_heads, window
+        return KeepSummary(per_slice * shape.batch * shape.num_heads, window, True)
     if causal is not None:
         keeps.append(causal_keep(shape.q_len, shape.kv_len, causal, device=keeps[0].device))
-    keep = combine_keeps(keeps)
-    return count_kept(keep, target), window_of(keep)
+    summary = summarize_keep(combine_keeps(keeps), target)
+    return KeepSummary(summary.pairs, summary.window, summary.causal or causal is not None)
 
 
 def attention_info(
@@ -221,41 +243,17 @@ def attention_info(
     masks: tuple[torch.Tensor, ...] = (),
 ) -> AttentionInfo:
     """The AttentionInfo record of one forward attention call."""
-    pairs, window = count_pairs(shape, causal, masks)
-    is_causal = causal is not None or any(_looks_causal(keep_from_mask(mask)) for mask in masks)
+    summary = count_pairs(shape, causal, masks)
     return AttentionInfo(
         num_heads=shape.num_heads,
         num_kv_heads=shape.num_kv_heads,
         head_dim=shape.head_dim,
         q_len=shape.q_len,
         kv_len=shape.kv_len,
-        causal=is_causal,
-        window=window,
+        causal=summary.causal,
+        window=summary.window,
         backend=backend,
-        flops=useful_flops(pairs, shape.head_dim, shape.value_dim),
+        flops=useful_flops(summary.pairs, shape.head_dim, shape.value_dim),
         flops_dense=useful_flops(shape.dense_pairs, shape.head_dim, shape.value_dim),
         batch_size=shape.batch,
     )
-
-
-def _looks_causal(keep: torch.Tensor) -> bool:
-    """True when no kept key lies above some diagonal: every slice is lower-triangular up to an offset.
-
-    The offset that makes the last query see the last key (bottom-right) is tried, and the
-    top-left one; a mask that keeps keys beyond both diagonals is not causal.
-    """
-    compact = _compact(keep)[0]
-    if compact.dim() < 2 or compact.size(-2) < 1 or compact.size(-1) < 2:
-        return False
-    q_len, kv_len = compact.size(-2), compact.size(-1)
-    if not bool(compact.any()):
-        return False
-    for offset in sorted({0, kv_len - q_len}):
-        future = ~causal_keep(q_len, kv_len, CausalSpec(offset=offset), device=compact.device)
-        if future.any() and not bool((compact & future).any()):
-            return True
-    return False
-
-
-def dense_flops(shape: AttentionShape) -> int:
-    return useful_flops(shape.dense_pairs, shape.head_dim, shape.value_dim)

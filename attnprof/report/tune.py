@@ -169,7 +169,8 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
         predicted = v.predicted
         measured = v.measured
         sigma = predicted.latency_sigma_ms or 0.0
-        verdict = ("accepted" if v.accepted else "rejected") + (f": {v.reason}" if v.reason else "")
+        status = "accepted" if v.accepted else ("rejected" if v.can_run else "predicted only")
+        verdict = status + (f": {v.reason}" if v.reason else "")
         if v is outcome.winner and v.accepted:
             verdict = "winner"
         table.add_row(

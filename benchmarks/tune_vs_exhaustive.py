@@ -1,0 +1,188 @@
+"""Tuned plan vs the exhaustive optimum, and the cost of an end-to-end `attnprof tune`.
+
+Part 1 (global knobs): every configuration of backend x dtype x micro-batch x threads of
+zoo:decoder is measured (the exhaustive table); `tune` then runs with the same space and budget.
+The tuned plan is looked up in the exhaustive table, so both sides are judged by the same
+measurements: gap = table[tuned] / table[optimum] - 1. Target: gap <= 2% while measuring
+<= 10% of the configurations.
+
+Part 2 (head pruning): a two-layer zoo model with 8 heads per layer; every per-layer head count is
+measured (latency and relative output error vs the unpruned model); `tune --knobs heads` with a
+quality limit is judged the same way. Needs plan application (attnprof.apply).
+
+Part 3: wall time of `python -m attnprof tune zoo:decoder` with its defaults. Target: <= 2 min.
+
+Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attnprof.budget import parse_budget
+from attnprof.profiler import resolve_settings
+from attnprof.records import PlanChoices
+from attnprof.space import DeviceFacts, GlobalChoice, build_space
+from attnprof.tune import OutputChecker, TuneRequest, layer_transform, profile_choice, tune
+from attnprof.workload import Inputs, Workload, load_workload
+from attnprof.zoo import random_token_ids
+from attnprof.zoo.models import ZooConfig, ZooTransformer
+
+GLOBAL_KNOBS = ["backend", "dtype", "batch_size", "threads"]
+
+
+def part_global(quick: bool, table_path: Path | None, measure_only: bool) -> None:
+    workload = load_workload("zoo:decoder")
+    batch = 16 if quick else 32
+    settings = resolve_settings(
+        workload, {"batch_size": batch, "seq_len": 16, "repeats": 3, "warmup": 1, "threads": 1, "backend": "flash"}
+    )
+    facts = DeviceFacts.probe("cpu")
+    space = build_space(facts, [], settings, GLOBAL_KNOBS)
+    print(f"space: {len(space.globals)} configurations (backend x dtype x micro-batch x threads)")
+
+    table: dict[GlobalChoice, tuple[float, float]] = {}
+    exhaustive_s = 0.0
+    if table_path is not None and table_path.exists():  # a saved exhaustive table: measure it once
+        saved = json.loads(table_path.read_text())
+        exhaustive_s = saved["seconds"]
+        table = {GlobalChoice(**row["choice"]): (row["latency_ms"], row["memory_bytes"]) for row in saved["rows"]}
+    else:
+        started = time.perf_counter()
+        for choice in space.globals:
+            profile = profile_choice(workload, settings, choice)
+            assert profile.totals.time_ms is not None
+            table[choice] = (
+                batch // choice.batch_size * profile.totals.time_ms.median,
+                float(profile.totals.peak_memory_bytes),
+            )
+            print(f"  {len(table)}/{len(space.globals)} {choice.as_config()} {table[choice]}", flush=True)
+        exhaustive_s = time.perf_counter() - started
+        if table_path is not None:
+            rows = [
+                {"choice": dataclasses.asdict(c), "latency_ms": t, "memory_bytes": m} for c, (t, m) in table.items()
+            ]
+            table_path.write_text(json.dumps({"seconds": exhaustive_s, "rows": rows}))
+    if measure_only:
+        return
+    fp32_full = table[GlobalChoice("flash", "fp32", batch, 1)][1]
+    limit = 0.6 * fp32_full
+    feasible = {c: v for c, v in table.items() if v[1] <= limit * 0.999}
+    optimum = min(feasible, key=lambda c: feasible[c][0])
+
+    started = time.perf_counter()
+    budget = parse_budget([f"memory={int(limit)}"])
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", GLOBAL_KNOBS, top_k=2))
+    tune_s = time.perf_counter() - started
+    assert outcome.plan is not None, [v.reason for v in outcome.verifications]
+    chosen = outcome.plan.choices
+    tuned = GlobalChoice(chosen.backend, chosen.dtype, chosen.batch_size or batch, chosen.threads)
+    gap = table[tuned][0] / table[optimum][0] - 1
+    ranked = sorted(feasible, key=lambda c: feasible[c][0])
+    print(f"memory limit {limit / 2**20:.1f} MiB (60% of fp32 at micro-batch {batch}); {len(feasible)} fit")
+    print(f"exhaustive optimum: {optimum} {table[optimum][0]:.1f} ms")
+    print(f"tuned plan:         {tuned} {table[tuned][0]:.1f} ms (rank {ranked.index(tuned) + 1} of {len(ranked)})")
+    for v in outcome.verifications:
+        measured = v.measured.latency_ms if v.measured else None
+        print(f"  candidate {v.candidate.describe()}: predicted {v.predicted.latency_ms} measured {measured}", v.reason)
+    print(
+        f"| backend x dtype x micro-batch x threads, zoo:decoder B{batch} S16 | {len(table)} | "
+        f"{outcome.measurements} ({outcome.measurements / len(table):.0%}) | {gap:+.1%} | "
+        f"{exhaustive_s:.0f} s | {tune_s:.0f} s |"
+    )
+
+
+def part_heads(quick: bool) -> None:
+    config = ZooConfig(hidden_size=128, num_layers=2, num_heads=8, num_kv_heads=8)
+
+    def build_model(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return ZooTransformer(config).to(device=device, dtype=dtype)
+
+    def make_inputs(batch_size: int, seq_len: int, device: torch.device, dtype: torch.dtype) -> Inputs:
+        return (random_token_ids(batch_size, seq_len, config.vocab_size, device),), {}
+
+    workload = Workload("bench:heads", "bench-heads", build_model, make_inputs)
+    settings = resolve_settings(
+        workload, {"batch_size": 4, "seq_len": 128, "repeats": 5, "warmup": 1, "threads": 1, "backend": "flash"}
+    )
+    checker = OutputChecker(workload, settings)
+    names = ["layers.0.attn", "layers.1.attn"]
+    kept_values = range(1, 9) if not quick else (2, 4, 6, 8)
+    started = time.perf_counter()
+    table = {}
+    for kept in itertools.product(kept_values, repeat=len(names)):
+        choices = PlanChoices(prune_heads={n: 8 - k for n, k in zip(names, kept, strict=True) if k < 8})
+        transform = layer_transform(workload, settings, choices)
+        profile = profile_choice(workload, settings, GlobalChoice("flash", "fp32", 4, 1), transform)
+        _, error = checker.check("fp32", "flash", transform)
+        assert profile.totals.time_ms is not None
+        table[kept] = (profile.totals.time_ms.median, error)
+    exhaustive_s = time.perf_counter() - started
+    quality = 0.5
+    feasible = {k: v for k, v in table.items() if v[1] <= quality}
+    optimum = min(feasible, key=lambda k: feasible[k][0])
+    started = time.perf_counter()
+    budget = parse_budget([], max_quality_loss=f"{quality:g}")
+    outcome = tune(workload, settings, TuneRequest(budget, "latency", ["heads"], top_k=3))
+    tune_s = time.perf_counter() - started
+    assert outcome.plan is not None, [v.reason for v in outcome.verifications]
+    prune = outcome.plan.choices.prune_heads
+    tuned = tuple(8 - int(prune.get(n, 0)) for n in names)
+    gap = table[tuned][0] / table[optimum][0] - 1
+    print(f"exhaustive optimum (kept heads per layer): {optimum} {table[optimum]}")
+    print(f"tuned plan: {tuned} {table[tuned]}")
+    print(
+        f"| head pruning (kept heads per layer), 2-layer zoo model, quality loss <= {quality:g} | {len(table)} | "
+        f"{outcome.measurements} ({outcome.measurements / len(table):.0%}) | {gap:+.1%} | "
+        f"{exhaustive_s:.0f} s | {tune_s:.0f} s |"
+    )
+
+
+def part_end_to_end() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "attnprof", "tune", "zoo:decoder", "--budget", "memory=1GiB"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "NO_COLOR": "1"},
+            check=False,
+        )
+        elapsed = time.perf_counter() - started
+    print(result.stdout[-3000:])
+    print(result.stderr[-2000:])
+    command = "`attnprof tune zoo:decoder --budget memory=1GiB` (defaults)"
+    print(f"| {command} | exit {result.returncode} | {elapsed:.0f} s |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", type=int, choices=(1, 2, 3))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", type=Path, help="JSON file caching part 1's exhaustive measurements")
+    parser.add_argument("--measure-only", action="store_true", help="part 1: only the exhaustive table")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.part in (None, 1):
+        part_global(args.quick, args.table, args.measure_only)
+    if args.part in (None, 2):
+        part_heads(args.quick)
+    if args.part in (None, 3):
+        part_end_to_end()
+
+
+if __name__ == "__main__":
+    main()
