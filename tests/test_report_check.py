@@ -5,19 +5,12 @@ from __future__ import annotations
 import io
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from rich.console import Console
 
 from attnprof.check import compare_profiles
 from attnprof.records import CheckResult
-from attnprof.report.adapter import ReportOptions
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
-from attnprof.report.check_report import METRIC_COLUMNS
-from attnprof.report.formats import render_text
-from attnprof.report.html import render_html
-from attnprof.report.registry import load_report_record
-from attnprof.store import write_record
 from tests.synthetic_profiles import make_profile
 
 
@@ -65,16 +58,3 @@ def test_benchmark_json_has_time_and_memory_only() -> None:
     assert not any("flops" in e["name"] for e in entries)
     assert len(entries) == sum(m.kind != "exact" for m in result.metrics)
 
-
-def test_saved_check_results_take_part_in_attnprof_report(tmp_path: Path) -> None:
-    result = compare_profiles(make_profile(seed=1), make_profile(seed=2, attn_slowdown=1.5))
-    write_record(tmp_path / "check.json", result)
-    adapter, loaded = load_report_record(tmp_path / "check.json")
-    assert adapter.kind == "check" and loaded.verdict == "regression"
-    markdown = render_text(adapter, loaded, "markdown", ReportOptions())
-    assert "layers.blocks.0.attn" in markdown and "regression" in markdown
-    html = render_html(loaded)
-    assert "Changes against the baseline" in html and "<svg" in html
-    csv = render_text(adapter, loaded, "csv", ReportOptions())
-    assert csv.splitlines()[0] == ",".join(METRIC_COLUMNS)
-    assert len(csv.splitlines()) == 1 + len(result.metrics)

@@ -1,120 +1,146 @@
-"""Report adapter for a CheckResult (`attnprof report check.json`): verdict, metrics, and a chart
-of each timing and memory change against its limit."""
+"""Report adapter for a CheckResult: the verdict, each metric, and the changes with their intervals."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from attnprof.check import summary as verdict_line
 from attnprof.records import CheckResult, MetricCheck
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
-from attnprof.report.check import ordered
+from attnprof.report.check import check_markdown, check_table
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
 
-# Numbers and text apart, so every column has one type (CSV and Parquet need that).
 METRIC_COLUMNS = (
-    "status", "metric", "kind", "statistic", "baseline", "current", "baseline_text", "current_text", "unit",
-    "change", "limit", "p_value", "detail",
+    "metric",
+    "layer",
+    "kind",
+    "statistic",
+    "status",
+    "baseline",
+    "current",
+    "unit",
+    "change",
+    "threshold",
+    "p_value",
+    "noise",
+    "detail",
 )
 STATUS_COLORS = {
     "regression": "#d62728",
-    "changed": "#d62728",
-    "inconclusive": "#ff7f0e",
-    "improved": "#2ca02c",
-    "pass": "#7f7f7f",
+    "changed": "#ff7f0e",
+    "inconclusive": "#bcbd22",
+    "pass": "#2ca02c",
+    "improved": "#1f77b4",
+    "info": "#9467bd",
 }
-CHART_ROWS = 40
-MEDIAN_EFFICIENCY = 1.2533  # SE of a sample median / SE of the mean, for normal data
+MAX_CHART_ROWS = 40
+Z95 = 1.96
+MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median is √(π/2) that of a mean for normal noise
 
 
-def _number(value: int | float | str | None) -> float | None:
-    return float(value) if isinstance(value, (int, float)) else None
+def change_interval(metric: MetricCheck) -> tuple[float, float] | None:
+    """An approximate 95% interval of the relative change, from the pooled noise of the samples.
+
+    Deterministic metrics (no samples) have no interval: their change is exact.
+    """
+    if metric.change is None:
+        return None
+    if metric.noise is None or metric.baseline_samples < 1 or metric.current_samples < 1:
+        return metric.change, metric.change
+    half = (
+        Z95
+        * MEDIAN_EFFICIENCY
+        * metric.noise
+        * math.sqrt(1 / metric.baseline_samples + 1 / metric.current_samples)
+        * (1 + metric.change)
+    )
+    return metric.change - half, metric.change + half
 
 
-def metric_rows(result: CheckResult) -> list[dict[str, Any]]:
-    return [
-        {
-            "status": m.status,
-            "metric": m.metric,
-            "kind": m.kind,
-            "statistic": m.statistic,
-            "baseline": _number(m.baseline),
-            "current": _number(m.current),
-            "baseline_text": m.baseline if isinstance(m.baseline, str) else None,
-            "current_text": m.current if isinstance(m.current, str) else None,
-            "unit": m.unit,
-            "change": m.change,
-            "limit": m.threshold,
-            "p_value": m.p_value,
-            "detail": m.detail,
-        }
-        for m in ordered(result)
-    ]
+def _values_column(values: list[Any]) -> list[Any]:
+    """Baseline/current hold numbers for most metrics and text for some (a backend name):
+    one column type is kept so CSV and Parquet stay typed."""
+    if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        return values
+    return [None if v is None else str(v) for v in values]
 
 
 def sections(result: CheckResult) -> list[Section]:
-    rows = metric_rows(result)
-    failing = tuple(r["status"] in ("regression", "changed") for r in rows)
-    return [Section("Metrics", frame(METRIC_COLUMNS, rows), highlight=failing)]
+    baselines = _values_column([m.baseline for m in result.metrics])
+    currents = _values_column([m.current for m in result.metrics])
+    rows = [
+        {
+            **{c: getattr(m, c) for c in METRIC_COLUMNS if c not in ("baseline", "current")},
+            "baseline": b,
+            "current": c,
+        }
+        for m, b, c in zip(result.metrics, baselines, currents, strict=True)
+    ]
+    return [Section("Metrics", frame(METRIC_COLUMNS, rows), highlight=tuple(m.failed for m in result.metrics))]
 
 
 def summary(result: CheckResult) -> list[tuple[str, str]]:
+    counts: dict[str, int] = {}
+    for m in result.metrics:
+        counts[m.status] = counts.get(m.status, 0) + 1
     facts = [
         ("verdict", result.verdict),
-        ("summary", verdict_line(result)),
         ("workload", result.workload),
-        ("baseline", f"{result.baseline} ({result.baseline_commit or 'no commit'})"),
-        ("current", f"{result.current} ({result.current_commit or 'no commit'})"),
-        ("thresholds", ", ".join(result.thresholds)),
-        ("significance", f"p < {result.alpha:g}, one-sided Mann-Whitney U"),
+        ("baseline", f"{result.baseline} (commit {result.baseline_commit or '—'})"),
+        ("current", f"{result.current} (commit {result.current_commit or '—'})"),
+        ("metrics", ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"),
+        ("thresholds", ", ".join(result.thresholds) or "defaults"),
+        ("significance", f"p < {result.alpha:g}"),
     ]
-    return facts + [("warning", w) for w in result.warnings]
-
-
-def _interval(m: MetricCheck) -> tuple[float, float]:
-    """An approximate 95% interval of the change (%), from the per-sample noise of the median."""
-    assert m.change is not None
-    if m.kind != "time" or not m.noise or not m.baseline_samples or not m.current_samples:
-        return 100 * m.change, 100 * m.change
-    spread = MEDIAN_EFFICIENCY * m.noise * math.sqrt(1 / m.baseline_samples + 1 / m.current_samples)
-    return 100 * (m.change - 1.96 * spread), 100 * (m.change + 1.96 * spread)
+    if result.culprit_layers():
+        facts.append(("culprit layers", ", ".join(result.culprit_layers())))
+    facts += [("machine difference", d) for d in result.machine_differences]
+    facts += [("warning", w) for w in result.warnings]
+    return facts
 
 
 def charts(result: CheckResult, options: ReportOptions) -> list[Chart]:
-    shown = [
-        m
-        for m in ordered(result)
-        if m.kind != "exact"
-        and m.change is not None
-        and math.isfinite(m.change)
-        and m.status in STATUS_COLORS
-        and (m.status != "pass" or m.metric in ("step", "peak_memory"))
-    ][:CHART_ROWS]
+    # Measured metrics with their intervals; exact ones only when they changed (an unchanged
+    # FLOP count is a dot on zero that says nothing).
+    compared = [(m, change_interval(m)) for m in result.metrics if m.kind != "exact" or m.failed]
+    compared = [(m, interval) for m, interval in compared if interval is not None]
+    # Failures and doubts first, then the rest in their order, so a long check keeps what matters.
+    priority = {"regression": 0, "changed": 0, "inconclusive": 1}
+    compared.sort(key=lambda item: priority.get(item[0].status, 2))
+    shown = compared[:MAX_CHART_ROWS]
     if not shown:
         return []
-    rows = []
-    for m in shown:
-        lo, hi = _interval(m)
-        limit = "off" if m.threshold is None else f"{m.threshold:.1%}"
-        rows.append(
-            IntervalRow(
-                f"{m.metric} ({m.statistic})",
-                100 * m.change,
-                lo,
-                hi,
-                m.status,
-                f"{m.change:+.1%} (limit {limit}); {m.detail}",
-            )
+    rows = tuple(
+        IntervalRow(
+            f"{m.metric} ({m.statistic})",
+            100 * m.change,
+            100 * lo,
+            100 * hi,
+            m.status,
+            tooltip=f"{m.metric} ({m.layer or 'step'}): {m.change:+.2%} [{lo:+.2%}, {hi:+.2%}] {m.status}"
+            + (f", p = {m.p_value:.2g}" if m.p_value is not None else ""),
         )
+        for m, (lo, hi) in shown
+        if m.change is not None
+    )
+    thresholds = sorted({m.threshold for m, _ in shown if m.threshold})[:3]
+    note = "intervals: ≈95% from the pooled sample noise; exact metrics have none"
+    if len(compared) > len(shown):
+        note += f"; {len(shown)} of {len(compared)} metrics shown"
     return [
         IntervalChart(
-            title="Changes against the baseline",
-            x_label="change from the baseline (%), with an approximate 95% interval for timings",
-            rows=tuple(rows),
-            statuses={s: c for s, c in STATUS_COLORS.items() if any(r.status == s for r in rows)},
-            reference_lines=(ReferenceLine(0.0, "baseline"),),
-            note="limits: " + ", ".join(result.thresholds),
+            title=f"Check: changes against the baseline ({result.verdict})",
+            x_label="change from the baseline (%)",
+            rows=rows,
+            statuses=STATUS_COLORS,
+            reference_lines=(
+                ReferenceLine(0.0, "baseline", side="left"),
+                *(
+                    ReferenceLine(100 * t, f"+{100 * t:g}%", STATUS_COLORS["regression"], side="right")
+                    for t in thresholds
+                ),
+            ),
+            note=note,
         )
     ]
 
@@ -127,4 +153,6 @@ ADAPTER: RecordAdapter[CheckResult] = RecordAdapter(
     summary=summary,
     sections=sections,
     charts=charts,
+    terminal=lambda result: check_table(result, show_all=True),
+    markdown=check_markdown,
 )
