@@ -117,6 +117,7 @@ def test_backend_this_machine_lacks_is_exit_4(runner: CliRunner, tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.timeout(900)
 def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan.json", PlanChoices(tensor_parallel=2))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
@@ -139,7 +140,7 @@ def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
         check=False,
         cwd=tmp_path,
     )

@@ -22,6 +22,7 @@ from attnprof.workload import load_workload
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1
 SWEEP_REPEATS = 5
+DEFAULT_TIMEOUT = "10m"  # per isolated configuration
 
 
 def fit_command(
@@ -38,6 +39,12 @@ def fit_command(
     warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),
     repeats: int = typer.Option(SWEEP_REPEATS, "--repeats", help="Timed steps per configuration (median used)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (leave-one-shape-out when few shapes)."),
+    isolate: bool = typer.Option(
+        False, "--isolate", help="Measure each configuration in its own process: a crash or hang costs that point only."
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", help=f"With --isolate: give up on a point after e.g. 90s (default {DEFAULT_TIMEOUT})."
+    ),
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Measurement store folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the model JSON (default: under profiles/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the model JSON to stdout and nothing else."),
@@ -59,6 +66,9 @@ def fit_command(
         if text is not None:
             knobs[name] = parse_knob(name, text)
     budget_s = parse_duration(time_budget) if time_budget is not None else None
+    if timeout is not None and not isolate:
+        raise UsageError("--timeout needs --isolate: only a separate process can be stopped safely")
+    timeout_s = parse_duration(timeout or DEFAULT_TIMEOUT, flag="--timeout") if isolate else None
 
     def progress(measurement: Measurement, index: int, total: int) -> None:
         config = measurement.config
@@ -82,6 +92,7 @@ def fit_command(
             folds=folds,
             folder=profiles_dir,
             on_measured=progress,
+            isolate_timeout_s=timeout_s,
         )
     sweep = run.sweep
     log(f"measured {sweep.measured} new, reused {sweep.reused} from {run.store_path}")
