@@ -13,6 +13,7 @@ from attnprof.profiler import resolve_settings
 from attnprof.records import Measurement, to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit
+from attnprof.report.progress import progress as progress_bar
 from attnprof.space import default_knobs, parse_knob
 from attnprof.store import DEFAULT_PROFILE_DIR, write_record
 from attnprof.sweep import fit_workload, parse_duration
@@ -78,19 +79,21 @@ def fit_command(
             else f"{measurement.status}: {measurement.reason}"
         )
         log(f"[{index + 1}/{total}] {shown}: {result}")
+        bar.update(index + 1, total)
 
     log(f"sweeping {workload.target}: up to {max_measurements} configurations")
-    run = fit_workload(
-        workload,
-        base,
-        knobs,
-        max_measurements=max_measurements,
-        time_budget_s=budget_s,
-        folds=folds,
-        folder=profiles_dir,
-        on_measured=progress,
-        isolate_timeout_s=timeout_s,
-    )
+    with progress_bar("sweep", total=max_measurements) as bar:  # on a terminal only
+        run = fit_workload(
+            workload,
+            base,
+            knobs,
+            max_measurements=max_measurements,
+            time_budget_s=budget_s,
+            folds=folds,
+            folder=profiles_dir,
+            on_measured=progress,
+            isolate_timeout_s=timeout_s,
+        )
     sweep = run.sweep
     log(f"measured {sweep.measured} new, reused {sweep.reused} from {run.store_path}")
     if sweep.stopped:
