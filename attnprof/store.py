@@ -12,6 +12,7 @@ registered in MIGRATIONS; newer ones are refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -109,7 +110,7 @@ def write_new_record(path: Path, record: Any) -> Path:
             for attempt in range(10_000):
                 candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
                 try:
-                    os.link(tmp_name, candidate)
+                    _create_from(tmp_name, candidate)
                 except FileExistsError:
                     continue
                 _fsync_dir(path.parent)
@@ -117,6 +118,23 @@ def write_new_record(path: Path, record: Any) -> Path:
             raise OutputFileError(f"{path}: cannot write (10000 files of this name already)")
         finally:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+def _create_from(tmp_name: str, path: Path) -> None:
+    """Give the finished temp file the name `path`, raising FileExistsError if it is taken."""
+    try:
+        os.link(tmp_name, path)  # fails rather than replace: atomic no-clobber
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # A file system without hard links: reserve the name, then rename over the reservation
+        # (a reader may glimpse the empty reservation for that moment).
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        try:
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)  # never leave the empty reservation behind
+            raise
 
 
 def _record_text(record: Any) -> str:
