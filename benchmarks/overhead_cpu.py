@@ -4,7 +4,7 @@ Both run side by side in one process on the same model and inputs, alternating s
 (ABAB...), so machine noise hits both alike; the result is the ratio of medians. Target:
 <= 3% at >= 30 ms steps (DESIGN.md).
 
-    python benchmarks/overhead_cpu.py [--target zoo:decoder] [--mode infer] [--rounds 60]
+    python -m benchmarks.overhead_cpu [--target zoo:decoder] [--mode infer] [--rounds 60] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least scheduler noise)")
     args = parser.parse_args()
 
     workload = load_workload(args.target)
     settings = resolve_settings(workload, {"mode": args.mode, "batch_size": args.batch_size,
-                                           "seq_len": args.seq_len})
+                                           "seq_len": args.seq_len, "threads": args.threads})
     prepared = prepare(workload, settings)
     timer = WallClockLayerTimer()
     scopes = ModuleScopes(prepared.model, backward=args.mode == "train")
