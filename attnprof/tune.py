@@ -415,7 +415,11 @@ def layer_option_costs(
     layer_ms = basis.forward_ms + basis.backward_ms
     latency = -share * layer_ms * time_scale
     params = basis.removed_params(option) * element_bytes * (2 if train else 1)  # + gradients in train
-    memory = -params - share * basis.activation_bytes * activation_scale
+    memory = -params
+    if train:
+        # Activations saved for backward add up over layers; in inference they are freed layer by
+        # layer, so the step's peak is one layer's transient and pruning one layer barely moves it.
+        memory -= share * basis.activation_bytes * activation_scale
     if option.checkpoint:
         # The layer's saved activations are dropped and its forward runs again in backward.
         latency += basis.forward_ms * (1 - share) * time_scale
