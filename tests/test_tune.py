@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -213,3 +214,30 @@ def test_pipelined_head_plans_are_not_additive_and_are_enumerated(runner: CliRun
     plan = read_record(tmp_path / "plan.json", Plan)
     assert "enumeration" in plan.solver
     assert "enumeration" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_saved_cost_model_prices_the_choices_it_covers(tmp_path: Path) -> None:
+    from attnprof.space import Knob
+    from attnprof.store import write_record
+    from attnprof.sweep import fit_workload
+
+    workload = load_workload("zoo:decoder")
+    base = resolve_settings(workload, {"repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"})
+    knobs = {
+        "batch_size": Knob("batch_size", low=1, high=4),
+        "seq_len": Knob("seq_len", low=8, high=16),
+        "dtype": Knob("dtype", choices=("fp32",)),
+        "backend": Knob("backend", choices=("flash",)),
+        "threads": Knob("threads", choices=(1,)),
+    }
+    run = fit_workload(workload, base, knobs, max_measurements=5, folds=2, folder=tmp_path)
+    write_record(run.model_path, run.model)
+    settings = dataclasses.replace(base, batch_size=4, seq_len=16)
+    request = TuneRequest(parse_budget([]), "latency", ["batch_size"], top_k=2, profiles_dir=tmp_path)
+    outcome = tune(workload, settings, request)
+    assert outcome.estimator_source.startswith("cost model fitted on 5 measurement(s)")
+    # micro-batch 2 (in the fitted range, not measured by tune) is priced by the cost model.
+    priced = {c.problem.value[0].batch_size: c.problem.value[1].source for c in outcome.search.ranked}
+    assert "cost model" in priced.values()
+    assert outcome.plan is not None
