@@ -672,6 +672,7 @@ class TuneRequest:
     verify: bool = True
     link: LinkLike | None = None
     use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
+    contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
     profiles_dir: Path = DEFAULT_PROFILE_DIR
 
 
@@ -770,9 +771,9 @@ def plan_choices(candidate: Candidate, settings: Settings) -> PlanChoices:
     )
 
 
-def contradiction(predicted: float, sigma: float, measured: float) -> bool:
-    """True when `measured` is worse than `predicted` beyond the stated uncertainty."""
-    allowance = max(CONTRADICTION_SIGMAS * sigma, NOISE_FLOOR * abs(predicted))
+def contradiction(predicted: float, sigma: float, measured: float, sigmas: float = CONTRADICTION_SIGMAS) -> bool:
+    """True when `measured` is worse than `predicted` beyond `sigmas` standard deviations (and the noise floor)."""
+    allowance = max(sigmas * sigma, NOISE_FLOOR * abs(predicted))
     return measured - predicted > allowance
 
 
@@ -844,8 +845,11 @@ def tune(
             drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
             drift_measurements = 1
         for candidate in result.ranked:
-            verification = _verify(candidate, workload, settings, checker, max_error, limits, power, drift)
-            if verification.profile is not None:  # the measurement refines later estimates
+            verification = _verify(
+                candidate, workload, settings, checker, max_error, limits, power, drift, request.contradiction_sigmas
+            )
+            changes_layers = verification.choices.changes_heads() or verification.choices.checkpoint
+            if verification.profile is not None and not changes_layers:  # it refines later estimates
                 estimator.add(candidate.problem.value[0], verification.profile)
             if verification.contradicted and isinstance(estimator, CostModelEstimator):
                 feedback += _feed_back(workload, settings, estimator, verification, request.profiles_dir)
@@ -1019,6 +1023,7 @@ def _verify(
     limits: dict[str, float],
     power: float | None,
     drift: float = 1.0,
+    sigmas: float = CONTRADICTION_SIGMAS,
 ) -> Verification:
     choice, _ = candidate.problem.value
     choices = plan_choices(candidate, settings)
@@ -1048,7 +1053,7 @@ def _verify(
     assert measured.latency_ms is not None and predicted.latency_ms is not None
     expected = predicted.latency_ms * drift
     sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
-    contradicted = contradiction(expected, sigma, measured.latency_ms)
+    contradicted = contradiction(expected, sigma, measured.latency_ms, sigmas)
     if contradicted:
         reasons.append(
             f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
@@ -1057,7 +1062,7 @@ def _verify(
     if (
         predicted.memory_bytes
         and measured.memory_bytes is not None
-        and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes)
+        and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes, sigmas)
     ):
         reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
     return Verification(
