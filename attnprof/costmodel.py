@@ -113,8 +113,8 @@ def split_step_time(step_ms: float, layers: Sequence[LayerStats]) -> dict[str, f
 def cost_kind(name: str, by_name: Mapping[str, LayerStats]) -> str:
     """attention or mlp when the layer or an enclosing module is one (a q_proj counts as
     attention, an MLP's Linear as mlp); other otherwise. A module the profile calls `other`
-    but whose class or name says attention (the math backend runs no attention op the
-    accountant recognises) counts as attention."""
+    but whose class or name says attention (attention code whose ops the accountant does not
+    recognise as attention) counts as attention."""
     path = name
     while True:
         layer = by_name.get(path)

@@ -2,7 +2,6 @@
 
 - out of memory (CUDA's OutOfMemoryError, the CPU allocator's error, Python's MemoryError):
   the configuration is infeasible; memory is freed before the next one;
-- non-finite outputs (NaN or inf, typically fp16 overflow): the configuration is rejected;
 - SIGTERM: unwinds like Ctrl-C (finished work is kept, temp files are removed), exit 143.
 """
 
@@ -11,20 +10,13 @@ from __future__ import annotations
 import gc
 import signal
 import sys
-from collections.abc import Iterator, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 from attnprof.errors import AttnprofError, OutOfMemory, Terminated
 
-if TYPE_CHECKING:
-    import torch
-
-# torch reports a failed CPU allocation as a plain RuntimeError; these are its messages.
-_CPU_ALLOCATOR_MESSAGES = (
-    "DefaultCPUAllocator: can't allocate memory",
-    "DefaultCPUAllocator: not enough memory",
-)
+# Allocator failures torch raises as a plain RuntimeError (the CPU allocator's "can't allocate
+# memory", older CUDA and HIP builds' "out of memory"), matched in lower case.
+_ALLOCATOR_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 
 def out_of_memory(exc: BaseException) -> BaseException | None:
@@ -41,7 +33,7 @@ def out_of_memory(exc: BaseException) -> BaseException | None:
         seen.add(id(current))
         if isinstance(current, oom_types):
             return current
-        if isinstance(current, RuntimeError) and any(m in str(current) for m in _CPU_ALLOCATOR_MESSAGES):
+        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _ALLOCATOR_MESSAGES):
             return current
         current = current.__cause__ or current.__context__
     return None
@@ -69,36 +61,6 @@ def free_memory() -> None:
     torch_module = sys.modules.get("torch")
     if torch_module is not None and torch_module.cuda.is_available():
         torch_module.cuda.empty_cache()
-
-
-def non_finite_reason(output: Any, dtype: str = "") -> str | None:
-    """None when every floating-point tensor in `output` is finite, else why not, in one line."""
-    import torch
-
-    for where, tensor in _tensors(output, "output"):
-        if not tensor.is_floating_point() and not tensor.is_complex():
-            continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
-            continue
-        nans = int(torch.isnan(tensor).sum())
-        infs = int(tensor.numel() - int(finite.sum()) - nans)
-        under = f" under {dtype}" if dtype else ""
-        return f"non-finite output{under}: {where} has {nans} NaN and {infs} inf of {tensor.numel()} values"
-    return None
-
-
-def _tensors(value: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        yield where, value
-    elif isinstance(value, Mapping):  # transformers' ModelOutput is a Mapping
-        for key, item in value.items():
-            yield from _tensors(item, f"{where}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from _tensors(item, f"{where}[{index}]")
 
 
 def raise_on_sigterm() -> None:

@@ -427,6 +427,7 @@ class Plan:
     created: str = ""
     attnprof_version: str = ""
     notes: list[str] = field(default_factory=list)
+    frontier: list[ParetoPoint] = field(default_factory=list)  # predicted trade-offs tune considered
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -716,6 +717,17 @@ class DoctorReport:
 
     def problems(self) -> list[Finding]:
         return [f for f in self.findings if f.status in ("warn", "problem")]
+
+
+@dataclass
+class ParetoPoint:
+    """One plan on tune's Pareto frontier (or the chosen plan), with its predicted figures."""
+
+    label: str  # the knob values, as tune describes them
+    totals: dict[str, float]  # predicted latency_ms, memory_bytes, energy_j ... of one step
+    feasible: bool  # within every budget
+    chosen: bool = False  # the plan tune chose (by measurement among the best predicted)
+    on_frontier: bool = True  # False for a chosen plan that measurement picked off the frontier
 
 
 # ---------------------------------------------------------------------------------------------

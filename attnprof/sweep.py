@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,29 @@ from scipy.stats import qmc
 
 from attnprof.costmodel import PointFeatures, cross_validate, fit_cost_model, split_step_time, step_features
 from attnprof.errors import UsageError, UserCodeError
+from attnprof.faults import free_memory, out_of_memory, out_of_memory_reason
+from attnprof.isolate import call_isolated
 from attnprof.measure.memory import tensor_bytes
-from attnprof.profiler import CountingResult, Prepared, build_layers, counting_pass, prepare, timing_pass
-from attnprof.records import CostModel, LayerFeatures, LayerStats, Measurement, MeasurementStatus, Settings, TimeStats
+from attnprof.profiler import (
+    CountingResult,
+    Prepared,
+    TimingResult,
+    build_layers,
+    counting_pass,
+    prepare,
+    timing_pass,
+)
+from attnprof.records import (
+    CostModel,
+    LayerFeatures,
+    LayerStats,
+    Measurement,
+    MeasurementStatus,
+    Settings,
+    TimeStats,
+    from_json_dict,
+    to_json_dict,
+)
 from attnprof.space import Config, ConfigValue, Knob, config_of, settings_for
 from attnprof.store import (
     DEFAULT_PROFILE_DIR,
@@ -43,12 +64,9 @@ from attnprof.store import (
     short_hash,
     workload_dir,
 )
-from attnprof.workload import Workload
+from attnprof.workload import Workload, load_workload
 
 MeasurePoint = Callable[[Config], Measurement]
-
-# Messages of allocator failures that torch raises as a plain RuntimeError.
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 # Candidates the greedy space-filling choice picks from, beyond corners and centre.
 _FILL_CANDIDATES = 256
@@ -122,11 +140,11 @@ def _to_unit(knob: Knob, value: int) -> float:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|m|h)?\s*$")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
     """Seconds from `90`, `90s`, `5m` or `1h`."""
     match = _DURATION.match(text)
     if not match or float(match.group(1)) <= 0:
-        raise UsageError(f"--time-budget: {text!r} is not a positive duration such as 90s, 5m or 1h")
+        raise UsageError(f"{flag}: {text!r} is not a positive duration such as 90s, 5m or 1h")
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
 
 
@@ -219,13 +237,8 @@ def architecture_key(workload: Workload) -> str:
 def failure_status(exc: BaseException) -> MeasurementStatus | None:
     """How a failed run is recorded: `oom` for any allocation failure, `error` for other
     exceptions of the user's model at this configuration, None for attnprof's own errors."""
-    chain: BaseException | None = exc
-    while chain is not None:
-        if isinstance(chain, (torch.OutOfMemoryError, MemoryError)) or (
-            isinstance(chain, RuntimeError) and any(text in str(chain).lower() for text in _OOM_MESSAGES)
-        ):
-            return "oom"
-        chain = chain.__cause__
+    if out_of_memory(exc) is not None:
+        return "oom"
     return "error" if isinstance(exc, UserCodeError) else None
 
 
@@ -264,17 +277,21 @@ def measure_settings(
         machine_fingerprint=machine_fingerprint,
     )
     try:
-        with _restored_threads():
-            prepared = prepare(workload, settings)
-            counting = counting_pass(prepared)
-            if not counting.finite:
-                return record(status="non_finite", reason="the model's output contains NaN or inf")
-            timing = timing_pass(prepared, settings)
+        prepared, counting, timing = _passes(workload, settings)
     except Exception as exc:
         status = failure_status(exc)
         if status is None:
             raise
-        return record(status=status, reason=" ".join(str(exc).split())[:300])
+        reason = out_of_memory_reason(exc) if status == "oom" else " ".join(str(exc).split())[:300]
+        failed = record(status=status, reason=reason)
+    else:
+        failed = None
+    if failed is not None:
+        # Out here the exception, its traceback and the tensors its frames held are gone.
+        free_memory()
+        return failed
+    if timing is None:
+        return record(status="non_finite", reason=f"the model's output contains NaN or inf under {settings.dtype}")
     layers = build_layers(prepared, counting, timing, settings.mode == "train")
     features = _features(prepared, counting, layers, settings)
     step = TimeStats.from_samples(timing.step_ms)
@@ -289,6 +306,16 @@ def measure_settings(
     )
 
 
+def _passes(workload: Workload, settings: Settings) -> tuple[Prepared, CountingResult, TimingResult | None]:
+    """The counting pass, then the timing pass unless the outputs are not finite (None)."""
+    with _restored_threads():
+        prepared = prepare(workload, settings)
+        counting = counting_pass(prepared)
+        if not counting.finite:
+            return prepared, counting, None
+        return prepared, counting, timing_pass(prepared, settings)
+
+
 def profiler_measure_point(
     workload: Workload, base: Settings, *, workload_fingerprint: str, machine_fingerprint: str
 ) -> MeasurePoint:
@@ -298,6 +325,52 @@ def profiler_measure_point(
         return measure_settings(
             workload,
             settings_for(base, config),
+            workload_fingerprint=workload_fingerprint,
+            machine_fingerprint=machine_fingerprint,
+        )
+
+    return measure_point
+
+
+def measure_target(
+    target: str, settings: dict[str, Any], workload_fingerprint: str, machine_fingerprint: str
+) -> Measurement:
+    """`measure_settings` of the workload a target string names: what an isolated child runs."""
+    return measure_settings(
+        load_workload(target),
+        from_json_dict(Settings, settings, where="settings"),
+        workload_fingerprint=workload_fingerprint,
+        machine_fingerprint=machine_fingerprint,
+    )
+
+
+def isolated_measure_point(
+    workload: Workload, base: Settings, *, workload_fingerprint: str, machine_fingerprint: str, timeout_s: float
+) -> MeasurePoint:
+    """Like `profiler_measure_point`, each configuration in its own process: a hang past
+    `timeout_s` or a crash (segfault, abort) records that point as failed, with the reason, and
+    the sweep goes on."""
+
+    def measure_point(config: Config) -> Measurement:
+        settings = settings_for(base, config)
+        outcome = call_isolated(
+            "attnprof.sweep:measure_target",
+            {
+                "target": workload.target,
+                "settings": to_json_dict(settings),
+                "workload_fingerprint": workload_fingerprint,
+                "machine_fingerprint": machine_fingerprint,
+            },
+            timeout_s,
+        )
+        if outcome.status == "ok":
+            return from_json_dict(Measurement, outcome.value, where="isolated measurement")
+        return Measurement(
+            key=measurement_key(config_of(settings)),
+            config=config_of(settings),
+            status="oom" if outcome.status == "oom" else "error",
+            reason=outcome.reason,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             workload_fingerprint=workload_fingerprint,
             machine_fingerprint=machine_fingerprint,
         )
@@ -339,16 +412,20 @@ def fit_workload(
     folds: int = 5,
     folder: Path = DEFAULT_PROFILE_DIR,
     on_measured: Callable[[Measurement, int, int], None] | None = None,
+    isolate_timeout_s: float | None = None,
 ) -> FitRun:
-    """Sweep the design (resuming from the store), fit the cost model and cross-validate it."""
+    """Sweep the design (resuming from the store), fit the cost model and cross-validate it.
+    With `isolate_timeout_s`, each point runs in a child process cut off after that many seconds."""
     architecture = architecture_key(workload)
     machine = machine_info()
     name = workload.name or workload.target
     store = MeasurementStore(store_path(folder, name, architecture, machine.fingerprint()))
     points = [config_of(settings_for(base, point)) for point in design_points(knobs, max_measurements)]
-    measure = profiler_measure_point(
-        workload, base, workload_fingerprint=architecture, machine_fingerprint=machine.fingerprint()
-    )
+    fingerprints = {"workload_fingerprint": architecture, "machine_fingerprint": machine.fingerprint()}
+    if isolate_timeout_s is None:
+        measure = profiler_measure_point(workload, base, **fingerprints)
+    else:  # each point in a child process, cut off after the timeout
+        measure = isolated_measure_point(workload, base, timeout_s=isolate_timeout_s, **fingerprints)
     outcome = run_sweep(points, measure, store, time_budget_s=time_budget_s, on_measured=on_measured)
     notes = list(store.notes)
     errors = [m for m in outcome.measurements if m.status == "error"]

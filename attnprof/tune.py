@@ -44,6 +44,7 @@ from attnprof.records import (
     Budget,
     CostModel,
     LayerStats,
+    ParetoPoint,
     Plan,
     PlanChoices,
     PlanFigures,
@@ -1118,3 +1119,22 @@ def _choose(
         notes=notes,
     )
     return plan, winner
+
+
+def pareto_points(outcome: TuneOutcome) -> list[ParetoPoint]:
+    """The predicted frontier for the plan record, with the chosen plan marked (and added when
+    measurement picked a plan off the frontier)."""
+    chosen = outcome.winner.candidate if outcome.winner is not None else None
+
+    def is_chosen(c: Candidate) -> bool:  # the frontier holds equal candidates, not the same objects
+        return chosen is not None and (c.describe(), c.totals) == (chosen.describe(), chosen.totals)
+
+    points = [
+        ParetoPoint(c.describe(), dict(c.totals), c.feasible(outcome.limits), chosen=is_chosen(c))
+        for c in outcome.search.frontier
+    ]
+    if chosen is not None and not any(p.chosen for p in points):
+        points.append(
+            ParetoPoint(chosen.describe(), dict(chosen.totals), chosen.feasible(outcome.limits), True, False)
+        )
+    return points

@@ -11,7 +11,10 @@ def square(x: int) -> dict[str, int]:
     return {"square": x * x}
 
 
-def hang(seconds: float) -> None:
+def hang(seconds: float, pid_file: str = "") -> None:
+    if pid_file:
+        with open(pid_file, "w") as handle:
+            handle.write(str(os.getpid()))
     time.sleep(seconds)
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from attnprof.check import compare_profiles
+from attnprof.costmodel import latency_group, memory_group, summarise_validation
 from attnprof.records import (
+    COST_KINDS,
     AttentionInfo,
     Budget,
+    CheckResult,
+    CostModel,
+    GroupInfo,
+    InfeasiblePoint,
     LayerStats,
+    LinearFit,
     MachineInfo,
+    ParetoPoint,
     Plan,
     PlanChoices,
     PlanFigures,
@@ -14,14 +23,20 @@ from attnprof.records import (
     Settings,
     TimeStats,
     Totals,
+    ValidationPoint,
     WorkloadInfo,
 )
 
 MIB = 2**20
 
 
+REPEATS = 3
+
+
 def _stats(median: float) -> TimeStats:
-    return TimeStats.from_samples([median * 0.95, median, median * 1.05])
+    """REPEATS samples spread evenly over ±5% of the median."""
+    n = REPEATS
+    return TimeStats.from_samples([median * (0.95 + 0.1 * i / max(n - 1, 1)) for i in range(n)])
 
 
 def _layer(
@@ -119,9 +134,7 @@ def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
             ),
         ]
     layers.append(
-        _layer(
-            "lm_head", "other", 1, 0.7, self_ms=0.7, flops=900_000, nbytes=3_000_000, memory=MIB, train=train
-        )
+        _layer("lm_head", "other", 1, 0.7, self_ms=0.7, flops=900_000, nbytes=3_000_000, memory=MIB, train=train)
     )
     step = 0.5 + sum(3.0 + i for i in range(blocks)) + 0.7 + 0.3  # 0.3 ms outside any module
     layers[0] = _layer("", "other", 0, step - 0.3, train=train)
@@ -142,9 +155,7 @@ def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
             threads=1,
         ),
         commit="0123456789abcdef",
-        workload=WorkloadInfo(
-            target="zoo:decoder", fingerprint="abc123def456", parameter_count=12345, name="decoder"
-        ),
+        workload=WorkloadInfo(target="zoo:decoder", fingerprint="abc123def456", parameter_count=12345, name="decoder"),
         settings=settings,
         totals=Totals(
             time_ms=_stats(step),
@@ -166,15 +177,64 @@ def sample_plan() -> Plan:
         objective="latency",
         choices=PlanChoices(dtype="bf16", backend="flash", kv_heads={"layers.0.attn": 1}),
         budgets=Budget(memory_bytes=64 * MIB, latency_ms=8.0),
-        predicted=PlanFigures(
-            latency_ms=6.0, memory_bytes=20 * MIB, latency_sigma_ms=1.0, memory_sigma_bytes=MIB
-        ),
+        predicted=PlanFigures(latency_ms=6.0, memory_bytes=20 * MIB, latency_sigma_ms=1.0, memory_sigma_bytes=MIB),
         measured=PlanFigures(latency_ms=6.5, memory_bytes=21 * MIB, max_error=1e-3, finite=True),
         baseline=PlanFigures(latency_ms=10.0, memory_bytes=32 * MIB),
         verified=True,
         knobs=["dtype", "backend", "kv_heads"],
         solver="enumeration",
         created="2026-11-21T09:30:00+00:00",
+        frontier=[
+            # latency falls as memory grows; fp32 misses the 8 ms budget, b4 needs more than 64 MiB
+            ParetoPoint("fp32", {"latency_ms": 10.0, "memory_bytes": 32 * MIB}, feasible=False),
+            ParetoPoint("bf16", {"latency_ms": 7.0, "memory_bytes": 40 * MIB}, feasible=True),
+            ParetoPoint("bf16 flash", {"latency_ms": 6.0, "memory_bytes": 48 * MIB}, feasible=True, chosen=True),
+            ParetoPoint("bf16 flash b4", {"latency_ms": 4.0, "memory_bytes": 80 * MIB}, feasible=False),
+        ],
+    )
+
+
+def sample_check() -> CheckResult:
+    """A real comparison: the current run's layers.1.attn is 30% slower, with 12 repeats each."""
+    global REPEATS
+    REPEATS = 12
+    try:
+        baseline, current = sample_profile(), sample_profile()
+    finally:
+        REPEATS = 3
+    slow = current.layer("layers.1.attn")
+    assert slow.time_ms is not None
+    slow.time_ms = TimeStats.from_samples([t * 1.3 for t in slow.time_ms.samples])
+    current.totals.flops += 1000  # a deterministic change: always a failure
+    return compare_profiles(baseline, current, baseline_label="base.json", current_label="this run")
+
+
+def sample_fit() -> CostModel:
+    """Six held-out configurations, each predicted within 10%, and one out-of-memory point."""
+    details = [
+        ValidationPoint(
+            f"b{b}-s{s}",
+            {"batch_size": b, "seq_len": s},
+            measured_ms=b * s / 10,
+            predicted_ms=b * s / 10 * (1.1 if i % 2 else 0.95),
+            measured_memory_bytes=b * s * 1000.0,
+            predicted_memory_bytes=b * s * 1000.0 * 1.02,
+        )
+        for i, (b, s) in enumerate([(1, 64), (1, 256), (2, 512), (4, 32), (4, 1024), (8, 256)])
+    ]
+    config: dict[str, int | str] = {"backend": "flash", "dtype": "fp32"}
+    fit = LinearFit(["flops", "bytes"], [1e-9, 2e-10], [[0.0, 0.0], [0.0, 0.0]], relative_std=0.04, points=12)
+    return CostModel(
+        created="2026-11-21T10:00:00+00:00",
+        target="zoo:decoder",
+        workload_fingerprint="abc123def456",
+        machine=sample_profile().machine,
+        latency={kind: {latency_group(kind, config): fit} for kind in COST_KINDS},
+        memory={memory_group(config): fit},
+        groups={memory_group(config): GroupInfo(config, 12, {"batch_size": [1, 8], "seq_len": [64, 512]})},
+        measurements=13,
+        infeasible=[InfeasiblePoint({"batch_size": 64, "seq_len": 4096}, "oom", "out of memory")],
+        validation=summarise_validation(details, "k-fold", 3),
     )
 
 
@@ -182,4 +242,6 @@ def sample_plan() -> Plan:
 SAMPLES = {
     "profile": sample_profile,
     "plan": sample_plan,
+    "check": sample_check,
+    "fit": sample_fit,
 }

@@ -3,6 +3,7 @@ sdpa, with padding and KV-cache decoding; and `--device meta` dry runs up to 70B
 
 from __future__ import annotations
 
+import json
 import resource
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 import torch
 import transformers
 from torch import nn
+from typer.testing import CliRunner
 
+from attnprof.cli.app import app
 from attnprof.measure.accounting import CostCounter, ModuleCost
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.profiler import run_profile
@@ -162,6 +165,26 @@ def test_meta_dry_run_counts_what_a_cpu_run_counts(target: str) -> None:
     ]  # every field alike, the backend (flash) included
     assert on_meta.totals.param_bytes == on_cpu.totals.param_bytes
     assert on_meta.notes == []  # every mask's values were known
+
+
+def test_cli_dry_run_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["profile", "hf:llama", "--device", "meta", "--batch-size", "1", "--seq-len", "32", "--json", "--no-save"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["timing_source"] == "none" and data["totals"]["time_ms"] is None
+    assert data["totals"]["attention_share_time"] is None
+    attention = [layer for layer in data["layers"] if layer["kind"] == "attention"]
+    assert [layer["name"] for layer in attention] == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert all(layer["time_ms"] is None and layer["memory_bytes"] > 0 for layer in attention)
+    first = attention[0]["attention"]
+    assert (first["num_heads"], first["num_kv_heads"], first["head_dim"], first["causal"]) == (4, 2, 32, True)
+    assert first["flops"] == 4 * 32 * 4 * 32 * 33 // 2  # 4·D·H·S(S+1)/2 with D 32, H 4, S 32: 270336
+    assert data["totals"]["attention_flops"] == 2 * first["flops"]
+
+    refused = CliRunner().invoke(app, ["profile", "hf:llama", "--device", "meta", "--mode", "train"])
+    assert refused.exit_code == 2 and "dry run of the forward pass" in refused.stderr
 
 
 LLAMA_70B = {

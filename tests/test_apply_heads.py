@@ -16,11 +16,23 @@ from attnprof.apply.heads import choose_heads, kept_heads
 from attnprof.apply.outputs import main_tensor
 from attnprof.errors import UsageError
 from attnprof.records import PlanChoices
+from attnprof.zoo.models import ZooConfig, ZooTransformer
 from tests import apply_models as models
 
 torch.set_num_threads(1)
 
+
+def zoo(attention: str = "sdpa") -> nn.Module:
+    torch.manual_seed(0)
+    config = ZooConfig(
+        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64, attention=attention
+    )
+    return ZooTransformer(config).eval()
+
+
 FAMILIES = {
+    "zoo_decoder": (zoo, models.token_ids),
+    "zoo_gpt": (lambda: zoo("manual"), models.token_ids),
     "llama": (models.llama, models.token_ids),
     "gpt2": (models.gpt2, models.token_ids),
     "bert": (models.bert, models.token_ids),
@@ -165,3 +177,40 @@ def test_sliced_multihead_attention_keeps_masks_and_weights(batch_first: bool) -
     assert torch.allclose(weights, ref_weights[:, [0, 1, 3]], atol=1e-6)  # the kept heads' own weights
     with pytest.raises(RuntimeError, match="per-head"):
         pruned(x, x, x, attn_mask=torch.zeros(8, 6, 6, dtype=torch.bool))
+
+
+class FixedWidthAttention(models.QKVOAttention):
+    """Declares num_heads but merges heads with a width fixed at construction."""
+
+    def __init__(self) -> None:
+        super().__init__(num_kv_heads=4)
+        self.width = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, self.width))
+
+
+def test_a_rewrite_the_forward_does_not_follow_is_undone_and_reported() -> None:
+    torch.manual_seed(0)
+    model, x = nn.Sequential(FixedWidthAttention()), torch.randn(2, 8, 32)
+    reference = run(model, x)
+    model, report = apply_plan(model, PlanChoices(prune_heads={"*": [1]}), Example.of(x))
+    assert [(n.module, n.what) for n in report.not_applied] == [("0", "prune_heads")]
+    assert "forward fails with the changed head counts" in report.not_applied[0].reason
+    assert report.sites[0].new_num_heads == 4 and torch.equal(run(model, x), reference)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "mha", "zoo_decoder"])
+def test_rewrites_are_checked_against_the_original_on_example_inputs(family: str) -> None:
+    build, make_inputs = FAMILIES[family]
+    model, inputs = build(), make_inputs()
+    masked = copy.deepcopy(model)
+    mask_heads(masked, [1, 3])
+    model, report = apply_plan(model, PlanChoices(prune_heads={"*": [1, 3]}), Example.of(inputs))
+    assert report.not_applied == []
+    assert torch.allclose(run(model, inputs), run(masked, inputs), atol=1e-5, rtol=1e-5)

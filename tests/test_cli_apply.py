@@ -78,7 +78,11 @@ def test_multi_rank_plan_prints_the_torchrun_command(runner: CliRunner, tmp_path
     plan = write_plan(tmp_path / "plan.json", PlanChoices(tensor_parallel=2))
     result = runner.invoke(app, ["apply", str(plan), "--verify"])
     assert result.exit_code == 4
-    assert result.stdout.strip() == f"torchrun --standalone --nproc-per-node=2 -m attnprof apply {plan} --verify"
+    command = f"torchrun --standalone --nproc-per-node=2 -m attnprof apply {plan} --verify"
+    assert result.stdout.strip() == command
+    result = runner.invoke(app, ["apply", str(plan), "--verify", "--json"])
+    assert result.exit_code == 4
+    assert json.loads(result.stdout) == {"torchrun_command": command + " --json"}
 
 
 @pytest.mark.parametrize(
@@ -113,6 +117,7 @@ def test_backend_this_machine_lacks_is_exit_4(runner: CliRunner, tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.timeout(900)
 def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan.json", PlanChoices(tensor_parallel=2))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
@@ -135,7 +140,7 @@ def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
         check=False,
         cwd=tmp_path,
     )
@@ -187,3 +192,26 @@ def test_torchrun_on_two_gpus_uses_nccl(tmp_path: Path) -> None:
     )
     assert ranks.returncode == 0, ranks.stdout + ranks.stderr
     assert "PASS" in ranks.stdout
+
+
+def test_bad_inputs_get_their_exit_codes(runner: CliRunner, tmp_path: Path, models_dir: Path) -> None:
+    broken = str(models_dir / "broken_forward.py")
+    # the user's forward raising while the plan is applied: exit 3 with their traceback
+    plan = write_plan(tmp_path / "broken.json", PlanChoices(backend="math"), target=broken)
+    result = runner.invoke(app, ["apply", str(plan)])
+    assert result.exit_code == 3 and "user bug in forward" in result.stderr and "compute" in result.stderr
+    # a plan for a GPU, applied where there is none: exit 4
+    plan = write_plan(tmp_path / "gpu.json", PlanChoices())
+    data = json.loads(plan.read_text())
+    data["settings"]["device"] = "cuda"
+    plan.write_text(json.dumps(data))
+    result = runner.invoke(app, ["apply", str(plan), "--force"])
+    assert result.exit_code == 4 and "cuda" in result.stderr
+    # a module to checkpoint that the model does not have: exit 2
+    plan = write_plan(tmp_path / "ckpt.json", PlanChoices(checkpoint=["layers.99"]))
+    result = runner.invoke(app, ["apply", str(plan)])
+    assert result.exit_code == 2 and "layers.99" in result.stderr
+    # more heads pruned than the layer has: exit 2
+    plan = write_plan(tmp_path / "heads.json", PlanChoices(prune_heads={"*": 8}))
+    result = runner.invoke(app, ["apply", str(plan)])
+    assert result.exit_code == 2 and "cannot prune 8 of 8 heads" in result.stderr

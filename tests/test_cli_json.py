@@ -19,13 +19,19 @@ from attnprof.store import write_record
 
 FAST = ["--batch-size", "1", "--seq-len", "8", "--repeats", "1", "--warmup", "0"]
 
+TUNE_FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--out", "plan.json"]
+
 # command name -> (arguments before --json, expected exit code); {profile} and {plan} are saved
 # sample records. A command that cannot work here (e.g. one needing a GPU) expects its exit code.
 INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "profile": ([*FAST, "--no-save"], 0),
     "report": (["{profile}"], 0),
     "doctor": ([], 0),
-    "apply": (["{plan}", "--force"], 0),
+    "tune": (
+        ["--knobs", "backend,batch_size", "--budget", "latency=10s", "--top-k", "2", "--threads", "1", *TUNE_FAST],
+        0,
+    ),
+    "apply": (["{plan}", "--force"], 0),  # the sample plan names zoo:decoder's layers
     "compare": (["{profile}", "{profile}"], 0),
     "baseline": (["zoo:decoder", "--out", "baseline.json", *FAST], 0),
     # the sample profile comes from another machine: refused before anything is printed
@@ -34,12 +40,12 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
              "-n", "4", "--repeats", "1", "--warmup", "0"], 0),
     "predict": (["--batch-size", "2"], 2),  # no model fitted in this folder: a one-line error
 }
+SLOW = {"tune"}  # measures several configurations
 
 
 # Commands that have no --json yet, and why; the test below fails once one gains it, so that
 # it moves to INVOCATIONS.
 WITHOUT_JSON: dict[str, str] = {
-    "tune": "prints its explanation table; the plan JSON is written to --out",
     "monitor": "a live view; samples are saved with --record",
 }
 
@@ -61,7 +67,9 @@ def test_every_command_has_a_json_flag_and_an_invocation() -> None:
     assert not missing, f"add a --json invocation for {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(INVOCATIONS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(INVOCATIONS)]
+)
 def test_json_stdout_is_only_json(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if name not in registered_commands():
         pytest.skip(f"`attnprof {name}` is not registered")

@@ -137,3 +137,27 @@ def test_doctor_table_and_json(runner: CliRunner) -> None:
 def test_quiet_and_verbose_together_is_a_usage_error(runner: CliRunner) -> None:
     result = runner.invoke(app, ["-q", "-v", "doctor"])
     assert result.exit_code == 2 and "contradict" in result.output
+
+
+@pytest.mark.slow
+def test_tune_writes_the_plan_report_with_its_frontier(runner: CliRunner, tmp_path: Path) -> None:
+    args = ["--knobs", "backend,batch_size", "--budget", "latency=10s", "--top-k", "2", "--threads", "1"]
+    result = runner.invoke(app, ["tune", *args, *FAST, "--out", "plan.json", "--html", "plan.html", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan == json.loads((tmp_path / "plan.json").read_text())
+    assert sum(point["chosen"] for point in plan["frontier"]) == 1
+    html = (tmp_path / "plan.html").read_text()
+    figures = re.findall(r"<figure.*?</figure>", html, re.DOTALL)
+    assert len(figures) == 2 and "Pareto frontier" in figures[1]
+    assert count_marks(figures[1], "chosen plan") == 1
+    assert count_marks(figures[1]) == len(plan["frontier"])
+    assert not re.search(r"https?://|//cdn", html)
+
+
+def test_verbose_adds_detail_on_stderr_only(runner: CliRunner, profiled: tuple[Path, Path]) -> None:
+    plain = runner.invoke(app, ["report", str(profiled[0]), "-f", "csv"])
+    verbose = runner.invoke(app, ["-v", "report", str(profiled[0]), "-f", "csv"])
+    assert plain.exit_code == verbose.exit_code == 0
+    assert plain.stdout == verbose.stdout
+    assert "a profile record, rendered as csv" in verbose.stderr and plain.stderr == ""

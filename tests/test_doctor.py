@@ -52,9 +52,7 @@ def test_cpu_only_torch_next_to_a_driver_is_a_problem(monkeypatch: pytest.Monkey
 
 def test_cuda_build_without_a_usable_gpu_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.version, "cuda", "12.4")
-    monkeypatch.setattr(
-        torch.cuda, "is_available", mock.create_autospec(torch.cuda.is_available, return_value=False)
-    )
+    monkeypatch.setattr(torch.cuda, "is_available", mock.create_autospec(torch.cuda.is_available, return_value=False))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cuda = by_name(doctor.torch_section(), "torch")["cuda"]
     assert cuda.status == "problem" and "CUDA_VISIBLE_DEVICES" in cuda.fix and "nvidia-smi" in cuda.fix
@@ -62,12 +60,8 @@ def test_cuda_build_without_a_usable_gpu_is_a_problem(monkeypatch: pytest.Monkey
 
 def test_gpus_are_listed_with_their_properties(monkeypatch: pytest.MonkeyPatch) -> None:
     props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=80 * 2**30)
-    monkeypatch.setattr(
-        torch.cuda, "is_available", mock.create_autospec(torch.cuda.is_available, return_value=True)
-    )
-    monkeypatch.setattr(
-        torch.cuda, "device_count", mock.create_autospec(torch.cuda.device_count, return_value=2)
-    )
+    monkeypatch.setattr(torch.cuda, "is_available", mock.create_autospec(torch.cuda.is_available, return_value=True))
+    monkeypatch.setattr(torch.cuda, "device_count", mock.create_autospec(torch.cuda.device_count, return_value=2))
     monkeypatch.setattr(
         torch.cuda,
         "get_device_properties",
@@ -75,11 +69,7 @@ def test_gpus_are_listed_with_their_properties(monkeypatch: pytest.MonkeyPatch) 
     )
     gpus = by_name(doctor.gpu_section(), "gpu")
     assert list(gpus) == ["cuda:0", "cuda:1"]
-    assert (
-        "H100" in gpus["cuda:0"].detail
-        and "9.0" in gpus["cuda:0"].detail
-        and "80.0 GiB" in gpus["cuda:0"].detail
-    )
+    assert "H100" in gpus["cuda:0"].detail and "9.0" in gpus["cuda:0"].detail and "80.0 GiB" in gpus["cuda:0"].detail
     assert doctor.sdpa_devices() == ["cpu", "cuda:0", "cuda:1"]
 
 
@@ -102,3 +92,4 @@ def test_gather_round_trips_through_json() -> None:
     assert {"torch", "sdpa", "transformers"} <= sections
     assert from_json_dict(DoctorReport, to_json_dict(report)) == report
     assert all(f.fix for f in report.problems())
+

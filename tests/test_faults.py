@@ -11,7 +11,6 @@ import torch
 from attnprof.errors import Terminated, UserCodeError
 from attnprof.faults import (
     free_memory,
-    non_finite_reason,
     out_of_memory,
     out_of_memory_reason,
     raise_on_sigterm,
@@ -52,6 +51,7 @@ def test_out_of_memory_wrapped_as_a_user_code_error_is_still_found() -> None:
 
 
 def test_other_errors_are_not_out_of_memory() -> None:
+    assert out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))  # torch < 1.13
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert out_of_memory(ValueError("memory")) is None
 
@@ -74,20 +74,6 @@ def test_free_memory_releases_what_a_failed_attempt_held() -> None:
         assert alive() is None
     finally:
         gc.enable()
-
-
-def test_non_finite_outputs_are_found_anywhere_in_the_output() -> None:
-    good = {"logits": torch.ones(2, 3), "past": (torch.zeros(1), torch.arange(3))}
-    assert non_finite_reason(good) is None
-    bad = {
-        "logits": torch.ones(2, 3),
-        "past": (torch.zeros(1), torch.tensor([1.0, float("nan"), float("inf")])),
-    }
-    assert non_finite_reason(bad, "fp16") == (
-        "non-finite output under fp16: output['past'][1] has 1 NaN and 1 inf of 3 values"
-    )
-    overflow = torch.tensor([60000.0], dtype=torch.float16) * 2  # fp16 tops out at 65504
-    assert non_finite_reason(overflow) == "non-finite output: output has 0 NaN and 1 inf of 1 values"
 
 
 def test_sigterm_unwinds_like_ctrl_c_with_exit_code_143() -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from attnprof.isolate import call_isolated
 
 TARGETS = "tests.isolation_targets"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_result_comes_back_as_json() -> None:
@@ -61,3 +69,22 @@ def test_other_exceptions_are_errors_in_one_line() -> None:
 def test_unknown_function_is_an_error() -> None:
     outcome = call_isolated(f"{TARGETS}:nope", {}, timeout_s=60)
     assert outcome.status == "error" and "AttributeError" in outcome.reason
+
+
+def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import sys; from attnprof.isolate import call_isolated\n"
+        f"call_isolated('{TARGETS}:hang', {{'seconds': 600, 'pid_file': {str(pid_file)!r}}}, timeout_s=600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGINT)
+    _, err = parent.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the parent
+        os.kill(child, 0)

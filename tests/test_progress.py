@@ -74,3 +74,11 @@ def test_a_failing_loop_closes_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError), progress.progress("measuring", total=3):
         raise RuntimeError("model failed")
     assert progress._live is None
+
+
+def test_update_jumps_to_a_reported_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal(monkeypatch)
+    with progress.progress("sweep", total=None) as bar:
+        bar.update(3, 7)
+        task = progress._live.tasks[0]  # type: ignore[union-attr]
+        assert (task.completed, task.total) == (3, 7)

@@ -57,3 +57,4 @@ def test_benchmark_json_has_time_and_memory_only() -> None:
     assert entries and all(set(e) >= {"name", "unit", "value"} for e in entries)
     assert not any("flops" in e["name"] for e in entries)
     assert len(entries) == sum(m.kind != "exact" for m in result.metrics)
+

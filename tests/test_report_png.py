@@ -11,12 +11,18 @@ import re
 
 import numpy as np
 import pytest
-from report_samples import sample_profile
+from report_samples import sample_check, sample_fit, sample_plan, sample_profile
 from scipy import ndimage
 
 from attnprof.report.adapter import ReportOptions
+from attnprof.report.check_report import STATUS_COLORS
+from attnprof.report.check_report import charts as check_charts
+from attnprof.report.fit_report import POINT_COLOR
+from attnprof.report.fit_report import charts as fit_charts
 from attnprof.report.html import render_html
+from attnprof.report.plan_report import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
 from attnprof.report.plots import KIND_COLORS, REST_COLOR, Peaks
+from attnprof.report.svg import render_svg
 
 try:
     import cairosvg
@@ -68,3 +74,32 @@ def test_roofline_has_a_point_per_computing_layer(charts: dict[str, np.ndarray])
 def test_memory_chart_has_a_bar_per_layer(charts: dict[str, np.ndarray]) -> None:
     assert regions_of(charts["memory"], KIND_COLORS["attention"]) == 3 + 1
     assert regions_of(charts["memory"], KIND_COLORS["embedding"]) == 1 + 1
+
+
+def test_pareto_chart_marks_each_plan_and_the_chosen_one() -> None:
+    chart = pareto_chart(sample_plan())
+    assert chart is not None
+    image = render_png(render_svg(chart))
+    # sample_plan: one plan fits besides the chosen one, two are over budget
+    assert regions_of(image, FITS_COLOR) == 1 + 1
+    assert regions_of(image, OVER_BUDGET_COLOR) == 2 + 1
+    assert regions_of(image, CHOSEN_COLOR) == 1 + 1
+
+
+def test_check_chart_marks_each_compared_metric() -> None:
+    result = sample_check()
+    (chart,) = check_charts(result, ReportOptions())
+    image = render_png(render_svg(chart))
+    # sample_check: one layer 30% slower (a regression), the FLOP count changed (exact)
+    assert regions_of(image, STATUS_COLORS["regression"]) >= 1 + 1  # the +5% threshold line shares it
+    assert regions_of(image, STATUS_COLORS["changed"]) == 1 + 1
+    inconclusive = sum(1 for m in result.metrics if m.status == "inconclusive")
+    assert regions_of(image, STATUS_COLORS["inconclusive"]) == inconclusive + 1
+
+
+def test_fit_charts_mark_each_held_out_configuration() -> None:
+    model = sample_fit()
+    assert model.validation is not None
+    for chart in fit_charts(model, ReportOptions()):
+        image = render_png(render_svg(chart))
+        assert regions_of(image, POINT_COLOR) == len(model.validation.details) + 1

@@ -169,3 +169,15 @@ def test_unwritable_destination_is_a_clean_error(tmp_path: Path) -> None:
     for write in (write_record, write_new_record, append_jsonl):
         with pytest.raises(OutputFileError, match="cannot write"):
             write(tmp_path / "a-file" / "sub" / "x.json", Settings())
+
+
+def test_nothing_is_ever_unpickled() -> None:
+    # Files are JSON. Any deserialiser that can run code stays out of the package:
+    # pickle, numpy's allow_pickle, pandas' read_pickle, torch.load without weights_only=True.
+    package = Path(__file__).resolve().parents[1] / "attnprof"
+    risky = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|allow_pickle\s*=\s*True|read_pickle\(|\bdill\b")
+    for source in package.rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        assert not risky.search(text), f"{source} deserialises with pickle"
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call.group(1), f"{source}: torch.load without weights_only=True"

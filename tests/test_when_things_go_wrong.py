@@ -32,9 +32,9 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     return CliRunner()
 
 
-def _attnprof(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+def _attnprof(args: list[str], cwd: Path, **environ: str) -> subprocess.Popen[str]:
     """`python -m attnprof ARGS` as a separate process, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "COLUMNS": "200", **environ}
     return subprocess.Popen(
         [sys.executable, "-m", "attnprof", *args],
         cwd=cwd,
@@ -244,3 +244,90 @@ def test_device_cuda_without_a_gpu(runner: CliRunner) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "attnprof: error: --device cuda: no CUDA GPU is available on this machine"
     )
+
+
+FRAGILE = MODELS / "fragile.py"
+# Three points: sequence lengths 8 and 11 run, 16 meets the fault the test sets.
+SWEEP = [
+    "fit", str(FRAGILE), "--seq-len", "8:16", "--batch-size", "1", "--dtype", "fp32", "--backend", "flash",
+    "--threads", "1", "-n", "3", "--repeats", "1", "--warmup", "0",
+]  # fmt: skip
+
+
+def _stored(folder: Path) -> list[dict]:
+    (store,) = folder.glob("profiles/*/measurements-*.jsonl")
+    return read_jsonl(store).records
+
+
+def _by_seq_len(folder: Path) -> dict[int, dict]:
+    return {m["config"]["seq_len"]: m for m in _stored(folder)}
+
+
+def test_out_of_memory_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNPROF_TEST_FAULT", "oom")  # a real CPU allocation failure
+    result = runner.invoke(app, [*SWEEP, "--json"])
+    assert result.exit_code == 0, result.output
+    points = _by_seq_len(tmp_path)
+    assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "oom"]
+    assert points[16]["reason"].startswith("out of memory: [enforce fail")
+    assert "DefaultCPUAllocator: can't allocate memory" in points[16]["reason"]
+    # The cost model knows the point is infeasible and is fitted on the others.
+    model = json.loads(result.stdout)
+    assert [(p["config"]["seq_len"], p["status"]) for p in model["infeasible"]] == [(16, "oom")]
+    # Nothing of the failed attempt is left alive: its model was freed.
+    (fragile,) = [m for m in sys.modules.values() if getattr(m, "__file__", None) == str(FRAGILE)]
+    assert len(fragile.LIVE) == 0
+
+
+def test_non_finite_output_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNPROF_TEST_FAULT", "nan")
+    result = runner.invoke(app, SWEEP)
+    assert result.exit_code == 0, result.output
+    points = _by_seq_len(tmp_path)
+    assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "non_finite"]
+    assert points[16]["reason"] == "the model's output contains NaN or inf under fp32"
+
+
+@pytest.mark.slow
+def test_hang_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNPROF_TEST_FAULT", "hang")
+    result = runner.invoke(app, [*SWEEP, "--isolate", "--timeout", "30s"])
+    assert result.exit_code == 0, result.output
+    points = _by_seq_len(tmp_path)
+    assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "error"]
+    assert points[16]["reason"] == "timed out after 30 s"
+    assert "batch 1 seq 16 fp32 flash: error: timed out after 30 s" in result.stderr
+
+
+@pytest.mark.slow
+def test_crash_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNPROF_TEST_FAULT", "segfault")
+    result = runner.invoke(app, [*SWEEP, "--isolate"])
+    assert result.exit_code == 0, result.output
+    points = _by_seq_len(tmp_path)
+    assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "error"]
+    assert points[16]["reason"].startswith("crashed: killed by SIGSEGV")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_sweep(tmp_path: Path) -> None:
+    log = tmp_path / "measured.log"
+    command = [*SWEEP, "--seq-len", "8:15", "--batch-size", "1:4", "-n", "8"]  # 8 points, none faulty
+    first = _attnprof(command, tmp_path, ATTNPROF_TEST_LOG=str(log), ATTNPROF_TEST_FAULT="slow")
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("profiles/*/measurements-*.jsonl")) or len(_stored(tmp_path)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    finished = {(m["config"]["batch_size"], m["config"]["seq_len"]) for m in _stored(tmp_path)}
+    assert 2 <= len(finished) < 8
+    measured_before = len(log.read_text().splitlines())
+    second = _attnprof(command, tmp_path, ATTNPROF_TEST_LOG=str(log))
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    remeasured = {tuple(map(int, line.split(",")[:2])) for line in log.read_text().splitlines()[measured_before:]}
+    assert remeasured.isdisjoint(finished), "a finished point was measured again"
+    stored = [(m["config"]["batch_size"], m["config"]["seq_len"]) for m in _stored(tmp_path)]
+    assert len(stored) == len(set(stored)) == 8 and f"reused {len(finished)} from" in err

@@ -66,8 +66,8 @@ def apply_plan(
     found = discover(model)
     recording = Recording()
     if example is not None:
-        paths = [s.name for s in found.sites] + [path for path, _ in found.unknown]
-        recording = record_calls(model, paths, lambda: example.run(model))
+        paths = [p for s in found.sites for p in (s.name, s.module_path)] + [path for path, _ in found.unknown]
+        recording = record_calls(model, list(dict.fromkeys(paths)), lambda: example.run(model))
         note_sdpa_callers(found, model, recording.sdpa_callers)
     report = ApplyReport(sites=[_site_change(site) for site in found.sites])
     _check_layer_names(found, choices, report)
@@ -79,7 +79,7 @@ def apply_plan(
         report.applied += applied
         report.not_applied += missed
     if choices.changes_heads():
-        _apply_heads(model, found, choices, example, loss_fn, report)
+        _apply_heads(model, found, choices, example, loss_fn, report, recording)
     report.applied += apply_precision(model, choices.dtype, choices.precision, device)
     checkpointed = found.blocks() if choices.checkpoint == [ALL_LAYERS] else choices.checkpoint
     report.applied += checkpoint_modules(model, checkpointed)
@@ -100,6 +100,7 @@ def _apply_heads(
     example: Example | None,
     loss_fn: LossFn | None,
     report: ApplyReport,
+    recording: Recording,
 ) -> None:
     changes = {change.name: change for change in report.sites}
     importance: dict[str, torch.Tensor] = {}
@@ -113,13 +114,15 @@ def _apply_heads(
     for key, value in choices.prune_heads.items():
         for site in found.select(key):
             remove = choose_heads(site.layout, importance[site.name], value) if isinstance(value, int) else value
-            if _attempt(site, "prune_heads", report, lambda s=site, r=remove: prune_heads(s, r)):
+            call = recording.calls.get(site.module_path)
+            if _attempt(site, "prune_heads", report, lambda s=site, r=remove, c=call: prune_heads(s, r, c)):
                 pruned[site.name] = sorted(remove)
                 changes[site.name].pruned_heads = sorted(remove)
     grouped = 0
     for key, kv_heads in choices.kv_heads.items():
         for site in found.select(key):
-            grouped += _attempt(site, "kv_heads", report, lambda s=site, k=kv_heads: convert_to_gqa(s, k))
+            call = recording.calls.get(site.module_path)
+            grouped += _attempt(site, "kv_heads", report, lambda s=site, k=kv_heads, c=call: convert_to_gqa(s, k, c))
     for site in found.sites:
         layout = site.layout
         changes[site.name].new_num_heads = layout.num_heads
@@ -145,7 +148,7 @@ def importance_loss(model: nn.Module, example: Example, loss_fn: LossFn | None) 
     predictions (for logits) or the mean square of the output: what the heads contribute to."""
     output = example.run(model)
     if loss_fn is not None:
-        loss = loss_fn(output, (example.args, example.kwargs))
+        loss = call_user(loss_fn, output, (example.args, example.kwargs), what="loss_fn")
         if loss is not None:
             return loss
     logits = logits_of(output, model)

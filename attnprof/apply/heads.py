@@ -8,13 +8,16 @@ so one backward pass over the example inputs scores every head of every layer, w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from attnprof.apply.adapter import HeadLayout, Projections
+from attnprof.apply.adapter import HeadLayout, Projections, Unsupported
+from attnprof.apply.calls import ModuleCall
 from attnprof.apply.discover import AttentionSite
+from attnprof.apply.outputs import main_tensor
 from attnprof.errors import UsageError
 
 
@@ -96,8 +99,12 @@ def kept_heads(layout: HeadLayout, remove: Sequence[int]) -> tuple[list[int], li
     return keep_q, keep_kv
 
 
-def prune_heads(site: AttentionSite, remove: Sequence[int]) -> HeadLayout:
-    """Physically remove query heads (and K/V heads left without queries) from a layer."""
+def prune_heads(site: AttentionSite, remove: Sequence[int], call: ModuleCall | None = None) -> HeadLayout:
+    """Physically remove query heads (and K/V heads left without queries) from a layer.
+
+    With a recorded call, the pruned layer must reproduce the original with those heads
+    silenced (their o-projection columns zeroed) on the same inputs, or it is restored.
+    """
     layout = site.layout
     keep_q, keep_kv = kept_heads(layout, remove)
     q_rows = _rows(keep_q, layout.head_dim)
@@ -113,16 +120,20 @@ def prune_heads(site: AttentionSite, remove: Sequence[int]) -> HeadLayout:
         o_weight=w.o_weight[:, q_rows],
         o_bias=w.o_bias,
     )
+    silenced = dataclasses.replace(w, o_weight=w.o_weight.clone())
+    for head in remove:
+        silenced.o_weight[:, head * layout.head_dim : (head + 1) * layout.head_dim] = 0
     new_layout = HeadLayout(len(keep_q), len(keep_kv), layout.head_dim)
-    site.adapter.write(site.module, pruned, new_layout)
+    _write_checked(site, pruned, new_layout, silenced, call)
     return new_layout
 
 
-def convert_to_gqa(site: AttentionSite, num_kv_heads: int) -> HeadLayout:
+def convert_to_gqa(site: AttentionSite, num_kv_heads: int, call: ModuleCall | None = None) -> HeadLayout:
     """Group K/V heads into `num_kv_heads` by mean-pooling the heads of each group.
 
     Query head h then reads K/V group h // (num_heads / num_kv_heads), the same contiguous
-    grouping repeat_kv and SDPA's enable_gqa use.
+    grouping repeat_kv and SDPA's enable_gqa use. With a recorded call, the grouped layer must
+    reproduce the original whose K/V heads were each replaced by their group's mean.
     """
     layout = site.layout
     if num_kv_heads == layout.num_kv_heads:
@@ -145,9 +156,46 @@ def convert_to_gqa(site: AttentionSite, num_kv_heads: int) -> HeadLayout:
         o_weight=w.o_weight,
         o_bias=w.o_bias,
     )
+    spread = dataclasses.replace(
+        w,
+        k_weight=_spread(pooled.k_weight, pool, layout.head_dim),
+        k_bias=_spread(pooled.k_bias, pool, layout.head_dim),
+        v_weight=_spread(pooled.v_weight, pool, layout.head_dim),
+        v_bias=_spread(pooled.v_bias, pool, layout.head_dim),
+    )
     new_layout = HeadLayout(layout.num_heads, num_kv_heads, layout.head_dim)
-    site.adapter.write(site.module, pooled, new_layout)
+    _write_checked(site, pooled, new_layout, spread, call)
     return new_layout
+
+
+def _write_checked(
+    site: AttentionSite, weights: Projections, layout: HeadLayout, equivalent: Projections, call: ModuleCall | None
+) -> None:
+    """Write the rewritten weights; with a recorded call, first run the module with
+    `equivalent` (the same function in the original layout), then the rewrite, and restore the
+    original if the outputs differ: the forward did not follow the changed head counts."""
+    adapter, module = site.adapter, site.module
+    if call is None or call.snapshot is None:
+        adapter.write(module, weights, layout)
+        return
+    original, original_layout = adapter.read(module), site.layout
+    training = module.training
+    module.eval()  # dropout would make the two runs differ
+    try:
+        adapter.write(module, equivalent, original_layout)
+        expected = main_tensor(call.replay(module)).float()
+        adapter.write(module, weights, layout)
+        actual = main_tensor(call.replay(module)).float()
+    except Exception as exc:  # the module's own forward failed on the new shapes
+        adapter.write(module, original, original_layout)
+        raise Unsupported(f"its forward fails with the changed head counts ({type(exc).__name__}: {exc})") from exc
+    finally:
+        module.train(training)
+    tolerance = 1e-5 if original.q_weight.dtype in (torch.float32, torch.float64) else 5e-2
+    scale = max(1.0, float(expected.abs().max()))
+    if actual.shape != expected.shape or float((actual - expected).abs().max()) > tolerance * scale:
+        adapter.write(module, original, original_layout)
+        raise Unsupported("its forward does not follow the changed head counts (outputs differ on the example inputs)")
 
 
 def update_config(model: nn.Module, sites: Sequence[AttentionSite], pruned: dict[str, list[int]]) -> list[str]:
@@ -181,6 +229,16 @@ def _rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
 
 def _select(bias: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
     return bias[rows] if bias is not None else None
+
+
+def _spread(tensor: torch.Tensor | None, pool: int, head_dim: int) -> torch.Tensor | None:
+    """Pooled K/V heads repeated back to one per original head (contiguous groups)."""
+    if tensor is None:
+        return None
+    trailing = tensor.shape[1:]
+    groups = tensor.shape[0] // head_dim
+    heads = tensor.reshape(groups, head_dim, *trailing).repeat_interleave(pool, dim=0)
+    return heads.reshape(groups * pool * head_dim, *trailing)
 
 
 def _pool(tensor: torch.Tensor | None, groups: int, pool: int, head_dim: int) -> torch.Tensor | None:

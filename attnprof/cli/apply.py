@@ -49,7 +49,9 @@ def apply_command(
     world_size = plan.choices.world_size
     ranks = launched_ranks()
     if world_size > 1 and ranks is None:
-        typer.echo(torchrun_command(world_size, rerun_arguments(plan_path, target, verify, force, device, out)))
+        argv = rerun_arguments(plan_path, target, verify, force, device, out, as_json)
+        command = torchrun_command(world_size, argv)
+        typer.echo(json.dumps({"torchrun_command": command}) if as_json else command)
         raise EnvironmentUnsupported(f"the plan needs {world_size} ranks: run it with the torchrun command above")
     run_device = resolve_device(device or plan.settings.device)
     if world_size > 1:
@@ -121,7 +123,13 @@ def check_fingerprint(plan: Plan, workload: Workload, force: bool, plan_path: Pa
 
 
 def rerun_arguments(
-    plan_path: Path, target: str | None, verify: bool, force: bool, device: str | None, out: Path | None
+    plan_path: Path,
+    target: str | None,
+    verify: bool,
+    force: bool,
+    device: str | None,
+    out: Path | None,
+    as_json: bool,
 ) -> list[str]:
     """This command's arguments, for each rank to run again under torchrun."""
     argv = ["apply", str(plan_path)]
@@ -131,6 +139,7 @@ def rerun_arguments(
     argv += ["--force"] if force else []
     argv += ["--device", device] if device else []
     argv += ["--out", str(out)] if out else []
+    argv += ["--json"] if as_json else []
     return argv
 
 

@@ -13,6 +13,7 @@ from attnprof.profiler import resolve_settings
 from attnprof.records import Measurement, to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit
+from attnprof.report.progress import progress as progress_bar
 from attnprof.space import default_knobs, parse_knob
 from attnprof.store import DEFAULT_PROFILE_DIR, write_record
 from attnprof.sweep import fit_workload, parse_duration
@@ -21,6 +22,7 @@ from attnprof.workload import load_workload
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1
 SWEEP_REPEATS = 5
+DEFAULT_TIMEOUT = "10m"  # per isolated configuration
 
 
 def fit_command(
@@ -37,6 +39,12 @@ def fit_command(
     warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),
     repeats: int = typer.Option(SWEEP_REPEATS, "--repeats", help="Timed steps per configuration (median used)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (leave-one-shape-out when few shapes)."),
+    isolate: bool = typer.Option(
+        False, "--isolate", help="Measure each configuration in its own process: a crash or hang costs that point only."
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", help=f"With --isolate: give up on a point after e.g. 90s (default {DEFAULT_TIMEOUT})."
+    ),
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Measurement store folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the model JSON (default: under profiles/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the model JSON to stdout and nothing else."),
@@ -58,6 +66,9 @@ def fit_command(
         if text is not None:
             knobs[name] = parse_knob(name, text)
     budget_s = parse_duration(time_budget) if time_budget is not None else None
+    if timeout is not None and not isolate:
+        raise UsageError("--timeout needs --isolate: only a separate process can be stopped safely")
+    timeout_s = parse_duration(timeout or DEFAULT_TIMEOUT, flag="--timeout") if isolate else None
 
     def progress(measurement: Measurement, index: int, total: int) -> None:
         config = measurement.config
@@ -68,18 +79,21 @@ def fit_command(
             else f"{measurement.status}: {measurement.reason}"
         )
         log(f"[{index + 1}/{total}] {shown}: {result}")
+        bar.update(index + 1, total)
 
     log(f"sweeping {workload.target}: up to {max_measurements} configurations")
-    run = fit_workload(
-        workload,
-        base,
-        knobs,
-        max_measurements=max_measurements,
-        time_budget_s=budget_s,
-        folds=folds,
-        folder=profiles_dir,
-        on_measured=progress,
-    )
+    with progress_bar("sweep", total=max_measurements) as bar:  # on a terminal only
+        run = fit_workload(
+            workload,
+            base,
+            knobs,
+            max_measurements=max_measurements,
+            time_budget_s=budget_s,
+            folds=folds,
+            folder=profiles_dir,
+            on_measured=progress,
+            isolate_timeout_s=timeout_s,
+        )
     sweep = run.sweep
     log(f"measured {sweep.measured} new, reused {sweep.reused} from {run.store_path}")
     if sweep.stopped:

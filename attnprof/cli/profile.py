@@ -13,7 +13,7 @@ from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.measure.trace import move_next_to
 from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import to_json_dict
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, profile_path, write_new_record, write_record
@@ -71,6 +71,10 @@ def profile_command(
             log(f"saved {path}")
     if profile.trace is not None and profile.trace.trace_file:
         log(f"Chrome trace: {profile.trace.trace_file} (open in https://ui.perfetto.dev)")
+    detail(
+        f"{len(profile.layers)} modules; workload fingerprint {profile.workload.fingerprint}; "
+        f"timing {profile.timing_source}; machine {profile.machine.fingerprint()}"
+    )
     if html is not None:
         atomic_write_text(html, render_html(profile))
         log(f"wrote {html}")

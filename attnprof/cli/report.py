@@ -9,7 +9,7 @@ import typer
 
 from attnprof.errors import UsageError
 from attnprof.report.adapter import ReportOptions
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.formats import (
     BINARY_FORMATS,
     FORMATS,
@@ -40,6 +40,7 @@ def report_command(
         raise UsageError(f"--format {fmt} writes a binary file: name it with --out FILE")
     options = ReportOptions(peaks=peaks_from_flags(peak_tflops, peak_bandwidth))
     adapter, record = load_report_record(file)
+    detail(f"{file}: a {adapter.kind} record, rendered as {fmt}")
     if fmt in BINARY_FORMATS:
         atomic_write_bytes(out, render_parquet(adapter, record))
     elif fmt == "table" and out is None:

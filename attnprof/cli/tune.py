@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -10,12 +11,14 @@ from attnprof.budget import parse_budget, parse_objective
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiler import resolve_settings
+from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
+from attnprof.report.html import render_html
 from attnprof.report.tune import format_metric, print_tune
 from attnprof.sharding import LinkLike
 from attnprof.space import parse_plan_knobs
-from attnprof.store import write_record
-from attnprof.tune import CONTRADICTION_SIGMAS, TuneRequest, tune
+from attnprof.store import atomic_write_text, write_record
+from attnprof.tune import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
 from attnprof.workload import load_workload
 
 DEFAULT_PLAN = Path("plan.json")
@@ -50,6 +53,8 @@ def tune_command(
         help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
     ),
     pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
+    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report (with the frontier)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan JSON to stdout and nothing else."),
     apply: bool = typer.Option(
         True, "--apply/--no-apply", help="Measure the candidates and write the winner's profile next to the plan."
     ),
@@ -87,15 +92,15 @@ def tune_command(
         objective=goal,
         knobs=parse_plan_knobs(knobs, settings.mode, gpus),
         top_k=top_k,
-        pareto=pareto,
+        pareto=pareto or html is not None,  # the report draws the frontier
         verify=apply,
         link=_link(interconnect, settings.device, gpus),
         contradiction_sigmas=uncertainty,
     )
     log(f"tuning {workload.target} for {goal} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len})")
     outcome = tune(workload, settings, request)
-    console = stdout_console()
-    print_tune(outcome, console, pareto=pareto)
+    if not as_json:
+        print_tune(outcome, stdout_console(), pareto=pareto)
     if outcome.plan is None:
         if outcome.search.infeasibility is not None:
             raise NoFeasiblePlan(
@@ -109,8 +114,14 @@ def tune_command(
         profile_file = out.with_name(out.stem + ".profile.json")
         write_record(profile_file, outcome.winner.profile)
         plan.verification_profile = str(profile_file)
+    plan.frontier = pareto_points(outcome)
     write_record(out, plan)
     log(f"saved {out}" + (f" and {plan.verification_profile}" if plan.verification_profile else ""))
+    if html is not None:
+        atomic_write_text(html, render_html(plan))
+        log(f"wrote {html}")
+    if as_json:
+        typer.echo(json.dumps(to_json_dict(plan), indent=1, allow_nan=False))
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:

@@ -141,6 +141,7 @@ class CostCounter(TorchDispatchMode):
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
             flops = self._book_attention_op(cost, fused)
+            backward = backward or fused.backward  # a kernel's backward op is backward whatever the scope says
         verdict = self.tracker.observe(func, args, kwargs, out, site, flops)
         if verdict.absorb:
             flops = 0

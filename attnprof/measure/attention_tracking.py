@@ -171,7 +171,7 @@ class AttentionTracker:
             self._additive(packet, args, kwargs, out)
         elif not backward and packet in _MASKED_FILL:
             self._masked_fill(args, out)
-        elif not backward and packet is aten.where:
+        elif not backward and packet is aten.where and len(args) == 3:
             self._where(args, out)
         return TrackerVerdict()
 

@@ -106,7 +106,10 @@ class MetaValues:
             cpu_args, cpu_kwargs = tree_map(known, args), tree_map(known, kwargs)
         if missing:
             return None
-        return func(*cpu_args, **cpu_kwargs)
+        try:
+            return func(*cpu_args, **cpu_kwargs)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return None  # an op with no CPU kernel for these arguments: its value stays unknown
 
 
 class ValueRecorder(TorchDispatchMode):

@@ -47,6 +47,7 @@ class RecordAdapter(Generic[R]):
     sections: Callable[[R], list[Section]]  # the first one is the record's main table (csv, parquet)
     charts: Callable[[R, ReportOptions], list[Chart]]
     terminal: Callable[[R], RenderableType] | None = None  # a dedicated terminal view, if it has one
+    markdown: Callable[[R], str] | None = None  # a dedicated markdown rendering, if it has one
 
 
 def frame(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> pd.DataFrame:

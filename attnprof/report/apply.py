@@ -49,9 +49,7 @@ def print_apply_report(report: ApplyReport, plan: Plan, console: Console) -> Non
         console.print(f"  {reason}", markup=False)
     if check.measured_latency_ms is not None:
         predicted = "-" if check.predicted_latency_ms is None else f"{check.predicted_latency_ms:.3f} ms"
-        console.print(
-            f"latency: measured {check.measured_latency_ms:.3f} ms, predicted {predicted}", markup=False
-        )
+        console.print(f"latency: measured {check.measured_latency_ms:.3f} ms, predicted {predicted}", markup=False)
     if check.profile_path:
         console.print(f"profile of the applied model: {check.profile_path}", markup=False)
 

@@ -84,8 +84,7 @@ def _header_lines(result: CheckResult) -> list[str]:
     lines = [
         f"workload {result.workload} · baseline {result.baseline} ({result.baseline_commit or 'no commit'}) "
         f"· current {result.current} ({result.current_commit or 'no commit'})",
-        f"thresholds {', '.join(result.thresholds)} · "
-        f"significance p < {result.alpha:g} (one-sided Mann-Whitney U)",
+        f"thresholds {', '.join(result.thresholds)} · significance p < {result.alpha:g} (one-sided Mann-Whitney U)",
     ]
     return lines + [f"warning: {w}" for w in result.warnings]
 

@@ -26,9 +26,9 @@ def doctor_table(report: DoctorReport) -> Table:
 
 
 def doctor_summary(report: DoctorReport) -> str:
-    problems = report.problems()
-    if not problems:
+    problems = [f for f in report.findings if f.status == "problem"]
+    warnings = [f for f in report.findings if f.status == "warn"]
+    if not problems and not warnings:
         return "no problems found"
-    return f"{len(problems)} problem{'s' if len(problems) > 1 else ''} found: " + "; ".join(
-        f"{f.section} {f.name}" for f in problems
-    )
+    listed = "; ".join(f"{f.section} {f.name}" for f in problems + warnings)
+    return f"{len(problems)} problem(s), {len(warnings)} warning(s): {listed}"

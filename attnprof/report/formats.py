@@ -54,6 +54,8 @@ def render_table_text(adapter: RecordAdapter[Any], record: Any) -> str:
 
 
 def render_markdown(adapter: RecordAdapter[Any], record: Any) -> str:
+    if adapter.markdown is not None:
+        return adapter.markdown(record)
     lines = [f"# {_md_escape(adapter.title(record))}", ""]
     lines += [f"- **{_md_escape(key)}**: {_md_escape(value)}" for key, value in adapter.summary(record)]
     for section in adapter.sections(record):

@@ -5,9 +5,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from attnprof.records import Plan, PlanChoices, PlanFigures
+from attnprof.records import ParetoPoint, Plan, PlanChoices, PlanFigures
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
-from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
+from attnprof.report.svg import (
+    Chart,
+    IntervalChart,
+    IntervalRow,
+    LinearScale,
+    LineSeries,
+    Point,
+    ReferenceLine,
+    ScatterSeries,
+    XYChart,
+)
 
 CHOICE_COLUMNS = ("knob", "value", "changed")
 FIGURE_COLUMNS = ("metric", "unit", "baseline", "predicted", "predicted_sigma", "measured", "measured_change")
@@ -20,6 +30,18 @@ COMPARED = (
 )
 PREDICTED_COLOR = "#1f77b4"
 MEASURED_COLOR = "#d62728"
+FITS_COLOR = "#2ca02c"
+OVER_BUDGET_COLOR = "#ff7f0e"
+CHOSEN_COLOR = "#d62728"
+FRONTIER_LINE_COLOR = "#999999"
+BUDGET_COLOR = "#555555"
+# Axis of each predicted metric: (label, scale to the unit shown)
+METRIC_AXES = {
+    "latency_ms": ("latency per step (ms)", 1.0),
+    "memory_bytes": ("peak memory (MiB)", 1 / 2**20),
+    "energy_j": ("energy per step (J)", 1.0),
+}
+OBJECTIVE_AXIS = {"latency": "latency_ms", "throughput": "latency_ms", "memory": "memory_bytes", "energy": "energy_j"}
 
 
 def _limit(metric: str, value: float) -> str:
@@ -73,9 +95,7 @@ def figure_rows(plan: Plan) -> list[dict[str, Any]]:
                 "predicted": predicted,
                 "predicted_sigma": _scaled(plan.predicted, sigma, scale),
                 "measured": measured,
-                "measured_change": None
-                if not (baseline and measured is not None)
-                else measured / baseline - 1,
+                "measured_change": None if not (baseline and measured is not None) else measured / baseline - 1,
             }
         )
     return rows
@@ -104,7 +124,77 @@ def summary(plan: Plan) -> list[tuple[str, str]]:
     ]
 
 
+def frontier_axes(plan: Plan) -> tuple[str, str] | None:
+    """(x, y) metrics of the Pareto chart: the objective, then the budgeted metric it trades with."""
+    present = {m for p in plan.frontier for m in p.totals if m in METRIC_AXES}
+    x = OBJECTIVE_AXIS[plan.objective]
+    budgeted = [m for m in plan.budgets.limits() if m != x and m in present]
+    others = [m for m in METRIC_AXES if m != x and m in present]
+    y = (budgeted or others or [None])[0]
+    return (x, y) if x in present and y is not None else None
+
+
+def pareto_chart(plan: Plan) -> XYChart | None:
+    axes = frontier_axes(plan)
+    if axes is None:
+        return None
+    (x, y), limits = axes, plan.budgets.limits()
+    (x_label, x_scale), (y_label, y_scale) = METRIC_AXES[x], METRIC_AXES[y]
+    drawn = [p for p in plan.frontier if x in p.totals and y in p.totals]
+
+    def point(p: ParetoPoint) -> Point:
+        fits = "fits the budget" if p.feasible else "over budget"
+        return Point(p.totals[x] * x_scale, p.totals[y] * y_scale, f"{p.label} ({fits})")
+
+    xs = [p.totals[x] * x_scale for p in drawn] + ([limits[x] * x_scale] if x in limits else [])
+    ys = [p.totals[y] * y_scale for p in drawn] + ([limits[y] * y_scale] if y in limits else [])
+    x_axis, y_axis = LinearScale.covering(xs, pad=0.05), LinearScale.covering(ys, pad=0.05)
+    frontier = sorted((p for p in drawn if p.on_frontier), key=lambda p: p.totals[x])
+    series: list[ScatterSeries | LineSeries] = [
+        LineSeries(
+            "frontier",
+            FRONTIER_LINE_COLOR,
+            tuple((p.totals[x] * x_scale, p.totals[y] * y_scale) for p in frontier),
+            in_legend=False,
+        )
+    ]
+    if y in limits:
+        level = limits[y] * y_scale
+        series.append(LineSeries("budget", BUDGET_COLOR, ((x_axis.lo, level), (x_axis.hi, level)), dashed=True))
+    if x in limits:
+        level = limits[x] * x_scale
+        series.append(
+            LineSeries(
+                "budget", BUDGET_COLOR, ((level, y_axis.lo), (level, y_axis.hi)), dashed=True, in_legend=y not in limits
+            )
+        )
+    for name, color, keep in (
+        ("fits the budget", FITS_COLOR, lambda p: p.feasible and not p.chosen),
+        ("over budget", OVER_BUDGET_COLOR, lambda p: not p.feasible and not p.chosen),
+    ):
+        points = tuple(point(p) for p in drawn if keep(p))
+        if points:
+            series.append(ScatterSeries(name, color, points))
+    chosen = tuple(point(p) for p in drawn if p.chosen)
+    if chosen:
+        series.append(ScatterSeries("chosen plan", CHOSEN_COLOR, chosen, shape="diamond"))
+    return XYChart(
+        title=f"Pareto frontier: {x_label.split(' (')[0]} against {y_label.split(' (')[0]} (predicted)",
+        x_label=x_label,
+        y_label=y_label,
+        x_scale=x_axis,
+        y_scale=y_axis,
+        series=tuple(series),
+        note=f"{len(drawn)} plans; lower and to the left is better",
+    )
+
+
 def charts(plan: Plan, options: ReportOptions) -> list[Chart]:
+    frontier = pareto_chart(plan)
+    return [*comparison_charts(plan), *([frontier] if frontier is not None else [])]
+
+
+def comparison_charts(plan: Plan) -> list[Chart]:
     """Relative change against the baseline, predicted (± one sigma) next to measured."""
     rows = []
     for row in figure_rows(plan):
@@ -133,7 +223,7 @@ def charts(plan: Plan, options: ReportOptions) -> list[Chart]:
             x_label="change from the baseline (%)",
             rows=tuple(rows),
             statuses={"predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
-            reference_lines=(ReferenceLine(0.0, "baseline"),),
+            reference_lines=(ReferenceLine(0.0, "baseline", side="left"),),
         )
     ]
 

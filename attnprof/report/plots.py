@@ -120,9 +120,7 @@ def time_breakdown_chart(profile: Profile) -> BarChart:
         att_backward = sum(_median(a.backward_time_ms) for a in attention)
         accounted += forward + backward
         rest_forward, rest_backward = max(forward - att_forward, 0.0), max(backward - att_backward, 0.0)
-        values = (
-            (att_forward, att_backward, rest_forward, rest_backward) if train else (att_forward, rest_forward)
-        )
+        values = (att_forward, att_backward, rest_forward, rest_backward) if train else (att_forward, rest_forward)
         rows.append(BarRow(block.name or "(model)", values))
     step = _median(profile.totals.time_ms)
     outside = max(step - accounted, 0.0)
@@ -194,8 +192,7 @@ def roofline_chart(profile: Profile, peaks: Peaks | None, missing_reason: str | 
                 f"{layer.name} ({layer.type}): {layer.flops:.3g} FLOP, {x:.3g} FLOP/byte, {y:.3g} TFLOP/s",
             )
             for layer, x, y in points
-            if (kind == "attention" and _is_attention(layer))
-            or (layer.kind == kind and not _is_attention(layer))
+            if (kind == "attention" and _is_attention(layer)) or (layer.kind == kind and not _is_attention(layer))
         )
         if kind_points:
             series.append(ScatterSeries(kind, color, kind_points))

@@ -97,8 +97,7 @@ def summary(profile: Profile) -> list[tuple[str, str]]:
         ("parameters", f"{profile.workload.parameter_count:,}"),
         (
             "settings",
-            f"{s.mode}, batch {s.batch_size}, seq {s.seq_len}, {s.dtype}, backend {s.backend}, "
-            f"device {s.device}",
+            f"{s.mode}, batch {s.batch_size}, seq {s.seq_len}, {s.dtype}, backend {s.backend}, device {s.device}",
         ),
         ("machine", f"{m.gpu_name or m.cpu}; torch {m.torch}" + (f", CUDA {m.cuda}" if m.cuda else "")),
         ("step time", step),

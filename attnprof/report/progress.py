@@ -63,9 +63,11 @@ class ProgressHandle:
             self._bar.update(self._task, description=description)
             self._bar.refresh()
 
-    def set_total(self, total: float | None) -> None:
+    def update(self, completed: float, total: float | None) -> None:
+        """Jump to `completed` of `total`, for loops that report their own position."""
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, total=total)
+            self._bar.update(self._task, completed=completed, total=total)
+            self._bar.refresh()
 
 
 def progress_enabled() -> bool:

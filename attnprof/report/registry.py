@@ -10,11 +10,16 @@ from typing import Any
 
 from attnprof.errors import InputFileError
 from attnprof.records import from_json_dict
-from attnprof.report import plan_report, profile_report
+from attnprof.report import check_report, fit_report, plan_report, profile_report
 from attnprof.report.adapter import RecordAdapter
 from attnprof.store import read_json
 
-ADAPTERS: tuple[RecordAdapter[Any], ...] = (profile_report.ADAPTER, plan_report.ADAPTER)
+ADAPTERS: tuple[RecordAdapter[Any], ...] = (
+    profile_report.ADAPTER,
+    plan_report.ADAPTER,
+    check_report.ADAPTER,
+    fit_report.ADAPTER,
+)
 
 
 def adapter_for_record(record: object) -> RecordAdapter[Any]:

@@ -51,14 +51,18 @@ class LinearScale:
         return [_clean(first + i * step) for i in range(count)]
 
     @classmethod
-    def covering(cls, values: Sequence[float], include_zero: bool = True) -> LinearScale:
-        """A scale with nice round ends that contains every finite value."""
-        finite = [v for v in values if math.isfinite(v)]
-        lo = min([*finite, 0.0] if include_zero else finite or [0.0])
-        hi = max([*finite, 0.0] if include_zero else finite or [1.0])
+    def covering(cls, values: Sequence[float], include_zero: bool = True, pad: float = 0.0) -> LinearScale:
+        """A scale with nice round ends that contains every finite value, with `pad` (a share of
+        the range) of room beyond the data's extremes so marks drawn there are not cut by the axes."""
+        finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+        lo, hi = min(finite), max(finite)
         if hi <= lo:  # a single value: centre it
-            pad = abs(lo) / 2 or 1.0
-            lo, hi = lo - pad, hi + pad
+            margin = abs(lo) / 2 or 1.0
+            lo, hi = lo - margin, hi + margin
+        margin = pad * (hi - lo)
+        lo, hi = lo - margin, hi + margin
+        if include_zero:
+            lo, hi = min(lo, 0.0) if min(finite) < 0 else 0.0, max(hi, 0.0) if max(finite) > 0 else 0.0
         step = _nice_step((hi - lo) / 5)
         return cls(math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step)
 
@@ -207,9 +211,7 @@ class BarChart:
     def __post_init__(self) -> None:
         for row in self.rows:
             if len(row.values) != len(self.series):
-                raise ValueError(
-                    f"bar {row.label!r} has {len(row.values)} values for {len(self.series)} series"
-                )
+                raise ValueError(f"bar {row.label!r} has {len(row.values)} values for {len(self.series)} series")
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class ReferenceLine:
     value: float
     label: str
     color: str = "#888888"
+    side: Literal["left", "centre", "right"] = "centre"  # where the label sits: lines close together
 
 
 @dataclass(frozen=True)
@@ -276,9 +279,7 @@ class _Svg:
             f'font-weight="{weight}" fill="{color}"{transform}>{escape(content)}</text>'
         )
 
-    def line(
-        self, x1: float, y1: float, x2: float, y2: float, color: str, width: float = 1, dash: str = ""
-    ) -> None:
+    def line(self, x1: float, y1: float, x2: float, y2: float, color: str, width: float = 1, dash: str = "") -> None:
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         self.add(
             f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
@@ -314,9 +315,15 @@ def _tooltip(text: str) -> str:
 
 
 def _legend(svg: _Svg, entries: Sequence[tuple[str, str, str]], x: float, y: float) -> None:
-    """Swatches in one row from (x, y); entry = (name, colour, kind: box|dot|line|dash)."""
+    """Swatches in one row from (x, y); entry = (name, colour, kind: box|dot|diamond|line|dash)."""
     for name, color, kind in entries:
-        if kind == "box":
+        if kind == "diamond":
+            cx, cy = x + 5.5, y - 3.5
+            svg.add(
+                f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} '
+                f'{cx - 6:.1f},{cy:.1f}" fill="{color}" stroke="#000000" stroke-width="1"/>'
+            )
+        elif kind == "box":
             svg.add(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="11" height="11" fill="{color}"/>')
         elif kind == "dot":
             svg.add(f'<circle cx="{x + 5.5:.1f}" cy="{y - 3.5:.1f}" r="4.5" fill="{color}"/>')
@@ -395,7 +402,7 @@ def _render_xy(chart: XYChart) -> str:
                     f'<circle {attrs} cx="{x:.1f}" cy="{y:.1f}" r="{r}" stroke="#ffffff" stroke-width="0.8">'
                     f"{_tooltip(point.label)}</circle>"
                 )
-        legend.append((series.name, series.color, "dot"))
+        legend.append((series.name, series.color, "diamond" if series.shape == "diamond" else "dot"))
     svg.add("</g>")
     _legend(svg, legend, left, top - 10)
     return svg.render(chart.title)
@@ -459,7 +466,7 @@ def _render_bars(chart: BarChart) -> str:
 def _render_intervals(chart: IntervalChart) -> str:
     values = [v for row in chart.rows for v in (row.lo, row.hi, row.estimate)]
     values += [line.value for line in chart.reference_lines]
-    scale = LinearScale.covering(values)
+    scale = LinearScale.covering(values, pad=0.03)
     height = 34 + (18 if chart.note else 0) + 34 + len(chart.rows) * chart.row_height + 50
     svg = _Svg(chart.width, height)
     top = _header(svg, chart.title, chart.note) + 34  # legend row, then the reference line labels
@@ -472,7 +479,9 @@ def _render_intervals(chart: IntervalChart) -> str:
 
     for ref in chart.reference_lines:
         svg.line(px(ref.value), top, px(ref.value), top + plot_h, ref.color, 1.5, "5 3")
-        svg.text(px(ref.value), top - 2, ref.label, size=10, anchor="middle", color=ref.color)
+        anchor = {"left": "end", "centre": "middle", "right": "start"}[ref.side]
+        offset = {"left": -3, "centre": 0, "right": 3}[ref.side]
+        svg.text(px(ref.value) + offset, top - 2, ref.label, size=10, anchor=anchor, color=ref.color)
     for i, row in enumerate(chart.rows):
         color = chart.statuses.get(row.status, "#777777")
         y = top + (i + 0.5) * chart.row_height

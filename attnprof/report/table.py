@@ -57,7 +57,7 @@ def _relative_name(name: str, shown: set[str]) -> tuple[str, int]:
     parts = name.split(".")
     ancestors = [cut for cut in range(1, len(parts)) if ".".join(parts[:cut]) in shown]
     depth = len(ancestors) + (1 if name and "" in shown else 0)
-    return (".".join(parts[ancestors[-1]:]) if ancestors else name), depth
+    return (".".join(parts[ancestors[-1] :]) if ancestors else name), depth
 
 
 def profile_table(profile: Profile, sort: str = "order") -> Table:
@@ -66,14 +66,30 @@ def profile_table(profile: Profile, sort: str = "order") -> Table:
         f"{profile.workload.target} · {settings.mode} · batch {settings.batch_size} · seq {settings.seq_len} · "
         f"{settings.dtype} · {settings.device} · backend {settings.backend}"
     )
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False,
-                  caption=device_caption(profile), caption_justify="left")
+    table = Table(
+        title=title,
+        title_justify="left",
+        show_lines=False,
+        pad_edge=False,
+        caption=device_caption(profile),
+        caption_justify="left",
+    )
     peak = profile.peak.tflops if profile.peak is not None else None
     roofline = [("% peak", "right"), ("bound", "left")] if peak else []
-    for header, justify in [("layer", "left"), ("kind", "left"), ("fwd ms", "right"), ("self ms", "right"),
-                            ("p10–p90", "right"), ("bwd ms", "right"), ("FLOPs", "right"),
-                            ("attn FLOPs", "right"), ("memory", "right"), ("TFLOP/s", "right"), *roofline,
-                            ("", "left")]:
+    for header, justify in [
+        ("layer", "left"),
+        ("kind", "left"),
+        ("fwd ms", "right"),
+        ("self ms", "right"),
+        ("p10–p90", "right"),
+        ("bwd ms", "right"),
+        ("FLOPs", "right"),
+        ("attn FLOPs", "right"),
+        ("memory", "right"),
+        ("TFLOP/s", "right"),
+        *roofline,
+        ("", "left"),
+    ]:
         table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
     slow = bottlenecks(profile)
     indent = sort == "order"
@@ -153,8 +169,9 @@ def profile_view(profile: Profile, sort: str = "order") -> Group:
     ]
     if totals.backward_flops:
         lines.append(f"backward: {human_count(totals.backward_flops)} FLOPs")
-    lines.append(f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None
-                 else f"energy: n/a ({totals.energy_reason})")
+    lines.append(
+        f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None else f"energy: n/a ({totals.energy_reason})"
+    )
     lines += [f"note: {note}" for note in profile.notes]
     return Group(profile_table(profile, sort), *(Text(line) for line in lines))
 
