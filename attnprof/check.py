@@ -556,6 +556,11 @@ def compare_profiles(
         *_compare_memory(baseline, current, options),
         *_compare_time(baseline, current, options, bool(differences)),
     ]
+    if not metrics:
+        raise UsageError(
+            f"no metric matches {', '.join(options.metrics)}; metric names look like step, flops, "
+            "peak_memory, layers.<module path>, layers.<module path>.flops"
+        )
     statuses = {m.status for m in metrics}
     verdict = (
         "regression"

@@ -12,6 +12,7 @@ registered in MIGRATIONS; newer ones are refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -39,6 +40,16 @@ def short_hash(parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp creates files 0600; saved files get the mode an ordinary open() would give them.
+_FILE_MODE = _default_file_mode()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` via temp file + fsync + rename: all or nothing."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -51,6 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -102,6 +114,7 @@ def write_new_record(path: Path, record: Any) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
@@ -109,7 +122,7 @@ def write_new_record(path: Path, record: Any) -> Path:
             for attempt in range(10_000):
                 candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
                 try:
-                    os.link(tmp_name, candidate)
+                    _create_from(tmp_name, candidate)
                 except FileExistsError:
                     continue
                 _fsync_dir(path.parent)
@@ -117,6 +130,23 @@ def write_new_record(path: Path, record: Any) -> Path:
             raise OutputFileError(f"{path}: cannot write (10000 files of this name already)")
         finally:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+def _create_from(tmp_name: str, path: Path) -> None:
+    """Give the finished temp file the name `path`, raising FileExistsError if it is taken."""
+    try:
+        os.link(tmp_name, path)  # fails rather than replace: atomic no-clobber
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # A file system without hard links: reserve the name, then rename over the reservation
+        # (a reader may glimpse the empty reservation for that moment).
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        try:
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)  # never leave the empty reservation behind
+            raise
 
 
 def _record_text(record: Any) -> str:

@@ -269,6 +269,11 @@ def test_metric_globs_select_what_is_compared() -> None:
     assert {m.metric for m in result.metrics} == {"step", "flops"}
 
 
+def test_metric_globs_that_match_nothing_are_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no metric matches stpe"):
+        compare_profiles(make_profile(seed=1), make_profile(seed=2), CheckOptions(metrics=("stpe",)))
+
+
 def test_check_result_round_trips_through_json() -> None:
     result = compare_profiles(make_profile(seed=1), make_profile(seed=2, attn_slowdown=1.5))
     again = from_json_dict(CheckResult, to_json_dict(result))

@@ -88,3 +88,19 @@ def test_train_mode_cli(runner: CliRunner, models_dir: Path) -> None:
     result = runner.invoke(app, ["profile", str(models_dir / "encoder_model.py"), "--mode", "train", "--no-save"])
     assert result.exit_code == 0, result.output
     assert "backward:" in result.stdout
+
+
+def test_long_error_message_is_one_line(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["profile", "x" * 300 + ".py"])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_saved_profile_has_ordinary_file_mode(runner: CliRunner, tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    result = runner.invoke(app, ["profile", *FAST, "--out", "p.json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it

@@ -161,3 +161,13 @@ def test_verbose_adds_detail_on_stderr_only(runner: CliRunner, profiled: tuple[P
     assert plain.exit_code == verbose.exit_code == 0
     assert plain.stdout == verbose.stdout
     assert "a profile record, rendered as csv" in verbose.stderr and plain.stderr == ""
+
+
+def test_dry_run_profile_html_renders_without_times(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["profile", "--device", "meta", "--no-save", "--html", "dry.html"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "dry.html").read_text()
+    figures = re.findall(r"<figure.*?</figure>", html, re.DOTALL)
+    assert len(figures) == 3 and "not timed (a dry run)" in figures[0]
+    assert count_marks(figures[0]) == 0 and count_marks(figures[1]) == 0  # no times, no achieved TFLOP/s
+    assert count_marks(figures[2]) > 0  # memory is known without running

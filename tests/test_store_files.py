@@ -181,3 +181,14 @@ def test_nothing_is_ever_unpickled() -> None:
         assert not risky.search(text), f"{source} deserialises with pickle"
         for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call.group(1), f"{source}: torch.load without weights_only=True"
+
+
+def test_write_new_record_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(source: str, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("attnprof.store.os.link", no_links)
+    written = [write_new_record(tmp_path / "p.json", Settings(batch_size=n)) for n in (1, 2)]
+    assert [p.name for p in written] == ["p.json", "p-1.json"]
+    assert [read_record(p, Settings).batch_size for p in written] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p-1.json", "p.json"]

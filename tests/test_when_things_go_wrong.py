@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -181,6 +182,27 @@ def test_two_attnprof_processes_writing_to_one_profiles_folder(tmp_path: Path) -
     assert all(read_json(path)["workload"]["target"] == "zoo:gpt" for path in saved)
 
 
+def test_two_runs_saved_under_one_name_keep_their_own_traces(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both runs get the same profile name, as two processes finishing in the same second do.
+    monkeypatch.setattr("attnprof.cli.profile.profile_path", lambda profile, folder: folder / "w" / "profile.json")
+    for _ in range(2):
+        result = runner.invoke(app, ["profile", "zoo:gpt", *FAST, "--trace"])
+        assert result.exit_code == 0, result.output
+    folder = tmp_path / "profiles" / "w"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "profile-1.json",
+        "profile-1.trace.json.gz",
+        "profile.json",
+        "profile.trace.json.gz",
+    ]
+    for name in ("profile", "profile-1"):
+        trace_file = read_json(folder / f"{name}.json")["trace"]["trace_file"]
+        assert Path(trace_file).name == f"{name}.trace.json.gz"
+        assert json.loads(gzip.decompress((tmp_path / trace_file).read_bytes()))["traceEvents"]
+
+
 def _interrupted_profile(tmp_path: Path, signum: int) -> tuple[int, str]:
     run = _attnprof(["-q", "profile", str(MODELS / "slow_forward.py"), "--repeats", "1000"], tmp_path)
     _wait_for(tmp_path / "started", run)
@@ -203,13 +225,16 @@ def test_sigterm(tmp_path: Path) -> None:
     assert not (tmp_path / "profiles").exists()
 
 
-def test_out_of_memory_while_profiling(runner: CliRunner, tmp_path: Path) -> None:
+def test_out_of_memory_while_profiling_or_tuning(runner: CliRunner, tmp_path: Path) -> None:
     model = str(MODELS / "cuda_out_of_memory.py")
-    result = runner.invoke(app, ["profile", model, *FAST, "--batch-size", "4", "--seq-len", "32"])
-    assert result.exit_code == 4, result.output
-    assert "out of memory: CUDA out of memory. Tried to allocate 16.00 GiB" in result.stderr
-    assert "try a smaller --batch-size or --seq-len" in result.stderr
-    assert "Traceback" not in result.output and not (tmp_path / "profiles").exists()
+    too_large = [*FAST, "--batch-size", "4", "--seq-len", "32"]  # 128 tokens: over the model's 64
+    for command in (["profile", model, *too_large], ["tune", model, *too_large, "--knobs", "dtype"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 4, result.output
+        assert "out of memory: CUDA out of memory. Tried to allocate 16.00 GiB" in result.stderr
+        assert "try a smaller --batch-size or --seq-len" in result.stderr
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "profiles").exists() and not (tmp_path / "plan.json").exists()
     assert runner.invoke(app, ["profile", model, *FAST, "--no-save"]).exit_code == 0  # small fits
 
 

@@ -61,13 +61,14 @@ def profile_command(
         pending = Path(scratch) / "trace.json.gz" if trace and trace_file is None and not no_save else None
         profile = run_profile(workload, settings, trace=trace, trace_file=trace_file or pending)
         if not no_save:
-            path = out if out is not None else profile_path(profile, DEFAULT_PROFILE_DIR)
-            if pending is not None and pending.exists() and profile.trace is not None:
+            # Under profiles/ a name of its own first, never over another run's profile (or its
+            # trace, e.g. a second process in the same second); the trace then moves beside it.
+            path = out if out is not None else write_new_record(profile_path(profile, DEFAULT_PROFILE_DIR), profile)
+            moved = pending is not None and pending.exists() and profile.trace is not None
+            if moved:
                 profile.trace.trace_file = str(move_next_to(pending, path))
-            if out is not None:
+            if out is not None or moved:
                 write_record(path, profile)
-            else:  # never over another run's profile, e.g. a second process in the same second
-                path = write_new_record(path, profile)
             log(f"saved {path}")
     if profile.trace is not None and profile.trace.trace_file:
         log(f"Chrome trace: {profile.trace.trace_file} (open in https://ui.perfetto.dev)")

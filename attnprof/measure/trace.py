@@ -14,7 +14,6 @@ profiler) the summary says so and per-layer times stay on CUDA events: a trace n
 from __future__ import annotations
 
 import gzip
-import shutil
 import tempfile
 import warnings
 from collections import defaultdict
@@ -30,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from attnprof.errors import UsageError
 from attnprof.measure.scopes import LABEL_PREFIX
 from attnprof.records import ModuleTrace, TraceSummary
+from attnprof.store import atomic_write_bytes
 
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step
 TOP_NAMES = 3
@@ -251,20 +251,16 @@ def run_trace(
 
 def export_chrome_trace(prof: profile, path: Path) -> None:
     """Write the window as gzipped Chrome-trace JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".attnprof-trace-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="attnprof-trace-") as scratch:
         raw = Path(scratch) / "trace.json"
         prof.export_chrome_trace(str(raw))
-        packed = Path(scratch) / "trace.json.gz"
-        with raw.open("rb") as source, gzip.open(packed, "wb") as target:
-            shutil.copyfileobj(source, target)
-        packed.replace(path)
+        atomic_write_bytes(Path(path), gzip.compress(raw.read_bytes()))
 
 
 def move_next_to(trace_file: Path, profile_file: Path) -> Path:
-    """Move a saved trace beside its profile: <profile stem>.trace.json.gz."""
+    """Move a saved trace beside its profile: <profile stem>.trace.json.gz, written atomically
+    (the scratch folder may be on another file system, where a move is a copy)."""
     target = Path(profile_file).with_name(Path(profile_file).stem + ".trace.json.gz")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(trace_file, target)
+    atomic_write_bytes(target, Path(trace_file).read_bytes())
+    Path(trace_file).unlink()
     return target

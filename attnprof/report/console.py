@@ -67,4 +67,4 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     """A one-line error on stderr."""
-    stderr_console().print(f"attnprof: error: {message}", markup=False)
+    stderr_console().print(f"attnprof: error: {message}", markup=False, soft_wrap=True)  # one line, never wrapped

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from attnprof.records import LayerStats, Profile
+from attnprof.records import LayerStats, Profile, TimeStats
 from attnprof.report.svg import (
     BarChart,
     BarRow,
@@ -99,9 +99,9 @@ def attention_blocks(profile: Profile) -> list[tuple[LayerStats, list[LayerStats
     return blocks
 
 
-def _median(stats_time: object) -> float:
-    median = getattr(stats_time, "median", None)
-    return float(median) if isinstance(median, (int, float)) and math.isfinite(median) else 0.0
+def _median(stats: TimeStats | None) -> float:
+    """The median in ms, 0 when not timed (a dry run) or unknown."""
+    return stats.median if stats is not None and math.isfinite(stats.median) else 0.0
 
 
 def time_breakdown_chart(profile: Profile) -> BarChart:
@@ -140,7 +140,9 @@ def time_breakdown_chart(profile: Profile) -> BarChart:
         x_label="median time per step (ms)" + (", forward + backward" if train else ""),
         series=series,
         rows=tuple(rows),
-        note=f"step median {step:.4g} ms; {len(blocks)} blocks",
+        note=f"step median {step:.4g} ms; {len(blocks)} blocks"
+        if profile.totals.time_ms is not None
+        else "not timed (a dry run): no times to show",
         value_format="{:.3g} ms",
     )
 

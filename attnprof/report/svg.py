@@ -63,6 +63,8 @@ class LinearScale:
         lo, hi = lo - margin, hi + margin
         if include_zero:
             lo, hi = min(lo, 0.0) if min(finite) < 0 else 0.0, max(hi, 0.0) if max(finite) > 0 else 0.0
+            if hi <= lo:  # every value is zero
+                hi = lo + 1.0
         step = _nice_step((hi - lo) / 5)
         return cls(math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step)
 
