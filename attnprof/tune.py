@@ -25,6 +25,7 @@ import datetime
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
 import attnprof
+from attnprof.costmodel import memory_group, predict_config
 from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
@@ -40,6 +42,7 @@ from attnprof.optimize import OBJECTIVE_METRIC, Candidate, Group, Option, Proble
 from attnprof.profiler import backend_scope, run_profile
 from attnprof.records import (
     Budget,
+    CostModel,
     LayerStats,
     ParetoPoint,
     Plan,
@@ -57,8 +60,10 @@ from attnprof.space import (
     LayerOption,
     PlanSpace,
     build_space,
+    config_of,
 )
-from attnprof.store import machine_info
+from attnprof.store import DEFAULT_PROFILE_DIR, machine_info, read_record
+from attnprof.sweep import MeasurementStore, architecture_key, measure_settings, model_path, store_path
 from attnprof.workload import Inputs, Workload
 
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
@@ -80,7 +85,8 @@ class StepEstimate:
     latency_sigma_ms: float
     memory_bytes: float
     memory_sigma_bytes: float
-    source: str  # what produced it: "measured" or "cost model"
+    source: str  # what produced it: "measured", "predicted" (probes) or "cost model"
+    infeasible: str = ""  # why the choice cannot run (e.g. it ran out of memory when measured)
 
 
 class Estimator(Protocol):
@@ -272,6 +278,56 @@ class ProbeEstimator:
         return StepEstimate(latency, latency * math.sqrt(relative_var), memory, MODEL_FORM_SIGMA * memory, "predicted")
 
 
+class CostModelEstimator:
+    """The cost model `attnprof fit` saved for this workload on this machine, for the choice
+    combinations it measured; measured choices, and the combinations it lacks, go to the probes."""
+
+    def __init__(self, model: CostModel, settings: Settings, probes: ProbeEstimator) -> None:
+        self.model = model
+        self.settings = settings
+        self.probes = probes
+        self.source = (
+            f"cost model fitted on {model.measurements} measurement(s) (attnprof fit); "
+            "probes for choices it has not measured"
+        )
+
+    @property
+    def measurements(self) -> int:
+        return self.probes.measurements
+
+    def covers(self, choice: GlobalChoice) -> bool:
+        config = config_of(measured_settings(self.settings, _single(choice)))
+        return memory_group(config) in self.model.feature_laws
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate:
+        single = _single(choice)
+        if single in self.probes.profiles or not self.covers(single):
+            return self.probes.estimate(choice)
+        prediction = predict_config(self.model, config_of(measured_settings(self.settings, single)))
+        if not prediction.feasible:
+            return StepEstimate(math.inf, 0.0, math.inf, 0.0, "cost model", prediction.infeasible_reason)
+        return StepEstimate(
+            prediction.time_ms,
+            prediction.time_sigma_ms,
+            prediction.memory_bytes,
+            0.0 if math.isnan(prediction.memory_sigma_bytes) else prediction.memory_sigma_bytes,
+            "cost model",
+        )
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        self.probes.add(choice, profile)
+
+
+def saved_cost_model(workload: Workload, folder: Path = DEFAULT_PROFILE_DIR) -> CostModel | None:
+    """The cost model `attnprof fit` saved for this workload's architecture on this machine, if any."""
+    architecture = architecture_key(workload)
+    path = model_path(folder, workload.name or workload.target, architecture, machine_info().fingerprint())
+    if not path.exists():
+        return None
+    model = read_record(path, CostModel)
+    return model if model.workload_fingerprint == architecture else None
+
+
 def reference_choice(settings: Settings, choices: Sequence[GlobalChoice]) -> GlobalChoice:
     """The candidate closest to how the workload runs now: what other choices are compared with."""
 
@@ -360,7 +416,11 @@ def layer_option_costs(
     layer_ms = basis.forward_ms + basis.backward_ms
     latency = -share * layer_ms * time_scale
     params = basis.removed_params(option) * element_bytes * (2 if train else 1)  # + gradients in train
-    memory = -params - share * basis.activation_bytes * activation_scale
+    memory = -params
+    if train:
+        # Activations saved for backward add up over layers; in inference they are freed layer by
+        # layer, so the step's peak is one layer's transient and pruning one layer barely moves it.
+        memory -= share * basis.activation_bytes * activation_scale
     if option.checkpoint:
         # The layer's saved activations are dropped and its forward runs again in backward.
         latency += basis.forward_ms * (1 - share) * time_scale
@@ -407,6 +467,10 @@ class Pricing:
             )
             return None
         estimate = self.estimator.estimate(choice)
+        if estimate.infeasible:
+            config = ", ".join(f"{k}={v}" for k, v in choice.as_config().items())
+            self.excluded.append(Exclusion("batch_size", config, estimate.infeasible))
+            return None
         step_ms = per_replica * estimate.latency_ms
         memory = estimate.memory_bytes
         shape = None
@@ -608,7 +672,9 @@ class TuneRequest:
     pareto: bool = False
     verify: bool = True
     link: LinkLike | None = None
-    link_name: str = ""
+    use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
+    contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
+    profiles_dir: Path = DEFAULT_PROFILE_DIR
 
 
 @dataclass
@@ -621,6 +687,7 @@ class Verification:
     reason: str  # why rejected, or what was noticed when accepted
     profile: Profile | None = None
     can_run: bool = True  # False: the plan needs devices this machine does not have
+    contradicted: bool = False  # measured worse than predicted beyond the stated uncertainty
 
 
 @dataclass
@@ -705,9 +772,9 @@ def plan_choices(candidate: Candidate, settings: Settings) -> PlanChoices:
     )
 
 
-def contradiction(predicted: float, sigma: float, measured: float) -> bool:
-    """True when `measured` is worse than `predicted` beyond the stated uncertainty."""
-    allowance = max(CONTRADICTION_SIGMAS * sigma, NOISE_FLOOR * abs(predicted))
+def contradiction(predicted: float, sigma: float, measured: float, sigmas: float = CONTRADICTION_SIGMAS) -> bool:
+    """True when `measured` is worse than `predicted` beyond `sigmas` standard deviations (and the noise floor)."""
+    allowance = max(sigmas * sigma, NOISE_FLOOR * abs(predicted))
     return measured - predicted > allowance
 
 
@@ -746,9 +813,11 @@ def tune(
         reasons = "; ".join(f"{e.knob} {e.value}: {e.reason}" for e in excluded)
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     if estimator is None:
-        estimator = ProbeEstimator(workload, settings, space.globals)
-        if measured_settings(settings, estimator.reference) == settings:
-            estimator.add(estimator.reference, baseline)  # the baseline is the reference probe
+        probes = ProbeEstimator(workload, settings, space.globals)
+        if measured_settings(settings, probes.reference) == settings:
+            probes.add(probes.reference, baseline)  # the baseline is the reference probe
+        cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
+        estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
@@ -770,20 +839,24 @@ def tune(
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications = []
-    drift_measurements = 0
+    drift_measurements = feedback = 0
     if result.ranked and request.verify:
         drift = 1.0
         if any(c.problem.value[0].world_size == 1 for c in result.ranked):
             drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
             drift_measurements = 1
         for candidate in result.ranked:
-            verification = _verify(candidate, workload, settings, checker, max_error, limits, power, drift)
-            if verification.profile is not None:  # the measurement refines later estimates
+            verification = _verify(
+                candidate, workload, settings, checker, max_error, limits, power, drift, request.contradiction_sigmas
+            )
+            changes_layers = verification.choices.changes_heads() or verification.choices.checkpoint
+            if verification.profile is not None and not changes_layers:  # it refines later estimates
                 estimator.add(candidate.problem.value[0], verification.profile)
+            if verification.contradicted and isinstance(estimator, CostModelEstimator):
+                feedback += _feed_back(workload, settings, estimator, verification, request.profiles_dir)
             verifications.append(verification)
-    measurements = (
-        1 + estimator.measurements + drift_measurements + sum(v.profile is not None for v in verifications)
-    )
+    verified = sum(v.profile is not None for v in verifications)
+    measurements = 1 + estimator.measurements + drift_measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
     return TuneOutcome(
         baseline=baseline,
@@ -911,6 +984,26 @@ def _screen_precisions(
     return kept
 
 
+def _feed_back(
+    workload: Workload, settings: Settings, estimator: CostModelEstimator, verification: Verification, folder: Path
+) -> int:
+    """A cost-model prediction the measurement refuted: the configuration is measured into the
+    sweep's store, so the next `attnprof fit` learns from it. Returns the measurements taken."""
+    choice = verification.candidate.problem.value[0]
+    if verification.choices.changes_heads() or not estimator.covers(choice):
+        return 0  # another architecture, or not the cost model's prediction
+    architecture = architecture_key(workload)
+    machine = machine_info().fingerprint()
+    measurement = measure_settings(
+        workload,
+        measured_settings(settings, _single(choice)),
+        workload_fingerprint=architecture,
+        machine_fingerprint=machine,
+    )
+    MeasurementStore(store_path(folder, workload.name or workload.target, architecture, machine)).append(measurement)
+    return 1
+
+
 def _drift(workload: Workload, settings: Settings, estimator: Estimator, reference: GlobalChoice) -> float:
     """How much slower (>1) or faster the machine runs now than when the estimates were made.
 
@@ -931,6 +1024,7 @@ def _verify(
     limits: dict[str, float],
     power: float | None,
     drift: float = 1.0,
+    sigmas: float = CONTRADICTION_SIGMAS,
 ) -> Verification:
     choice, _ = candidate.problem.value
     choices = plan_choices(candidate, settings)
@@ -960,7 +1054,8 @@ def _verify(
     assert measured.latency_ms is not None and predicted.latency_ms is not None
     expected = predicted.latency_ms * drift
     sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
-    if contradiction(expected, sigma, measured.latency_ms):
+    contradicted = contradiction(expected, sigma, measured.latency_ms, sigmas)
+    if contradicted:
         reasons.append(
             f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
             f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
@@ -968,10 +1063,12 @@ def _verify(
     if (
         predicted.memory_bytes
         and measured.memory_bytes is not None
-        and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes)
+        and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes, sigmas)
     ):
         reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
-    return Verification(candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile)
+    return Verification(
+        candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, contradicted=contradicted
+    )
 
 
 def _choose(

@@ -18,7 +18,7 @@ from attnprof.report.tune import format_metric, print_tune
 from attnprof.sharding import LinkLike
 from attnprof.space import parse_plan_knobs
 from attnprof.store import atomic_write_text, write_record
-from attnprof.tune import TuneRequest, pareto_points, tune
+from attnprof.tune import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
 from attnprof.workload import load_workload
 
 DEFAULT_PLAN = Path("plan.json")
@@ -47,6 +47,11 @@ def tune_command(
         "kv_heads, checkpoint, tensor_parallel, pipeline_stages, data_parallel (default: all but heads, kv_heads).",
     ),
     top_k: int = typer.Option(3, "--top-k", help="Candidates measured for real before choosing."),
+    uncertainty: float = typer.Option(
+        CONTRADICTION_SIGMAS,
+        "--uncertainty",
+        help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
+    ),
     pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report (with the frontier)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan JSON to stdout and nothing else."),
@@ -71,6 +76,8 @@ def tune_command(
     """Find the best verified plan under the budget; exit 5 when none fits, 1 when none survives measurement."""
     limits = parse_budget(budget, gpus=gpus, max_error=max_error, max_quality_loss=max_quality_loss, headroom=headroom)
     goal = parse_objective(objective)
+    if not uncertainty > 0:
+        raise UsageError(f"--uncertainty must be a positive number of standard deviations, e.g. 3; got {uncertainty}")
     if top_k < 1:
         raise UsageError(f"--top-k must be a positive integer, e.g. --top-k 3; got {top_k}")
     workload = load_workload(target)
@@ -88,6 +95,7 @@ def tune_command(
         pareto=pareto or html is not None,  # the report draws the frontier
         verify=apply,
         link=_link(interconnect, settings.device, gpus),
+        contradiction_sigmas=uncertainty,
     )
     log(f"tuning {workload.target} for {goal} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len})")
     outcome = tune(workload, settings, request)
