@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from typer.testing import CliRunner
 
 MODELS = Path(__file__).parent / "models"
 
@@ -48,3 +49,12 @@ def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
 @pytest.fixture
 def models_dir() -> Path:
     return MODELS
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    """The CLI in-process, in a scratch folder, plain output at a fixed width."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "160")
+    return CliRunner()

@@ -31,14 +31,6 @@ SMALL = [
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
-
-
-@pytest.fixture
 def fitted(runner: CliRunner, tmp_path: Path) -> Path:
     result = runner.invoke(app, ["fit", "zoo:decoder", *SMALL, "-n", "12"])
     assert result.exit_code == 0, result.output

@@ -5,23 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from attnprof.cli.app import app
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 FAST = ["--batch-size", "1", "--seq-len", "16", "--repeats", "2", "--warmup", "1"]
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
 
 
 def test_monitor_without_nvidia_gpu_exits_4(runner):

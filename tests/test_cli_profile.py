@@ -13,14 +13,6 @@ from attnprof.cli.app import app
 FAST = ["--batch-size", "1", "--seq-len", "16", "--repeats", "2", "--warmup", "1"]
 
 
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
-
-
 def test_profile_default_workload_prints_table_and_saves(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["profile", *FAST])
     assert result.exit_code == 0, result.output

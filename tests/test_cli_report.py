@@ -19,14 +19,6 @@ from attnprof.store import load_profile
 FAST = ["--batch-size", "1", "--seq-len", "16", "--repeats", "2", "--warmup", "1"]
 
 
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
-
-
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A real profile of the default workload, saved with its HTML report written by `profile --html`."""

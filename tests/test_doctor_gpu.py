@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from unittest import mock
 
 import pynvml
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from attnprof import doctor
 from attnprof.cli.app import app
@@ -65,14 +63,6 @@ def test_calibrate_stores_figures_and_reports_them():
     (finding,) = doctor.calibrate([torch.device("cpu")], budget_s=0.05)
     assert finding.section == "calibration" and "saved to" in finding.detail
     assert hardware.load_calibration(machine_info()).devices["cpu"].copy_gbps > 0
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
 
 
 @pytest.mark.slow

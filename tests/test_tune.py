@@ -25,14 +25,6 @@ FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1
 LENIENT = 1e9
 
 
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    return CliRunner()
-
-
 @pytest.mark.parametrize(
     "flags",
     [
