@@ -7,6 +7,7 @@ pruning, GQA conversion and importance scoring are written once, on plain tensor
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -51,37 +52,44 @@ class ShardNames:
     rowwise: tuple[str, ...]  # o: input features split, outputs summed across ranks
 
 
-class Adapter:
-    """Base class of one attention family. Subclasses override every method."""
+class Adapter(abc.ABC):
+    """Base class of one attention family: one subclass per family implements every method."""
 
     family: str = ""
     attention_child: str = ""  # path of the child that runs the attention op, when not the module itself
 
+    @abc.abstractmethod
     def matches(self, module: nn.Module) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def layout(self, module: nn.Module) -> HeadLayout:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def read(self, module: nn.Module, grad: bool = False) -> Projections:
         """The weights (or, with grad=True, their gradients) in canonical layout."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def write(self, module: nn.Module, weights: Projections, layout: HeadLayout) -> None:
         """Replace the weights by `weights` (possibly fewer heads) and set the head counts."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def set_head_counts(self, module: nn.Module, layout: HeadLayout) -> None:
         """Make the module's forward reshape with these head counts (after pruning or sharding)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def check_gqa(self, module: nn.Module) -> None:
         """Raise Unsupported if this module cannot run with fewer K/V heads than query heads."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def shard_names(self, name: str, module: nn.Module) -> ShardNames:
         """Raise Unsupported if this family cannot be split by DTensor tensor parallel styles."""
-        raise NotImplementedError
+        ...
 
 
 def tensor_of(param: torch.Tensor, grad: bool) -> torch.Tensor:
