@@ -69,6 +69,9 @@ from attnprof.workload import Inputs, Workload
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
 DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
 CONTRADICTION_SIGMAS = 3.0  # a measurement this many standard deviations worse than predicted refutes it
+# Search-and-verify rounds: when every candidate of a round is refuted, the search runs again with
+# the refuting measurements in the estimates and verifies the next best untried candidates.
+VERIFY_ROUNDS = 3
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
 _ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8, "fp8": 1}
@@ -845,16 +848,18 @@ def tune(
         if any(c.problem.value[0].world_size == 1 for c in result.ranked):
             drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
             drift_measurements = 1
-        for candidate in result.ranked:
-            verification = _verify(
-                candidate, workload, settings, checker, max_error, limits, power, drift, request.contradiction_sigmas
-            )
-            changes_layers = verification.choices.changes_heads() or verification.choices.checkpoint
-            if verification.profile is not None and not changes_layers:  # it refines later estimates
-                estimator.add(candidate.problem.value[0], verification.profile)
-            if verification.contradicted and isinstance(estimator, CostModelEstimator):
-                feedback += _feed_back(workload, settings, estimator, verification, request.profiles_dir)
-            verifications.append(verification)
+        verifier = Verifier(workload, settings, checker, max_error, limits, power, drift, request, estimator)
+        candidates = result.ranked
+        for _ in range(VERIFY_ROUNDS):
+            verifications += [verifier.verify(candidate) for candidate in candidates]
+            if any(v.accepted or not v.can_run for v in verifications):
+                break
+            # Every candidate was refuted: search again, priced with what was just measured.
+            again = search(pricing.problems(), limits, objective, k=request.top_k + len(verifications))
+            candidates = _untried(again, verifications, settings)[: request.top_k]
+            if not candidates:
+                break
+        feedback = verifier.feedback
     verified = sum(v.profile is not None for v in verifications)
     measurements = 1 + estimator.measurements + drift_measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
@@ -1015,60 +1020,87 @@ def _drift(workload: Workload, settings: Settings, estimator: Estimator, referen
     return now.median / before if now is not None and before > 0 else 1.0
 
 
-def _verify(
-    candidate: Candidate,
-    workload: Workload,
-    settings: Settings,
-    checker: OutputChecker,
-    max_error: float,
-    limits: dict[str, float],
-    power: float | None,
-    drift: float = 1.0,
-    sigmas: float = CONTRADICTION_SIGMAS,
-) -> Verification:
-    choice, _ = candidate.problem.value
-    choices = plan_choices(candidate, settings)
-    predicted = predicted_figures(candidate)
-    if choice.world_size > 1:
-        reason = f"needs {choice.world_size} devices"
-        return Verification(candidate, choices, predicted, None, False, reason, can_run=False)
-    transform = layer_transform(workload, settings, choices)
-    try:
-        profile = profile_choice(workload, settings, choice, transform)
-        finite, error = checker.check(choice.dtype, choice.backend)
-        quality = checker.check("fp32", choice.backend, transform)[1] if choices.changes_heads() else None
-    except PlanRejected as exc:
-        return Verification(candidate, choices, predicted, None, False, str(exc))
-    micro_steps = settings.batch_size // choice.batch_size
-    measured = figures_of(profile, micro_steps, settings.batch_size, power)
-    measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
-    reasons = []
-    if not finite:
-        reasons.append("outputs are not finite")
-    elif error > max_error and choice.dtype != "fp32":
-        reasons.append(f"output error {error:.2g} exceeds {max_error:g}")
-    for metric, limit in limits.items():
-        value = getattr(measured, metric)
-        if value is not None and value > limit:
-            reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
-    assert measured.latency_ms is not None and predicted.latency_ms is not None
-    expected = predicted.latency_ms * drift
-    sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
-    contradicted = contradiction(expected, sigma, measured.latency_ms, sigmas)
-    if contradicted:
-        reasons.append(
-            f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
-            f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
+@dataclass
+class Verifier:
+    """Applies and measures candidates; what it measures refines the estimates, and a refuted
+    cost-model prediction is fed back into the sweep's store."""
+
+    workload: Workload
+    settings: Settings
+    checker: OutputChecker
+    max_error: float
+    limits: dict[str, float]
+    power: float | None
+    drift: float
+    request: TuneRequest
+    estimator: Estimator
+    feedback: int = 0  # measurements fed back into the store
+
+    def verify(self, candidate: Candidate) -> Verification:
+        verification = self._measure(candidate)
+        changes_layers = verification.choices.changes_heads() or verification.choices.checkpoint
+        if verification.profile is not None and not changes_layers:  # it refines later estimates
+            self.estimator.add(candidate.problem.value[0], verification.profile)
+        if verification.contradicted and isinstance(self.estimator, CostModelEstimator):
+            self.feedback += _feed_back(
+                self.workload, self.settings, self.estimator, verification, self.request.profiles_dir
+            )
+        return verification
+
+    def _measure(self, candidate: Candidate) -> Verification:
+        """Apply, measure and judge one candidate against its prediction and the limits."""
+        workload, settings, checker, drift = self.workload, self.settings, self.checker, self.drift
+        choice, _ = candidate.problem.value
+        choices = plan_choices(candidate, settings)
+        predicted = predicted_figures(candidate)
+        if choice.world_size > 1:
+            reason = f"needs {choice.world_size} devices"
+            return Verification(candidate, choices, predicted, None, False, reason, can_run=False)
+        transform = layer_transform(workload, settings, choices)
+        try:
+            profile = profile_choice(workload, settings, choice, transform)
+            finite, error = checker.check(choice.dtype, choice.backend)
+            quality = checker.check("fp32", choice.backend, transform)[1] if choices.changes_heads() else None
+        except PlanRejected as exc:
+            return Verification(candidate, choices, predicted, None, False, str(exc))
+        micro_steps = settings.batch_size // choice.batch_size
+        measured = figures_of(profile, micro_steps, settings.batch_size, self.power)
+        measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
+        reasons = []
+        if not finite:
+            reasons.append("outputs are not finite")
+        elif error > self.max_error and choice.dtype != "fp32":
+            reasons.append(f"output error {error:.2g} exceeds {self.max_error:g}")
+        for metric, limit in self.limits.items():
+            value = getattr(measured, metric)
+            if value is not None and value > limit:
+                reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
+        assert measured.latency_ms is not None and predicted.latency_ms is not None
+        expected = predicted.latency_ms * drift
+        sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
+        sigmas = self.request.contradiction_sigmas
+        contradicted = contradiction(expected, sigma, measured.latency_ms, sigmas)
+        if contradicted:
+            reasons.append(
+                f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
+                f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
+            )
+        memory_sigma = predicted.memory_sigma_bytes or 0.0
+        if (
+            predicted.memory_bytes
+            and measured.memory_bytes is not None
+            and contradiction(predicted.memory_bytes, memory_sigma, measured.memory_bytes, sigmas)
+        ):
+            reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
+        return Verification(
+            candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, contradicted=contradicted
         )
-    if (
-        predicted.memory_bytes
-        and measured.memory_bytes is not None
-        and contradiction(predicted.memory_bytes, predicted.memory_sigma_bytes or 0.0, measured.memory_bytes, sigmas)
-    ):
-        reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
-    return Verification(
-        candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, contradicted=contradicted
-    )
+
+
+def _untried(result: SearchResult, verifications: Sequence[Verification], settings: Settings) -> list[Candidate]:
+    """The ranked candidates that no verification has measured yet."""
+    tried = {repr(v.choices) for v in verifications}
+    return [c for c in result.ranked if repr(plan_choices(c, settings)) not in tried]
 
 
 def _choose(
