@@ -2,20 +2,22 @@
 
 Two parts, side by side in one process:
 
-1. Real runs on this machine. Workload A is examples/check_demo_model.py; workload B is the same
-   model with extra work (small matrix products in a forward hook on `layers.1.attn`) sized by
-   calibration to 5% of A's step. Full `run_profile` runs alternate A, B, A, B ... for a bounded
-   time; every A/A pair and every A/B pair of runs is judged with `compare_profiles`, counting
-   how often the step's timing verdict (and any module's) is a regression. The injected work
-   also changes FLOPs, which the exact metrics catch every time: only timing verdicts are
-   counted here, because they are what this measures.
+1. Real runs on this machine, once per way of timing (`--clock wall` or `--clock cpu`, each with
+   and without `--reference-probe`, whose drift correction `check` applies). Workload A is
+   examples/check_demo_model.py; workload B is the same model with extra work (small matrix
+   products in a forward hook on `layers.1.attn`) sized by calibration to 5% of A's step. Full
+   `run_profile` runs alternate A, B, A, B ... for a bounded time; every A/A pair and every A/B
+   pair of runs is judged with `compare_profiles`, counting how often the step's timing verdict
+   (and any module's) is a regression. The injected work also changes FLOPs, which the exact
+   metrics catch every time: only timing verdicts are counted here, because they are what this
+   measures.
 2. A simulation with the noise measured in part 1: within-run noise resampled from the A runs'
    step samples (each divided by its run's median) and between-run drift resampled from the A
    runs' medians, at several repeat counts and thresholds, many thousand trials each; the
    verdict is the gate's rule (slowdown past the limit AND one-sided Mann-Whitney p < alpha),
    checked against `compare_samples` on the first trials.
 
-    python -m benchmarks.check_gate [--budget-s 90] [--repeats 20] [--trials 20000] [--cpu-blocks 40]
+    python -m benchmarks.check_gate [--budget-s 90] [--max-runs 60] [--repeats 20] [--trials 20000]
 """
 
 from __future__ import annotations
@@ -34,14 +36,21 @@ import torch
 from scipy.stats import mannwhitneyu
 from torch import nn
 
-from attnprof.check import DEFAULT_ALPHA, CheckOptions, compare_profiles, compare_samples, parse_threshold
+from attnprof.check import (
+    DEFAULT_ALPHA,
+    CheckOptions,
+    compare_profiles,
+    compare_samples,
+    drift_correction,
+    parse_threshold,
+)
 from attnprof.profiler import prepare, resolve_settings, run_profile
 from attnprof.records import Profile, Settings
 from attnprof.workload import Workload, load_workload
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
 SLOWDOWN = 0.05
-LIMITS = (0.02, 0.05)
+LIMITS = (0.02, 0.03)
 CALIBRATION_UNITS = 60
 UNIT_SIZE = 64  # one unit of extra work: a 64x64 by 64x64 matrix product
 Runs = list[list[float]]  # timing samples (ms) of several runs
@@ -91,13 +100,14 @@ def calibrate_units(base: Workload, settings: Settings) -> tuple[int, float]:
 
 
 def real_runs(
-    base: Workload, slowed: Workload, settings: Settings, budget_s: float
+    base: Workload, slowed: Workload, settings: Settings, budget_s: float, max_runs: int
 ) -> tuple[list[Profile], list[Profile]]:
-    """Alternate A and B profile runs until the time budget is spent (at least 6 of each)."""
+    """Alternate A and B profile runs until the time budget is spent or `max_runs` of each are
+    done (at least 6 of each); the pairs to judge grow with the square of the runs."""
     runs_a: list[Profile] = []
     runs_b: list[Profile] = []
     start = time.perf_counter()
-    while len(runs_a) < 6 or time.perf_counter() - start < budget_s:
+    while len(runs_a) < 6 or (time.perf_counter() - start < budget_s and len(runs_a) < max_runs):
         runs_a.append(run_profile(base, settings))
         runs_b.append(run_profile(slowed, settings))
     return runs_a, runs_b
@@ -128,24 +138,6 @@ def alarm_counts(pairs: list[dict[str, tuple[float, float]]], limit: float) -> t
     return step, anywhere
 
 
-def cpu_time_blocks(base: Workload, slowed: Workload, settings: Settings, blocks: int) -> tuple[Runs, Runs]:
-    """Interleaved blocks of `settings.repeats` steps of A then B, timed by thread CPU time (ms)."""
-    plain, heavy = prepare(base, settings), prepare(slowed, settings)
-    for _ in range(settings.warmup):
-        plain.step()
-        heavy.step()
-    runs: dict[str, Runs] = {"A": [], "B": []}
-    for _ in range(blocks):
-        for name, prepared in (("A", plain), ("B", heavy)):
-            samples = []
-            for _ in range(settings.repeats):
-                start = time.thread_time()
-                prepared.step()
-                samples.append(1e3 * (time.thread_time() - start))
-            runs[name].append(samples)
-    return runs["A"], runs["B"]
-
-
 @dataclasses.dataclass
 class Noise:
     """What part 1 measured: per-sample residuals (log of sample / run median) and per-run drift
@@ -163,22 +155,15 @@ def measured_noise(runs: Runs) -> Noise:
     return Noise(residuals, np.log(medians / center), center)
 
 
-def step_samples(runs: list[Profile]) -> Runs:
-    return [p.totals.time_ms.samples for p in runs if p.totals.time_ms]
-
-
 def simulate(
-    noise: Noise, drift_sd: float | None, repeats: int, slowdown: float, trials: int, rng: np.random.Generator
+    noise: Noise, repeats: int, slowdown: float, trials: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """(relative change of the median, one-sided Mann-Whitney p) for `trials` simulated checks,
-    each a baseline run and a current run with their own drift and per-sample noise. Drift is
-    resampled from the measured run medians when `drift_sd` is None, else normal with that SD."""
+    each a baseline run and a current run with their own drift and per-sample noise, both
+    resampled from what part 1 measured."""
 
     def runs(factor: float) -> np.ndarray:
-        if drift_sd is None:
-            drift = rng.choice(noise.drift, size=(trials, 1))
-        else:
-            drift = rng.normal(0.0, drift_sd, size=(trials, 1))
+        drift = rng.choice(noise.drift, size=(trials, 1))
         return noise.step_ms * factor * np.exp(drift + rng.choice(noise.residuals, size=(trials, repeats)))
 
     baseline, current = runs(1.0), runs(1.0 + slowdown)
@@ -196,29 +181,27 @@ def alarm_rate(change: np.ndarray, p_value: np.ndarray, limit: float) -> tuple[i
     return alarms, alarms / len(change)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=90.0, help="Time for the real profile runs.")
-    parser.add_argument("--repeats", type=int, default=20, help="Timed steps per profile run.")
-    parser.add_argument("--trials", type=int, default=20000, help="Simulated checks per configuration.")
-    parser.add_argument("--cpu-blocks", type=int, default=40, help="Interleaved CPU-time blocks of each of A, B.")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def step_samples(runs: list[Profile]) -> Runs:
+    """Each run's step samples; with the reference probe, each step relative to its probe (scaled
+    by the first run's probe median), as `check` compares them."""
+    if runs[0].totals.reference_time_ms is None:
+        return [p.totals.time_ms.samples for p in runs if p.totals.time_ms]
+    return [drift_correction(runs[0], p).current_step.samples for p in runs]
 
-    base = load_workload(str(DEMO_MODEL))
-    settings = resolve_settings(base, {"threads": 1, "repeats": args.repeats, "warmup": 2})
-    units, injected = calibrate_units(base, settings)
-    slowed = slowed_workload(base, units)
-    print(f"injection: {units} units of {UNIT_SIZE}x{UNIT_SIZE} matmul after layers.1.attn = "
-          f"{injected:+.1%} of A's step by thread CPU time")
 
+def measure_variant(
+    base: Workload, slowed: Workload, settings: Settings, budget_s: float, max_runs: int
+) -> tuple[str, Noise]:
+    """Part 1 for one way of timing: alternate real runs, judge every pair, print the table;
+    the A runs' noise for the simulation."""
+    label = f"--clock {settings.clock}" + (" --reference-probe" if settings.reference_probe else "")
     started = time.perf_counter()
-    runs_a, runs_b = real_runs(base, slowed, settings, args.budget_s)
+    runs_a, runs_b = real_runs(base, slowed, settings, budget_s, max_runs)
     spent = time.perf_counter() - started
-    medians_a = [p.totals.time_ms.median for p in runs_a if p.totals.time_ms]
-    medians_b = [p.totals.time_ms.median for p in runs_b if p.totals.time_ms]
-    print(f"part 1, wall clock: {len(runs_a)} A + {len(runs_b)} B profile runs ({args.repeats} repeats) in "
-          f"{spent:.0f} s; step median A {statistics.median(medians_a):.3f} ms (run medians "
+    medians_a = [statistics.median(samples) for samples in step_samples(runs_a)]
+    medians_b = [statistics.median(samples) for samples in step_samples(runs_a[:1] + runs_b)[1:]]
+    print(f"\npart 1, {label}: {len(runs_a)} A + {len(runs_b)} B profile runs ({settings.repeats} repeats) "
+          f"in {spent:.0f} s; step median A {statistics.median(medians_a):.3f} ms (run medians "
           f"{min(medians_a):.2f}-{max(medians_a):.2f}), B/A {_ratio(medians_b, medians_a):+.1%}")
     aa = [time_rows(a, b) for a, b in itertools.combinations(runs_a, 2)]
     ab = [time_rows(a, b) for a in runs_a for b in runs_b]
@@ -229,59 +212,52 @@ def main() -> None:
         ab_step, ab_any = alarm_counts(ab, limit)
         print(f"| median:{100 * limit:g}% | {_rate(aa_step, len(aa))} | {_rate(aa_any, len(aa))} | "
               f"{_rate(ab_step, len(ab))} | {_rate(ab_any, len(ab))} |")
+    return label, measured_noise(step_samples(runs_a))
 
-    started = time.perf_counter()
-    cpu_a, cpu_b = cpu_time_blocks(base, slowed, settings, args.cpu_blocks)
-    print(f"\npart 1, thread CPU time: {len(cpu_a)} A + {len(cpu_b)} B interleaved blocks of {args.repeats} "
-          "steps "
-          f"in {time.perf_counter() - started:.0f} s; B/A {_ratio(_medians(cpu_b), _medians(cpu_a)):+.1%}")
-    cpu_aa = [_sample_row(a, b) for a, b in itertools.combinations(cpu_a, 2)]
-    cpu_ab = [_sample_row(a, b) for a in cpu_a for b in cpu_b]
-    print("\n| limit | A/A step alarms | A/B step detections |")
-    print("| --- | --- | --- |")
-    for limit in LIMITS:
-        fa = sum(flagged(row, limit) for row in cpu_aa)
-        hits = sum(flagged(row, limit) for row in cpu_ab)
-        print(f"| median:{100 * limit:g}% | {_rate(fa, len(cpu_aa))} | {_rate(hits, len(cpu_ab))} |")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=90.0, help="Time for the real profile runs, per variant.")
+    parser.add_argument("--max-runs", type=int, default=60, help="Most profile runs of each of A and B, per variant.")
+    parser.add_argument("--repeats", type=int, default=100, help="Timed steps per profile run.")
+    parser.add_argument("--trials", type=int, default=20000, help="Simulated checks per configuration.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    base = load_workload(str(DEMO_MODEL))
+    settings = resolve_settings(base, {"threads": 1, "repeats": args.repeats, "warmup": 2})
+    units, injected = calibrate_units(base, settings)
+    slowed = slowed_workload(base, units)
+    print(f"injection: {units} units of {UNIT_SIZE}x{UNIT_SIZE} matmul after layers.1.attn = "
+          f"{injected:+.1%} of A's step by thread CPU time")
+    variants = [
+        dataclasses.replace(settings, clock="wall"),
+        dataclasses.replace(settings, clock="cpu"),
+        dataclasses.replace(settings, clock="wall", reference_probe=True),
+        dataclasses.replace(settings, clock="cpu", reference_probe=True),
+    ]
+    noise = dict(measure_variant(base, slowed, v, args.budget_s, args.max_runs) for v in variants)
 
     rng = np.random.default_rng(0)
-    wall, cpu = measured_noise(step_samples(runs_a)), measured_noise(cpu_a)
-    print(f"\npart 2, simulation ({args.trials} checks per cell) with the measured noise: per sample "
-          f"{_spread(wall.residuals)} (wall) / {_spread(cpu.residuals)} (thread CPU); between runs "
-          f"{_spread(wall.drift)} (wall) / {_spread(cpu.drift)} (thread CPU), scaled MADs")
-    print("\n| per-sample noise | between-run drift | repeats | limit | A/A false alarms | A/B recall at 5% |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    cells: list[tuple[str, Noise, str, float | None, int, tuple[float, ...]]] = [
-        ("wall", wall, "measured (wall)", None, args.repeats, (0.05,)),
-        ("wall", wall, "measured (wall)", None, 100, (0.05,)),
-        ("thread CPU", cpu, "measured (thread CPU)", None, args.repeats, (0.05,)),
-        ("thread CPU", cpu, "measured (thread CPU)", None, 100, (0.05,)),
-    ]
-    for drift_sd in (0.0, 0.0025, 0.005, 0.01):
-        for repeats in (args.repeats, 100, 300):
-            cells.append(("thread CPU", cpu, f"±{drift_sd:.2%} (normal)", drift_sd, repeats, LIMITS))
-    for clock, noise, drift_label, drift_sd, repeats, limits in cells:
-        aa_sim = simulate(noise, drift_sd, repeats, 0.0, args.trials, rng)
-        ab_sim = simulate(noise, drift_sd, repeats, SLOWDOWN, args.trials, rng)
-        for limit in limits:
-            fa, _ = alarm_rate(*aa_sim, limit)
-            hits, _ = alarm_rate(*ab_sim, limit)
-            print(f"| {clock} | {drift_label} | {repeats} | median:{100 * limit:g}% | {_rate(fa, args.trials)} | "
-                  f"{_rate(hits, args.trials)} |")
+    measured = "; ".join(
+        f"{label}: per sample {_spread(n.residuals)}, between runs {_spread(n.drift)}" for label, n in noise.items()
+    )
+    print(f"\npart 2, simulation ({args.trials} checks per cell) with the measured noise (scaled MADs): {measured}")
+    print("\n| timing (per-sample noise and drift measured) | repeats | limit | A/A false alarms | A/B recall at 5% |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, n in noise.items():
+        for repeats in sorted({args.repeats, 20, 300}):
+            aa_sim = simulate(n, repeats, 0.0, args.trials, rng)
+            ab_sim = simulate(n, repeats, SLOWDOWN, args.trials, rng)
+            for limit in LIMITS:
+                fa, _ = alarm_rate(*aa_sim, limit)
+                hits, _ = alarm_rate(*ab_sim, limit)
+                print(f"| {label} | {repeats} | median:{100 * limit:g}% | {_rate(fa, args.trials)} | "
+                      f"{_rate(hits, args.trials)} |")
 
 
 def _spread(logs: np.ndarray) -> str:
     return f"±{1.4826 * float(np.median(np.abs(logs))):.1%}"
-
-
-def _sample_row(baseline: list[float], current: list[float]) -> tuple[float, float]:
-    verdict = compare_samples(baseline, current, "median", 0.0, DEFAULT_ALPHA)
-    assert verdict.change is not None and verdict.p_value is not None
-    return verdict.change, verdict.p_value if verdict.change > 0 else 1.0
-
-
-def _medians(runs: Runs) -> list[float]:
-    return [statistics.median(samples) for samples in runs]
 
 
 def _ratio(current: list[float], baseline: list[float]) -> float:

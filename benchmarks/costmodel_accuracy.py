@@ -86,7 +86,7 @@ def interleave(first: list[dict[str, int | str]], second: list[dict[str, int | s
 
 def evaluate(target: str, options: argparse.Namespace, folder: Path) -> dict[str, object]:
     workload = load_workload(target)
-    base = Settings(warmup=1, repeats=options.repeats, threads=options.threads)
+    base = Settings(warmup=1, repeats=options.repeats, threads=options.threads, clock=options.clock)
     sweep = [config_of(settings_for(base, p)) for p in design_points(KNOBS, options.max_measurements)]
     taken = {(int(c["batch_size"]), int(c["seq_len"])) for c in sweep}
     held = [config_of(settings_for(base, p)) for p in held_out_points(options.held_out_shapes, taken, seed=1)]
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--held-out-shapes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="How steps are timed.")
     parser.add_argument("--keep", type=Path, help="Keep the measurement stores in this folder (resumable).")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)

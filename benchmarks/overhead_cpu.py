@@ -13,7 +13,7 @@ import argparse
 import statistics
 
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.measure.timing import WallClockLayerTimer, time_call
+from attnprof.measure.timing import HostClockLayerTimer, time_call
 from attnprof.profiler import prepare, resolve_settings
 from attnprof.workload import load_workload
 
@@ -32,7 +32,7 @@ def main() -> None:
     settings = resolve_settings(workload, {"mode": args.mode, "batch_size": args.batch_size,
                                            "seq_len": args.seq_len, "threads": args.threads})
     prepared = prepare(workload, settings)
-    timer = WallClockLayerTimer()
+    timer = HostClockLayerTimer()
     scopes = ModuleScopes(prepared.model, backward=args.mode == "train")
     scopes.add_listener(timer)
 
