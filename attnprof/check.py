@@ -75,6 +75,8 @@ MACHINE_FIELDS: tuple[str, ...] = ("cpu", "gpu_name", "driver", "cuda", "torch",
 COMPARABLE_SETTINGS: tuple[str, ...] = ("mode", "batch_size", "seq_len", "dtype", "backend", "device")
 # Past this many repeats, repeating is not a practical way to settle a comparison.
 MAX_USEFUL_REPEATS = 1000
+# A reference probe this much slower or faster than in the baseline: warn that the machine changed.
+MAX_DRIFT = 1.5
 
 STALE_BASELINE_HINT = "if intended, re-record the baseline (attnprof check --update-baseline)"
 
@@ -345,8 +347,43 @@ def _layer_metric(layer: LayerStats, suffix: str = "") -> str:
     return f"layers.{layer.name or ROOT_LAYER_LABEL}{suffix}"
 
 
-def _time_metrics(profile: Profile) -> dict[str, tuple[TimeStats | None, str | None]]:
-    metrics: dict[str, tuple[TimeStats | None, str | None]] = {"step": (profile.totals.time_ms, None)}
+@dataclass
+class DriftCorrection:
+    """The machine's drift between two runs, measured by the reference probe both carry.
+
+    Each plain step is divided by the probe timed right after it (and scaled back to ms by the
+    baseline's probe median), so the step is compared as a ratio to the machine's speed at that
+    moment. Per-layer samples come from other (hooked) steps with no probe of their own and are
+    left as measured: scaling them by the runs' probe ratio was measured to add more noise than
+    it removed (benchmarks/RESULTS.md, CI gate)."""
+
+    factor: float  # the current run's probe median over the baseline's
+    baseline_step: TimeStats
+    current_step: TimeStats
+
+
+def drift_correction(baseline: Profile, current: Profile) -> DriftCorrection | None:
+    """None unless both profiles carry paired probe samples of the same probe version."""
+    sides = [(p.totals.time_ms, p.totals.reference_time_ms, p.totals.reference_version) for p in (baseline, current)]
+    if any(step is None or probe is None or not probe.samples for step, probe, _ in sides):
+        return None
+    if sides[0][2] != sides[1][2] or any(len(step.samples) != len(probe.samples) for step, probe, _ in sides):
+        return None
+    scale = sides[0][1].median
+
+    def relative(step: TimeStats, probe: TimeStats) -> TimeStats:
+        return TimeStats.from_samples([s / r * scale for s, r in zip(step.samples, probe.samples, strict=True)])
+
+    return DriftCorrection(
+        factor=sides[1][1].median / scale,
+        baseline_step=relative(sides[0][0], sides[0][1]),
+        current_step=relative(sides[1][0], sides[1][1]),
+    )
+
+
+def _time_metrics(profile: Profile, step: TimeStats | None) -> dict[str, tuple[TimeStats | None, str | None]]:
+    """Time metrics by name; `step`, when given, replaces the step's samples (drift correction)."""
+    metrics: dict[str, tuple[TimeStats | None, str | None]] = {"step": (step or profile.totals.time_ms, None)}
     for layer in profile.layers:
         metrics[_layer_metric(layer)] = (layer.time_ms, layer.name)
         if layer.backward_time_ms is not None:
@@ -472,9 +509,10 @@ def _percent(change: float) -> str:
 
 
 def _compare_time(
-    baseline: Profile, current: Profile, options: CheckOptions, other_machine: bool
+    baseline: Profile, current: Profile, options: CheckOptions, other_machine: bool, drift: DriftCorrection | None
 ) -> list[MetricCheck]:
-    base, cur = _time_metrics(baseline), _time_metrics(current)
+    base = _time_metrics(baseline, drift.baseline_step if drift else None)
+    cur = _time_metrics(current, drift.current_step if drift else None)
     rows = []
     for metric, (b_stats, layer) in base.items():
         if metric not in cur or not options.selected(metric):
@@ -551,10 +589,16 @@ def compare_profiles(
         )
     if baseline.workload.fingerprint != current.workload.fingerprint:
         warnings.append("the workload's architecture changed since the baseline")
+    drift = drift_correction(baseline, current)
+    if drift is not None and not 1 / MAX_DRIFT <= drift.factor <= MAX_DRIFT:
+        warnings.append(
+            f"the reference probe ran {drift.factor:.2f}x as long as in the baseline: the machine is "
+            "not the speed it was, and a correction this large may not hold for the model's kernels"
+        )
     metrics = [
         *_compare_exact(baseline, current, options),
         *_compare_memory(baseline, current, options),
-        *_compare_time(baseline, current, options, bool(differences)),
+        *_compare_time(baseline, current, options, bool(differences), drift),
     ]
     if not metrics:
         raise UsageError(
@@ -581,6 +625,7 @@ def compare_profiles(
         metrics=metrics,
         machine_differences=differences,
         warnings=warnings,
+        drift_factor=None if drift is None else drift.factor,
     )
 
 

@@ -14,7 +14,7 @@ import contextlib
 import datetime
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from attnprof.measure.dtypes import parse_dtype
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
+from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import layer_timer, time_call
 from attnprof.measure.trace import run_trace
@@ -188,6 +189,7 @@ class TimingResult:
     forward_self_ms: dict[str, list[float]]
     backward_ms: dict[str, list[float]]
     calls: dict[str, int]
+    reference_ms: list[float] = field(default_factory=list)  # the probe after each plain step
 
 
 def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None) -> TimingResult:
@@ -196,19 +198,24 @@ def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | N
     NVML telemetry, when given, covers the timed steps (plain and hooked alike)."""
     for _ in range(settings.warmup):
         prepared.step()
-    timer = layer_timer(prepared.device)
+    timer = layer_timer(prepared.device, settings.clock)
     scopes = ModuleScopes(prepared.model, backward=settings.mode == "train")
     scopes.add_listener(timer)
     with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
         prepared.step()
+    probe = reference_probe(prepared.device) if settings.reference_probe else None
+    if probe is not None:
+        probe()  # warm
     result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
     if telemetry is not None:
         telemetry.window_start()
     for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
-        result.step_ms.append(1e3 * time_call(prepared.step, prepared.device))
+        result.step_ms.append(1e3 * time_call(prepared.step, prepared.device, settings.clock))
+        if probe is not None:
+            result.reference_ms.append(1e3 * time_call(probe, prepared.device, settings.clock))
         timer.reset()
         with scopes:
-            time_call(prepared.step, prepared.device)
+            time_call(prepared.step, prepared.device, settings.clock)
         for (name, phase), seconds in timer.times.inclusive.items():
             if phase == "forward":
                 result.forward_ms[name].append(1e3 * seconds)
@@ -322,6 +329,8 @@ def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingRes
         attention_share_time=attention_time / step.median if step and step.median > 0 else None,
         achieved_tflops=flops / (step.median * 1e-3) / 1e12 if step and step.median > 0 else None,
         param_bytes=param_bytes,
+        reference_time_ms=TimeStats.from_samples(timing.reference_ms) if timing and timing.reference_ms else None,
+        reference_version=REFERENCE_VERSION if timing and timing.reference_ms else None,
     )
 
 
@@ -386,7 +395,7 @@ def run_profile(
         settings=settings,
         totals=totals,
         layers=layers,
-        timing_source=_timing_source(prepared.device, timing),
+        timing_source=_timing_source(prepared.device, settings.clock, timing),
         notes=notes,
         telemetry=record,
         trace=summary,
@@ -394,10 +403,12 @@ def run_profile(
     )
 
 
-def _timing_source(device: torch.device, timing: TimingResult | None) -> str:
+def _timing_source(device: torch.device, clock: str, timing: TimingResult | None) -> str:
     if timing is None:
         return "none"
-    return "cuda_events" if device.type == "cuda" else "wall"
+    if device.type == "cuda":
+        return "cuda_events"
+    return "cpu_time" if clock == "cpu" else "wall"
 
 
 def _calibration(machine: MachineInfo) -> Calibration | None:

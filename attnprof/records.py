@@ -27,6 +27,9 @@ Bound = Literal["compute", "memory"]
 MODES: tuple[str, ...] = ("infer", "train")
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64")
 BACKENDS: tuple[str, ...] = ("auto", "math", "flash", "efficient", "cudnn")
+# How CPU steps are timed: wall time, or the process's CPU time (immune to time slicing by
+# other processes on a shared machine, which is what makes CI timings drift).
+CLOCKS: tuple[str, ...] = ("wall", "cpu")
 
 R = TypeVar("R")
 
@@ -159,6 +162,8 @@ class Settings:
     warmup: int = 2
     repeats: int = 10
     threads: int = 0  # 0: leave torch's thread count as it is
+    clock: str = "wall"  # CPU devices only; GPU steps are always timed by CUDA events
+    reference_probe: bool = False  # time a fixed reference workload after each plain step (drift)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -177,6 +182,12 @@ class Settings:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device == "cpu" or self.device == "meta" or self.device.startswith("cuda")):
             raise UsageError(f"--device must be cpu, meta, cuda or cuda:N, got {self.device!r}")
+        if not isinstance(self.reference_probe, bool):
+            raise UsageError(f"reference_probe must be true or false, got {self.reference_probe!r}")
+        if self.clock not in CLOCKS:
+            raise UsageError(f"--clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
+        if self.clock == "cpu" and self.device.startswith("cuda"):
+            raise UsageError("--clock cpu times CPU steps only: GPU steps are timed by CUDA events")
 
 
 @dataclass
@@ -235,6 +246,10 @@ class Totals:
     achieved_tflops: float | None = None
     param_bytes: int = 0
     power_w: float | None = None  # mean GPU power over the measured steps (NVML)
+    # The reference probe timed after each plain step (measure/reference.py), paired with
+    # time_ms.samples, and the probe's version: `check` divides out the machine's drift with it.
+    reference_time_ms: TimeStats | None = None
+    reference_version: int | None = None
 
 
 @dataclass
@@ -278,7 +293,7 @@ class Profile:
     settings: Settings
     totals: Totals
     layers: list[LayerStats]
-    timing_source: str = "wall"  # wall (CPU perf_counter), cuda_events, cupti, none (dry run)
+    timing_source: str = "wall"  # wall (CPU perf_counter), cpu_time (process CPU time), cuda_events, none (dry run)
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
     telemetry: DeviceTelemetry | None = None  # NVML power, clocks, utilization (NVIDIA GPUs)
@@ -674,6 +689,9 @@ class CheckResult:
     metrics: list[MetricCheck]
     machine_differences: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # How much slower (>1) the machine ran the reference probe than when the baseline was
+    # recorded; timings were compared relative to it. None: no probe in one of the profiles.
+    drift_factor: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     def failures(self) -> list[MetricCheck]:

@@ -500,8 +500,9 @@ def settings_for(base: Settings, config: Mapping[str, ConfigValue]) -> Settings:
 
 
 def config_of(settings: Settings) -> Config:
-    """The full configuration a measurement is keyed by: the knobs plus mode and device."""
-    return {
+    """The full configuration a measurement is keyed by: the knobs plus mode, device and, when
+    it is not wall time, the clock (so stores made before the clock option keep their keys)."""
+    config: Config = {
         "batch_size": settings.batch_size,
         "seq_len": settings.seq_len,
         "dtype": settings.dtype,
@@ -510,3 +511,6 @@ def config_of(settings: Settings) -> Config:
         "mode": settings.mode,
         "device": settings.device,
     }
+    if settings.clock != "wall":
+        config["clock"] = settings.clock
+    return config

@@ -19,7 +19,8 @@ from attnprof.check import (
     summary,
 )
 from attnprof.errors import MachineMismatch, UsageError
-from attnprof.records import CheckResult, Settings, from_json_dict, to_json_dict
+from attnprof.records import CheckResult, Profile, Settings, TimeStats, from_json_dict, to_json_dict
+from attnprof.report.check import check_markdown
 from tests.synthetic_profiles import make_profile, other_machine
 
 
@@ -187,6 +188,60 @@ def test_a_per_layer_threshold_can_loosen_one_layer() -> None:
     opts = options("median:5%", "layers.*attn*:median:80%", "step:median:80%", "layers.blocks.0:median:80%")
     result = compare_profiles(make_profile(seed=1), make_profile(seed=2, attn_slowdown=1.5), opts)
     assert result.verdict == "pass", summary(result)
+
+
+def _on_a_drifting_machine(profile: Profile, speed: float, seed: int, version: int = 1) -> Profile:
+    """`profile` as a machine `speed` times slower would time it, with the reference probe
+    (1 ms, 2% noise) timed after each plain step: the same drift slows both."""
+
+    def slower(stats: TimeStats | None) -> TimeStats | None:
+        return None if stats is None else TimeStats.from_samples([speed * x for x in stats.samples])
+
+    rng = np.random.default_rng(seed)
+    step = slower(profile.totals.time_ms)
+    assert step is not None
+    probe = [speed * float(x) for x in np.exp(rng.normal(0, 0.02, len(step.samples)))]
+    totals = dataclasses.replace(
+        profile.totals, time_ms=step, reference_time_ms=TimeStats.from_samples(probe), reference_version=version
+    )
+    layers = [dataclasses.replace(layer, time_ms=slower(layer.time_ms)) for layer in profile.layers]
+    return dataclasses.replace(profile, totals=totals, layers=layers)
+
+
+def test_the_reference_probe_divides_out_a_machine_that_got_slower() -> None:
+    baseline = _on_a_drifting_machine(make_profile(seed=1), 1.0, seed=1)
+    drifted = _on_a_drifting_machine(make_profile(seed=2), 1.08, seed=2)
+    unprobed = dataclasses.replace(
+        drifted, totals=dataclasses.replace(drifted.totals, reference_time_ms=None, reference_version=None)
+    )
+    plain = compare_profiles(make_profile(seed=1), unprobed)
+    assert plain.verdict == "regression" and plain.drift_factor is None  # 8% slower, by wall time
+    # The step is judged relative to the probe; per-layer times are left as measured, so only
+    # the step's verdict is asserted here.
+    corrected = compare_profiles(baseline, drifted, options("median:off", "step:median:5%"))
+    assert corrected.verdict == "pass", summary(corrected)
+    assert corrected.drift_factor == pytest.approx(1.08, rel=0.02)
+    assert "relative to the reference probe" in check_markdown(corrected)
+
+
+def test_a_real_slowdown_survives_the_drift_correction() -> None:
+    baseline = _on_a_drifting_machine(make_profile(seed=1), 1.0, seed=1)
+    slower = _on_a_drifting_machine(make_profile(seed=2, attn_slowdown=1.5), 1.08, seed=2)
+    result = compare_profiles(baseline, slower, options("median:off", "step:median:5%"))
+    assert result.verdict == "regression" and [m.metric for m in result.failures()] == ["step"]
+
+
+def test_probes_of_another_version_are_not_compared() -> None:
+    baseline = _on_a_drifting_machine(make_profile(seed=1), 1.0, seed=1, version=1)
+    drifted = _on_a_drifting_machine(make_profile(seed=2), 1.08, seed=2, version=2)
+    assert compare_profiles(baseline, drifted).drift_factor is None
+
+
+def test_a_large_drift_is_corrected_but_warned_about() -> None:
+    baseline = _on_a_drifting_machine(make_profile(seed=1), 1.0, seed=1)
+    drifted = _on_a_drifting_machine(make_profile(seed=2), 2.0, seed=2)
+    result = compare_profiles(baseline, drifted, options("median:off", "step:median:5%"))
+    assert result.verdict == "pass" and any("reference probe ran 2.0" in w for w in result.warnings)
 
 
 @pytest.mark.parametrize(

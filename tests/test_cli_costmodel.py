@@ -80,6 +80,18 @@ def test_predict_within_and_beyond_the_measured_range(runner: CliRunner, fitted:
     assert other.exit_code == 2 and "another architecture" in " ".join(other.stderr.split())
 
 
+def test_a_cpu_clock_sweep_is_keyed_by_its_clock_and_predicted_with_it(runner: CliRunner) -> None:
+    small = ["--batch-size", "1:2", "--seq-len", "8:16", "--dtype", "fp32", "--backend", "flash", "--threads", "1"]
+    result = runner.invoke(app, ["fit", "zoo:decoder", *small, "--repeats", "2", "-n", "4", "--clock", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    model = json.loads(result.stdout)
+    assert all("clock=cpu" in group for group in model["groups"])
+    # predict takes the clock the model was measured with; no flag needed.
+    prediction = runner.invoke(app, ["predict", "zoo:decoder", "-b", "2", "-s", "12", "--json"])
+    assert prediction.exit_code == 0, prediction.output
+    assert json.loads(prediction.stdout)["time_ms"] > 0
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -89,6 +101,7 @@ def test_predict_within_and_beyond_the_measured_range(runner: CliRunner, fitted:
         (["fit", "zoo:decoder", "--time-budget", "soon"], "positive duration"),
         (["fit", "zoo:decoder", "-n", "1"], "at least 4"),
         (["fit", "zoo:decoder", "--folds", "1"], "--folds"),
+        (["fit", "zoo:decoder", "--clock", "sundial"], "--clock must be one of"),
         (["fit", "zoo:nope"], "zoo"),
         (["predict", "zoo:decoder"], "run `attnprof fit` first"),
         (["predict", "zoo:decoder", "--model", "missing.json"], "no such file"),

@@ -50,6 +50,7 @@ def test_profile_sort(runner: CliRunner, sort: str) -> None:
         (["--repeats", "0"], 2, "--repeats must be a positive integer"),
         (["--mode", "fly"], 2, "--mode must be one of"),
         (["--sort", "color"], 2, "--sort must be one of"),
+        (["--clock", "sundial"], 2, "--clock must be one of"),
     ],
 )
 def test_bad_input_exit_codes(runner: CliRunner, tmp_path: Path, args: list[str], code: int, message: str) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from attnprof.errors import UsageError
 from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import Profile, from_json_dict, to_json_dict
+from attnprof.records import Profile, Settings, from_json_dict, to_json_dict
 from attnprof.workload import load_workload
 
 
@@ -26,6 +27,24 @@ def test_sleep_dominated_layers_sum_to_the_step_time(models_dir: Path) -> None:
     assert total_self == pytest.approx(step, rel=0.10)  # stated tolerance: 10%
     times = {layer.name: layer.time_ms.median for layer in profile.layers}
     assert times["1"] > times["0"] and times["1"] > times["2"]
+
+
+def test_cpu_clock_counts_work_not_waiting(models_dir: Path) -> None:
+    # The same sleep-dominated model: sleeping holds no CPU, so by the process's CPU time the
+    # 160 ms of sleep vanish from the step and from each layer, while wall time keeps them.
+    wall = _profile(str(models_dir / "sleepy_model.py"), repeats=2)
+    cpu = _profile(str(models_dir / "sleepy_model.py"), repeats=2, clock="cpu")
+    assert (wall.timing_source, cpu.timing_source) == ("wall", "cpu_time")
+    assert wall.totals.time_ms.median >= 160
+    assert cpu.totals.time_ms.median < 80
+    assert cpu.layer("1").time_ms.median < 40 <= wall.layer("1").time_ms.median
+
+
+def test_cpu_clock_is_refused_for_gpu_steps_and_unknown_clocks() -> None:
+    with pytest.raises(UsageError, match="CUDA events"):
+        Settings(device="cuda", clock="cpu")
+    with pytest.raises(UsageError, match="--clock must be one of wall, cpu"):
+        Settings(clock="thread")
 
 
 def test_self_times_add_up_to_the_root_inclusive_time() -> None:

@@ -114,4 +114,4 @@ def step_time(model: nn.Module, example: Example, settings: Settings, device: to
 
     for _ in range(settings.warmup):
         step()
-    return TimeStats.from_samples([1e3 * time_call(step, device) for _ in range(settings.repeats)])
+    return TimeStats.from_samples([1e3 * time_call(step, device, settings.clock) for _ in range(settings.repeats)])

@@ -34,6 +34,13 @@ def baseline_command(
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),
     repeats: int = typer.Option(None, "--repeats", help="Timed steps: the samples each check is judged on."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is)."),
+    reference_probe: bool = typer.Option(
+        None, "--reference-probe/--no-reference-probe",
+        help="Time a fixed reference workload after each step, so `check` can divide out the machine's drift "
+        "(default: on).",
+    ),
+    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time, which "
+                                                 "other load on a shared machine does not inflate)."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:
@@ -45,10 +52,12 @@ def baseline_command(
     workload = load_workload(config.resolve("target", target, None))
     cli = {
         "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
-        "warmup": warmup, "repeats": repeats, "threads": threads,
+        "warmup": warmup, "repeats": repeats, "threads": threads, "clock": clock,
+        "reference_probe": reference_probe,
         "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
     }
-    settings = resolve_settings(workload, config.settings_overrides(cli))
+    # Baselines carry the probe unless told otherwise: it is what keeps checks from drifting.
+    settings = resolve_settings(workload, {"reference_probe": True, **config.settings_overrides(cli)})
     log(f"recording a baseline of {workload.target} ({settings.repeats} repeats)")
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)

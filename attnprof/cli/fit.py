@@ -34,6 +34,8 @@ def fit_command(
     threads: str = typer.Option(None, "--threads", help="Comma-separated CPU thread counts (default: current)."),
     mode: str = typer.Option(None, "--mode", help="infer or train."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time: steadier on "
+                                                    "a shared machine)."),
     max_measurements: int = typer.Option(24, "--max-measurements", "-n", help="Most configurations to measure."),
     time_budget: str = typer.Option(None, "--time-budget", help="Stop starting measurements after e.g. 90s, 5m."),
     warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),
@@ -54,7 +56,9 @@ def fit_command(
     if folds < 2:
         raise UsageError(f"--folds must be at least 2, got {folds}")
     workload = load_workload(target)
-    base = resolve_settings(workload, {"mode": mode, "device": device, "warmup": warmup, "repeats": repeats})
+    base = resolve_settings(
+        workload, {"mode": mode, "device": device, "warmup": warmup, "repeats": repeats, "clock": clock}
+    )
     knobs = default_knobs(base.device, torch.get_num_threads())
     for name, text in [
         ("batch_size", batch_size),

@@ -55,6 +55,7 @@ def predict_command(
         "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
         "backend": backend,
         "threads": threads,
+        "clock": None,  # the clock the model's measurements were timed by
     }
     settings = resolve_settings(
         workload,

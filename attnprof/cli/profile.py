@@ -32,6 +32,13 @@ def profile_command(
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),
     repeats: int = typer.Option(None, "--repeats", help="Timed steps."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is)."),
+    reference_probe: bool = typer.Option(
+        None, "--reference-probe/--no-reference-probe",
+        help="Time a fixed reference workload after each step, so `check`/`compare` can divide out the "
+        "machine's drift.",
+    ),
+    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time, which "
+                                                 "other load on a shared machine does not inflate)."),
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
@@ -49,7 +56,8 @@ def profile_command(
     workload = load_workload(target)
     overrides = {
         "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
-        "warmup": warmup, "repeats": repeats, "threads": threads,
+        "warmup": warmup, "repeats": repeats, "threads": threads, "clock": clock,
+        "reference_probe": reference_probe,
         "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
     }
     settings = resolve_settings(workload, overrides)

@@ -37,13 +37,19 @@ class LayerTimes:
     calls: dict[tuple[str, Phase], int] = field(default_factory=lambda: defaultdict(int))
 
 
-class WallClockLayerTimer:
-    """A ModuleScopes listener that accumulates wall time per module for the current step."""
+def host_clock(clock: str) -> Callable[[], float]:
+    """Seconds by the named clock: wall (perf_counter) or cpu (CPU time of all the process's
+    threads, which time slicing by other processes does not inflate)."""
+    return time.process_time if clock == "cpu" else time.perf_counter
 
-    def __init__(self) -> None:
+
+class HostClockLayerTimer:
+    """A ModuleScopes listener that accumulates host-clock time per module for the current step."""
+
+    def __init__(self, clock: str = "wall") -> None:
         self._open: list[_OpenScope] = []
         self.times = LayerTimes()
-        self._clock = time.perf_counter
+        self._clock = host_clock(clock)
 
     def reset(self) -> None:
         self._open.clear()
@@ -127,12 +133,12 @@ class CudaEventLayerTimer:
         return self._times
 
 
-def layer_timer(device: torch.device) -> WallClockLayerTimer | CudaEventLayerTimer:
-    return CudaEventLayerTimer(device) if device.type == "cuda" else WallClockLayerTimer()
+def layer_timer(device: torch.device, clock: str = "wall") -> HostClockLayerTimer | CudaEventLayerTimer:
+    return CudaEventLayerTimer(device) if device.type == "cuda" else HostClockLayerTimer(clock)
 
 
-def time_call(step: Callable[[], Any], device: torch.device) -> float:
-    """Seconds of one synchronised call of `step`: CUDA events on a GPU, wall time otherwise."""
+def time_call(step: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
+    """Seconds of one synchronised call of `step`: CUDA events on a GPU, the host clock otherwise."""
     synchronize(device)
     if device.type == "cuda":
         stream = torch.cuda.current_stream(device)
@@ -143,6 +149,7 @@ def time_call(step: Callable[[], Any], device: torch.device) -> float:
         end.synchronize()
         synchronize(device)  # work on other streams, if the model uses any, is part of the step too
         return start.elapsed_time(end) / 1e3
-    start_s = time.perf_counter()
+    now = host_clock(clock)
+    start_s = now()
     step()
-    return time.perf_counter() - start_s
+    return now() - start_s

@@ -86,6 +86,9 @@ def _header_lines(result: CheckResult) -> list[str]:
         f"· current {result.current} ({result.current_commit or 'no commit'})",
         f"thresholds {', '.join(result.thresholds)} · significance p < {result.alpha:g} (one-sided Mann-Whitney U)",
     ]
+    if result.drift_factor is not None:
+        lines.append(f"timings relative to the reference probe (machine speed now x{1 / result.drift_factor:.3f} "
+                     "of the baseline's)")
     return lines + [f"warning: {w}" for w in result.warnings]
 
 

@@ -94,6 +94,8 @@ def summary(result: CheckResult) -> list[tuple[str, str]]:
     ]
     if result.culprit_layers():
         facts.append(("culprit layers", ", ".join(result.culprit_layers())))
+    if result.drift_factor is not None:
+        facts.append(("drift correction", f"reference probe x{result.drift_factor:.3f} of the baseline's time"))
     facts += [("machine difference", d) for d in result.machine_differences]
     facts += [("warning", w) for w in result.warnings]
     return facts
