@@ -845,13 +845,18 @@ def tune(
     drift_measurements = feedback = 0
     if result.ranked and request.verify:
         drift = 1.0
-        if any(c.problem.value[0].world_size == 1 for c in result.ranked):
+        # Estimates from a saved cost model are as old as the model: measure how the machine's
+        # speed moved since. Probes were measured moments ago, in this run.
+        if isinstance(estimator, CostModelEstimator) and any(c.problem.value[0].world_size == 1 for c in result.ranked):
             drift = _drift(workload, settings, estimator, reference_choice(settings, space.globals))
             drift_measurements = 1
         verifier = Verifier(workload, settings, checker, max_error, limits, power, drift, request, estimator)
         candidates = result.ranked
         for _ in range(VERIFY_ROUNDS):
-            verifications += [verifier.verify(candidate) for candidate in candidates]
+            for candidate in candidates:
+                if not _could_win(candidate, verifications, objective, drift):
+                    continue
+                verifications.append(verifier.verify(candidate))
             if any(v.accepted or not v.can_run for v in verifications):
                 break
             # Every candidate was refuted: search again, priced with what was just measured.
@@ -1095,6 +1100,18 @@ class Verifier:
         return Verification(
             candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, contradicted=contradicted
         )
+
+
+def _could_win(candidate: Candidate, verifications: Sequence[Verification], objective: str, drift: float) -> bool:
+    """False when a latency-bound candidate's prediction, even one standard deviation better,
+    is slower than a plan already measured and accepted: measuring it cannot change the winner."""
+    accepted = [v.measured.latency_ms for v in verifications if v.accepted and v.measured and v.measured.latency_ms]
+    if objective not in ("latency", "throughput") or not accepted:
+        return True
+    predicted = predicted_figures(candidate)
+    if predicted.latency_ms is None:
+        return True
+    return (predicted.latency_ms - (predicted.latency_sigma_ms or 0.0)) * drift < min(accepted)
 
 
 def _untried(result: SearchResult, verifications: Sequence[Verification], settings: Settings) -> list[Candidate]:

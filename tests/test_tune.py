@@ -13,10 +13,19 @@ from typer.testing import CliRunner
 from attnprof.budget import parse_budget
 from attnprof.cli.app import app
 from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import Plan
-from attnprof.space import AttentionLayout, LayerOption
+from attnprof.records import Plan, Profile
+from attnprof.space import AttentionLayout, GlobalChoice, LayerOption
 from attnprof.store import read_record
-from attnprof.tune import LayerBasis, OutputChecker, TuneRequest, layer_option_costs, relative_error, tune
+from attnprof.tune import (
+    LayerBasis,
+    OutputChecker,
+    ProbeEstimator,
+    StepEstimate,
+    TuneRequest,
+    layer_option_costs,
+    relative_error,
+    tune,
+)
 from attnprof.workload import load_workload
 
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
@@ -271,3 +280,41 @@ def test_a_measurement_worse_than_predicted_beyond_the_uncertainty_refutes_the_p
     # Faster than predicted never refutes a plan; the noise floor covers tiny sigmas.
     assert not contradiction(10.0, 1.0, 2.0)
     assert not contradiction(10.0, 0.0, 10.9) and contradiction(10.0, 0.0, 11.1)
+
+
+class _Optimist:
+    """Probe estimates, except that micro-batches of 2 are promised 10x faster than anything until
+    measured (the probes measure micro-batches of 4 and 1 only): verification must refute the
+    promise and the next round must find another plan."""
+
+    def __init__(self, probes: ProbeEstimator) -> None:
+        self.probes = probes
+        self.source = "an optimist"
+
+    @property
+    def measurements(self) -> int:
+        return self.probes.measurements
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate:
+        estimate = self.probes.estimate(choice)
+        if choice.batch_size == 2 and estimate.source != "measured":
+            return dataclasses.replace(estimate, latency_ms=estimate.latency_ms / 10, latency_sigma_ms=0.0)
+        return estimate
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        self.probes.add(choice, profile)
+
+
+def test_a_refuted_round_is_searched_again_with_what_it_measured() -> None:
+    workload = load_workload("zoo:decoder")
+    settings = resolve_settings(
+        workload, {"batch_size": 4, "seq_len": 64, "repeats": 3, "warmup": 1, "threads": 1, "backend": "flash"}
+    )
+    choices = [GlobalChoice("flash", "fp32", micro_batch, 1) for micro_batch in (1, 2, 4)]
+    estimator = _Optimist(ProbeEstimator(workload, settings, choices))
+    request = TuneRequest(parse_budget([]), "latency", ["batch_size"], top_k=1)
+    outcome = tune(workload, settings, request, estimator)
+    first, second = outcome.verifications
+    assert first.choices.batch_size == 2 and first.contradicted and not first.accepted
+    assert second.choices.batch_size != 2 and second.accepted
+    assert outcome.plan is not None and outcome.plan.verified and outcome.plan.choices.batch_size != 2
