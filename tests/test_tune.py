@@ -299,7 +299,8 @@ class _Optimist:
         estimate = self.probes.estimate(choice)
         if choice.batch_size == 2 and estimate.source != "measured":
             return dataclasses.replace(estimate, latency_ms=estimate.latency_ms / 10, latency_sigma_ms=0.0)
-        return estimate
+        # Honest estimates get a wide uncertainty, so timing noise alone never refutes them.
+        return dataclasses.replace(estimate, latency_sigma_ms=estimate.latency_ms)
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
         self.probes.add(choice, profile)
