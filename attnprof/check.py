@@ -362,23 +362,25 @@ class DriftCorrection:
     current_step: TimeStats
 
 
+def _paired_probe(profile: Profile) -> tuple[TimeStats, TimeStats] | None:
+    """(step, probe) timings when the profile has a probe sample beside every step sample."""
+    step, probe = profile.totals.time_ms, profile.totals.reference_time_ms
+    if step is None or probe is None or not probe.samples or len(probe.samples) != len(step.samples):
+        return None
+    return step, probe
+
+
 def drift_correction(baseline: Profile, current: Profile) -> DriftCorrection | None:
     """None unless both profiles carry paired probe samples of the same probe version."""
-    sides = [(p.totals.time_ms, p.totals.reference_time_ms, p.totals.reference_version) for p in (baseline, current)]
-    if any(step is None or probe is None or not probe.samples for step, probe, _ in sides):
+    base, cur = _paired_probe(baseline), _paired_probe(current)
+    if base is None or cur is None or baseline.totals.reference_version != current.totals.reference_version:
         return None
-    if sides[0][2] != sides[1][2] or any(len(step.samples) != len(probe.samples) for step, probe, _ in sides):
-        return None
-    scale = sides[0][1].median
+    scale = base[1].median
 
     def relative(step: TimeStats, probe: TimeStats) -> TimeStats:
         return TimeStats.from_samples([s / r * scale for s, r in zip(step.samples, probe.samples, strict=True)])
 
-    return DriftCorrection(
-        factor=sides[1][1].median / scale,
-        baseline_step=relative(sides[0][0], sides[0][1]),
-        current_step=relative(sides[1][0], sides[1][1]),
-    )
+    return DriftCorrection(factor=cur[1].median / scale, baseline_step=relative(*base), current_step=relative(*cur))
 
 
 def _time_metrics(profile: Profile, step: TimeStats | None) -> dict[str, tuple[TimeStats | None, str | None]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from attnprof.cli import options
 from attnprof.cli.check import record_baseline
 from attnprof.config import ProjectConfig
 from attnprof.errors import UsageError
@@ -39,8 +40,7 @@ def baseline_command(
         help="Time a fixed reference workload after each step, so `check` can divide out the machine's drift "
         "(default: on).",
     ),
-    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time, which "
-                                                 "other load on a shared machine does not inflate)."),
+    clock: str = options.CLOCK,
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import UsageError
 from attnprof.profiler import resolve_settings
 from attnprof.records import Measurement, to_json_dict
@@ -34,8 +35,7 @@ def fit_command(
     threads: str = typer.Option(None, "--threads", help="Comma-separated CPU thread counts (default: current)."),
     mode: str = typer.Option(None, "--mode", help="infer or train."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
-    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time: steadier on "
-                                                    "a shared machine)."),
+    clock: str = options.CLOCK,
     max_measurements: int = typer.Option(24, "--max-measurements", "-n", help="Most configurations to measure."),
     time_budget: str = typer.Option(None, "--time-budget", help="Stop starting measurements after e.g. 90s, 5m."),
     warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.measure.trace import move_next_to
@@ -37,8 +38,7 @@ def profile_command(
         help="Time a fixed reference workload after each step, so `check`/`compare` can divide out the "
         "machine's drift.",
     ),
-    clock: str = typer.Option(None, "--clock", help="CPU step timing: wall, or cpu (process CPU time, which "
-                                                 "other load on a shared machine does not inflate)."),
+    clock: str = options.CLOCK,
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
