@@ -35,30 +35,62 @@ class IsolatedOutcome:
     reason: str = ""  # one line, when it is not
 
 
+@dataclass
+class IsolatedCall:
+    """A child process started by `start_isolated`, not yet waited for."""
+
+    child: subprocess.Popen[bytes]
+    folder: tempfile.TemporaryDirectory[str]
+
+    @property
+    def result(self) -> Path:
+        return Path(self.folder.name) / "result.json"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.folder.name) / "log.txt"
+
+
+def start_isolated(function: str, arguments: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> IsolatedCall:
+    """Start calling `function` ("module:name") with keyword `arguments` in a fresh Python
+    process; `pass_fds` are file descriptors the child inherits (pipes to talk to it)."""
+    folder = tempfile.TemporaryDirectory(prefix="attnprof-isolate-")
+    request = Path(folder.name) / "request.json"
+    request.write_text(json.dumps({"function": function, "arguments": arguments}, allow_nan=False))
+    result, log = Path(folder.name) / "result.json", Path(folder.name) / "log.txt"
+    with log.open("wb") as log_handle:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "attnprof.isolate", str(request), str(result)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,  # the child's prints never reach our stdout (--json stays clean)
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            start_new_session=True,  # its own process group: killed whole, spared the terminal's ^C
+            pass_fds=pass_fds,
+        )
+    return IsolatedCall(child, folder)
+
+
+def wait_isolated(call: IsolatedCall, timeout_s: float) -> IsolatedOutcome:
+    """Wait at most `timeout_s` for a started call; kill what is left of it and read its outcome."""
+    try:
+        try:
+            returncode = call.child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return IsolatedOutcome("timeout", reason=f"timed out after {timeout_s:g} s")
+        finally:
+            _kill_group(call.child)
+        if call.result.exists():
+            data = json.loads(call.result.read_text(encoding="utf-8"))
+            return IsolatedOutcome(data["status"], data.get("value"), data.get("reason", ""))
+        return IsolatedOutcome("crashed", reason=_crash_reason(returncode, call.log))
+    finally:
+        call.folder.cleanup()
+
+
 def call_isolated(function: str, arguments: dict[str, Any], timeout_s: float) -> IsolatedOutcome:
     """Call `function` ("module:name") with keyword `arguments` in a fresh Python process."""
-    with tempfile.TemporaryDirectory(prefix="attnprof-isolate-") as folder:
-        request, result, log = (Path(folder) / name for name in ("request.json", "result.json", "log.txt"))
-        request.write_text(json.dumps({"function": function, "arguments": arguments}, allow_nan=False))
-        with log.open("wb") as log_handle:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "attnprof.isolate", str(request), str(result)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_handle,  # the child's prints never reach our stdout (--json stays clean)
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-                start_new_session=True,  # its own process group: killed whole, spared the terminal's ^C
-            )
-            try:
-                returncode = child.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                return IsolatedOutcome("timeout", reason=f"timed out after {timeout_s:g} s")
-            finally:
-                _kill_group(child)
-        if result.exists():
-            data = json.loads(result.read_text(encoding="utf-8"))
-            return IsolatedOutcome(data["status"], data.get("value"), data.get("reason", ""))
-        return IsolatedOutcome("crashed", reason=_crash_reason(returncode, log))
+    return wait_isolated(start_isolated(function, arguments), timeout_s)
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:

@@ -53,6 +53,9 @@ from attnprof.report.progress import track
 from attnprof.store import git_commit, machine_info
 from attnprof.workload import Inputs, Workload, architecture_fingerprint, call_user
 
+# Called before each timed repeat (False) and after the last (True); may block for a turn.
+Pace = Callable[[bool], None]
+
 _SDPA_BACKENDS = {
     "math": SDPBackend.MATH,
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -192,10 +195,14 @@ class TimingResult:
     reference_ms: list[float] = field(default_factory=list)  # the probe after each plain step
 
 
-def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None) -> TimingResult:
+def timing_pass(
+    prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None, pace: Pace | None = None
+) -> TimingResult:
     """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps.
 
-    NVML telemetry, when given, covers the timed steps (plain and hooked alike)."""
+    NVML telemetry, when given, covers the timed steps (plain and hooked alike). `pace`, when
+    given, is called before each timed repeat and once after the last (done=True); it may block,
+    so that another process can take its turn on the machine (attnprof.interleave)."""
     for _ in range(settings.warmup):
         prepared.step()
     timer = layer_timer(prepared.device, settings.clock)
@@ -210,6 +217,8 @@ def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | N
     if telemetry is not None:
         telemetry.window_start()
     for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
+        if pace is not None:
+            pace(False)
         result.step_ms.append(1e3 * time_call(prepared.step, prepared.device, settings.clock))
         if probe is not None:
             result.reference_ms.append(1e3 * time_call(probe, prepared.device, settings.clock))
@@ -223,6 +232,8 @@ def timing_pass(prepared: Prepared, settings: Settings, telemetry: Telemetry | N
                 result.calls[name] = timer.times.calls[(name, phase)]
             else:
                 result.backward_ms[name].append(1e3 * seconds)
+    if pace is not None:
+        pace(True)
     if telemetry is not None:
         telemetry.window_end(2 * settings.repeats)
     return result
@@ -344,16 +355,21 @@ def _threads(settings: Settings) -> Iterator[None]:
 
 
 def run_profile(
-    workload: Workload, settings: Settings, trace: bool = False, trace_file: Path | None = None
+    workload: Workload,
+    settings: Settings,
+    trace: bool = False,
+    trace_file: Path | None = None,
+    pace: Pace | None = None,
 ) -> Profile:
     """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
-    backend that ran), saved as a Chrome trace when `trace_file` is given."""
+    backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
+    repeats (see timing_pass)."""
     with _threads(settings):
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
         counting = counting_pass(prepared)
         with Telemetry(prepared.device) as telemetry:
-            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry)
+            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace)
         allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
         if allocator is not None:
             counting.memory = dict(allocator.module_peak)

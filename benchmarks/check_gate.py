@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,26 +43,18 @@ from attnprof.check import (
     drift_correction,
     parse_threshold,
 )
+from attnprof.interleave import Side, profile_interleaved
 from attnprof.profiler import prepare, resolve_settings, run_profile
 from attnprof.records import Profile, Settings
 from attnprof.workload import Workload, load_workload
+from benchmarks.slowed_demo import ENV, UNIT_SIZE, add_extra_work
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
+SLOWED_DEMO = Path(__file__).parent / "slowed_demo.py"
 SLOWDOWN = 0.05
 LIMITS = (0.02, 0.03)
 CALIBRATION_UNITS = 60
-UNIT_SIZE = 64  # one unit of extra work: a 64x64 by 64x64 matrix product
 Runs = list[list[float]]  # timing samples (ms) of several runs
-
-
-def extra_work_hook(units: int) -> Callable[[nn.Module, Any, Any], None]:
-    block = torch.randn(UNIT_SIZE, UNIT_SIZE, generator=torch.Generator().manual_seed(0))
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        for _ in range(units):
-            torch.mm(block, block)
-
-    return hook
 
 
 def slowed_workload(base: Workload, units: int) -> Workload:
@@ -71,10 +62,7 @@ def slowed_workload(base: Workload, units: int) -> Workload:
     build = base.build_model
 
     def build_model(device: torch.device, dtype: torch.dtype) -> nn.Module:
-        model = build(device, dtype)
-        if units:
-            model.get_submodule("layers.1.attn").register_forward_hook(extra_work_hook(units))
-        return model
+        return add_extra_work(build(device, dtype), units)
 
     return dataclasses.replace(base, build_model=build_model)
 
@@ -152,7 +140,23 @@ def measured_noise(runs: Runs) -> Noise:
     medians = np.array([statistics.median(samples) for samples in runs])
     residuals = np.concatenate([np.log(np.array(samples) / m) for samples, m in zip(runs, medians, strict=True)])
     center = float(np.median(medians))
-    return Noise(residuals, np.log(medians / center), center)
+    drift = beyond_sampling(np.log(medians / center), median_sampling_variance(runs))
+    return Noise(residuals, drift, center)
+
+
+def median_sampling_variance(runs: Runs, resamples: int = 200) -> float:
+    """Mean bootstrap variance of a run's log median: how far run medians scatter from sampling
+    alone, which the simulation adds again with its own per-sample noise."""
+    rng = np.random.default_rng(1)
+    return float(np.mean([
+        np.var(np.median(np.log(rng.choice(np.array(s), size=(resamples, len(s)))), axis=1)) for s in runs
+    ]))
+
+
+def beyond_sampling(drift: np.ndarray, sampling_variance: float) -> np.ndarray:
+    """`drift` shrunk so that its spread (scaled MAD) leaves out what sampling alone explains."""
+    observed = (1.4826 * float(np.median(np.abs(drift)))) ** 2
+    return drift * math.sqrt(max(0.0, 1 - sampling_variance / observed)) if observed > 0 else drift
 
 
 def simulate(
@@ -203,8 +207,15 @@ def measure_variant(
     print(f"\npart 1, {label}: {len(runs_a)} A + {len(runs_b)} B profile runs ({settings.repeats} repeats) "
           f"in {spent:.0f} s; step median A {statistics.median(medians_a):.3f} ms (run medians "
           f"{min(medians_a):.2f}-{max(medians_a):.2f}), B/A {_ratio(medians_b, medians_a):+.1%}")
-    aa = [time_rows(a, b) for a, b in itertools.combinations(runs_a, 2)]
-    ab = [time_rows(a, b) for a in runs_a for b in runs_b]
+    print_alarms(
+        [time_rows(a, b) for a, b in itertools.combinations(runs_a, 2)],
+        [time_rows(a, b) for a in runs_a for b in runs_b],
+    )
+    return label, measured_noise(step_samples(runs_a))
+
+
+def print_alarms(aa: list[dict[str, tuple[float, float]]], ab: list[dict[str, tuple[float, float]]]) -> None:
+    """The table of alarms on A/A pairs and detections on A/B pairs, per limit."""
     print("\n| limit | A/A step alarms | A/A any-module alarms | A/B step detections | A/B any-module |")
     print("| --- | --- | --- | --- | --- |")
     for limit in LIMITS:
@@ -212,7 +223,35 @@ def measure_variant(
         ab_step, ab_any = alarm_counts(ab, limit)
         print(f"| median:{100 * limit:g}% | {_rate(aa_step, len(aa))} | {_rate(aa_any, len(aa))} | "
               f"{_rate(ab_step, len(ab))} | {_rate(ab_any, len(ab))} |")
-    return label, measured_noise(step_samples(runs_a))
+
+
+def measure_interleaved(units: int, settings: Settings, budget_s: float, max_sessions: int) -> tuple[str, Noise]:
+    """Part 1 for `check --against`: sessions of four workers (A, A, B, B) profiled interleaved,
+    as `check --against` profiles its two sides. Each session gives four A/A checks (each A
+    against the other, each B against the other) and four A/B checks (each B against each A).
+    The noise for the simulation: the A sides' per-sample residuals, and their offsets from
+    their session's mean (what interleaving leaves of the drift)."""
+    label = f"check --against (interleaved), --clock {settings.clock} --reference-probe"
+    sides = [Side(str(SLOWED_DEMO), {ENV: str(n)}) for n in (0, 0, units, units)]
+    sessions: list[list[Profile]] = []
+    started = time.perf_counter()
+    while len(sessions) < 3 or (time.perf_counter() - started < budget_s and len(sessions) < max_sessions):
+        sessions.append(profile_interleaved(sides, settings))
+    spent = time.perf_counter() - started
+    aa = [time_rows(x, y) for a, a2, b, b2 in sessions for x, y in ((a, a2), (a2, a), (b, b2), (b2, b))]
+    ab = [time_rows(x, y) for a, a2, b, b2 in sessions for x in (a, a2) for y in (b, b2)]
+    medians = np.array(
+        [[statistics.median(drift_correction(s[0], p).current_step.samples) for p in s] for s in sessions]
+    )
+    print(f"\npart 1, {label}: {len(sessions)} sessions of 4 interleaved workers ({settings.repeats} repeats each) "
+          f"in {spent:.0f} s; B/A {float(np.median(medians[:, 2:]) / np.median(medians[:, :2])) - 1:+.1%}")
+    print_alarms(aa, ab)
+    offsets = np.log(medians[:, :2]) - np.log(medians[:, :2]).mean(axis=1, keepdims=True)
+    runs_a = [drift_correction(p, p).current_step.samples for s in sessions for p in s[:2]]
+    noise = measured_noise(runs_a)
+    # An offset is half the difference of two medians: half the variance of one from sampling.
+    return label, Noise(noise.residuals, beyond_sampling(offsets.ravel(), median_sampling_variance(runs_a) / 2),
+                        noise.step_ms)
 
 
 def main() -> None:
@@ -221,7 +260,12 @@ def main() -> None:
     parser.add_argument("--max-runs", type=int, default=60, help="Most profile runs of each of A and B, per variant.")
     parser.add_argument("--repeats", type=int, default=100, help="Timed steps per profile run.")
     parser.add_argument("--trials", type=int, default=20000, help="Simulated checks per configuration.")
+    parser.add_argument(
+        "--ways", default="stored,interleaved",
+        help="Comma-separated: stored (check --baseline FILE: four ways of timing), interleaved (check --against).",
+    )
     args = parser.parse_args()
+    ways = set(args.ways.split(","))
     torch.set_num_threads(1)
 
     base = load_workload(str(DEMO_MODEL))
@@ -236,11 +280,15 @@ def main() -> None:
         dataclasses.replace(settings, clock="wall", reference_probe=True),
         dataclasses.replace(settings, clock="cpu", reference_probe=True),
     ]
-    noise = dict(measure_variant(base, slowed, v, args.budget_s, args.max_runs) for v in variants)
+    noise = dict(measure_variant(base, slowed, v, args.budget_s, args.max_runs) for v in variants if "stored" in ways)
+    if "interleaved" in ways:
+        label, measured = measure_interleaved(units, variants[-1], args.budget_s, args.max_runs)
+        noise[label] = measured
 
     rng = np.random.default_rng(0)
     measured = "; ".join(
-        f"{label}: per sample {_spread(n.residuals)}, between runs {_spread(n.drift)}" for label, n in noise.items()
+        f"{label}: per sample {_spread(n.residuals)}, between runs beyond sampling {_spread(n.drift)}"
+        for label, n in noise.items()
     )
     print(f"\npart 2, simulation ({args.trials} checks per cell) with the measured noise (scaled MADs): {measured}")
     print("\n| timing (per-sample noise and drift measured) | repeats | limit | A/A false alarms | A/B recall at 5% |")

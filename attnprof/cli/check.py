@@ -1,5 +1,9 @@
 """`attnprof check [TARGET] --baseline FILE`: re-profile with the baseline's settings and judge.
 
+`attnprof check [TARGET] --against BASE_TARGET` judges TARGET against the baseline's code
+profiled in the same job (a checkout of the base branch, say), the two interleaved in short
+turns so the machine's drift hits both alike (attnprof.interleave); no baseline file is read.
+
 Exit 0 pass (inconclusive metrics are reported, not failed), 1 regression, 2 bad input,
 4 machine mismatch unless --allow-machine-mismatch. Options not given on the command line
 come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof.config).
@@ -24,7 +28,8 @@ from attnprof.check import (
 )
 from attnprof.config import ProjectConfig
 from attnprof.errors import RegressionFound, UsageError
-from attnprof.profiler import run_profile
+from attnprof.interleave import Side, profile_interleaved
+from attnprof.profiler import resolve_settings, run_profile
 from attnprof.records import CheckResult, Profile, to_json_dict
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
 from attnprof.report.console import log, stdout_console
@@ -94,6 +99,10 @@ def record_baseline(path: Path, profile: Profile) -> None:
 def check_command(
     target: str = typer.Argument(None, help="The workload (default: [tool.attnprof] target, else the baseline's)."),
     baseline: Path = typer.Option(None, "--baseline", "-B", help="Baseline profile JSON (env ATTNPROF_BASELINE)."),
+    against: str = typer.Option(
+        None, "--against", help="Profile this target (the baseline's code, e.g. a checkout of the base branch) "
+        "interleaved with TARGET in this job, and judge TARGET against it instead of a baseline file.",
+    ),
     threshold: list[str] = typer.Option(None, "--threshold", "-t", help=THRESHOLD_HELP),
     metric: list[str] = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable."),
     alpha: float = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA})."),
@@ -117,6 +126,30 @@ def check_command(
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
     config = ProjectConfig.load()
     options = check_options(config, threshold, metric, alpha, allow_machine_mismatch)
+    if against is not None:
+        if update_baseline:
+            raise UsageError("--update-baseline records a baseline file; it does not combine with --against")
+        reference, current, baseline_label = profile_against(config, target, against)
+    else:
+        baseline_path, reference, current = profile_for_baseline(config, target, baseline, options, update_baseline)
+        baseline_label = str(baseline_path)
+    if out is not None:
+        write_record(out, current)
+        log(f"saved {out}")
+    if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
+        options = dataclasses.replace(options, allow_machine_mismatch=True)
+    result = compare_profiles(reference, current, options, baseline_label, "this run")
+    report_and_judge(
+        result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
+    )
+    if update_baseline:
+        record_baseline(Path(baseline_label), current)
+
+
+def profile_for_baseline(
+    config: ProjectConfig, target: str | None, baseline: Path | None, options: CheckOptions, update_baseline: bool
+) -> tuple[Path, Profile, Profile]:
+    """The baseline file, its profile, and TARGET profiled now with the baseline's settings."""
     baseline_text = config.resolve("baseline", str(baseline) if baseline else None, None)
     if baseline_text is None:
         raise UsageError("no baseline: pass --baseline FILE, set ATTNPROF_BASELINE or [tool.attnprof] baseline")
@@ -132,15 +165,15 @@ def check_command(
     check_machine(reference.machine, here, options.allow_machine_mismatch or update_baseline)
     workload = load_workload(config.resolve("target", target, reference.workload.target))
     log(f"profiling {workload.target} with the settings of {baseline_path}")
-    current = run_profile(workload, reference.settings)
-    if out is not None:
-        write_record(out, current)
-        log(f"saved {out}")
-    if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
-        options = dataclasses.replace(options, allow_machine_mismatch=True)
-    result = compare_profiles(reference, current, options, str(baseline_path), "this run")
-    report_and_judge(
-        result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
-    )
-    if update_baseline:
-        record_baseline(baseline_path, current)
+    return baseline_path, reference, run_profile(workload, reference.settings)
+
+
+def profile_against(config: ProjectConfig, target: str | None, against: str) -> tuple[Profile, Profile, str]:
+    """BASE_TARGET's and TARGET's profiles, interleaved, with TARGET's settings (the probe on,
+    as for a baseline), and the baseline's label."""
+    workload = load_workload(config.resolve("target", target, None))
+    load_workload(against)  # a bad target string fails here (exit 2), before any worker starts
+    settings = resolve_settings(workload, {"reference_probe": True, **config.settings_overrides({})})
+    log(f"profiling {against} and {workload.target} interleaved ({settings.repeats} repeats each)")
+    reference, current = profile_interleaved([Side(against), Side(workload.target)], settings)
+    return reference, current, f"{against} (interleaved)"
