@@ -11,13 +11,17 @@ Two parts, side by side in one process:
    (and any module's) is a regression. The injected work also changes FLOPs, which the exact
    metrics catch every time: only timing verdicts are counted here, because they are what this
    measures.
+   With `--ways interleaved`, the same for `check --against`: sessions of four workers (A, A,
+   B, B; benchmarks/slowed_demo.py with its extra-work knob off or on) profiled interleaved, each
+   session judged as four A/A and four A/B checks.
 2. A simulation with the noise measured in part 1: within-run noise resampled from the A runs'
    step samples (each divided by its run's median) and between-run drift resampled from the A
-   runs' medians, at several repeat counts and thresholds, many thousand trials each; the
+   runs' medians, shrunk by the scatter a run's median has from sampling alone, at several repeat counts and thresholds, many thousand trials each; the
    verdict is the gate's rule (slowdown past the limit AND one-sided Mann-Whitney p < alpha),
    checked against `compare_samples` on the first trials.
 
-    python -m benchmarks.check_gate [--budget-s 90] [--max-runs 60] [--repeats 20] [--trials 20000]
+    python -m benchmarks.check_gate [--budget-s 90] [--max-runs 60] [--repeats 100] [--trials 20000]
+                                    [--ways stored,interleaved]
 """
 
 from __future__ import annotations
