@@ -69,7 +69,11 @@ def profile_in_turns(
     """A worker: profile `target` with its timed repeats paced by the parent's turns."""
     os.environ.update(environment)
     turns = Turns(grant_fd, report_fd)
-    return run_profile(load_workload(target), from_json_dict(Settings, settings), pace=turns.pace)
+    profile = run_profile(load_workload(target), from_json_dict(Settings, settings), pace=turns.pace)
+    profile.notes.append(
+        "timed in turns, interleaved with other workloads: NVML energy and power span their turns too"
+    )
+    return profile
 
 
 State = Literal["starting", "waiting", "finished", "gone"]

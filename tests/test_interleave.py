@@ -74,6 +74,7 @@ def test_profiles_each_side_in_its_own_worker_in_order() -> None:
         assert profile.totals.time_ms is not None and len(profile.totals.time_ms.samples) == SETTINGS.repeats
         assert profile.totals.reference_time_ms is not None
         assert len(profile.totals.reference_time_ms.samples) == SETTINGS.repeats
+        assert any("interleaved" in note for note in profile.notes)
     # The environment reached only its own side: 5 products of (2*16) x 128 by 128 x 128.
     assert slowed.totals.flops - plain.totals.flops == 5 * 2 * (2 * 16) * 128 * 128
 
