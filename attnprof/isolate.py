@@ -40,15 +40,9 @@ class IsolatedCall:
     """A child process started by `start_isolated`, not yet waited for."""
 
     child: subprocess.Popen[bytes]
-    folder: tempfile.TemporaryDirectory[str]
-
-    @property
-    def result(self) -> Path:
-        return Path(self.folder.name) / "result.json"
-
-    @property
-    def log(self) -> Path:
-        return Path(self.folder.name) / "log.txt"
+    folder: tempfile.TemporaryDirectory[str]  # request, result and log; removed once waited for
+    result: Path
+    log: Path
 
 
 def start_isolated(function: str, arguments: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> IsolatedCall:
@@ -68,7 +62,7 @@ def start_isolated(function: str, arguments: dict[str, Any], pass_fds: tuple[int
             start_new_session=True,  # its own process group: killed whole, spared the terminal's ^C
             pass_fds=pass_fds,
         )
-    return IsolatedCall(child, folder)
+    return IsolatedCall(child, folder, result, log)
 
 
 def wait_isolated(call: IsolatedCall, timeout_s: float) -> IsolatedOutcome:
