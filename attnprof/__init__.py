@@ -1,7 +1,20 @@
-"""attnprof: profiler and auto-tuner for attention workloads in PyTorch."""
+"""attnprof: profiler and auto-tuner for attention workloads in PyTorch.
 
-__version__ = "0.1.0"
+The public Python API lives in attnprof.api and is loaded on first use, so `import attnprof`
+(and `attnprof --help`) imports neither torch nor scipy.
+"""
 
-from attnprof.apply import apply, load_plan  # binds attnprof.apply to the function
+from typing import Any
+
+from attnprof.version import __version__
 
 __all__ = ["__version__", "apply", "load_plan"]
+_API = ("apply", "load_plan")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from attnprof import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'attnprof' has no attribute {name!r}")

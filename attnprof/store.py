@@ -1,4 +1,4 @@
-"""Files on disk: the profiles/ layout, atomic writes, schema versions, machine fingerprint.
+"""Files on disk: the JSON encoding of records, atomic writes, schema versions, the profiles/ layout.
 
 Every write goes to a temporary file in the destination folder, is fsynced, and is renamed
 over the destination, so a reader never sees a half-written file even if the writer is
@@ -12,26 +12,114 @@ registered in MIGRATIONS; newer ones are refused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
-import platform
-import socket
-import subprocess
+import reprlib
 import tempfile
+import types
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from attnprof.errors import InputFileError, OutputFileError
-from attnprof.records import SCHEMA_VERSION, MachineInfo, Profile, from_json_dict, to_json_dict
+from attnprof.errors import InputFileError, OutputFileError, UsageError
 
+SCHEMA_VERSION = 1
 R = TypeVar("R")
 
 DEFAULT_PROFILE_DIR = Path("profiles")
+
+
+def to_json_dict(record: Any) -> Any:
+    """A dataclass (or list/dict of them) as plain JSON-ready values."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_json_dict(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, (list, tuple)):
+        return [to_json_dict(v) for v in record]
+    if isinstance(record, dict):
+        return {str(k): to_json_dict(v) for k, v in record.items()}
+    if isinstance(record, float) and not math.isfinite(record):
+        return None  # JSON has no NaN/inf; a non-finite figure is "unknown"
+    return record
+
+
+def from_json_dict(cls: type[R], data: Any, where: str = "") -> R:
+    """Build `cls` from JSON data, naming the offending field when the data does not fit."""
+    return typing.cast(R, _build(cls, data, where or cls.__name__))
+
+
+def _build(tp: Any, data: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return data
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if data is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _build(option, data, where)
+            except InputFileError as exc:
+                errors.append(str(exc))
+        raise InputFileError(errors[0] if errors else f"{where}: unexpected null")
+    if origin is Literal:
+        if data not in typing.get_args(tp):
+            raise InputFileError(f"{where}: {_short(data)} is not one of {list(typing.get_args(tp))}")
+        return data
+    if origin in (list, tuple):
+        if not isinstance(data, list):
+            raise InputFileError(f"{where}: expected a list, got {type(data).__name__}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
+        _, value_type = typing.get_args(tp) or (str, Any)
+        return {k: _build(value_type, v, f"{where}.{k}") for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                kwargs[f.name] = _build(hints[f.name], data[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InputFileError(f"{where}: missing field {f.name!r}")
+        try:
+            return tp(**kwargs)
+        except (UsageError, ValueError, TypeError) as exc:
+            # A record's own validation (__post_init__) rejecting what the file holds.
+            raise InputFileError(f"{where}: {exc}") from None
+    if tp is float:
+        if data is None:
+            return math.nan
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise InputFileError(f"{where}: expected a number, got {_short(data)}")
+        try:
+            return float(data)
+        except OverflowError:
+            raise InputFileError(f"{where}: number too large ({_short(data)})") from None
+    if tp in (int, str, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            raise InputFileError(f"{where}: expected {tp.__name__}, got {_short(data)}")
+        return data
+    raise InputFileError(f"{where}: cannot read a value of type {tp}")
+
+
+def _short(value: Any) -> str:
+    """A value's repr cut short (length and nesting) for a one-line error message."""
+    return reprlib.repr(value)
+
 
 
 def short_hash(parts: Any) -> str:
@@ -250,69 +338,9 @@ def read_record(path: Path, cls: type[R]) -> R:
     return from_json_dict(cls, read_json(path), where=str(path))
 
 
-def load_profile(path: Path) -> Profile:
-    return read_record(path, Profile)
-
-
-def profile_path(profile: Profile, folder: Path = DEFAULT_PROFILE_DIR) -> Path:
-    """profiles/<workload name>-<fingerprint>/<machine>-<timestamp>.json"""
-    stamp = profile.created.replace(":", "").replace("-", "")
-    workload = f"{_slug(profile.workload.name or profile.workload.target)}-{profile.workload.fingerprint}"
-    return Path(folder) / workload / f"profile-{profile.machine.fingerprint()}-{stamp}.json"
-
-
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
     return slug.strip("_.")[:60] or "workload"
-
-
-def machine_info() -> MachineInfo:
-    """What this process runs on; GPU fields are filled when CUDA is available."""
-    import torch
-
-    gpu_name = gpu_uuid = driver = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        gpu_name = props.name
-        gpu_uuid = str(getattr(props, "uuid", "")) or None
-    return MachineInfo(
-        cpu=_cpu_name(),
-        gpu_name=gpu_name,
-        gpu_uuid=gpu_uuid,
-        driver=driver,
-        cuda=torch.version.cuda,
-        torch=torch.__version__,
-        python=platform.python_version(),
-        threads=torch.get_num_threads(),
-        hostname=socket.gethostname(),
-        platform=platform.platform(),
-    )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit(folder: Path | None = None) -> str | None:
-    """The commit of the user's working directory, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=folder or Path.cwd(),
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 @dataclass
@@ -418,4 +446,4 @@ def append_line(path: Path, line: str) -> None:
 
 def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:
     """profiles/<workload name>-<fingerprint>: where one workload's files live."""
-    return Path(folder) / f"{_slug(name)}-{fingerprint}"
+    return Path(folder) / f"{slug(name)}-{fingerprint}"

@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attnprof.apply.engine import Example, apply_plan
-from attnprof.apply.verify import verify_model
 from attnprof.measure.timing import time_call
-from attnprof.records import Budget, PlanChoices
-from attnprof.workload import load_workload
+from attnprof.plans.engine import Example, apply_plan
+from attnprof.plans.records import Budget, PlanChoices
+from attnprof.plans.verify import verify_model
+from attnprof.targets.workload import load_workload
 
 PLANS = {
     "baseline": PlanChoices(),

@@ -16,7 +16,8 @@ Two parts, side by side in one process:
    session judged as four A/A and four A/B checks.
 2. A simulation with the noise measured in part 1: within-run noise resampled from the A runs'
    step samples (each divided by its run's median) and between-run drift resampled from the A
-   runs' medians, shrunk by the scatter a run's median has from sampling alone, at several repeat counts and thresholds, many thousand trials each; the
+   runs' medians, shrunk by the scatter a run's median has from sampling alone, at several
+   repeat counts and thresholds, many thousand trials each; the
    verdict is the gate's rule (slowdown past the limit AND one-sided Mann-Whitney p < alpha),
    checked against `compare_samples` on the first trials.
 
@@ -39,7 +40,7 @@ import torch
 from scipy.stats import mannwhitneyu
 from torch import nn
 
-from attnprof.check import (
+from attnprof.gate.compare import (
     DEFAULT_ALPHA,
     CheckOptions,
     compare_profiles,
@@ -47,10 +48,11 @@ from attnprof.check import (
     drift_correction,
     parse_threshold,
 )
-from attnprof.interleave import Side, profile_interleaved
-from attnprof.profiler import prepare, resolve_settings, run_profile
-from attnprof.records import Profile, Settings
-from attnprof.workload import Workload, load_workload
+from attnprof.profiling.interleave import Side, profile_interleaved
+from attnprof.profiling.records import Profile
+from attnprof.profiling.run import prepare, run_profile
+from attnprof.settings import Settings, resolve_settings
+from attnprof.targets.workload import Workload, load_workload
 from benchmarks.slowed_demo import ENV, UNIT_SIZE, add_extra_work
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"

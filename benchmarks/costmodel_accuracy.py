@@ -27,11 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attnprof.costmodel import cross_validate, fit_cost_model, predict_config, summarise_validation
-from attnprof.records import CostModel, Measurement, Settings, ValidationPoint
-from attnprof.space import Knob, config_of, settings_for
-from attnprof.store import machine_info
-from attnprof.sweep import (
+from attnprof.costmodel.fit import cross_validate, fit_cost_model, predict_config, summarise_validation
+from attnprof.costmodel.records import CostModel, Measurement, ValidationPoint
+from attnprof.costmodel.sweep import (
     MeasurementStore,
     architecture_key,
     design_points,
@@ -39,7 +37,10 @@ from attnprof.sweep import (
     profiler_measure_point,
     run_sweep,
 )
-from attnprof.workload import load_workload
+from attnprof.machine import machine_info
+from attnprof.settings import Settings, settings_for
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.space import Knob, config_of
 
 KNOBS = {
     "batch_size": Knob("batch_size", low=1, high=4),

@@ -14,8 +14,9 @@ import statistics
 
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import HostClockLayerTimer, time_call
-from attnprof.profiler import prepare, resolve_settings
-from attnprof.workload import load_workload
+from attnprof.profiling.run import prepare
+from attnprof.settings import resolve_settings
+from attnprof.targets.workload import load_workload
 
 
 def main() -> None:

@@ -29,8 +29,9 @@ from attnprof.measure.nvml import Telemetry
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import time_call
 from attnprof.measure.trace import run_trace
-from attnprof.profiler import prepare, resolve_settings
-from attnprof.workload import load_workload
+from attnprof.profiling.run import prepare
+from attnprof.settings import resolve_settings
+from attnprof.targets.workload import load_workload
 
 
 def main() -> None:

@@ -31,15 +31,16 @@ from pathlib import Path
 
 import torch
 
-from attnprof.budget import parse_budget
 from attnprof.measure.timing import time_call
-from attnprof.profiler import prepare, resolve_settings
-from attnprof.records import PlanChoices
-from attnprof.space import DeviceFacts, GlobalChoice, build_space
-from attnprof.tune import OutputChecker, TuneRequest, layer_transform, profile_choice, tune
-from attnprof.workload import Inputs, Workload, load_workload
-from attnprof.zoo import random_token_ids
-from attnprof.zoo.models import ZooConfig, ZooTransformer
+from attnprof.plans.records import PlanChoices
+from attnprof.profiling.run import prepare
+from attnprof.settings import resolve_settings
+from attnprof.targets.workload import Inputs, Workload, load_workload
+from attnprof.targets.zoo import random_token_ids
+from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
+from attnprof.tuning.budget import parse_budget
+from attnprof.tuning.loop import OutputChecker, TuneRequest, layer_transform, profile_choice, tune
+from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space
 
 GLOBAL_KNOBS = ["backend", "dtype", "batch_size", "threads"]
 ROUNDS = 5

@@ -11,9 +11,10 @@ from pathlib import Path
 import cairosvg
 import torch
 
-from attnprof.profiler import resolve_settings, run_profile
+from attnprof.profiling.run import run_profile
 from attnprof.report.html import render_html
-from attnprof.workload import load_workload
+from attnprof.settings import resolve_settings
+from attnprof.targets.workload import load_workload
 
 HERE = Path(__file__).parent
 PICTURE = HERE / "report-time-per-block.png"

@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from attnprof.zoo import random_token_ids
-from attnprof.zoo.models import SelfAttention, ZooConfig, ZooTransformer
+from attnprof.targets.zoo import random_token_ids
+from attnprof.targets.zoo.models import SelfAttention, ZooConfig, ZooTransformer
 
 ATTNPROF = {"batch_size": 2, "seq_len": 64, "repeats": 20, "warmup": 3}
 CONFIG = ZooConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2)

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from attnprof.check import compare_profiles
-from attnprof.costmodel import latency_group, memory_group, summarise_validation
-from attnprof.records import (
-    COST_KINDS,
-    AttentionInfo,
-    Budget,
-    CheckResult,
-    CostModel,
-    GroupInfo,
-    InfeasiblePoint,
-    LayerStats,
-    LinearFit,
-    MachineInfo,
-    ParetoPoint,
-    Plan,
-    PlanChoices,
-    PlanFigures,
-    Profile,
-    Settings,
-    TimeStats,
-    Totals,
-    ValidationPoint,
-    WorkloadInfo,
-)
+from attnprof.costmodel.fit import latency_group, memory_group, summarise_validation
+from attnprof.costmodel.records import COST_KINDS, CostModel, GroupInfo, InfeasiblePoint, LinearFit, ValidationPoint
+from attnprof.gate.compare import compare_profiles
+from attnprof.gate.records import CheckResult
+from attnprof.machine import MachineInfo
+from attnprof.measure.records import AttentionInfo
+from attnprof.plans.records import Budget, ParetoPoint, Plan, PlanChoices, PlanFigures
+from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals
+from attnprof.settings import Settings
+from attnprof.targets.records import WorkloadInfo
 
 MIB = 2**20
 

@@ -6,16 +6,11 @@ import dataclasses
 
 import numpy as np
 
-from attnprof.records import (
-    AttentionInfo,
-    LayerStats,
-    MachineInfo,
-    Profile,
-    Settings,
-    TimeStats,
-    Totals,
-    WorkloadInfo,
-)
+from attnprof.machine import MachineInfo
+from attnprof.measure.records import AttentionInfo
+from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals
+from attnprof.settings import Settings
+from attnprof.targets.records import WorkloadInfo
 
 MACHINE = MachineInfo(
     cpu="Test CPU 3000",

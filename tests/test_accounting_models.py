@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from attnprof.cli.app import app
 from attnprof.measure.accounting import CostCounter, ModuleCost
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.profiler import run_profile
-from attnprof.records import Settings
-from attnprof.workload import load_workload
+from attnprof.profiling.run import run_profile
+from attnprof.settings import Settings
+from attnprof.targets.workload import load_workload
 
 IMPLEMENTATIONS = ["eager", "sdpa"]
 BATCH, SEQ, HIDDEN, HEADS = 2, 7, 32, 4

@@ -20,11 +20,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from attnprof.apply.discover import discover
-from attnprof.apply.engine import apply_plan
-from attnprof.apply.outputs import main_tensor
-from attnprof.records import PlanChoices
-from attnprof.zoo.models import ZooConfig, ZooTransformer
+from attnprof.plans.discover import discover
+from attnprof.plans.engine import apply_plan
+from attnprof.plans.outputs import main_tensor
+from attnprof.plans.records import PlanChoices
+from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from tests import apply_models as models
 
 # spawning ranks on a busy 2-core machine can take minutes: a longer limit than the default

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from attnprof.apply.adapter import HeadLayout
-from attnprof.apply.discover import discover
-from attnprof.apply.engine import Example, apply_plan
-from attnprof.apply.heads import choose_heads, kept_heads
-from attnprof.apply.outputs import main_tensor
 from attnprof.errors import UsageError
-from attnprof.records import PlanChoices
-from attnprof.zoo.models import ZooConfig, ZooTransformer
+from attnprof.plans.adapters.base import HeadLayout
+from attnprof.plans.discover import discover
+from attnprof.plans.engine import Example, apply_plan
+from attnprof.plans.heads import choose_heads, kept_heads
+from attnprof.plans.outputs import main_tensor
+from attnprof.plans.records import PlanChoices
+from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from tests import apply_models as models
 
 torch.set_num_threads(1)

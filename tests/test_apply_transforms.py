@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 import attnprof
-from attnprof.apply.calls import record_calls
-from attnprof.apply.discover import discover
-from attnprof.apply.engine import Example, apply_plan
-from attnprof.apply.outputs import main_tensor
-from attnprof.apply.verify import verify_model
 from attnprof.errors import EnvironmentUnsupported, InputFileError, PlanRejected
-from attnprof.records import Budget, Plan, PlanChoices, Settings, WorkloadInfo, from_json_dict, to_json_dict
-from attnprof.store import write_record
+from attnprof.plans.calls import record_calls
+from attnprof.plans.discover import discover
+from attnprof.plans.engine import Example, apply_plan
+from attnprof.plans.outputs import main_tensor
+from attnprof.plans.records import Budget, Plan, PlanChoices
+from attnprof.plans.verify import verify_model
+from attnprof.settings import Settings
+from attnprof.store import from_json_dict, to_json_dict, write_record
+from attnprof.targets.records import WorkloadInfo
 from tests import apply_models as models
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from attnprof.budget import parse_budget, parse_objective
 from attnprof.errors import UsageError
-from attnprof.records import Budget, from_json_dict, to_json_dict
+from attnprof.plans.records import Budget
+from attnprof.store import from_json_dict, to_json_dict
+from attnprof.tuning.budget import parse_budget, parse_objective
 
 
 def test_valid_budgets_parse_to_base_units() -> None:
@@ -93,7 +94,9 @@ def test_budget_round_trips_through_json() -> None:
 
 
 def test_plan_round_trips_through_json_with_per_layer_choices() -> None:
-    from attnprof.records import Plan, PlanChoices, PlanFigures, Settings, WorkloadInfo
+    from attnprof.plans.records import Plan, PlanChoices, PlanFigures
+    from attnprof.settings import Settings
+    from attnprof.targets.records import WorkloadInfo
 
     plan = Plan(
         workload=WorkloadInfo(target="zoo:decoder", fingerprint="abc123", parameter_count=10),
@@ -118,7 +121,7 @@ def test_plan_round_trips_through_json_with_per_layer_choices() -> None:
 
 
 def test_plan_with_an_unknown_dtype_or_objective_is_refused() -> None:
-    from attnprof.records import PlanChoices
+    from attnprof.plans.records import PlanChoices
 
     with pytest.raises(UsageError, match="plan dtype"):
         PlanChoices(dtype="int4")

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from attnprof.check import (
+from attnprof.errors import MachineMismatch, UsageError
+from attnprof.gate.compare import (
     CheckOptions,
     compare_profiles,
     compare_samples,
@@ -18,9 +19,11 @@ from attnprof.check import (
     robust_noise,
     summary,
 )
-from attnprof.errors import MachineMismatch, UsageError
-from attnprof.records import CheckResult, Profile, Settings, TimeStats, from_json_dict, to_json_dict
+from attnprof.gate.records import CheckResult
+from attnprof.profiling.records import Profile, TimeStats
 from attnprof.report.check import check_markdown
+from attnprof.settings import Settings
+from attnprof.store import from_json_dict, to_json_dict
 from tests.synthetic_profiles import make_profile, other_machine
 
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
-from attnprof.records import CostModel
+from attnprof.costmodel.records import CostModel
 from attnprof.store import read_record
 
 SMALL = [

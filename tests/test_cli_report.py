@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
+from attnprof.profiling.records import load_profile
 from attnprof.report.plots import attention_blocks
 from attnprof.report.svg import count_marks
-from attnprof.store import load_profile
 
 FAST = ["--batch-size", "1", "--seq-len", "16", "--repeats", "2", "--warmup", "1"]
 

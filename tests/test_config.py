@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.config import ProjectConfig
 from attnprof.errors import InputFileError, UsageError
+from attnprof.settings import ProjectConfig
 
 PYPROJECT = """
 [project]

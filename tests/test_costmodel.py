@@ -5,27 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnprof.costmodel import (
-    PointFeatures,
-    cross_validate,
-    fit_cost_model,
-    fit_linear,
-    predict,
-    top1_agreement,
-)
+from attnprof.costmodel.fit import PointFeatures, cross_validate, fit_cost_model, fit_linear, predict, top1_agreement
+from attnprof.costmodel.records import CostModel, KindFeatures, Measurement, MemoryFeatures, ValidationPoint
 from attnprof.errors import InputFileError, UsageError
-from attnprof.records import (
-    CostModel,
-    KindFeatures,
-    MachineInfo,
-    Measurement,
-    MemoryFeatures,
-    TimeStats,
-    ValidationPoint,
-    from_json_dict,
-    to_json_dict,
-)
-from attnprof.space import choice_key
+from attnprof.machine import MachineInfo
+from attnprof.profiling.records import TimeStats
+from attnprof.store import from_json_dict, to_json_dict
+from attnprof.tuning.space import choice_key
 
 MACHINE = MachineInfo(
     cpu="test cpu",

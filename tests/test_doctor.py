@@ -9,8 +9,9 @@ from unittest import mock
 import pytest
 import torch
 
-from attnprof import doctor
-from attnprof.records import DoctorReport, from_json_dict, to_json_dict
+from attnprof.doctor import environment as doctor
+from attnprof.doctor.records import DoctorReport
+from attnprof.store import from_json_dict, to_json_dict
 
 
 def by_name(findings, section: str) -> dict[str, object]:

@@ -9,11 +9,11 @@ import pynvml
 import pytest
 import torch
 
-from attnprof import doctor
 from attnprof.cli.app import app
+from attnprof.doctor import environment as doctor
+from attnprof.machine import machine_info
 from attnprof.measure import hardware
-from attnprof.records import DeviceCalibration
-from attnprof.store import machine_info
+from attnprof.measure.records import DeviceCalibration
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 

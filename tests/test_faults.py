@@ -9,12 +9,7 @@ import pytest
 import torch
 
 from attnprof.errors import Terminated, UserCodeError
-from attnprof.faults import (
-    free_memory,
-    out_of_memory,
-    out_of_memory_reason,
-    raise_on_sigterm,
-)
+from attnprof.profiling.faults import free_memory, out_of_memory, out_of_memory_reason, raise_on_sigterm
 
 
 def _raised(function: object) -> BaseException:

@@ -12,20 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnprof.errors import InputFileError
-from attnprof.records import (
-    AttentionInfo,
-    LayerStats,
-    MachineInfo,
-    Profile,
-    Settings,
-    TimeStats,
-    Totals,
-    WorkloadInfo,
-    from_json_dict,
-    to_json_dict,
-)
+from attnprof.machine import MachineInfo
+from attnprof.measure.records import AttentionInfo
+from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals, load_profile
 from attnprof.report.registry import load_report_record
-from attnprof.store import load_profile, read_json, read_jsonl, write_record
+from attnprof.settings import Settings
+from attnprof.store import from_json_dict, read_json, read_jsonl, to_json_dict, write_record
+from attnprof.targets.records import WorkloadInfo
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, json_values, locations, mutations_of, replaced
 
 

@@ -12,14 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnprof.apply import load_plan
-from attnprof.budget import parse_budget, parse_objective
+from attnprof.api import load_plan
 from attnprof.cli.check import check_options
-from attnprof.config import ProjectConfig
 from attnprof.errors import InputFileError, UsageError
-from attnprof.records import Budget, Plan, PlanChoices, PlanFigures, Settings, WorkloadInfo, to_json_dict
+from attnprof.plans.records import Budget, Plan, PlanChoices, PlanFigures
 from attnprof.report.registry import load_report_record
-from attnprof.store import write_record
+from attnprof.settings import ProjectConfig, Settings
+from attnprof.store import to_json_dict, write_record
+from attnprof.targets.records import WorkloadInfo
+from attnprof.tuning.budget import parse_budget, parse_objective
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, locations, mutations_of, replaced
 
 NUMBERS = st.one_of(

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 
+from attnprof.costmodel.records import CostModel
 from attnprof.errors import InputFileError
-from attnprof.records import CostModel, to_json_dict
 from attnprof.report.registry import load_report_record
-from attnprof.store import read_record
+from attnprof.store import read_record, to_json_dict
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, locations, mutations_of, replaced
 from tests.report_samples import sample_check, sample_fit
 

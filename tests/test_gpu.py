@@ -8,8 +8,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnprof.measure import trace
-from attnprof.profiler import resolve_settings, run_profile
-from attnprof.workload import load_workload
+from attnprof.profiling.run import run_profile
+from attnprof.settings import resolve_settings
+from attnprof.targets.workload import load_workload
 
 pytestmark = pytest.mark.gpu
 

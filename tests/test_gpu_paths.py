@@ -14,14 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from attnprof import profiler
+from attnprof.machine import machine_info
 from attnprof.measure import hardware, nvml
 from attnprof.measure.memory import CudaAllocatorTracker
+from attnprof.measure.records import DeviceCalibration
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import CudaEventLayerTimer
-from attnprof.records import DeviceCalibration, Profile, from_json_dict, to_json_dict
-from attnprof.store import machine_info
-from attnprof.workload import load_workload
+from attnprof.profiling import run as profiler
+from attnprof.profiling.records import Profile
+from attnprof.store import from_json_dict, to_json_dict
+from attnprof.targets.workload import load_workload
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 CUDA = torch.device("cuda:0")

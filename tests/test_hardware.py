@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from attnprof.errors import InputFileError, UsageError
+from attnprof.machine import machine_info
 from attnprof.measure import hardware
-from attnprof.records import Calibration, DeviceCalibration
-from attnprof.store import machine_info
+from attnprof.measure.records import Calibration, DeviceCalibration
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")

@@ -1,4 +1,4 @@
-"""Interleaved profiling (attnprof.interleave) and `attnprof check --against`, with real workers."""
+"""Interleaved profiling (attnprof.profiling.interleave) and `attnprof check --against`, with real workers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from attnprof.cli.app import app
 from attnprof.errors import UsageError, UserCodeError
-from attnprof.interleave import TURN_SECONDS, Side, Turns, profile_interleaved
-from attnprof.records import CheckResult, Settings
+from attnprof.gate.records import CheckResult
+from attnprof.profiling.interleave import TURN_SECONDS, Side, Turns, profile_interleaved
+from attnprof.settings import Settings
 from attnprof.store import read_record
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
@@ -35,7 +36,7 @@ def test_a_worker_waits_for_each_turn_and_keeps_it_for_a_while(
 ) -> None:
     grant_read, grant_write, report_read, report_write = pipes
     now = [100.0]
-    monkeypatch.setattr("attnprof.interleave.time.perf_counter", lambda: now[0])
+    monkeypatch.setattr("attnprof.profiling.interleave.time.perf_counter", lambda: now[0])
     turns = Turns(grant_read, report_write)
 
     os.write(grant_write, b"g")

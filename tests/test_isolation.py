@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.isolate import call_isolated
+from attnprof.profiling.isolate import call_isolated
 
 TARGETS = "tests.isolation_targets"
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_unknown_function_is_an_error() -> None:
 def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     code = (
-        "import sys; from attnprof.isolate import call_isolated\n"
+        "import sys; from attnprof.profiling.isolate import call_isolated\n"
         f"call_isolated('{TARGETS}:hang', {{'seconds': 600, 'pid_file': {str(pid_file)!r}}}, timeout_s=600)"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)

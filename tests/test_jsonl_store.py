@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from attnprof.errors import InputFileError
-from attnprof.records import SCHEMA_VERSION, Settings
-from attnprof.store import append_jsonl, append_line, read_jsonl, read_jsonl_records
+from attnprof.settings import Settings
+from attnprof.store import SCHEMA_VERSION, append_jsonl, append_line, read_jsonl, read_jsonl_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 from rich.console import Console
 
+from attnprof.doctor.monitor import MonitorOptions, run_monitor
+from attnprof.doctor.records import MonitorRecording
 from attnprof.errors import EnvironmentUnsupported, UsageError
-from attnprof.monitor import MonitorOptions, run_monitor
-from attnprof.records import MonitorRecording
 from attnprof.report.monitor import LiveMonitor, gpu_table
 from attnprof.store import read_record
 from tests.fake_nvml import FakeGpu, FakeNvml

@@ -192,7 +192,7 @@ def test_process_memory(monkeypatch):
 
 
 def test_integrate_power_trapezoid():
-    from attnprof.records import GpuSample
+    from attnprof.measure.records import GpuSample
 
     samples = [
         GpuSample(t=0.0, nvml_index=0, power_w=100.0),

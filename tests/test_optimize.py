@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from attnprof.optimize import (
+from attnprof.tuning.optimize import (
     SOLVER_ENUMERATION,
     SOLVER_HEURISTIC,
     SOLVER_MILP,
@@ -159,7 +159,7 @@ def test_non_additive_problems_are_enumerated_or_searched_heuristically() -> Non
 
 
 def test_large_non_additive_problem_uses_the_heuristic_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnprof.optimize as optimize
+    import attnprof.tuning.optimize as optimize
 
     monkeypatch.setattr(optimize, "ENUMERATION_LIMIT", 10)
     base = random_problem(random.Random(4), groups=3, options=3, exact_options=True)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from attnprof.errors import UsageError
-from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import Profile, Settings, from_json_dict, to_json_dict
-from attnprof.workload import load_workload
+from attnprof.profiling.records import Profile
+from attnprof.profiling.run import run_profile
+from attnprof.settings import Settings, resolve_settings
+from attnprof.store import from_json_dict, to_json_dict
+from attnprof.targets.workload import load_workload
 
 
 def _profile(target: str, **overrides: object) -> Profile:

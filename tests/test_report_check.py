@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 from rich.console import Console
 
-from attnprof.check import compare_profiles
-from attnprof.records import CheckResult
+from attnprof.gate.compare import compare_profiles
+from attnprof.gate.records import CheckResult
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
 from tests.synthetic_profiles import make_profile
 

@@ -12,14 +12,14 @@ from report_samples import SAMPLES, sample_profile
 from rich.console import Console
 
 from attnprof.errors import EnvironmentUnsupported, InputFileError
-from attnprof.records import DevicePeak, to_json_dict
+from attnprof.measure.records import DevicePeak
 from attnprof.report import formats
 from attnprof.report.adapter import ReportOptions, format_cell
 from attnprof.report.html import render_html
 from attnprof.report.plots import Peaks
 from attnprof.report.registry import ADAPTERS, adapter_for_record, load_report_record
 from attnprof.report.svg import count_marks
-from attnprof.store import write_record
+from attnprof.store import to_json_dict, write_record
 
 KINDS = [adapter.kind for adapter in ADAPTERS]
 OPTIONS = ReportOptions(peaks=Peaks(tflops=1.0, bandwidth_gbs=50.0, source="test"))

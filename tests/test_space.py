@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from attnprof.errors import UsageError
-from attnprof.records import Settings
-from attnprof.sharding import (
+from attnprof.settings import Settings
+from attnprof.tuning.sharding import (
     StepShape,
     all_gather_s,
     all_reduce_s,
@@ -17,13 +17,7 @@ from attnprof.sharding import (
     point_to_point_s,
     sharded_step,
 )
-from attnprof.space import (
-    AttentionLayout,
-    DeviceFacts,
-    build_space,
-    micro_batch_values,
-    parse_plan_knobs,
-)
+from attnprof.tuning.space import AttentionLayout, DeviceFacts, build_space, micro_batch_values, parse_plan_knobs
 
 CPU = DeviceFacts("cpu", "cpu", None, 2)
 H100 = DeviceFacts("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 16)

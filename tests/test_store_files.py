@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from attnprof.errors import InputFileError, OutputFileError
-from attnprof.records import SCHEMA_VERSION, Settings
+from attnprof.settings import Settings
 from attnprof.store import (
     MIGRATIONS,
+    SCHEMA_VERSION,
     append_jsonl,
     atomic_write_text,
     migrate,

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.errors import InputFileError, UsageError
-from attnprof.records import Measurement, TimeStats
-from attnprof.space import Knob, default_knobs, parse_knob
-from attnprof.sweep import (
+from attnprof.costmodel.records import Measurement
+from attnprof.costmodel.sweep import (
     MeasurementStore,
     design_points,
     measurement_key,
@@ -25,6 +23,9 @@ from attnprof.sweep import (
     run_sweep,
     store_path,
 )
+from attnprof.errors import InputFileError, UsageError
+from attnprof.profiling.records import TimeStats
+from attnprof.tuning.space import Knob, default_knobs, parse_knob
 
 KNOBS = {
     "batch_size": Knob("batch_size", low=1, high=8),
@@ -197,9 +198,10 @@ def test_time_budget_stops_starting_points(tmp_path: Path) -> None:
 SWEEP_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from attnprof.records import Measurement, TimeStats
-    from attnprof.space import Knob
-    from attnprof.sweep import MeasurementStore, design_points, run_sweep
+    from attnprof.costmodel.records import Measurement
+    from attnprof.profiling.records import TimeStats
+    from attnprof.tuning.space import Knob
+    from attnprof.costmodel.sweep import MeasurementStore, design_points, run_sweep
 
     knobs = {"batch_size": Knob("batch_size", low=1, high=8), "seq_len": Knob("seq_len", low=64, high=512)}
     log = open(sys.argv[2], "a")

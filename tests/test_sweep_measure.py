@@ -6,12 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.costmodel import features_from_law, fit_cost_model, fit_feature_law, predict_config
-from attnprof.errors import EnvironmentUnsupported
-from attnprof.records import KindFeatures, LayerFeatures, Measurement, Settings
-from attnprof.space import Knob, config_of
-from attnprof.store import machine_info
-from attnprof.sweep import (
+from attnprof.costmodel.fit import features_from_law, fit_cost_model, fit_feature_law, predict_config
+from attnprof.costmodel.records import KindFeatures, LayerFeatures, Measurement
+from attnprof.costmodel.sweep import (
     MeasurementStore,
     architecture_key,
     count_features,
@@ -21,7 +18,11 @@ from attnprof.sweep import (
     profiler_measure_point,
     run_sweep,
 )
-from attnprof.workload import load_workload
+from attnprof.errors import EnvironmentUnsupported
+from attnprof.machine import machine_info
+from attnprof.settings import Settings
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.space import Knob, config_of
 
 FAST = Settings(batch_size=1, seq_len=16, repeats=2, warmup=1, threads=1)
 

@@ -10,13 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnprof.budget import parse_budget
 from attnprof.cli.app import app
-from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import Plan, Profile
-from attnprof.space import AttentionLayout, GlobalChoice, LayerOption
+from attnprof.plans.records import Plan
+from attnprof.profiling.records import Profile
+from attnprof.profiling.run import run_profile
+from attnprof.settings import resolve_settings
 from attnprof.store import read_record
-from attnprof.tune import (
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.budget import parse_budget
+from attnprof.tuning.loop import (
     LayerBasis,
     OutputChecker,
     ProbeEstimator,
@@ -26,7 +28,7 @@ from attnprof.tune import (
     relative_error,
     tune,
 )
-from attnprof.workload import load_workload
+from attnprof.tuning.space import AttentionLayout, GlobalChoice, LayerOption
 
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 # Timings on a shared test machine swing far beyond any model's uncertainty: tests that are not about
@@ -197,7 +199,7 @@ def test_pareto_frontier_is_shown(runner: CliRunner) -> None:
 
 @pytest.mark.slow
 def test_head_plans_are_verified_within_the_quality_limit_and_apply_to_a_fresh_model(tmp_path: Path) -> None:
-    from attnprof.apply import apply, load_plan
+    from attnprof.api import apply, load_plan
     from attnprof.store import write_record
 
     workload = load_workload("zoo:decoder")
@@ -245,9 +247,9 @@ def test_pipelined_head_plans_are_not_additive_and_are_enumerated(runner: CliRun
 
 @pytest.mark.slow
 def test_a_saved_cost_model_prices_the_choices_it_covers(tmp_path: Path) -> None:
-    from attnprof.space import Knob
+    from attnprof.costmodel.sweep import fit_workload
     from attnprof.store import write_record
-    from attnprof.sweep import fit_workload
+    from attnprof.tuning.space import Knob
 
     workload = load_workload("zoo:decoder")
     base = resolve_settings(workload, {"repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"})
@@ -273,7 +275,7 @@ def test_a_saved_cost_model_prices_the_choices_it_covers(tmp_path: Path) -> None
 
 
 def test_a_measurement_worse_than_predicted_beyond_the_uncertainty_refutes_the_prediction() -> None:
-    from attnprof.tune import contradiction
+    from attnprof.tuning.loop import contradiction
 
     # 3 sigma of 1 ms = 3 ms (above the 10% floor of 1 ms): 13.1 ms refutes 10 ms, 12.9 ms does not.
     assert contradiction(10.0, 1.0, 13.1) and not contradiction(10.0, 1.0, 12.9)

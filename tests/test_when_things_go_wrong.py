@@ -17,8 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
-from attnprof.records import SCHEMA_VERSION
-from attnprof.store import read_json, read_jsonl
+from attnprof.store import SCHEMA_VERSION, read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from attnprof.errors import UsageError, UserCodeError
-from attnprof.records import Settings
-from attnprof.workload import DEFAULT_TARGET, load_workload
+from attnprof.settings import Settings
+from attnprof.targets.workload import DEFAULT_TARGET, load_workload
 
 CPU = torch.device("cpu")
 

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import typer
 
-from attnprof import __version__
 from attnprof.errors import UserCodeError
-from attnprof.faults import known_failure, raise_on_sigterm
+from attnprof.profiling.faults import known_failure, raise_on_sigterm
 from attnprof.report.console import error, set_verbosity
+from attnprof.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

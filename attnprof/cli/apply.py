@@ -12,18 +12,18 @@ from pathlib import Path
 import torch
 import typer
 
-from attnprof.apply import load_plan
-from attnprof.apply.engine import Example, apply_plan
-from attnprof.apply.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
-from attnprof.apply.verify import applied_settings, reprofile, step_time, verify_model
+from attnprof.api import load_plan
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
-from attnprof.records import Plan, to_json_dict
+from attnprof.plans.engine import Example, apply_plan
+from attnprof.plans.records import Plan
+from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
+from attnprof.plans.verify import applied_settings, reprofile, step_time, verify_model
 from attnprof.report.apply import print_apply_report
 from attnprof.report.console import log, stdout_console
-from attnprof.store import write_record
-from attnprof.workload import Workload, call_user, load_workload
+from attnprof.store import to_json_dict, write_record
+from attnprof.targets.workload import Workload, call_user, load_workload
 
 
 def apply_command(

@@ -13,14 +13,14 @@ import typer
 
 from attnprof.cli import options
 from attnprof.cli.check import record_baseline
-from attnprof.config import ProjectConfig
 from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
-from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import to_json_dict
+from attnprof.profiling.run import run_profile
 from attnprof.report.console import log, stdout_console
 from attnprof.report.table import print_profile
-from attnprof.workload import load_workload
+from attnprof.settings import ProjectConfig, resolve_settings
+from attnprof.store import to_json_dict
+from attnprof.targets.workload import load_workload
 
 
 def baseline_command(

@@ -2,11 +2,11 @@
 
 `attnprof check [TARGET] --against BASE_TARGET` judges TARGET against the baseline's code
 profiled in the same job (a checkout of the base branch, say), the two interleaved in short
-turns so the machine's drift hits both alike (attnprof.interleave); no baseline file is read.
+turns so the machine's drift hits both alike (attnprof.profiling.interleave); no baseline file is read.
 
 Exit 0 pass (inconclusive metrics are reported, not failed), 1 regression, 2 bad input,
 4 machine mismatch unless --allow-machine-mismatch. Options not given on the command line
-come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof.config).
+come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof.settings).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import typer
 
-from attnprof.check import (
+from attnprof.errors import RegressionFound, UsageError
+from attnprof.gate.compare import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLDS,
     CheckOptions,
@@ -26,15 +27,16 @@ from attnprof.check import (
     parse_threshold,
     summary,
 )
-from attnprof.config import ProjectConfig
-from attnprof.errors import RegressionFound, UsageError
-from attnprof.interleave import Side, profile_interleaved
-from attnprof.profiler import resolve_settings, run_profile
-from attnprof.records import CheckResult, Profile, to_json_dict
+from attnprof.gate.records import CheckResult
+from attnprof.machine import machine_info
+from attnprof.profiling.interleave import Side, profile_interleaved
+from attnprof.profiling.records import Profile, load_profile
+from attnprof.profiling.run import run_profile
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
 from attnprof.report.console import log, stdout_console
-from attnprof.store import atomic_write_text, load_profile, machine_info, write_record
-from attnprof.workload import load_workload
+from attnprof.settings import ProjectConfig, resolve_settings
+from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.targets.workload import load_workload
 
 THRESHOLD_HELP = (
     "[GLOB:]STAT:LIMIT, repeatable: median:5%, p90:10%, memory:2%, layers.*attn*:median:8%, "

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from attnprof.check import DEFAULT_ALPHA, compare_profiles
 from attnprof.cli.check import THRESHOLD_HELP, check_options, report_and_judge
-from attnprof.config import ProjectConfig
-from attnprof.store import load_profile
+from attnprof.gate.compare import DEFAULT_ALPHA, compare_profiles
+from attnprof.profiling.records import load_profile
+from attnprof.settings import ProjectConfig
 
 
 def compare_command(

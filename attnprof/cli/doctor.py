@@ -7,11 +7,11 @@ import json
 import torch
 import typer
 
-from attnprof.doctor import calibrate, calibration_devices, gather
+from attnprof.doctor.environment import calibrate, calibration_devices, gather
 from attnprof.errors import UsageError
-from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.doctor_view import doctor_summary, doctor_table
+from attnprof.store import to_json_dict
 
 
 def doctor_command(

@@ -9,16 +9,16 @@ import torch
 import typer
 
 from attnprof.cli import options
+from attnprof.costmodel.records import Measurement
+from attnprof.costmodel.sweep import fit_workload, parse_duration
 from attnprof.errors import UsageError
-from attnprof.profiler import resolve_settings
-from attnprof.records import Measurement, to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit
 from attnprof.report.progress import progress as progress_bar
-from attnprof.space import default_knobs, parse_knob
-from attnprof.store import DEFAULT_PROFILE_DIR, write_record
-from attnprof.sweep import fit_workload, parse_duration
-from attnprof.workload import load_workload
+from attnprof.settings import resolve_settings
+from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.space import default_knobs, parse_knob
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1

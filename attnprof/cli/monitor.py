@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from attnprof.monitor import MonitorOptions, run_monitor
+from attnprof.doctor.monitor import MonitorOptions, run_monitor
 from attnprof.report.console import log, stdout_console
 from attnprof.report.monitor import LiveMonitor
 

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import typer
 
-from attnprof.costmodel import measured_choice, predict_config
+from attnprof.costmodel.fit import measured_choice, predict_config
+from attnprof.costmodel.records import CostModel
+from attnprof.costmodel.sweep import architecture_key, model_path
 from attnprof.errors import InputFileError
+from attnprof.machine import machine_info
 from attnprof.measure.dtypes import canonical_dtype_name
-from attnprof.profiler import resolve_settings
-from attnprof.records import CostModel, to_json_dict
 from attnprof.report.console import stdout_console, warn
 from attnprof.report.costmodel import print_prediction
-from attnprof.space import config_of
-from attnprof.store import DEFAULT_PROFILE_DIR, machine_info, read_record
-from attnprof.sweep import architecture_key, model_path
-from attnprof.workload import load_workload
+from attnprof.settings import resolve_settings
+from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.space import config_of
 
 
 def predict_command(

@@ -7,19 +7,18 @@ from pathlib import Path
 
 import typer
 
-from attnprof.budget import parse_budget, parse_objective
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
-from attnprof.profiler import resolve_settings
-from attnprof.records import to_json_dict
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.tune import format_metric, print_tune
-from attnprof.sharding import LinkLike
-from attnprof.space import parse_plan_knobs
-from attnprof.store import atomic_write_text, write_record
-from attnprof.tune import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
-from attnprof.workload import load_workload
+from attnprof.settings import resolve_settings
+from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.targets.workload import load_workload
+from attnprof.tuning.budget import parse_budget, parse_objective
+from attnprof.tuning.loop import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
+from attnprof.tuning.sharding import LinkLike
+from attnprof.tuning.space import parse_plan_knobs
 
 DEFAULT_PLAN = Path("plan.json")
 

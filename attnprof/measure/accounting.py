@@ -32,8 +32,8 @@ from attnprof.measure.attention_math import backward_flops
 from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_attention
 from attnprof.measure.attention_tracking import AttentionTracker, Site
 from attnprof.measure.meta_values import MetaValues
+from attnprof.measure.records import AttentionInfo
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.records import AttentionInfo
 
 aten = torch.ops.aten
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnprof.records import AttentionInfo
+from attnprof.measure.records import AttentionInfo
 
 # An additive mask value at or below this hides its key: softmax weights exp(-1e4) ≈ 0 in
 # every float dtype, and the values used in practice (-inf, finfo.min, -1e4, -1e9) all qualify.

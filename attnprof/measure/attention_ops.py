@@ -28,7 +28,7 @@ from attnprof.measure.attention_math import (
     causal_pairs,
     useful_flops,
 )
-from attnprof.records import AttentionInfo
+from attnprof.measure.records import AttentionInfo
 
 aten = torch.ops.aten
 

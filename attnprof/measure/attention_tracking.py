@@ -32,7 +32,7 @@ from attnprof.measure.attention_math import (
     keep_from_mask,
 )
 from attnprof.measure.attention_ops import ValueOf
-from attnprof.records import AttentionInfo
+from attnprof.measure.records import AttentionInfo
 
 aten = torch.ops.aten
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 from attnprof.errors import InputFileError, UsageError
-from attnprof.records import Bound, Calibration, DeviceCalibration, DevicePeak, MachineInfo
+from attnprof.machine import MachineInfo
+from attnprof.measure.records import Calibration, DeviceCalibration, DevicePeak
+from attnprof.profiling.records import Bound
 from attnprof.store import read_record, write_record
 
 CACHE_DIR_ENV = "ATTNPROF_CACHE_DIR"

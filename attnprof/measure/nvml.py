@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from attnprof.errors import NvmlError, UsageError
-from attnprof.records import Clocks, DeviceTelemetry, GpuInfo, GpuSample
+from attnprof.measure.records import Clocks, DeviceTelemetry, GpuInfo, GpuSample
 
 try:
     import pynvml

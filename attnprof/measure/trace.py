@@ -27,8 +27,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from attnprof.errors import UsageError
+from attnprof.measure.records import ModuleTrace, TraceSummary
 from attnprof.measure.scopes import LABEL_PREFIX
-from attnprof.records import ModuleTrace, TraceSummary
 from attnprof.store import atomic_write_bytes
 
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step

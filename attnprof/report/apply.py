@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from attnprof.records import ApplyReport, Plan
+from attnprof.plans.records import ApplyReport, Plan
 
 
 def print_apply_report(report: ApplyReport, plan: Plan, console: Console) -> None:

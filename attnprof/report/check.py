@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnprof.check import summary
-from attnprof.records import CheckResult, MetricCheck
+from attnprof.gate.compare import summary
+from attnprof.gate.records import CheckResult, MetricCheck
 from attnprof.report.table import human_bytes, human_count
 
 # Most alarming first; the order rows are listed in.

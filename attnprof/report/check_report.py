@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from attnprof.records import CheckResult, MetricCheck
+from attnprof.gate.records import CheckResult, MetricCheck
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.check import check_markdown, check_table
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine

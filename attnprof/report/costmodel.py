@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnprof.costmodel import latency_group
-from attnprof.records import COST_KINDS, CostModel, Prediction
+from attnprof.costmodel.fit import latency_group
+from attnprof.costmodel.records import COST_KINDS, CostModel, Prediction
 from attnprof.report.table import human_bytes
 
 # Performance targets of the cost model on held-out configurations (DESIGN.md).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from attnprof.records import DoctorReport
+from attnprof.doctor.records import DoctorReport
 
 STATUS_STYLES = {"ok": "green", "info": "dim", "warn": "yellow", "problem": "bold red"}
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Group
 
-from attnprof.records import CostModel, LinearFit
+from attnprof.costmodel.records import CostModel, LinearFit
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.costmodel import groups_table, validation_table
 from attnprof.report.svg import Chart, LineSeries, LogScale, Point, ScatterSeries, XYChart

@@ -10,10 +10,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from attnprof.errors import EnvironmentUnsupported
-from attnprof.records import to_json_dict
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
 from attnprof.report.console import PLAIN_WIDTH
 from attnprof.report.html import render_html
+from attnprof.store import to_json_dict
 
 Format = Literal["table", "markdown", "json", "csv", "parquet", "html"]
 FORMATS: tuple[str, ...] = ("table", "markdown", "json", "csv", "parquet", "html")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from attnprof.records import GpuInfo, GpuSample
+from attnprof.measure.records import GpuInfo, GpuSample
 
 
 def _fmt(value: float | None, spec: str, unit: str = "") -> str:

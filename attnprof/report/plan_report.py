@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from attnprof.records import ParetoPoint, Plan, PlanChoices, PlanFigures
+from attnprof.plans.records import ParetoPoint, Plan, PlanChoices, PlanFigures
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.svg import (
     Chart,

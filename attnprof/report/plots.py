@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from attnprof.records import LayerStats, Profile, TimeStats
+from attnprof.profiling.records import LayerStats, Profile, TimeStats
 from attnprof.report.svg import (
     BarChart,
     BarRow,

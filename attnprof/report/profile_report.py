@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnprof.records import LayerStats, Profile, TimeStats
+from attnprof.profiling.records import LayerStats, Profile, TimeStats
 from attnprof.report import plots
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
 from attnprof.report.svg import Chart

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from attnprof.errors import InputFileError
-from attnprof.records import from_json_dict
 from attnprof.report import check_report, fit_report, plan_report, profile_report
 from attnprof.report.adapter import RecordAdapter
-from attnprof.store import read_json
+from attnprof.store import from_json_dict, read_json
 
 ADAPTERS: tuple[RecordAdapter[Any], ...] = (
     profile_report.ADAPTER,

@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from attnprof.records import LayerStats, Profile
+from attnprof.profiling.records import LayerStats, Profile
 
 SORT_KEYS: dict[str, Callable[[LayerStats], float]] = {
     "order": lambda layer: 0.0,

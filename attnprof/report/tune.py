@@ -8,9 +8,10 @@ from collections import defaultdict
 from rich.console import Console
 from rich.table import Table
 
-from attnprof.records import PlanFigures, Profile
+from attnprof.plans.records import PlanFigures
+from attnprof.profiling.records import Profile
 from attnprof.report.table import human_bytes
-from attnprof.tune import TuneOutcome
+from attnprof.tuning.loop import TuneOutcome
 
 BINDING_UTILISATION = 0.95  # a limit used this much is called binding
 

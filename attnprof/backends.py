@@ -1,0 +1,128 @@
+"""The attention backends attnprof knows: one table, read by every part that names a backend.
+
+A backend is one of PyTorch's scaled_dot_product_attention kernels. Each entry says what the
+settings, plans, sweeps, the doctor, the trace reader and the cost model need to know about it.
+To add one, add an entry here and nothing else, unless it needs code that is genuinely new (a
+kernel-argument reader in measure/attention_ops.py for a new aten op). docs/architecture.md,
+"Extending attnprof", walks through it.
+
+No torch import here: the CLI's help and the record loaders read this table without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from attnprof.errors import UsageError
+
+AUTO = "auto"  # let PyTorch choose the kernel: no backend is forced
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # as written in settings, plans, profiles and on the command line
+    sdp_backend: str  # the member of torch.nn.attention.SDPBackend that forces it
+    devices: tuple[str, ...]  # device types PyTorch implements it on ("cpu", "cuda")
+    materialises_scores: bool  # holds the (q_len, kv_len) score matrix: memory grows with S²
+    kernel_patterns: tuple[str, ...]  # lower-case substrings of its kernel / aten op names in traces
+    hf_attn_implementation: str  # transformers' attn_implementation that routes through it
+    swept_on_gpu: bool = True  # part of the default `attnprof fit` sweep on a GPU
+
+
+# Order matters for trace matching: cuDNN's SDPA kernels are named
+# "cudnn_generated_fort_native_sdpa_…flash…", so cudnn is matched before flash.
+BACKENDS: tuple[Backend, ...] = (
+    Backend(
+        name="cudnn",
+        sdp_backend="CUDNN_ATTENTION",
+        devices=("cuda",),
+        materialises_scores=False,
+        kernel_patterns=("cudnn_attention", "cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "sdpa_cudnn"),
+        hf_attn_implementation="sdpa",
+        swept_on_gpu=False,
+    ),
+    Backend(
+        name="flash",
+        sdp_backend="FLASH_ATTENTION",
+        devices=("cpu", "cuda"),
+        materialises_scores=False,
+        kernel_patterns=("flash_attention", "flash_fwd", "flash_bwd", "pytorch_flash"),
+        hf_attn_implementation="sdpa",
+    ),
+    Backend(
+        name="efficient",
+        sdp_backend="EFFICIENT_ATTENTION",
+        devices=("cuda",),
+        materialises_scores=False,
+        kernel_patterns=("efficient_attention", "fmha_cutlass", "memeffattention", "mem_eff"),
+        hf_attn_implementation="sdpa",
+    ),
+    Backend(
+        name="math",
+        sdp_backend="MATH",
+        devices=("cpu", "cuda"),
+        materialises_scores=True,
+        kernel_patterns=("_scaled_dot_product_attention_math",),
+        hf_attn_implementation="sdpa",
+    ),
+)
+
+BY_NAME: dict[str, Backend] = {backend.name: backend for backend in BACKENDS}
+# The reference kernel every other backend falls back to (the doctor treats its failure as fatal).
+REFERENCE = "math"
+# Names a setting or plan may hold, in the order help texts list them.
+NAMES: tuple[str, ...] = (AUTO, "math", "flash", "efficient", "cudnn")
+assert set(NAMES) == {AUTO, *BY_NAME}, "NAMES must list every backend of BACKENDS"
+SDPA_NAMES: tuple[str, ...] = tuple(name for name in NAMES if name != AUTO)
+
+
+def get(name: str) -> Backend:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise UsageError(f"unknown attention backend {name!r}; known: {', '.join(NAMES)}") from None
+
+
+def runs_on(name: str, device_type: str) -> bool:
+    """Whether PyTorch implements backend `name` on a device of this type ("auto" runs anywhere)."""
+    return name == AUTO or device_type in get(name).devices
+
+
+def names_on(device_type: str) -> tuple[str, ...]:
+    """The SDPA backends (not "auto") PyTorch implements on this device type."""
+    return tuple(name for name in SDPA_NAMES if device_type in BY_NAME[name].devices)
+
+
+def materialises_scores(name: str) -> bool:
+    """Whether the backend holds score matrices; "auto" and unknown backends are assumed to."""
+    backend = BY_NAME.get(name)
+    return backend is None or backend.materialises_scores
+
+
+def backend_of_kernel(kernel_name: str) -> str | None:
+    """The backend a kernel or aten op name belongs to, or None."""
+    lowered = kernel_name.lower()
+    for backend in BACKENDS:
+        if any(pattern in lowered for pattern in backend.kernel_patterns):
+            return backend.name
+    return None
+
+
+def sdp_backend(name: str) -> Any:
+    """The torch.nn.attention.SDPBackend member that forces backend `name`."""
+    from torch.nn.attention import SDPBackend
+
+    return getattr(SDPBackend, get(name).sdp_backend)
+
+
+def kernel_scope(name: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of context managers that force backend `name` (nothing for "auto")."""
+    if name == AUTO:
+        return contextlib.nullcontext
+    from torch.nn.attention import sdpa_kernel
+
+    chosen = sdp_backend(name)
+    return lambda: sdpa_kernel(chosen)

@@ -1,0 +1,86 @@
+"""The verdict of `attnprof check` / `attnprof compare` and every metric behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from attnprof.store import SCHEMA_VERSION
+
+CheckStatus = Literal["pass", "improved", "regression", "changed", "inconclusive", "info"]
+
+
+MetricKind = Literal["time", "memory", "exact"]
+
+
+Verdict = Literal["pass", "regression", "inconclusive"]
+
+
+FAILING_STATUSES: tuple[str, ...] = ("regression", "changed")
+
+
+@dataclass
+class MetricCheck:
+    """One metric of a check: baseline against current, and what that means.
+
+    `statistic` is the time statistic compared (median, mean, p10, p90), "memory", or "exact".
+    `change` is current / baseline - 1; `threshold` the relative increase allowed (None: reported,
+    not gated); `noise` the pooled robust spread of one sample relative to its median.
+    """
+
+    metric: str
+    kind: MetricKind
+    statistic: str
+    status: CheckStatus
+    baseline: int | float | str | None
+    current: int | float | str | None
+    unit: str = ""
+    layer: str | None = None  # module path when the metric belongs to one module
+    change: float | None = None
+    threshold: float | None = None
+    p_value: float | None = None
+    noise: float | None = None
+    baseline_samples: int = 0
+    current_samples: int = 0
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILING_STATUSES
+
+
+@dataclass
+class CheckResult:
+    """The verdict of `attnprof check` / `attnprof compare` and every metric behind it."""
+
+    verdict: Verdict
+    baseline: str  # where the baseline came from (a path)
+    current: str  # where the current profile came from (a path, or "this run")
+    workload: str
+    baseline_commit: str | None
+    current_commit: str | None
+    alpha: float
+    thresholds: list[str]
+    metrics: list[MetricCheck]
+    machine_differences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # How much slower (>1) the machine ran the reference probe than when the baseline was
+    # recorded; timings were compared relative to it. None: no probe in one of the profiles.
+    drift_factor: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def failures(self) -> list[MetricCheck]:
+        return [m for m in self.metrics if m.failed]
+
+    def inconclusive(self) -> list[MetricCheck]:
+        return [m for m in self.metrics if m.status == "inconclusive"]
+
+    def culprit_layers(self) -> list[str]:
+        """Innermost modules with a failing metric: a slower module also slows its parents."""
+        failing = list(dict.fromkeys(m.layer for m in self.failures() if m.layer is not None))
+        return [layer for layer in failing if not any(_is_inside(other, layer) for other in failing)]
+
+
+def _is_inside(inner: str, outer: str) -> bool:
+    """Whether module path `inner` lies strictly inside `outer` ("" is the whole model)."""
+    return inner != outer and (outer == "" or inner.startswith(outer + "."))

@@ -1,0 +1,121 @@
+"""Attention backend plans: an `sdpa_kernel` scope around forward, transformers switched to its
+SDPA implementation, and hand-written matmul-softmax-matmul attention replaced by SDPA where
+the replacement reproduces the module's own outputs on the example inputs."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from attnprof.errors import EnvironmentUnsupported
+from attnprof.plans.calls import ModuleCall
+from attnprof.plans.discover import AttentionSite, Discovery
+from attnprof.plans.records import NotApplied
+from attnprof.plans.scope import add_forward_scope
+
+SDPA_BACKENDS = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+
+
+def check_backend_runs(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Run a tiny SDPA under the backend; a backend this device lacks is exit 4, not a crash later."""
+    q = torch.zeros(1, 1, 8, 64, device=device, dtype=dtype)
+    try:
+        with sdpa_kernel(SDPA_BACKENDS[backend]):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EnvironmentUnsupported(f"attention backend {backend} does not run on {device} ({reason})") from None
+
+
+def apply_backend(
+    model: nn.Module, found: Discovery, backend: str, calls: dict[str, ModuleCall]
+) -> tuple[list[str], list[NotApplied]]:
+    applied: list[str] = []
+    missed: list[NotApplied] = []
+    config = getattr(model, "config", None)
+    if hasattr(model, "set_attn_implementation") and getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+        previous = config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        applied.append(f"transformers attention implementation: sdpa (was {previous})")
+        calls = {}  # recorded under the old implementation; the layers now call SDPA
+    for site in found.sites:
+        call = calls.get(site.name)
+        if call is None or call.sdpa_calls:
+            continue
+        if site.family != "generic":
+            missed.append(_missed(site, "its forward did not call scaled_dot_product_attention"))
+            continue
+        reason = replace_manual_attention(site, call)
+        if reason:
+            missed.append(_missed(site, reason))
+        else:
+            applied.append(f"{site.name}: hand-written attention replaced by SDPA (outputs verified equal)")
+    for path, type_name in found.unknown:
+        call = calls.get(path)
+        if call is not None and not call.sdpa_calls:
+            missed.append(NotApplied(path, type_name, "backend", "unrecognised attention that does not call SDPA"))
+    add_forward_scope(model, lambda: sdpa_kernel(SDPA_BACKENDS[backend]))
+    applied.append(f"attention backend {backend}: sdpa_kernel scope around forward")
+    return applied, missed
+
+
+def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | None:
+    """Give a generic module an SDPA forward if it reproduces the recorded call; else say why not."""
+    module = site.module
+    hidden, *extra = call.args or (None,)
+    if not isinstance(hidden, torch.Tensor) or any(a is not None for a in [*extra, *call.kwargs.values()]):
+        return "called with more than the hidden states (masks, positions), which SDPA cannot be verified on"
+    if not isinstance(call.output, torch.Tensor):
+        return "returns more than one tensor"
+    dropouts = [m.p for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    if dropouts:
+        return f"applies attention dropout (p={dropouts[0]}), which the replacement would not reproduce"
+    own_forward = module.__dict__.get("forward")
+    for causal in (True, False):
+        module.forward = types.MethodType(_sdpa_forward(site, causal), module)
+        with torch.no_grad():
+            candidate = module(*call.args, **call.kwargs)
+        reference = call.output
+        scale = max(1.0, float(reference.abs().max()))
+        if candidate.shape == reference.shape and float((candidate - reference).abs().max()) <= 1e-5 * scale:
+            return None
+    if own_forward is None:
+        del module.forward
+    else:
+        module.forward = own_forward
+    return "an SDPA forward (causal or not) does not reproduce its outputs"
+
+
+def _sdpa_forward(site: AttentionSite, causal: bool) -> Callable[..., torch.Tensor]:
+    """An SDPA forward for a generic module; calls that pass anything beyond the hidden states
+    (a mask, positions) go to the original forward, which alone knows what they mean."""
+    adapter = site.adapter
+    original = site.module.forward
+
+    def forward(self: nn.Module, hidden: torch.Tensor, *extra: Any, **options: Any) -> torch.Tensor:
+        if any(a is not None for a in [*extra, *options.values()]):
+            return original(hidden, *extra, **options)
+        head_dim = adapter.layout(self).head_dim  # read per call: pruning or sharding may change it
+        batch, seq, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    return forward
+
+
+def _missed(site: AttentionSite, reason: str) -> NotApplied:
+    return NotApplied(site.name, type(site.attention_module).__name__, "backend", reason)

@@ -1,0 +1,130 @@
+"""Run one measurement in a child process, so that a hang or a crash costs only that point.
+
+`call_isolated("pkg.module:function", {...}, timeout_s)` starts `python -m attnprof.profiling.isolate`,
+which imports the function, calls it with the JSON arguments and writes its JSON-able result
+to a file. The parent waits at most `timeout_s`; a child still running then is killed with its
+whole process group. Requests and results are JSON files: nothing crosses as a pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from attnprof.errors import AttnprofError
+from attnprof.store import atomic_write_text, to_json_dict
+
+Status = Literal["ok", "oom", "error", "crashed", "timeout"]
+
+
+@dataclass
+class IsolatedOutcome:
+    status: Status
+    value: Any = None  # the function's result as JSON data, when status is "ok"
+    reason: str = ""  # one line, when it is not
+
+
+@dataclass
+class IsolatedCall:
+    """A child process started by `start_isolated`, not yet waited for."""
+
+    child: subprocess.Popen[bytes]
+    folder: tempfile.TemporaryDirectory[str]  # request, result and log; removed once waited for
+    result: Path
+    log: Path
+
+
+def start_isolated(function: str, arguments: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> IsolatedCall:
+    """Start calling `function` ("module:name") with keyword `arguments` in a fresh Python
+    process; `pass_fds` are file descriptors the child inherits (pipes to talk to it)."""
+    folder = tempfile.TemporaryDirectory(prefix="attnprof-isolate-")
+    request = Path(folder.name) / "request.json"
+    request.write_text(json.dumps({"function": function, "arguments": arguments}, allow_nan=False))
+    result, log = Path(folder.name) / "result.json", Path(folder.name) / "log.txt"
+    with log.open("wb") as log_handle:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "attnprof.profiling.isolate", str(request), str(result)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,  # the child's prints never reach our stdout (--json stays clean)
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            start_new_session=True,  # its own process group: killed whole, spared the terminal's ^C
+            pass_fds=pass_fds,
+        )
+    return IsolatedCall(child, folder, result, log)
+
+
+def wait_isolated(call: IsolatedCall, timeout_s: float) -> IsolatedOutcome:
+    """Wait at most `timeout_s` for a started call; kill what is left of it and read its outcome."""
+    try:
+        try:
+            returncode = call.child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return IsolatedOutcome("timeout", reason=f"timed out after {timeout_s:g} s")
+        finally:
+            _kill_group(call.child)
+        if call.result.exists():
+            data = json.loads(call.result.read_text(encoding="utf-8"))
+            return IsolatedOutcome(data["status"], data.get("value"), data.get("reason", ""))
+        return IsolatedOutcome("crashed", reason=_crash_reason(returncode, call.log))
+    finally:
+        call.folder.cleanup()
+
+
+def call_isolated(function: str, arguments: dict[str, Any], timeout_s: float) -> IsolatedOutcome:
+    """Call `function` ("module:name") with keyword `arguments` in a fresh Python process."""
+    return wait_isolated(start_isolated(function, arguments), timeout_s)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """Kill the child and anything it started; reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def _crash_reason(returncode: int, log: Path) -> str:
+    if returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-returncode}"
+    else:
+        how = f"exited with status {returncode} before reporting a result"
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    return f"crashed: {how}" + (f" ({last[:200]})" if last else "")
+
+
+def _child(request_path: Path, result_path: Path) -> None:
+    """The child's side: call the function, write {"status", "value" | "reason"} atomically."""
+    from attnprof.profiling.faults import out_of_memory, out_of_memory_reason
+
+    request = json.loads(request_path.read_text(encoding="utf-8"))
+    module_name, _, name = request["function"].partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+        outcome: dict[str, Any] = {"status": "ok", "value": to_json_dict(function(**request["arguments"]))}
+    except Exception as exc:
+        if out_of_memory(exc) is not None:
+            outcome = {"status": "oom", "reason": out_of_memory_reason(exc)}
+        elif isinstance(exc, AttnprofError):
+            outcome = {"status": "error", "reason": str(exc)}
+        else:
+            traceback.print_exc()  # into the log, for whoever investigates
+            outcome = {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    atomic_write_text(result_path, json.dumps(outcome, allow_nan=False))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]), Path(sys.argv[2]))

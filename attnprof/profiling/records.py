@@ -1,0 +1,133 @@
+"""The Profile record written by `attnprof profile`, and its layers and totals."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from attnprof.machine import MachineInfo
+from attnprof.measure.records import AttentionInfo, DevicePeak, DeviceTelemetry, TraceSummary
+from attnprof.settings import Settings
+from attnprof.store import DEFAULT_PROFILE_DIR, SCHEMA_VERSION, read_record, slug
+from attnprof.targets.records import WorkloadInfo
+
+LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
+
+
+Bound = Literal["compute", "memory"]
+
+
+@dataclass
+class TimeStats:
+    """Spread of repeated timings in milliseconds; `samples` are the raw per-repeat values."""
+
+    median: float
+    p10: float
+    p90: float
+    samples: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(cls, samples: list[float]) -> TimeStats:
+        if not samples:
+            raise ValueError("TimeStats needs at least one sample")
+        ordered = sorted(samples)
+        return cls(
+            median=statistics.median(ordered),
+            p10=_quantile(ordered, 0.10),
+            p90=_quantile(ordered, 0.90),
+            samples=list(samples),
+        )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted values (numpy's default method)."""
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass
+class LayerStats:
+    """One module of the workload: where its time, FLOPs and memory went."""
+
+    name: str
+    type: str
+    kind: LayerKind
+    depth: int
+    time_ms: TimeStats | None  # inclusive of children; None in a dry run
+    self_time_ms: float | None  # median time not spent inside a child module
+    backward_time_ms: TimeStats | None
+    flops: int  # forward FLOPs of this module alone (children excluded)
+    bytes: int  # bytes read + written by this module's own ops
+    memory_bytes: int  # peak activation memory above the level at entry, inclusive
+    params: int
+    achieved_tflops: float | None
+    bound: Bound | None
+    attention: AttentionInfo | None = None
+    backward_flops: int = 0
+    calls: int = 1
+
+
+@dataclass
+class Totals:
+    time_ms: TimeStats | None
+    flops: int
+    attention_flops: int
+    peak_memory_bytes: int
+    energy_j: float | None = None
+    energy_reason: str | None = "energy is measured on NVIDIA GPUs only"
+    backward_flops: int = 0
+    attention_flops_dense: int = 0
+    attention_share_flops: float = 0.0
+    attention_share_time: float | None = None
+    achieved_tflops: float | None = None
+    param_bytes: int = 0
+    power_w: float | None = None  # mean GPU power over the measured steps (NVML)
+    # The reference probe timed after each plain step (measure/reference.py), paired with
+    # time_ms.samples, and the probe's version: `check` divides out the machine's drift with it.
+    reference_time_ms: TimeStats | None = None
+    reference_version: int | None = None
+
+
+@dataclass
+class Profile:
+    """The result of one `attnprof profile` run."""
+
+    attnprof_version: str
+    created: str
+    machine: MachineInfo
+    commit: str | None
+    workload: WorkloadInfo
+    settings: Settings
+    totals: Totals
+    layers: list[LayerStats]
+    timing_source: str = "wall"  # wall (CPU perf_counter), cpu_time (process CPU time), cuda_events, none (dry run)
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+    telemetry: DeviceTelemetry | None = None  # NVML power, clocks, utilization (NVIDIA GPUs)
+    trace: TraceSummary | None = None  # `profile --trace`
+    peak: DevicePeak | None = None  # what % of peak and each layer's `bound` refer to
+
+    def layer(self, name: str) -> LayerStats:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def attention_layers(self) -> list[LayerStats]:
+        return [layer for layer in self.layers if layer.attention is not None]
+
+
+def load_profile(path: Path) -> Profile:
+    return read_record(path, Profile)
+
+
+def profile_path(profile: Profile, folder: Path = DEFAULT_PROFILE_DIR) -> Path:
+    """profiles/<workload name>-<fingerprint>/<machine>-<timestamp>.json"""
+    stamp = profile.created.replace(":", "").replace("-", "")
+    workload = f"{slug(profile.workload.name or profile.workload.target)}-{profile.workload.fingerprint}"
+    return Path(folder) / workload / f"profile-{profile.machine.fingerprint()}-{stamp}.json"

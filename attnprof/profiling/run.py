@@ -1,0 +1,417 @@
+"""One profile run: Workload + Settings -> Profile.
+
+Two kinds of pass, so that counting never slows what is timed:
+  1. a counting pass: one step under the FLOP/byte accountant and the live-memory tracker,
+     attributed per module by the module stack;
+  2. timing passes: warm-up steps (discarded), then `repeats` rounds of one plain step (no
+     hooks: the step time) and one hooked step (per-layer times), interleaved so drift in the
+     machine's speed affects both alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_flatten
+
+import attnprof
+from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
+from attnprof.machine import MachineInfo, git_commit, machine_info
+from attnprof.measure import hardware
+from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
+from attnprof.measure.device import resolve_device, synchronize
+from attnprof.measure.dry_run import FlashOnMeta
+from attnprof.measure.dtypes import parse_dtype
+from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
+from attnprof.measure.meta_values import MetaValues, ValueRecorder
+from attnprof.measure.nvml import Telemetry
+from attnprof.measure.records import Calibration, TraceSummary
+from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
+from attnprof.measure.scopes import ModuleScopes
+from attnprof.measure.timing import layer_timer, time_call
+from attnprof.measure.trace import run_trace
+from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
+from attnprof.report.progress import track
+from attnprof.settings import Settings
+from attnprof.targets.records import WorkloadInfo
+from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user
+
+# Called before each timed repeat (False) and after the last (True); may block for a turn.
+Pace = Callable[[bool], None]
+
+_SDPA_BACKENDS = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+# Only these SDPA backends run on a CPU; the others raise "No viable backend" (DESIGN.md).
+CPU_BACKENDS = ("auto", "math", "flash")
+
+
+@dataclass
+class Prepared:
+    """A built model, its inputs and a callable running one step of the chosen mode."""
+
+    model: nn.Module
+    inputs: Inputs
+    step: Callable[[], Any]
+    device: torch.device
+    dtype: torch.dtype
+    meta_values: MetaValues | None = None  # dry run: contents of meta tensors built from constants
+
+
+def backend_scope(backend: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    if backend == "auto":
+        return contextlib.nullcontext
+    chosen = _SDPA_BACKENDS[backend]
+    return lambda: sdpa_kernel(chosen)
+
+
+def default_loss(output: Any) -> torch.Tensor:
+    """Without a loss_fn, train mode backpropagates the mean square of the floating outputs."""
+    tensors = [t for t in tree_flatten(_as_tree(output))[0]
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    if not tensors:
+        raise UsageError("--mode train: the model's output has no tensor that requires grad; define loss_fn")
+    return sum((t.float().square().mean() for t in tensors), torch.zeros((), device=tensors[0].device))
+
+
+def _as_tree(output: Any) -> Any:
+    # transformers ModelOutput is a dict subclass that pytree does not flatten by itself.
+    return dict(output) if isinstance(output, dict) else output
+
+
+def prepare(workload: Workload, settings: Settings) -> Prepared:
+    device = resolve_device(settings.device)
+    if device.type == "cpu" and settings.backend not in CPU_BACKENDS:
+        raise EnvironmentUnsupported(
+            f"--backend {settings.backend} does not run on a CPU; CPU backends: {', '.join(CPU_BACKENDS)}"
+        )
+    if device.type == "meta" and settings.mode == "train":
+        raise UsageError("--device meta is a dry run of the forward pass: use --mode infer")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    dtype = parse_dtype(settings.dtype)
+    # A dry run records what meta tensors built from constants hold (causal-mask buffers,
+    # padding masks), so that masks are counted exactly without any real data.
+    meta_values = MetaValues() if device.type == "meta" else None
+    recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
+    with recording:
+        model = workload.build_model(device, dtype)
+    model.to(device=device)  # a factory that ignores `device` still runs where asked
+    workload.architecture = architecture_fingerprint(model)
+    model.train(settings.mode == "train")
+    with recording:
+        inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    args, kwargs = inputs
+    scope = backend_scope(settings.backend)
+    if device.type == "meta" and settings.backend in ("auto", "flash"):
+        scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
+    loss_fn = workload.loss_fn
+
+    if settings.mode == "infer":
+
+        def step() -> Any:
+            with torch.no_grad(), scope():
+                return call_user(model, *args, what="the model's forward", **kwargs)
+
+    else:
+
+        def step() -> Any:
+            model.zero_grad(set_to_none=True)
+            with scope():
+                output = call_user(model, *args, what="the model's forward", **kwargs)
+                loss = loss_fn(output, inputs) if loss_fn is not None else default_loss(output)
+            call_user(loss.backward, what="backward")
+            return loss.detach()
+
+    return Prepared(model, inputs, step, device, dtype, meta_values)
+
+
+def outputs_finite(output: Any) -> bool:
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in tree_flatten(_as_tree(output))[0]
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type != "meta"
+    )
+
+
+@dataclass
+class CountingResult:
+    order: list[str]
+    costs: dict[str, ModuleCost]
+    memory: dict[str, int]
+    peak_activation_bytes: int
+    finite: bool
+    unknown_masks: int = 0  # dry run: masks whose values could not be known, counted as dense
+
+
+def counting_pass(prepared: Prepared) -> CountingResult:
+    """One step under the accountant and the memory tracker."""
+    with ModuleScopes(prepared.model) as scopes:
+        tracker = LiveMemoryTracker()
+        scopes.add_listener(tracker)
+        with tracker, CostCounter(scopes, prepared.meta_values) as counter:
+            output = prepared.step()
+    return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
+                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks)
+
+
+@dataclass
+class TimingResult:
+    step_ms: list[float]
+    forward_ms: dict[str, list[float]]
+    forward_self_ms: dict[str, list[float]]
+    backward_ms: dict[str, list[float]]
+    calls: dict[str, int]
+    reference_ms: list[float] = field(default_factory=list)  # the probe after each plain step
+
+
+def timing_pass(
+    prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None, pace: Pace | None = None
+) -> TimingResult:
+    """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps.
+
+    NVML telemetry, when given, covers the timed steps (plain and hooked alike). `pace`, when
+    given, is called before each timed repeat and once after the last (done=True); it may block,
+    so that another process can take its turn on the machine (attnprof.profiling.interleave)."""
+    for _ in range(settings.warmup):
+        prepared.step()
+    timer = layer_timer(prepared.device, settings.clock)
+    scopes = ModuleScopes(prepared.model, backward=settings.mode == "train")
+    scopes.add_listener(timer)
+    with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
+        prepared.step()
+    probe = reference_probe(prepared.device) if settings.reference_probe else None
+    if probe is not None:
+        probe()  # warm
+    result = TimingResult([], defaultdict(list), defaultdict(list), defaultdict(list), {})
+    if telemetry is not None:
+        telemetry.window_start()
+    for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
+        if pace is not None:
+            pace(False)
+        result.step_ms.append(1e3 * time_call(prepared.step, prepared.device, settings.clock))
+        if probe is not None:
+            result.reference_ms.append(1e3 * time_call(probe, prepared.device, settings.clock))
+        timer.reset()
+        with scopes:
+            time_call(prepared.step, prepared.device, settings.clock)
+        for (name, phase), seconds in timer.times.inclusive.items():
+            if phase == "forward":
+                result.forward_ms[name].append(1e3 * seconds)
+                result.forward_self_ms[name].append(1e3 * timer.times.self_time[(name, phase)])
+                result.calls[name] = timer.times.calls[(name, phase)]
+            else:
+                result.backward_ms[name].append(1e3 * seconds)
+    if pace is not None:
+        pace(True)
+    if telemetry is not None:
+        telemetry.window_end(2 * settings.repeats)
+    return result
+
+
+def allocator_pass(prepared: Prepared, train: bool) -> CudaAllocatorTracker:
+    """One hooked step measuring per-module memory with the CUDA caching allocator (after
+    warm-up, so one-off workspaces are not charged to the first layer)."""
+    tracker = CudaAllocatorTracker(prepared.device)
+    with ModuleScopes(prepared.model, backward=train) as scopes:
+        scopes.add_listener(tracker)
+        synchronize(prepared.device)
+        tracker.start()
+        prepared.step()
+        tracker.finish()
+    return tracker
+
+
+def trace_pass(prepared: Prepared, layers: list[LayerStats], train: bool, trace_file: Path | None) -> TraceSummary:
+    """A short torch.profiler window with module labels; detected backends go into the layers."""
+    attention = [layer for layer in layers if layer.attention is not None]
+    with ModuleScopes(prepared.model, record_labels=True, backward=train):
+        summary = run_trace(
+            prepared.step, prepared.device, attention_modules=[layer.name for layer in attention],
+            trace_file=trace_file,
+        )
+    for layer in attention:
+        detected = summary.backends.get(layer.name)
+        if detected is not None and layer.attention is not None:
+            layer.attention.backend = detected
+    return summary
+
+
+def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
+    """Attention is whatever ran an attention computation; the rest is named by class."""
+    if cost.attention:
+        return "attention"
+    words = f"{type(module).__name__} {name.rsplit('.', 1)[-1]}".lower()
+    if "embed" in words:
+        return "embedding"
+    if "norm" in words:
+        return "norm"
+    if any(word in words for word in ("mlp", "feedforward", "feed_forward", "ffn")):
+        return "mlp"
+    return "other"
+
+
+def _stats(samples: list[float] | None) -> TimeStats | None:
+    return TimeStats.from_samples(samples) if samples else None
+
+
+def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingResult | None,
+                 train: bool) -> list[LayerStats]:
+    modules = dict(prepared.model.named_modules())
+    layers = []
+    for name in counting.order:
+        module = modules[name]
+        cost = counting.costs.get(name, ModuleCost())
+        self_ms = None
+        achieved = None
+        if timing is not None and timing.forward_self_ms.get(name):
+            self_ms = TimeStats.from_samples(timing.forward_self_ms[name]).median
+            if self_ms > 0 and cost.flops:
+                achieved = cost.flops / (self_ms * 1e-3) / 1e12
+        layers.append(
+            LayerStats(
+                name=name,
+                type=type(module).__name__,
+                kind=classify(name, module, cost),
+                depth=0 if not name else name.count(".") + 1,
+                time_ms=_stats(timing.forward_ms.get(name)) if timing else None,
+                self_time_ms=self_ms,
+                backward_time_ms=_stats(timing.backward_ms.get(name)) if timing and train else None,
+                flops=cost.flops,
+                bytes=cost.bytes,
+                memory_bytes=counting.memory.get(name, 0),
+                params=sum(p.numel() for p in module.parameters()),
+                achieved_tflops=achieved,
+                bound=None,
+                attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
+                backward_flops=cost.backward_flops,
+                calls=timing.calls.get(name, 1) if timing else 1,
+            )
+        )
+    return layers
+
+
+def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingResult | None,
+                 layers: list[LayerStats]) -> Totals:
+    flops = sum(c.flops for c in counting.costs.values())
+    attention = [layer.attention for layer in layers if layer.attention is not None]
+    attention_flops = sum(a.flops for a in attention)
+    step = TimeStats.from_samples(timing.step_ms) if timing else None
+    attention_time = sum(layer.self_time_ms or 0.0 for layer in layers if layer.kind == "attention")
+    param_bytes = tensor_bytes(prepared.model)
+    return Totals(
+        time_ms=step,
+        flops=flops,
+        attention_flops=attention_flops,
+        peak_memory_bytes=param_bytes + counting.peak_activation_bytes,
+        backward_flops=sum(c.backward_flops for c in counting.costs.values()),
+        attention_flops_dense=sum(a.flops_dense for a in attention),
+        attention_share_flops=attention_flops / flops if flops else 0.0,
+        attention_share_time=attention_time / step.median if step and step.median > 0 else None,
+        achieved_tflops=flops / (step.median * 1e-3) / 1e12 if step and step.median > 0 else None,
+        param_bytes=param_bytes,
+        reference_time_ms=TimeStats.from_samples(timing.reference_ms) if timing and timing.reference_ms else None,
+        reference_version=REFERENCE_VERSION if timing and timing.reference_ms else None,
+    )
+
+
+@contextlib.contextmanager
+def _threads(settings: Settings) -> Iterator[None]:
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_profile(
+    workload: Workload,
+    settings: Settings,
+    trace: bool = False,
+    trace_file: Path | None = None,
+    pace: Pace | None = None,
+) -> Profile:
+    """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
+    backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
+    repeats (see timing_pass)."""
+    with _threads(settings):
+        prepared = prepare(workload, settings)
+        train = settings.mode == "train"
+        counting = counting_pass(prepared)
+        with Telemetry(prepared.device) as telemetry:
+            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace)
+        allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
+        if allocator is not None:
+            counting.memory = dict(allocator.module_peak)
+        layers = build_layers(prepared, counting, timing, train)
+        totals = build_totals(prepared, counting, timing, layers)
+        if allocator is not None:
+            totals.peak_memory_bytes = allocator.step_peak
+        record = telemetry.record()
+        energy = telemetry.energy()
+        totals.energy_j, totals.energy_reason = energy.energy_j, energy.reason
+        totals.power_w = record.power_w if record is not None else None
+        machine = machine_info()
+        peak = hardware.peak_for(prepared.device, settings.dtype, _calibration(machine))
+        for layer in layers:
+            layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
+        summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
+    notes = [] if counting.finite else ["the model's output contains NaN or inf"]
+    if counting.unknown_masks:
+        notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
+                     "(inputs built on meta); their pairs were counted as unmasked")
+    if summary is not None:
+        notes += summary.notes
+    elif trace:
+        notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
+    if allocator is not None:
+        notes.append("memory per layer and peak from the CUDA caching allocator")
+    return Profile(
+        attnprof_version=attnprof.__version__,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        machine=machine,
+        commit=git_commit(),
+        workload=WorkloadInfo(
+            target=workload.target,
+            fingerprint=workload.fingerprint(settings),
+            parameter_count=sum(p.numel() for p in prepared.model.parameters()),
+            name=workload.name,
+            architecture_fingerprint=workload.architecture,
+        ),
+        settings=settings,
+        totals=totals,
+        layers=layers,
+        timing_source=_timing_source(prepared.device, settings.clock, timing),
+        notes=notes,
+        telemetry=record,
+        trace=summary,
+        peak=peak,
+    )
+
+
+def _timing_source(device: torch.device, clock: str, timing: TimingResult | None) -> str:
+    if timing is None:
+        return "none"
+    if device.type == "cuda":
+        return "cuda_events"
+    return "cpu_time" if clock == "cpu" else "wall"
+
+
+def _calibration(machine: MachineInfo) -> Calibration | None:
+    """This machine's calibrated peaks; a damaged calibration file only costs the % of peak."""
+    try:
+        return hardware.load_calibration(machine)
+    except InputFileError:
+        return None

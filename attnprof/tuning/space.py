@@ -1,0 +1,508 @@
+"""The knobs of a plan, their values, and which combinations are valid on a device.
+
+Every value left out of the space is left out by a named rule with a reason, so `tune` can say
+why a plan the user expected was never considered. Global knobs (backend, precision,
+micro-batch, threads, sharding) form `GlobalChoice`s; per-layer knobs (heads pruned, K/V heads,
+activation checkpointing) form one list of `LayerOption`s per attention layer.
+
+The sweep measures a workload over `Knob`s: numeric ranges (shapes: batch size, sequence
+length), sampled on a log scale, and choices (dtype, attention backend, CPU threads), each
+combination of which gets its own cost-model coefficients. A configuration is a plain mapping
+from knob name to value; its `Settings` are the base settings with those values put in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from attnprof.backends import BACKENDS
+from attnprof.errors import UsageError
+from attnprof.plans.records import PRECISIONS
+from attnprof.settings import DTYPES, Settings
+
+PLAN_KNOBS: tuple[str, ...] = (
+    "backend",
+    "dtype",
+    "batch_size",
+    "threads",
+    "heads",
+    "kv_heads",
+    "checkpoint",
+    "tensor_parallel",
+    "pipeline_stages",
+    "data_parallel",
+)
+# Knobs that change the model's architecture: off unless asked for with --knobs.
+ARCHITECTURE_KNOBS: tuple[str, ...] = ("heads", "kv_heads")
+SHARDING_KNOBS: tuple[str, ...] = ("tensor_parallel", "pipeline_stages", "data_parallel")
+KNOBS_EXAMPLE = "--knobs backend,dtype,batch_size,heads"
+
+Excluder = Callable[[str, object, "str | None"], bool]  # records a left-out value; True when left out
+
+SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
+PLAN_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "fp8")
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the device can run, read from torch (never assumed)."""
+
+    type: str  # cpu | cuda
+    name: str
+    capability: tuple[int, int] | None  # CUDA compute capability
+    cpu_count: int
+
+    @classmethod
+    def probe(cls, device: str) -> DeviceFacts:
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if device.startswith("cuda") and torch.cuda.is_available():
+            index = torch.device(device).index or 0
+            return cls(
+                "cuda", torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index), cpus
+            )
+        return cls("cpu", "cpu", None, cpus)
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """One attention layer's head layout, named by module path."""
+
+    name: str
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    knob: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GlobalChoice:
+    backend: str
+    dtype: str
+    batch_size: int  # micro-batch: samples per forward
+    threads: int  # 0: unchanged
+    tensor_parallel: int = 1
+    pipeline_stages: int = 1
+    data_parallel: int = 1
+    data_parallel_mode: str = "fsdp"
+
+    def as_config(self) -> dict[str, object]:
+        config: dict[str, object] = {
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+        }
+        if self.world_size > 1:
+            config.update(tp=self.tensor_parallel, pp=self.pipeline_stages, dp=self.data_parallel)
+            if self.data_parallel > 1:
+                config["dp_mode"] = self.data_parallel_mode
+        return config
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel * self.pipeline_stages * self.data_parallel
+
+
+@dataclass(frozen=True)
+class LayerOption:
+    """One per-layer choice: heads pruned, K/V heads kept (None: unchanged), checkpointing."""
+
+    prune: int = 0
+    kv_heads: int | None = None
+    checkpoint: bool = False
+
+    def label(self, layout: AttentionLayout) -> str:
+        parts = []
+        if self.prune:
+            parts.append(f"heads {layout.num_heads}->{layout.num_heads - self.prune}")
+        if self.kv_heads is not None:
+            grouped = layout.num_kv_heads < layout.num_heads
+            before = layout.num_kv_heads if grouped else layout.num_heads - self.prune
+            parts.append(f"kv {before}->{self.kv_heads}")
+        if self.checkpoint:
+            parts.append("checkpoint")
+        return " ".join(parts)
+
+
+@dataclass
+class PlanSpace:
+    globals: list[GlobalChoice]
+    layouts: list[AttentionLayout]
+    layer_options: dict[str, list[LayerOption]]  # attention layer -> its valid options without sharding
+    excluded: list[Exclusion] = field(default_factory=list)
+
+    def options_for(self, layout: AttentionLayout, tensor_parallel: int) -> list[LayerOption]:
+        """The layer's options that still hold when its heads are split over `tensor_parallel` ranks."""
+        options = []
+        for option in self.layer_options[layout.name]:
+            kept = layout.num_heads - option.prune
+            reason = heads_rule(layout, option.prune, tensor_parallel)
+            if reason is None and option.kv_heads is not None:
+                reason = kv_heads_rule(layout, option.kv_heads, kept, tensor_parallel)
+            if reason is None:
+                options.append(option)
+            else:
+                exclusion = Exclusion(
+                    "heads", f"{layout.name} {option.label(layout)} at tp={tensor_parallel}", reason
+                )
+                if exclusion not in self.excluded:
+                    self.excluded.append(exclusion)
+        return options
+
+    def size(self) -> int:
+        total = 0
+        for choice in self.globals:
+            per_layer = 1
+            for layout in self.layouts:
+                per_layer *= len(self.options_for(layout, choice.tensor_parallel))
+            total += per_layer
+        return total
+
+
+def default_plan_knobs(mode: str, gpus: int) -> list[str]:
+    knobs = ["backend", "dtype", "batch_size", "threads"]
+    if mode == "train":
+        knobs.append("checkpoint")
+    if gpus > 1:
+        knobs.extend(SHARDING_KNOBS)
+    return knobs
+
+
+def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
+    """`--knobs backend,dtype,heads` -> knob names; None gives the non-architectural defaults."""
+    if text is None:
+        return default_plan_knobs(mode, gpus)
+    names = [part.strip().replace("-", "_") for part in text.split(",") if part.strip()]
+    if not names:
+        raise UsageError(f"--knobs: empty list; e.g. {KNOBS_EXAMPLE}")
+    for name in names:
+        if name not in PLAN_KNOBS:
+            raise UsageError(
+                f"--knobs: unknown knob {name!r} (known: {', '.join(PLAN_KNOBS)}); e.g. {KNOBS_EXAMPLE}"
+            )
+    return list(dict.fromkeys(names))
+
+
+# --- rules: each returns the reason a value is invalid, or None ----------------------------------
+
+
+def backend_rule(facts: DeviceFacts, backend: str, dtype: str) -> str | None:
+    if facts.type == "cpu" and backend not in ("math", "flash"):
+        return "only the math and flash SDPA kernels run on CPU"
+    if facts.type == "cuda":
+        major, minor = facts.capability or (0, 0)
+        if backend == "flash" and (major < 8 or dtype not in ("bf16", "fp16")):
+            return "FlashAttention needs compute capability >= 8.0 and fp16/bf16 inputs"
+        if backend == "cudnn" and ((major, minor) < (9, 0) or dtype not in ("bf16", "fp16")):
+            return "cuDNN attention needs compute capability >= 9.0 and fp16/bf16 inputs"
+    return None
+
+
+def dtype_rule(facts: DeviceFacts, dtype: str) -> str | None:
+    if dtype == "tf32" and (facts.type != "cuda" or (facts.capability or (0, 0))[0] < 8):
+        return "TF32 is a tensor-core mode of NVIDIA GPUs with compute capability >= 8.0"
+    if dtype == "bf16" and facts.type == "cuda" and (facts.capability or (0, 0))[0] < 8:
+        return "bf16 needs compute capability >= 8.0"
+    if dtype == "fp8":
+        if facts.type != "cuda" or (facts.capability or (0, 0)) < (8, 9):
+            return "fp8 matmuls need an NVIDIA GPU with compute capability >= 8.9"
+        return "plan application does not implement fp8 matmuls (torch._scaled_mm) yet"
+    return None
+
+
+def micro_batch_values(batch_size: int) -> list[int]:
+    """Powers of two dividing the batch, and the batch itself: the batch splits into equal parts."""
+    values = {batch_size}
+    size = 1
+    while size < batch_size:
+        if batch_size % size == 0:
+            values.add(size)
+        size *= 2
+    return sorted(values)
+
+
+def thread_values(facts: DeviceFacts) -> list[int]:
+    values = {facts.cpu_count}
+    size = 1
+    while size < facts.cpu_count:
+        values.add(size)
+        size *= 2
+    return sorted(values)
+
+
+def heads_rule(layout: AttentionLayout, prune: int, tensor_parallel: int) -> str | None:
+    kept = layout.num_heads - prune
+    if kept < 1:
+        return "at least one head must remain"
+    grouped = layout.num_kv_heads < layout.num_heads  # MHA prunes each query head with its K/V head
+    if grouped and kept % layout.num_kv_heads:
+        return f"kept heads must be a multiple of the {layout.num_kv_heads} K/V heads (equal GQA groups)"
+    if kept % tensor_parallel:
+        return f"kept heads must divide evenly over tensor-parallel degree {tensor_parallel}"
+    return None
+
+
+def kv_heads_rule(
+    layout: AttentionLayout, kv_heads: int, kept_heads: int, tensor_parallel: int
+) -> str | None:
+    current = layout.num_kv_heads if layout.num_kv_heads < layout.num_heads else kept_heads
+    if kv_heads >= current:
+        return f"GQA conversion reduces the {current} K/V heads"
+    if current % kv_heads:
+        return f"K/V heads must divide the current {current} (whole groups are mean-pooled)"
+    if kv_heads % tensor_parallel:
+        return f"K/V heads must divide evenly over tensor-parallel degree {tensor_parallel}"
+    return None
+
+
+def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str | None:
+    for layout in layouts:
+        if layout.num_heads % degree or layout.num_kv_heads % degree:
+            return (
+                f"{layout.name} has {layout.num_heads}/{layout.num_kv_heads} heads: not divisible by {degree}"
+            )
+    return None
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def build_space(
+    facts: DeviceFacts,
+    layouts: Sequence[AttentionLayout],
+    settings: Settings,
+    knobs: Iterable[str],
+    gpus: int = 1,
+    blocks: int = 1,
+    backends: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+) -> PlanSpace:
+    """All valid plans for the allowed knobs; every left-out value is recorded with its reason.
+
+    `blocks` is the number of repeated blocks a pipeline can split; `backends`/`dtypes` narrow the
+    candidate values (e.g. to those the cost model has measured).
+    """
+    knobs = set(knobs)
+    excluded: list[Exclusion] = []
+
+    def exclude(knob: str, value: object, reason: str | None) -> bool:
+        if reason is not None:
+            excluded.append(Exclusion(knob, str(value), reason))
+        return reason is not None
+
+    base_backend = (
+        settings.backend if settings.backend != "auto" else ("flash" if facts.type == "cpu" else "auto")
+    )
+    backend_values = list(backends or SDPA_BACKENDS) if "backend" in knobs else [base_backend]
+    dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
+    threads_values = (
+        thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
+    )
+    if "threads" in knobs and facts.type != "cpu":
+        exclude("threads", "*", "threads apply to CPU execution only")
+
+    dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
+    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude)
+    globals_: list[GlobalChoice] = []
+    for backend, dtype in itertools.product(backend_values, dtype_values):
+        if backend != "auto" and exclude(
+            "backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)
+        ):
+            continue
+        for threads, (tp, pp, dp, mode) in itertools.product(threads_values, sharding):
+            # Each data-parallel replica takes an equal share of the batch, in equal micro-batches.
+            replica_batch = settings.batch_size // dp
+            batches = micro_batch_values(replica_batch) if "batch_size" in knobs else [replica_batch]
+            globals_.extend(GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode) for batch in batches)
+
+    layer_options = {layout.name: _layer_options(layout, knobs, settings.mode, exclude) for layout in layouts}
+    if "checkpoint" in knobs and settings.mode != "train":
+        exclude(
+            "checkpoint", "*", "checkpointing trades recomputation for saved activations: train mode only"
+        )
+    return PlanSpace(globals_, list(layouts), layer_options, excluded)
+
+
+def _sharding_choices(
+    layouts: Sequence[AttentionLayout],
+    knobs: set[str],
+    gpus: int,
+    blocks: int,
+    settings_batch: int,
+    exclude: Excluder,
+) -> list[tuple[int, int, int, str]]:
+    if gpus == 1:
+        return [(1, 1, 1, "fsdp")]
+    if not knobs & set(SHARDING_KNOBS):
+        if settings_batch % gpus:
+            exclude("data_parallel", gpus, f"the batch of {settings_batch} does not split over {gpus} replicas")
+            return []
+        return [(1, 1, gpus, "ddp")]
+    choices = []
+    for tp in divisors(gpus) if "tensor_parallel" in knobs else [1]:
+        if exclude("tensor_parallel", tp, tensor_parallel_rule(layouts, tp)):
+            continue
+        for pp in divisors(gpus // tp) if "pipeline_stages" in knobs else [1]:
+            if pp > blocks:
+                exclude("pipeline_stages", pp, f"the model has {blocks} block(s) to split into stages")
+                continue
+            dp = gpus // (tp * pp)
+            if settings_batch % dp:
+                exclude("data_parallel", dp, f"the batch of {settings_batch} does not split over {dp} replicas")
+                continue
+            if dp > 1 and "data_parallel" not in knobs:
+                exclude("data_parallel", dp, "data parallelism was not allowed by --knobs")
+                continue
+            modes = ["ddp", "fsdp"] if dp > 1 else ["fsdp"]
+            choices.extend((tp, pp, dp, mode) for mode in modes)
+    return choices
+
+
+def _layer_options(
+    layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder
+) -> list[LayerOption]:
+    prunes = range(layout.num_heads) if "heads" in knobs else [0]
+    checkpoints = [False, True] if "checkpoint" in knobs and mode == "train" else [False]
+    options = []
+    for prune in prunes:
+        if exclude("heads", f"{layout.name} prune {prune}", heads_rule(layout, prune, 1)):
+            continue
+        kept = layout.num_heads - prune
+        # Candidates: every smaller divisor of the K/V heads the layer has after pruning.
+        current = layout.num_kv_heads if layout.num_kv_heads < layout.num_heads else kept
+        kv_values: list[int | None] = [None]
+        if "kv_heads" in knobs:
+            kv_values += [g for g in divisors(current) if g < current]
+        for kv in kv_values:
+            if kv is not None and exclude(
+                "kv_heads", f"{layout.name} kv {kv} with {kept} heads", kv_heads_rule(layout, kv, kept, 1)
+            ):
+                continue
+            options.extend(LayerOption(prune, kv, checkpoint) for checkpoint in checkpoints)
+    return options
+
+# --- measurable knobs: what a sweep varies and the cost model is fitted over ---------------------
+
+ConfigValue = int | str
+Config = dict[str, ConfigValue]
+
+# Shape knobs: the cost model turns them into physical features (FLOPs, bytes, S² pairs).
+SHAPE_KNOBS: tuple[str, ...] = ("batch_size", "seq_len")
+# Choice knobs: each combination of their values gets its own fitted coefficients.
+CHOICE_KNOBS: tuple[str, ...] = ("dtype", "backend", "threads")
+MEASURABLE_KNOBS: tuple[str, ...] = SHAPE_KNOBS + CHOICE_KNOBS
+
+# Only these SDPA backends run on CPU (DESIGN.md, "Facts about PyTorch here").
+CPU_BACKENDS: tuple[str, ...] = ("math", "flash")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable or measurable setting: a numeric range `low..high` or a tuple of `choices`."""
+
+    name: str
+    low: int = 0
+    high: int = 0
+    choices: tuple[ConfigValue, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            if len(set(self.choices)) != len(self.choices):
+                raise UsageError(f"--{self.flag}: repeated value in {list(self.choices)}")
+            return
+        if self.low < 1 or self.high < self.low:
+            raise UsageError(f"--{self.flag}: range {self.low}:{self.high} must satisfy 1 <= low <= high")
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def numeric(self) -> bool:
+        return not self.choices
+
+    def values(self) -> tuple[ConfigValue, ...]:
+        """The distinct values a sweep must see: the choices, or the two ends of the range."""
+        return self.choices if self.choices else tuple(sorted({self.low, self.high}))
+
+
+def default_knobs(device: str, threads: int) -> dict[str, Knob]:
+    """The sweep's default space on `device`; `threads` is the current CPU thread count."""
+    backends: tuple[ConfigValue, ...] = CPU_BACKENDS if device == "cpu" else ("math", "flash", "efficient")
+    return {
+        "batch_size": Knob("batch_size", low=1, high=4),
+        "seq_len": Knob("seq_len", low=32, high=256),
+        "dtype": Knob("dtype", choices=("fp32", "bf16")),
+        "backend": Knob("backend", choices=backends),
+        "threads": Knob("threads", choices=(max(threads, 1),)),
+    }
+
+
+def parse_knob(name: str, text: str) -> Knob:
+    """A knob from a command-line value: `64:512` (range), `fp32,bf16` or `1,2` (choices), `128`."""
+    if name not in MEASURABLE_KNOBS:
+        raise UsageError(f"unknown knob {name!r}; known: {', '.join(MEASURABLE_KNOBS)}")
+    flag = name.replace("_", "-")
+    text = text.strip()
+    if not text:
+        raise UsageError(f"--{flag}: empty value")
+    if name in SHAPE_KNOBS:
+        if ":" in text:
+            low_text, _, high_text = text.partition(":")
+            return Knob(name, low=_positive_int(flag, low_text), high=_positive_int(flag, high_text))
+        values = [_positive_int(flag, part) for part in text.split(",")]
+        return Knob(name, low=min(values), high=max(values))
+    parts = [part.strip() for part in text.split(",")]
+    if name == "threads":
+        return Knob(name, choices=tuple(_positive_int(flag, part) for part in parts))
+    allowed = DTYPES if name == "dtype" else BACKENDS
+    for part in parts:
+        if part not in allowed:
+            raise UsageError(f"--{flag}: {part!r} is not one of {', '.join(allowed)}")
+    return Knob(name, choices=tuple(parts))
+
+
+def _positive_int(flag: str, text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UsageError(f"--{flag}: {text.strip()!r} is not an integer") from None
+    if value < 1:
+        raise UsageError(f"--{flag}: {value} must be a positive integer")
+    return value
+
+
+def choice_key(config: Mapping[str, ConfigValue], ignore: Sequence[str] = ()) -> str:
+    """A readable, stable name for the non-shape part of a configuration, e.g. `backend=flash,dtype=fp32`."""
+    return ",".join(
+        f"{name}={config[name]}" for name in sorted(config) if name not in SHAPE_KNOBS and name not in ignore
+    )
+
+
+def config_of(settings: Settings) -> Config:
+    """The full configuration a measurement is keyed by: the knobs plus mode, device and, when
+    it is not wall time, the clock (so stores made before the clock option keep their keys)."""
+    config: Config = {
+        "batch_size": settings.batch_size,
+        "seq_len": settings.seq_len,
+        "dtype": settings.dtype,
+        "backend": settings.backend,
+        "threads": settings.threads,
+        "mode": settings.mode,
+        "device": settings.device,
+    }
+    if settings.clock != "wall":
+        config["clock"] = settings.clock
+    return config
