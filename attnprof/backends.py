@@ -30,6 +30,9 @@ class Backend:
     kernel_patterns: tuple[str, ...]  # lower-case substrings of its kernel / aten op names in traces
     hf_attn_implementation: str  # transformers' attn_implementation that routes through it
     swept_on_gpu: bool = True  # part of the default `attnprof fit` sweep on a GPU
+    label: str = ""  # how messages name it
+    min_capability: tuple[int, int] | None = None  # the CUDA compute capability it needs
+    cuda_dtypes: tuple[str, ...] = ()  # the input precisions it takes on a GPU (empty: any)
 
 
 # Order matters for trace matching: cuDNN's SDPA kernels are named
@@ -43,6 +46,9 @@ BACKENDS: tuple[Backend, ...] = (
         kernel_patterns=("cudnn_attention", "cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "sdpa_cudnn"),
         hf_attn_implementation="sdpa",
         swept_on_gpu=False,
+        label="cuDNN attention",
+        min_capability=(9, 0),
+        cuda_dtypes=("fp16", "bf16"),
     ),
     Backend(
         name="flash",
@@ -51,6 +57,9 @@ BACKENDS: tuple[Backend, ...] = (
         materialises_scores=False,
         kernel_patterns=("flash_attention", "flash_fwd", "flash_bwd", "pytorch_flash"),
         hf_attn_implementation="sdpa",
+        label="FlashAttention",
+        min_capability=(8, 0),
+        cuda_dtypes=("fp16", "bf16"),
     ),
     Backend(
         name="efficient",
@@ -94,6 +103,30 @@ def runs_on(name: str, device_type: str) -> bool:
 def names_on(device_type: str) -> tuple[str, ...]:
     """The SDPA backends (not "auto") PyTorch implements on this device type."""
     return tuple(name for name in SDPA_NAMES if device_type in BY_NAME[name].devices)
+
+
+def default_sweep(device_type: str) -> tuple[str, ...]:
+    """The backends `attnprof fit` measures when none are named: every one on a CPU, on a GPU
+    those marked swept_on_gpu."""
+    return tuple(name for name in names_on(device_type) if device_type == "cpu" or BY_NAME[name].swept_on_gpu)
+
+
+def unsupported_reason(name: str, device_type: str, capability: tuple[int, int] | None, dtype: str) -> str | None:
+    """Why backend `name` cannot run at `dtype` on this device, or None when it can."""
+    if name == AUTO:
+        return None
+    backend = get(name)
+    if device_type == "cpu" and "cpu" not in backend.devices:
+        return f"only the {' and '.join(names_on('cpu'))} SDPA kernels run on CPU"
+    if device_type == "cuda" and backend.min_capability is not None:
+        major, minor = backend.min_capability
+        wrong_dtype = bool(backend.cuda_dtypes) and dtype not in backend.cuda_dtypes
+        if (capability or (0, 0)) < backend.min_capability or wrong_dtype:
+            return (
+                f"{backend.label} needs compute capability >= {major}.{minor} and "
+                f"{'/'.join(backend.cuda_dtypes)} inputs"
+            )
+    return None
 
 
 def materialises_scores(name: str) -> bool:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.autograd.profiler_util import EventList, FunctionEvent
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attnprof import backends
 from attnprof.errors import UsageError
 from attnprof.measure import trace
 from attnprof.measure.scopes import ModuleScopes
@@ -104,7 +105,7 @@ def test_cpu_trace_sees_the_forced_math_backend():
     ],
 )
 def test_backend_of_kernel_names(kernel, backend):
-    assert trace.backend_of(kernel) == backend
+    assert backends.backend_of_kernel(kernel) == backend
 
 
 def _event(eid: int, name: str, start: float, end: float, kernels=()) -> FunctionEvent:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from attnprof import backends
 from attnprof.cli import options
 from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
@@ -28,7 +29,7 @@ def profile_command(
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size."),
     seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
     dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
-    backend: str = typer.Option(None, "--backend", help="SDPA backend: auto, math, flash, efficient, cudnn."),
+    backend: str = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only)."),
     mode: str = typer.Option(None, "--mode", help="infer (no_grad forward) or train (forward + backward)."),
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),

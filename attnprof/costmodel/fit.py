@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats
 
+from attnprof import backends
 from attnprof.costmodel.records import (
     COST_KINDS,
     CostModel,
@@ -55,7 +56,6 @@ MEMORY_FEATURES: tuple[str, ...] = ("activation_bytes", "attention_matrix_bytes"
 # Knobs that change the cost of attention layers only: other kinds share coefficients across them.
 ATTENTION_ONLY_KNOBS: tuple[str, ...] = ("backend",)
 # SDPA kernels that never hold the full score matrix in memory.
-FUSED_BACKENDS: tuple[str, ...] = ("flash", "efficient", "cudnn")
 _ATTENTION_WORDS = ("attention", "attn")
 # A residual this large (relative) counts as an outlier for the robust loss.
 ROBUST_SCALE = 0.05
@@ -134,11 +134,6 @@ def _outermost_attention(name: str, by_name: Mapping[str, LayerStats]) -> bool:
     return parent is None or cost_kind(parent, by_name) != "attention"
 
 
-def _materialises_scores(backend: str) -> bool:
-    # Fused kernels stream the scores through on-chip memory; anything else holds the matrix.
-    return backend not in FUSED_BACKENDS
-
-
 def step_features(
     layers: Sequence[LayerStats],
     launches: Mapping[str, int],
@@ -163,7 +158,7 @@ def step_features(
         pairs = 0.0
         if layer.attention is not None and layer.attention.head_dim > 0:
             pairs = layer.attention.flops_dense / (4 * layer.attention.head_dim)
-            if _materialises_scores(layer.attention.backend):
+            if backends.materialises_scores(layer.attention.backend):
                 matrices.append(pairs * element_size)
         elif not recognised and kind == "attention" and _outermost_attention(layer.name, by_name):
             pairs = unit_pairs

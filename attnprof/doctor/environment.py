@@ -17,21 +17,12 @@ from pathlib import Path
 
 import torch
 
+from attnprof import backends
 from attnprof.doctor.records import DoctorReport, Finding
 from attnprof.errors import InputFileError, NvmlError
 from attnprof.machine import machine_info
 from attnprof.measure import hardware, nvml, trace
 from attnprof.measure.device import resolve_device
-
-# Our backend names (Settings.backend) for the SDPA kernels torch can be asked for.
-SDPA_BACKENDS: dict[str, str] = {
-    "math": "MATH",
-    "flash": "FLASH_ATTENTION",
-    "efficient": "EFFICIENT_ATTENTION",
-    "cudnn": "CUDNN_ATTENTION",
-}
-# What PyTorch implements on CPU at all (flash and math; see DESIGN.md): others are not a problem there.
-CPU_SDPA_BACKENDS = ("math", "flash")
 
 
 def torch_section() -> list[Finding]:
@@ -112,14 +103,12 @@ def probe_sdpa(device: str, backend: str) -> str | None:
 
     Returns None when it ran, else why not (torch's own reason when it gives one).
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     dtype = torch.float32 if device == "cpu" else torch.float16  # fused GPU kernels need half precision
     query = torch.randn(1, 2, 8, 16, device=device, dtype=dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[backend])]):
+            with backends.kernel_scope(backend)():
                 torch.nn.functional.scaled_dot_product_attention(query, query, query, is_causal=True)
             return None
         except RuntimeError as exc:
@@ -131,14 +120,14 @@ def probe_sdpa(device: str, backend: str) -> str | None:
 def sdpa_section() -> list[Finding]:
     findings = []
     for device in sdpa_devices():
-        for backend in SDPA_BACKENDS:
+        for backend in backends.SDPA_NAMES:
             reason = probe_sdpa(device, backend)
             name = f"{device} {backend}"
             if reason is None:
                 findings.append(Finding("sdpa", name, "ok", "runs"))
-            elif device == "cpu" and backend not in CPU_SDPA_BACKENDS:
+            elif not backends.runs_on(backend, torch.device(device).type):
                 findings.append(Finding("sdpa", name, "info", "not implemented on CPU by PyTorch"))
-            elif backend == "math":
+            elif backend == backends.REFERENCE:
                 findings.append(
                     Finding(
                         "sdpa",

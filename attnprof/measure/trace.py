@@ -26,6 +26,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from attnprof import backends
 from attnprof.errors import UsageError
 from attnprof.measure.records import ModuleTrace, TraceSummary
 from attnprof.measure.scopes import LABEL_PREFIX
@@ -34,27 +35,10 @@ from attnprof.store import atomic_write_bytes
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step
 TOP_NAMES = 3
 
-# Order matters: cuDNN's SDPA kernels are named "cudnn_generated_fort_native_sdpa_…flash…".
-_BACKEND_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("cudnn", ("cudnn_attention", "cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "sdpa_cudnn")),
-    ("flash", ("flash_attention", "flash_fwd", "flash_bwd", "pytorch_flash")),
-    ("efficient", ("efficient_attention", "fmha_cutlass", "memeffattention", "mem_eff")),
-    ("math", ("_scaled_dot_product_attention_math",)),
-)
-
 NO_KERNELS_NOTE = (
     "the GPU trace recorded no kernels (CUPTI unavailable, not permitted, or in use by another "
     "profiler); per-layer times come from CUDA events"
 )
-
-
-def backend_of(name: str) -> str | None:
-    """The SDPA backend a kernel or ATen op name belongs to, or None."""
-    lowered = name.lower()
-    for backend, patterns in _BACKEND_PATTERNS:
-        if any(p in lowered for p in patterns):
-            return backend
-    return None
 
 
 @dataclass
@@ -110,7 +94,7 @@ def summarize(
     for event in cpu_events:
         module = _module_of(event, cache)
         tally = tallies[module]
-        op_backend = backend_of(event.name)
+        op_backend = backends.backend_of_kernel(event.name)
         if op_backend is not None:
             op_backends[module][op_backend] += max(event.self_cpu_time_total, 1e-3)
         if use_kernels:
@@ -118,7 +102,7 @@ def summarize(
                 tally.time_us += kernel.duration
                 tally.count += 1
                 tally.by_name[kernel.name] += kernel.duration
-                kernel_backend = backend_of(kernel.name)
+                kernel_backend = backends.backend_of_kernel(kernel.name)
                 if kernel_backend is not None:
                     tally.backend_us[kernel_backend] += kernel.duration
         else:
@@ -138,18 +122,18 @@ def summarize(
 
     # Modules that called attention themselves, then the attention layers the caller knows of
     # (whose attention may run in a child module).
-    backends = {}
+    found_backends = {}
     for name in [*sorted(set(op_backends) | {m for m, t in tallies.items() if t.backend_us}), *attention_modules]:
         found = _backend_within(name, tallies, op_backends)
         if found is not None and name != OUTSIDE:
-            backends[name] = found
+            found_backends[name] = found
     return TraceSummary(
         timing_source=timing_source,
         active_steps=active_steps,
         events=len(cpu_events),
         kernels=kernel_count,
         trace_file=trace_file,
-        backends=backends,
+        backends=found_backends,
         modules=modules,
         notes=notes,
     )

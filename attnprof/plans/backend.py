@@ -11,27 +11,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attnprof import backends
 from attnprof.errors import EnvironmentUnsupported
 from attnprof.plans.calls import ModuleCall
 from attnprof.plans.discover import AttentionSite, Discovery
 from attnprof.plans.records import NotApplied
 from attnprof.plans.scope import add_forward_scope
 
-SDPA_BACKENDS = {
-    "math": SDPBackend.MATH,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
-
 
 def check_backend_runs(backend: str, device: torch.device, dtype: torch.dtype) -> None:
     """Run a tiny SDPA under the backend; a backend this device lacks is exit 4, not a crash later."""
     q = torch.zeros(1, 1, 8, 64, device=device, dtype=dtype)
     try:
-        with sdpa_kernel(SDPA_BACKENDS[backend]):
+        with backends.kernel_scope(backend)():
             F.scaled_dot_product_attention(q, q, q, is_causal=True)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -65,7 +58,7 @@ def apply_backend(
         call = calls.get(path)
         if call is not None and not call.sdpa_calls:
             missed.append(NotApplied(path, type_name, "backend", "unrecognised attention that does not call SDPA"))
-    add_forward_scope(model, lambda: sdpa_kernel(SDPA_BACKENDS[backend]))
+    add_forward_scope(model, backends.kernel_scope(backend))
     applied.append(f"attention backend {backend}: sdpa_kernel scope around forward")
     return applied, missed
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
 import attnprof
+from attnprof import backends
 from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.machine import MachineInfo, git_commit, machine_info
 from attnprof.measure import hardware
@@ -48,14 +48,6 @@ from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint
 # Called before each timed repeat (False) and after the last (True); may block for a turn.
 Pace = Callable[[bool], None]
 
-_SDPA_BACKENDS = {
-    "math": SDPBackend.MATH,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
-# Only these SDPA backends run on a CPU; the others raise "No viable backend" (DESIGN.md).
-CPU_BACKENDS = ("auto", "math", "flash")
 
 
 @dataclass
@@ -68,13 +60,6 @@ class Prepared:
     device: torch.device
     dtype: torch.dtype
     meta_values: MetaValues | None = None  # dry run: contents of meta tensors built from constants
-
-
-def backend_scope(backend: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    if backend == "auto":
-        return contextlib.nullcontext
-    chosen = _SDPA_BACKENDS[backend]
-    return lambda: sdpa_kernel(chosen)
 
 
 def default_loss(output: Any) -> torch.Tensor:
@@ -93,9 +78,10 @@ def _as_tree(output: Any) -> Any:
 
 def prepare(workload: Workload, settings: Settings) -> Prepared:
     device = resolve_device(settings.device)
-    if device.type == "cpu" and settings.backend not in CPU_BACKENDS:
+    if device.type == "cpu" and not backends.runs_on(settings.backend, "cpu"):
         raise EnvironmentUnsupported(
-            f"--backend {settings.backend} does not run on a CPU; CPU backends: {', '.join(CPU_BACKENDS)}"
+            f"--backend {settings.backend} does not run on a CPU; "
+            f"CPU backends: {', '.join((backends.AUTO, *backends.names_on('cpu')))}"
         )
     if device.type == "meta" and settings.mode == "train":
         raise UsageError("--device meta is a dry run of the forward pass: use --mode infer")
@@ -114,7 +100,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     with recording:
         inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
     args, kwargs = inputs
-    scope = backend_scope(settings.backend)
+    scope = backends.kernel_scope(settings.backend)
     if device.type == "meta" and settings.backend in ("auto", "flash"):
         scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
     loss_fn = workload.loss_fn

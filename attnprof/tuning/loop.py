@@ -34,6 +34,7 @@ from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
 import attnprof
+from attnprof import backends
 from attnprof.costmodel.fit import memory_group, predict_config
 from attnprof.costmodel.records import CostModel
 from attnprof.costmodel.sweep import MeasurementStore, architecture_key, measure_settings, model_path, store_path
@@ -43,7 +44,7 @@ from attnprof.measure.device import resolve_device
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.plans.records import Budget, ParetoPoint, Plan, PlanChoices, PlanFigures
 from attnprof.profiling.records import LayerStats, Profile
-from attnprof.profiling.run import backend_scope, run_profile
+from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Inputs, Workload
@@ -638,11 +639,11 @@ class OutputChecker:
         self.reference_model = workload.build_model(self.device, torch.float32).eval()
         self.inputs = workload.make_inputs(settings.batch_size, settings.seq_len, self.device, torch.float32)
         with torch.no_grad():
-            self.reference = self._run(self.reference_model, "math", torch.float32)
+            self.reference = self._run(self.reference_model, backends.REFERENCE, torch.float32)
 
     def _run(self, model: torch.nn.Module, backend: str, dtype: torch.dtype) -> Any:
         args, kwargs = _cast_inputs(self.inputs, dtype)
-        with torch.no_grad(), backend_scope(backend)():
+        with torch.no_grad(), backends.kernel_scope(backend)():
             return model(*args, **kwargs)
 
     def check(self, dtype: str, backend: str, transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None):

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from attnprof.backends import BACKENDS
+from attnprof import backends as known_backends
 from attnprof.errors import UsageError
 from attnprof.plans.records import PRECISIONS
 from attnprof.settings import DTYPES, Settings
@@ -42,7 +42,6 @@ KNOBS_EXAMPLE = "--knobs backend,dtype,batch_size,heads"
 
 Excluder = Callable[[str, object, "str | None"], bool]  # records a left-out value; True when left out
 
-SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
 PLAN_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "fp8")
 
 
@@ -198,15 +197,7 @@ def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
 
 
 def backend_rule(facts: DeviceFacts, backend: str, dtype: str) -> str | None:
-    if facts.type == "cpu" and backend not in ("math", "flash"):
-        return "only the math and flash SDPA kernels run on CPU"
-    if facts.type == "cuda":
-        major, minor = facts.capability or (0, 0)
-        if backend == "flash" and (major < 8 or dtype not in ("bf16", "fp16")):
-            return "FlashAttention needs compute capability >= 8.0 and fp16/bf16 inputs"
-        if backend == "cudnn" and ((major, minor) < (9, 0) or dtype not in ("bf16", "fp16")):
-            return "cuDNN attention needs compute capability >= 9.0 and fp16/bf16 inputs"
-    return None
+    return known_backends.unsupported_reason(backend, facts.type, facts.capability, dtype)
 
 
 def dtype_rule(facts: DeviceFacts, dtype: str) -> str | None:
@@ -305,7 +296,7 @@ def build_space(
     base_backend = (
         settings.backend if settings.backend != "auto" else ("flash" if facts.type == "cpu" else "auto")
     )
-    backend_values = list(backends or SDPA_BACKENDS) if "backend" in knobs else [base_backend]
+    backend_values = list(backends or known_backends.SDPA_NAMES) if "backend" in knobs else [base_backend]
     dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
     threads_values = (
         thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
@@ -405,7 +396,6 @@ CHOICE_KNOBS: tuple[str, ...] = ("dtype", "backend", "threads")
 MEASURABLE_KNOBS: tuple[str, ...] = SHAPE_KNOBS + CHOICE_KNOBS
 
 # Only these SDPA backends run on CPU (DESIGN.md, "Facts about PyTorch here").
-CPU_BACKENDS: tuple[str, ...] = ("math", "flash")
 
 
 @dataclass(frozen=True)
@@ -440,7 +430,7 @@ class Knob:
 
 def default_knobs(device: str, threads: int) -> dict[str, Knob]:
     """The sweep's default space on `device`; `threads` is the current CPU thread count."""
-    backends: tuple[ConfigValue, ...] = CPU_BACKENDS if device == "cpu" else ("math", "flash", "efficient")
+    backends: tuple[ConfigValue, ...] = known_backends.default_sweep("cpu" if device == "cpu" else "cuda")
     return {
         "batch_size": Knob("batch_size", low=1, high=4),
         "seq_len": Knob("seq_len", low=32, high=256),
@@ -467,7 +457,7 @@ def parse_knob(name: str, text: str) -> Knob:
     parts = [part.strip() for part in text.split(",")]
     if name == "threads":
         return Knob(name, choices=tuple(_positive_int(flag, part) for part in parts))
-    allowed = DTYPES if name == "dtype" else BACKENDS
+    allowed = DTYPES if name == "dtype" else known_backends.NAMES
     for part in parts:
         if part not in allowed:
             raise UsageError(f"--{flag}: {part!r} is not one of {', '.join(allowed)}")
