@@ -33,7 +33,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from attnprof import backends
 from attnprof.errors import InputFileError, UsageError
@@ -45,8 +45,6 @@ MODES: tuple[str, ...] = ("infer", "train")
 
 
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64")
-
-
 
 
 # How CPU steps are timed: wall time, or the process's CPU time (immune to time slicing by
@@ -95,9 +93,15 @@ class Settings:
             raise UsageError("--clock cpu times CPU steps only: GPU steps are timed by CUDA events")
 
 
-def resolve_settings(workload_defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+class HasDefaults(Protocol):
+    """A workload, as far as settings care: the defaults its target declares."""
+
+    defaults: dict[str, Any]
+
+
+def resolve_settings(workload: HasDefaults, overrides: Mapping[str, Any]) -> Settings:
     """Built-in defaults < the workload's ATTNPROF defaults < explicit overrides (None = unset)."""
-    values: dict[str, Any] = dict(workload_defaults)
+    values: dict[str, Any] = dict(workload.defaults)
     values.update({key: value for key, value in overrides.items() if value is not None})
     unknown = sorted(set(values) - set(Settings.__dataclass_fields__))
     if unknown:

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attnprof.costmodel.fit import cross_validate, fit_cost_model, predict_config, summarise_validation
+from attnprof.costmodel.knobs import Knob, config_of
 from attnprof.costmodel.records import CostModel, Measurement, ValidationPoint
 from attnprof.costmodel.sweep import (
     MeasurementStore,
@@ -40,7 +41,6 @@ from attnprof.costmodel.sweep import (
 from attnprof.machine import machine_info
 from attnprof.settings import Settings, settings_for
 from attnprof.targets.workload import load_workload
-from attnprof.tuning.space import Knob, config_of
 
 KNOBS = {
     "batch_size": Knob("batch_size", low=1, high=4),

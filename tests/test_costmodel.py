@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from attnprof.costmodel.fit import PointFeatures, cross_validate, fit_cost_model, fit_linear, predict, top1_agreement
+from attnprof.costmodel.knobs import choice_key
 from attnprof.costmodel.records import CostModel, KindFeatures, Measurement, MemoryFeatures, ValidationPoint
 from attnprof.errors import InputFileError, UsageError
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import TimeStats
 from attnprof.store import from_json_dict, to_json_dict
-from attnprof.tuning.space import choice_key
 
 MACHINE = MachineInfo(
     cpu="test cpu",

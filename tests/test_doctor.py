@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-from attnprof.doctor import environment as doctor
+from attnprof.doctor.environment import environment as doctor
 from attnprof.doctor.records import DoctorReport
 from attnprof.store import from_json_dict, to_json_dict
 
@@ -93,4 +93,3 @@ def test_gather_round_trips_through_json() -> None:
     assert {"torch", "sdpa", "transformers"} <= sections
     assert from_json_dict(DoctorReport, to_json_dict(report)) == report
     assert all(f.fix for f in report.problems())
-

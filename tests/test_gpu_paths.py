@@ -22,6 +22,7 @@ from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import CudaEventLayerTimer
 from attnprof.profiling import run as profiler
 from attnprof.profiling.records import Profile
+from attnprof.settings import resolve_settings
 from attnprof.store import from_json_dict, to_json_dict
 from attnprof.targets.workload import load_workload
 from tests.fake_nvml import FakeGpu, FakeNvml
@@ -110,7 +111,7 @@ def test_allocator_tracker_nested_peaks(monkeypatch):
 
 def _profile(**overrides: object) -> Profile:
     workload = load_workload("zoo:decoder")
-    settings = profiler.resolve_settings(workload, {"warmup": 1, "repeats": 2, "batch_size": 1, "seq_len": 16,
+    settings = resolve_settings(workload, {"warmup": 1, "repeats": 2, "batch_size": 1, "seq_len": 16,
                                                     **overrides})
     return profiler.run_profile(workload, settings)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from attnprof.costmodel.knobs import Knob, default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
 from attnprof.costmodel.sweep import (
     MeasurementStore,
@@ -25,7 +26,6 @@ from attnprof.costmodel.sweep import (
 )
 from attnprof.errors import InputFileError, UsageError
 from attnprof.profiling.records import TimeStats
-from attnprof.tuning.space import Knob, default_knobs, parse_knob
 
 KNOBS = {
     "batch_size": Knob("batch_size", low=1, high=8),
@@ -200,7 +200,7 @@ SWEEP_SCRIPT = textwrap.dedent(
     import sys, time
     from attnprof.costmodel.records import Measurement
     from attnprof.profiling.records import TimeStats
-    from attnprof.tuning.space import Knob
+    from attnprof.costmodel.knobs import Knob
     from attnprof.costmodel.sweep import MeasurementStore, design_points, run_sweep
 
     knobs = {"batch_size": Knob("batch_size", low=1, high=8), "seq_len": Knob("seq_len", low=64, high=512)}
@@ -236,6 +236,4 @@ def test_resume_after_a_killed_sweep_measures_nothing_twice(tmp_path: Path) -> N
     assert len(MeasurementStore(store_file).load()) == 8
     # Only the points that never reached the store are measured again.
     assert len(started_after) == 8 - len(stored)
-    assert set(started_after).isdisjoint(
-        f"{m.config['batch_size']},{m.config['seq_len']}" for m in stored.values()
-    )
+    assert set(started_after).isdisjoint(f"{m.config['batch_size']},{m.config['seq_len']}" for m in stored.values())

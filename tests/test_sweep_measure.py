@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from attnprof.costmodel.fit import features_from_law, fit_cost_model, fit_feature_law, predict_config
+from attnprof.costmodel.knobs import Knob, config_of
 from attnprof.costmodel.records import KindFeatures, LayerFeatures, Measurement
 from attnprof.costmodel.sweep import (
     MeasurementStore,
@@ -22,7 +23,6 @@ from attnprof.errors import EnvironmentUnsupported
 from attnprof.machine import machine_info
 from attnprof.settings import Settings
 from attnprof.targets.workload import load_workload
-from attnprof.tuning.space import Knob, config_of
 
 FAST = Settings(batch_size=1, seq_len=16, repeats=2, warmup=1, threads=1)
 

@@ -247,9 +247,9 @@ def test_pipelined_head_plans_are_not_additive_and_are_enumerated(runner: CliRun
 
 @pytest.mark.slow
 def test_a_saved_cost_model_prices_the_choices_it_covers(tmp_path: Path) -> None:
+    from attnprof.costmodel.knobs import Knob
     from attnprof.costmodel.sweep import fit_workload
     from attnprof.store import write_record
-    from attnprof.tuning.space import Knob
 
     workload = load_workload("zoo:decoder")
     base = resolve_settings(workload, {"repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"})

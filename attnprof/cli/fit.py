@@ -9,6 +9,7 @@ import torch
 import typer
 
 from attnprof.cli import options
+from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
 from attnprof.costmodel.sweep import fit_workload, parse_duration
 from attnprof.errors import UsageError
@@ -18,7 +19,6 @@ from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
 from attnprof.targets.workload import load_workload
-from attnprof.tuning.space import default_knobs, parse_knob
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1

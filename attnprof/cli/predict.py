@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from attnprof.costmodel.fit import measured_choice, predict_config
+from attnprof.costmodel.knobs import config_of
 from attnprof.costmodel.records import CostModel
 from attnprof.costmodel.sweep import architecture_key, model_path
 from attnprof.errors import InputFileError
@@ -18,7 +19,6 @@ from attnprof.report.costmodel import print_prediction
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
 from attnprof.targets.workload import load_workload
-from attnprof.tuning.space import config_of
 
 
 def predict_command(

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from attnprof import backends
+from attnprof.costmodel.knobs import CHOICE_KNOBS, SHAPE_KNOBS, ConfigValue, choice_key
 from attnprof.costmodel.records import (
     COST_KINDS,
     CostModel,
@@ -44,7 +45,6 @@ from attnprof.errors import UsageError
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import LayerStats
 from attnprof.settings import Settings
-from attnprof.tuning.space import CHOICE_KNOBS, SHAPE_KNOBS, ConfigValue, choice_key
 
 LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
     "attention": ("launches", "flops", "bytes", "attention_pairs"),

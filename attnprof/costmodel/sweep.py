@@ -31,6 +31,7 @@ import torch
 from scipy.stats import qmc
 
 from attnprof.costmodel.fit import PointFeatures, cross_validate, fit_cost_model, split_step_time, step_features
+from attnprof.costmodel.knobs import Config, ConfigValue, Knob, config_of
 from attnprof.costmodel.records import CostModel, LayerFeatures, Measurement, MeasurementStatus
 from attnprof.errors import UsageError, UserCodeError
 from attnprof.machine import machine_info
@@ -58,7 +59,6 @@ from attnprof.store import (
     workload_dir,
 )
 from attnprof.targets.workload import Workload, load_workload
-from attnprof.tuning.space import Config, ConfigValue, Knob, config_of
 
 MeasurePoint = Callable[[Config], Measurement]
 

@@ -39,7 +39,7 @@ class Finding:
 
 @dataclass
 class DoctorReport:
-    """What this environment can do, as gathered by `attnprof.doctor.gather`."""
+    """What this environment can do, as gathered by `attnprof.doctor.environment.gather`."""
 
     findings: list[Finding]
     created: str = ""

@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_flatten
 import attnprof
 from attnprof import backends
 from attnprof.costmodel.fit import memory_group, predict_config
+from attnprof.costmodel.knobs import config_of
 from attnprof.costmodel.records import CostModel
 from attnprof.costmodel.sweep import MeasurementStore, architecture_key, measure_settings, model_path, store_path
 from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
@@ -58,7 +59,6 @@ from attnprof.tuning.space import (
     LayerOption,
     PlanSpace,
     build_space,
-    config_of,
 )
 
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given

@@ -4,24 +4,19 @@ Every value left out of the space is left out by a named rule with a reason, so 
 why a plan the user expected was never considered. Global knobs (backend, precision,
 micro-batch, threads, sharding) form `GlobalChoice`s; per-layer knobs (heads pruned, K/V heads,
 activation checkpointing) form one list of `LayerOption`s per attention layer.
-
-The sweep measures a workload over `Knob`s: numeric ranges (shapes: batch size, sequence
-length), sampled on a log scale, and choices (dtype, attention backend, CPU threads), each
-combination of which gets its own cost-model coefficients. A configuration is a plain mapping
-from knob name to value; its `Settings` are the base settings with those values put in.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from attnprof import backends as known_backends
 from attnprof.errors import UsageError
 from attnprof.plans.records import PRECISIONS
-from attnprof.settings import DTYPES, Settings
+from attnprof.settings import Settings
 
 PLAN_KNOBS: tuple[str, ...] = (
     "backend",
@@ -61,9 +56,7 @@ class DeviceFacts:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if device.startswith("cuda") and torch.cuda.is_available():
             index = torch.device(device).index or 0
-            return cls(
-                "cuda", torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index), cpus
-            )
+            return cls("cuda", torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index), cpus)
         return cls("cpu", "cpu", None, cpus)
 
 
@@ -152,9 +145,7 @@ class PlanSpace:
             if reason is None:
                 options.append(option)
             else:
-                exclusion = Exclusion(
-                    "heads", f"{layout.name} {option.label(layout)} at tp={tensor_parallel}", reason
-                )
+                exclusion = Exclusion("heads", f"{layout.name} {option.label(layout)} at tp={tensor_parallel}", reason)
                 if exclusion not in self.excluded:
                     self.excluded.append(exclusion)
         return options
@@ -187,9 +178,7 @@ def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
         raise UsageError(f"--knobs: empty list; e.g. {KNOBS_EXAMPLE}")
     for name in names:
         if name not in PLAN_KNOBS:
-            raise UsageError(
-                f"--knobs: unknown knob {name!r} (known: {', '.join(PLAN_KNOBS)}); e.g. {KNOBS_EXAMPLE}"
-            )
+            raise UsageError(f"--knobs: unknown knob {name!r} (known: {', '.join(PLAN_KNOBS)}); e.g. {KNOBS_EXAMPLE}")
     return list(dict.fromkeys(names))
 
 
@@ -244,9 +233,7 @@ def heads_rule(layout: AttentionLayout, prune: int, tensor_parallel: int) -> str
     return None
 
 
-def kv_heads_rule(
-    layout: AttentionLayout, kv_heads: int, kept_heads: int, tensor_parallel: int
-) -> str | None:
+def kv_heads_rule(layout: AttentionLayout, kv_heads: int, kept_heads: int, tensor_parallel: int) -> str | None:
     current = layout.num_kv_heads if layout.num_kv_heads < layout.num_heads else kept_heads
     if kv_heads >= current:
         return f"GQA conversion reduces the {current} K/V heads"
@@ -260,9 +247,7 @@ def kv_heads_rule(
 def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str | None:
     for layout in layouts:
         if layout.num_heads % degree or layout.num_kv_heads % degree:
-            return (
-                f"{layout.name} has {layout.num_heads}/{layout.num_kv_heads} heads: not divisible by {degree}"
-            )
+            return f"{layout.name} has {layout.num_heads}/{layout.num_kv_heads} heads: not divisible by {degree}"
     return None
 
 
@@ -293,14 +278,10 @@ def build_space(
             excluded.append(Exclusion(knob, str(value), reason))
         return reason is not None
 
-    base_backend = (
-        settings.backend if settings.backend != "auto" else ("flash" if facts.type == "cpu" else "auto")
-    )
+    base_backend = settings.backend if settings.backend != "auto" else ("flash" if facts.type == "cpu" else "auto")
     backend_values = list(backends or known_backends.SDPA_NAMES) if "backend" in knobs else [base_backend]
     dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
-    threads_values = (
-        thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
-    )
+    threads_values = thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
     if "threads" in knobs and facts.type != "cpu":
         exclude("threads", "*", "threads apply to CPU execution only")
 
@@ -308,9 +289,7 @@ def build_space(
     sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude)
     globals_: list[GlobalChoice] = []
     for backend, dtype in itertools.product(backend_values, dtype_values):
-        if backend != "auto" and exclude(
-            "backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)
-        ):
+        if backend != "auto" and exclude("backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)):
             continue
         for threads, (tp, pp, dp, mode) in itertools.product(threads_values, sharding):
             # Each data-parallel replica takes an equal share of the batch, in equal micro-batches.
@@ -320,9 +299,7 @@ def build_space(
 
     layer_options = {layout.name: _layer_options(layout, knobs, settings.mode, exclude) for layout in layouts}
     if "checkpoint" in knobs and settings.mode != "train":
-        exclude(
-            "checkpoint", "*", "checkpointing trades recomputation for saved activations: train mode only"
-        )
+        exclude("checkpoint", "*", "checkpointing trades recomputation for saved activations: train mode only")
     return PlanSpace(globals_, list(layouts), layer_options, excluded)
 
 
@@ -361,9 +338,7 @@ def _sharding_choices(
     return choices
 
 
-def _layer_options(
-    layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder
-) -> list[LayerOption]:
+def _layer_options(layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder) -> list[LayerOption]:
     prunes = range(layout.num_heads) if "heads" in knobs else [0]
     checkpoints = [False, True] if "checkpoint" in knobs and mode == "train" else [False]
     options = []
@@ -383,116 +358,3 @@ def _layer_options(
                 continue
             options.extend(LayerOption(prune, kv, checkpoint) for checkpoint in checkpoints)
     return options
-
-# --- measurable knobs: what a sweep varies and the cost model is fitted over ---------------------
-
-ConfigValue = int | str
-Config = dict[str, ConfigValue]
-
-# Shape knobs: the cost model turns them into physical features (FLOPs, bytes, S² pairs).
-SHAPE_KNOBS: tuple[str, ...] = ("batch_size", "seq_len")
-# Choice knobs: each combination of their values gets its own fitted coefficients.
-CHOICE_KNOBS: tuple[str, ...] = ("dtype", "backend", "threads")
-MEASURABLE_KNOBS: tuple[str, ...] = SHAPE_KNOBS + CHOICE_KNOBS
-
-# Only these SDPA backends run on CPU (DESIGN.md, "Facts about PyTorch here").
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One tunable or measurable setting: a numeric range `low..high` or a tuple of `choices`."""
-
-    name: str
-    low: int = 0
-    high: int = 0
-    choices: tuple[ConfigValue, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.choices:
-            if len(set(self.choices)) != len(self.choices):
-                raise UsageError(f"--{self.flag}: repeated value in {list(self.choices)}")
-            return
-        if self.low < 1 or self.high < self.low:
-            raise UsageError(f"--{self.flag}: range {self.low}:{self.high} must satisfy 1 <= low <= high")
-
-    @property
-    def flag(self) -> str:
-        return self.name.replace("_", "-")
-
-    @property
-    def numeric(self) -> bool:
-        return not self.choices
-
-    def values(self) -> tuple[ConfigValue, ...]:
-        """The distinct values a sweep must see: the choices, or the two ends of the range."""
-        return self.choices if self.choices else tuple(sorted({self.low, self.high}))
-
-
-def default_knobs(device: str, threads: int) -> dict[str, Knob]:
-    """The sweep's default space on `device`; `threads` is the current CPU thread count."""
-    backends: tuple[ConfigValue, ...] = known_backends.default_sweep("cpu" if device == "cpu" else "cuda")
-    return {
-        "batch_size": Knob("batch_size", low=1, high=4),
-        "seq_len": Knob("seq_len", low=32, high=256),
-        "dtype": Knob("dtype", choices=("fp32", "bf16")),
-        "backend": Knob("backend", choices=backends),
-        "threads": Knob("threads", choices=(max(threads, 1),)),
-    }
-
-
-def parse_knob(name: str, text: str) -> Knob:
-    """A knob from a command-line value: `64:512` (range), `fp32,bf16` or `1,2` (choices), `128`."""
-    if name not in MEASURABLE_KNOBS:
-        raise UsageError(f"unknown knob {name!r}; known: {', '.join(MEASURABLE_KNOBS)}")
-    flag = name.replace("_", "-")
-    text = text.strip()
-    if not text:
-        raise UsageError(f"--{flag}: empty value")
-    if name in SHAPE_KNOBS:
-        if ":" in text:
-            low_text, _, high_text = text.partition(":")
-            return Knob(name, low=_positive_int(flag, low_text), high=_positive_int(flag, high_text))
-        values = [_positive_int(flag, part) for part in text.split(",")]
-        return Knob(name, low=min(values), high=max(values))
-    parts = [part.strip() for part in text.split(",")]
-    if name == "threads":
-        return Knob(name, choices=tuple(_positive_int(flag, part) for part in parts))
-    allowed = DTYPES if name == "dtype" else known_backends.NAMES
-    for part in parts:
-        if part not in allowed:
-            raise UsageError(f"--{flag}: {part!r} is not one of {', '.join(allowed)}")
-    return Knob(name, choices=tuple(parts))
-
-
-def _positive_int(flag: str, text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise UsageError(f"--{flag}: {text.strip()!r} is not an integer") from None
-    if value < 1:
-        raise UsageError(f"--{flag}: {value} must be a positive integer")
-    return value
-
-
-def choice_key(config: Mapping[str, ConfigValue], ignore: Sequence[str] = ()) -> str:
-    """A readable, stable name for the non-shape part of a configuration, e.g. `backend=flash,dtype=fp32`."""
-    return ",".join(
-        f"{name}={config[name]}" for name in sorted(config) if name not in SHAPE_KNOBS and name not in ignore
-    )
-
-
-def config_of(settings: Settings) -> Config:
-    """The full configuration a measurement is keyed by: the knobs plus mode, device and, when
-    it is not wall time, the clock (so stores made before the clock option keep their keys)."""
-    config: Config = {
-        "batch_size": settings.batch_size,
-        "seq_len": settings.seq_len,
-        "dtype": settings.dtype,
-        "backend": settings.backend,
-        "threads": settings.threads,
-        "mode": settings.mode,
-        "device": settings.device,
-    }
-    if settings.clock != "wall":
-        config["clock"] = settings.clock
-    return config
