@@ -24,8 +24,7 @@ import torch
 
 from attnprof.errors import InputFileError, UsageError
 from attnprof.machine import MachineInfo
-from attnprof.measure.records import Calibration, DeviceCalibration, DevicePeak
-from attnprof.profiling.records import Bound
+from attnprof.measure.records import Bound, Calibration, DeviceCalibration, DevicePeak
 from attnprof.store import read_record, write_record
 
 CACHE_DIR_ENV = "ATTNPROF_CACHE_DIR"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from attnprof.store import SCHEMA_VERSION
+
+# The roofline class of a layer: which ceiling (compute or memory bandwidth) bounds it.
+Bound = Literal["compute", "memory"]
 
 
 @dataclass

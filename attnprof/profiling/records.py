@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from attnprof.machine import MachineInfo
-from attnprof.measure.records import AttentionInfo, DevicePeak, DeviceTelemetry, TraceSummary
+from attnprof.measure.records import AttentionInfo, Bound, DevicePeak, DeviceTelemetry, TraceSummary
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, SCHEMA_VERSION, read_record, slug
 from attnprof.targets.records import WorkloadInfo
@@ -17,7 +17,6 @@ from attnprof.targets.records import WorkloadInfo
 LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
 
 
-Bound = Literal["compute", "memory"]
 
 
 @dataclass

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-import attnprof
 from attnprof import backends
 from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.machine import MachineInfo, git_commit, machine_info
@@ -44,6 +43,7 @@ from attnprof.report.progress import track
 from attnprof.settings import Settings
 from attnprof.targets.records import WorkloadInfo
 from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user
+from attnprof.version import __version__
 
 # Called before each timed repeat (False) and after the last (True); may block for a turn.
 Pace = Callable[[bool], None]
@@ -365,7 +365,7 @@ def run_profile(
     if allocator is not None:
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
-        attnprof_version=attnprof.__version__,
+        attnprof_version=__version__,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         machine=machine,
         commit=git_commit(),

@@ -10,10 +10,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-import attnprof
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
 from attnprof.report.registry import adapter_for_record
 from attnprof.report.svg import render_svg
+from attnprof.version import __version__
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -53,7 +53,7 @@ def render_html(record: Any, options: ReportOptions | None = None) -> str:
         f'<table class="summary">{summary_rows}</table>'
         f"{'<h2>Charts</h2>' + figures if figures else ''}"
         f"{tables}"
-        f"<footer>attnprof {escape(attnprof.__version__)} · {escape(adapter.kind)} report</footer>"
+        f"<footer>attnprof {escape(__version__)} · {escape(adapter.kind)} report</footer>"
         "</body></html>\n"
     )
 

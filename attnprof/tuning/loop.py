@@ -33,7 +33,6 @@ import torch
 from scipy.optimize import nnls
 from torch.utils._pytree import tree_flatten
 
-import attnprof
 from attnprof import backends
 from attnprof.costmodel.fit import memory_group, predict_config
 from attnprof.costmodel.knobs import config_of
@@ -60,6 +59,7 @@ from attnprof.tuning.space import (
     PlanSpace,
     build_space,
 )
+from attnprof.version import __version__
 
 DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
 DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
@@ -1159,7 +1159,7 @@ def _choose(
         solver=", ".join(result.solvers),
         machine_fingerprint=machine_info().fingerprint(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        attnprof_version=attnprof.__version__,
+        attnprof_version=__version__,
         notes=notes,
     )
     return plan, winner
