@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-from attnprof.doctor.environment import environment as doctor
+from attnprof.doctor import environment as doctor
 from attnprof.doctor.records import DoctorReport
 from attnprof.store import from_json_dict, to_json_dict
 
