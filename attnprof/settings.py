@@ -6,8 +6,7 @@ built-in defaults of Settings. `ProjectConfig.settings_overrides` merges the fir
 `resolve_settings` lays them over the workload's defaults. The [tool.attnprof] table also
 holds the gate's keys (target, baseline, thresholds, ...), resolved the same way.
 
-Precedence, highest first: command line > environment (ATTNPROF_<KEY>) > pyproject.toml >
-built-in defaults. pyproject.toml is the nearest one in the working directory or above it.
+pyproject.toml is the nearest one in the working directory or above it.
 
     [tool.attnprof]
     target = "examples/model.py"          # ATTNPROF_TARGET
@@ -45,11 +44,21 @@ MODES: tuple[str, ...] = ("infer", "train")
 
 
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64")
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+                  "float64": "fp64", "double": "fp64"}
 
 
 # How CPU steps are timed: wall time, or the process's CPU time (immune to time slicing by
 # other processes on a shared machine, which is what makes CI timings drift).
 CLOCKS: tuple[str, ...] = ("wall", "cpu")
+
+
+def canonical_dtype_name(name: str) -> str:
+    """'float16' -> 'fp16'; unknown names are a usage error."""
+    key = _DTYPE_ALIASES.get(name.lower(), name.lower())
+    if key not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return key
 
 
 @dataclass

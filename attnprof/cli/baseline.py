@@ -15,11 +15,10 @@ from attnprof import backends
 from attnprof.cli import options
 from attnprof.cli.check import record_baseline
 from attnprof.errors import UsageError
-from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiling.run import run_profile
 from attnprof.report.console import log, stdout_console
 from attnprof.report.table import print_profile
-from attnprof.settings import ProjectConfig, resolve_settings
+from attnprof.settings import ProjectConfig, canonical_dtype_name, resolve_settings
 from attnprof.store import to_json_dict
 from attnprof.targets.workload import load_workload
 

@@ -13,10 +13,9 @@ from attnprof.costmodel.records import CostModel
 from attnprof.costmodel.sweep import architecture_key, model_path
 from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
-from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.report.console import stdout_console, warn
 from attnprof.report.costmodel import print_prediction
-from attnprof.settings import resolve_settings
+from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
 from attnprof.targets.workload import load_workload
 

@@ -11,14 +11,13 @@ import typer
 from attnprof import backends
 from attnprof.cli import options
 from attnprof.errors import UsageError
-from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.measure.trace import move_next_to
 from attnprof.profiling.records import profile_path
 from attnprof.profiling.run import run_profile
 from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.settings import resolve_settings
+from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
 from attnprof.targets.workload import load_workload
 
