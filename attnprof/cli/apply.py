@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
 from attnprof.api import load_plan
+from attnprof.cli import options
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
-from attnprof.measure.device import resolve_device
-from attnprof.measure.dtypes import parse_dtype
-from attnprof.plans.engine import Example, apply_plan
 from attnprof.plans.records import Plan
-from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
-from attnprof.plans.verify import applied_settings, reprofile, step_time, verify_model
-from attnprof.report.apply import print_apply_report
 from attnprof.report.console import log, stdout_console
 from attnprof.store import to_json_dict, write_record
-from attnprof.targets.workload import Workload, call_user, load_workload
+
+if TYPE_CHECKING:
+    import torch
+
+    from attnprof.targets.workload import Workload
 
 
 def apply_command(
@@ -39,9 +38,13 @@ def apply_command(
         None, "--profile-out", help="Where --verify saves the applied model's profile (default: next to the plan)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the apply report JSON to stdout and nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Apply a saved plan to a model; with --verify, check it against the unmodified model."""
+    from attnprof.measure.device import resolve_device
+    from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
+    from attnprof.targets.workload import load_workload
+
     plan = load_plan(plan_path)
     workload = load_workload(target or plan.workload.target)
     check_fingerprint(plan, workload, force, plan_path)
@@ -76,6 +79,11 @@ def run_plan(
     profile_out: Path | None,
     as_json: bool,
 ) -> None:
+    from attnprof.measure.dtypes import parse_dtype
+    from attnprof.plans.engine import Example, apply_plan
+    from attnprof.plans.verify import applied_settings, reprofile, step_time, verify_model
+    from attnprof.report.apply import print_apply_report
+
     settings = applied_settings(plan.settings, plan.choices)
     dtype = parse_dtype(plan.settings.dtype)
     args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
@@ -145,6 +153,10 @@ def rerun_arguments(
 
 def build(workload: Workload, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Seeded, so the reference and every rank get the same weights from the user's factory."""
+    import torch
+
+    from attnprof.targets.workload import call_user
+
     torch.manual_seed(0)
     model = call_user(workload.build_model, device, dtype, what="build_model")
     return model.to(device=device).eval()

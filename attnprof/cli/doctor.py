@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import torch
 import typer
 
-from attnprof.doctor.environment import calibrate, calibration_devices, gather
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.doctor_view import doctor_summary, doctor_table
@@ -24,6 +22,10 @@ def doctor_command(
 ) -> None:
     """Check torch, CUDA, GPUs, NVML, CUPTI, SDPA backends, device peaks and optional packages; each problem
     comes with its fix."""
+    import torch
+
+    from attnprof.doctor.environment import calibrate, calibration_devices, gather
+
     measured = []
     if (device is not None or threads is not None) and not calibrate_peaks:
         raise UsageError("--device and --threads only apply with --calibrate")

@@ -5,20 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 
 from attnprof.cli import options
 from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
-from attnprof.costmodel.sweep import fit_workload, parse_duration
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
-from attnprof.report.costmodel import print_fit
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
-from attnprof.targets.workload import load_workload
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1
@@ -27,14 +23,14 @@ DEFAULT_TIMEOUT = "10m"  # per isolated configuration
 
 
 def fit_command(
-    target: str = typer.Argument(None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME."),
+    target: str = typer.Argument(None, help=f"{options.TARGET_HELP}."),
     batch_size: str = typer.Option(None, "--batch-size", "-b", help="Range LOW:HIGH or a value (default 1:4)."),
     seq_len: str = typer.Option(None, "--seq-len", "-s", help="Range LOW:HIGH or a value (default 32:256)."),
     dtype: str = typer.Option(None, "--dtype", help="Comma-separated dtypes (default fp32,bf16)."),
     backend: str = typer.Option(None, "--backend", help="Comma-separated SDPA backends (default math,flash on CPU)."),
     threads: str = typer.Option(None, "--threads", help="Comma-separated CPU thread counts (default: current)."),
-    mode: str = typer.Option(None, "--mode", help="infer or train."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    mode: str = options.MODE,
+    device: str = options.GPU_DEVICE,
     clock: str = options.CLOCK,
     max_measurements: int = typer.Option(24, "--max-measurements", "-n", help="Most configurations to measure."),
     time_budget: str = typer.Option(None, "--time-budget", help="Stop starting measurements after e.g. 90s, 5m."),
@@ -50,9 +46,15 @@ def fit_command(
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Measurement store folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the model JSON (default: under profiles/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the model JSON to stdout and nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Measure a space-filling sweep of configurations and fit the cost model (resumes a stopped sweep)."""
+    import torch
+
+    from attnprof.costmodel.sweep import fit_workload, parse_duration
+    from attnprof.report.costmodel import print_fit
+    from attnprof.targets.workload import load_workload
+
     if folds < 2:
         raise UsageError(f"--folds must be at least 2, got {folds}")
     workload = load_workload(target)

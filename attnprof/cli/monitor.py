@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from attnprof.doctor.monitor import MonitorOptions, run_monitor
+from attnprof.cli import options
 from attnprof.report.console import log, stdout_console
-from attnprof.report.monitor import LiveMonitor
 
 
 def monitor_command(
@@ -17,13 +16,16 @@ def monitor_command(
     interval: float = typer.Option(1.0, "--interval", help="Seconds between samples (at least 0.1)."),
     duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
     record: Path = typer.Option(None, "--record", help="Save every sample to this JSON file."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Watch every NVIDIA GPU live; with a command, until it exits (its exit code is returned)."""
-    options = MonitorOptions(interval_s=interval, duration_s=duration, pid=pid, command=command or (),
+    from attnprof.doctor.monitor import MonitorOptions, run_monitor
+    from attnprof.report.monitor import LiveMonitor
+
+    watch = MonitorOptions(interval_s=interval, duration_s=duration, pid=pid, command=command or (),
                              record=record)
     with LiveMonitor(stdout_console()) as live:
-        code = run_monitor(options, live.update)
+        code = run_monitor(watch, live.update)
     if record is not None:
         log(f"saved {record}")
     if code:

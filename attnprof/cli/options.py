@@ -1,11 +1,46 @@
-"""Command-line options several commands share, defined once so their names and help agree."""
+"""Command-line options several commands share, defined once so their names and help agree.
+
+Typer reads options from each command's signature, so a command still names each parameter;
+its default is the shared option object from here. `run_overrides` turns the run-setting
+options (one per field of attnprof.settings.Settings) into the overrides that
+attnprof.settings resolves by precedence.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
+from attnprof import backends
+from attnprof.settings import DTYPES, MODES, canonical_dtype_name
+
+TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
+
+DEBUG = typer.Option(False, "--debug", help="Show attnprof's traceback on errors.")
+
+# --- run settings (attnprof.settings.Settings): None leaves a setting to the lower precedences ---
+BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Batch size.")
+SEQ_LEN = typer.Option(None, "--seq-len", "-s", help="Sequence length.")
+DTYPE = typer.Option(None, "--dtype", help=f"{', '.join(DTYPES)}.")
+BACKEND = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only).")
+GPU_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N.")
+MODE = typer.Option(None, "--mode", help=f"{' or '.join(MODES)}: a no_grad forward, or forward + backward.")
+WARMUP = typer.Option(None, "--warmup", help="Warm-up steps, discarded.")
+THREADS = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is).")
 CLOCK = typer.Option(
     None,
     "--clock",
     help="CPU step timing: wall, or cpu (process CPU time, which other load on a shared machine does not inflate).",
 )
+REFERENCE_PROBE_HELP = (
+    "Time a fixed reference workload after each step, so `check`/`compare` can divide out the machine's drift."
+)
+
+
+def run_overrides(**given: Any) -> dict[str, Any]:
+    """Settings fields from run-setting options: dtype aliases made canonical, unset ones None."""
+    if given.get("dtype") is not None:
+        given["dtype"] = canonical_dtype_name(given["dtype"])
+    return given

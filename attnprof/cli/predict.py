@@ -7,38 +7,40 @@ from pathlib import Path
 
 import typer
 
-from attnprof.costmodel.fit import measured_choice, predict_config
+from attnprof.cli import options
 from attnprof.costmodel.knobs import config_of
 from attnprof.costmodel.records import CostModel
-from attnprof.costmodel.sweep import architecture_key, model_path
 from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
 from attnprof.report.console import stdout_console, warn
-from attnprof.report.costmodel import print_prediction
 from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
-from attnprof.targets.workload import load_workload
 
 
 def predict_command(
     target: str = typer.Argument(None, help="The workload the model was fitted on."),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size."),
-    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
-    dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
-    backend: str = typer.Option(None, "--backend", help="SDPA backend."),
+    batch_size: int = options.BATCH_SIZE,
+    seq_len: int = options.SEQ_LEN,
+    dtype: str = options.DTYPE,
+    backend: str = options.BACKEND,
     threads: int = typer.Option(None, "--threads", help="CPU threads."),
-    mode: str = typer.Option(None, "--mode", help="infer or train."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    mode: str = options.MODE,
+    device: str = options.GPU_DEVICE,
     model: Path = typer.Option(None, "--model", "-m", help="Cost model JSON (default: the one `fit` saved)."),
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Where `fit` saved it."),
     layers: int = typer.Option(15, "--layers", help="Show the N slowest layers (0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the prediction JSON to stdout and nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Predict per-layer and total latency and peak memory, with uncertainty; warns when extrapolating.
 
     A choice knob left out (dtype, backend, threads) takes the value the model measured, when it
     measured only one."""
+    from attnprof.costmodel.fit import measured_choice, predict_config
+    from attnprof.costmodel.sweep import architecture_key, model_path
+    from attnprof.report.costmodel import print_prediction
+    from attnprof.targets.workload import load_workload
+
     workload = load_workload(target)
     architecture = architecture_key(workload)
     machine = machine_info()

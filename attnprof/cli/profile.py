@@ -8,36 +8,29 @@ from pathlib import Path
 
 import typer
 
-from attnprof import backends
 from attnprof.cli import options
 from attnprof.errors import UsageError
-from attnprof.measure.trace import move_next_to
 from attnprof.profiling.records import profile_path
-from attnprof.profiling.run import run_profile
 from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
-from attnprof.settings import canonical_dtype_name, resolve_settings
+from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
-from attnprof.targets.workload import load_workload
 
 
 def profile_command(
-    target: str = typer.Argument(None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME "
-                                            "(default: zoo:decoder)."),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size."),
-    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
-    dtype: str = typer.Option(None, "--dtype", help="fp32, fp16, bf16 or fp64."),
-    backend: str = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only)."),
-    mode: str = typer.Option(None, "--mode", help="infer (no_grad forward) or train (forward + backward)."),
-    warmup: int = typer.Option(None, "--warmup", help="Warm-up steps, discarded."),
+    target: str = typer.Argument(None, help=f"{options.TARGET_HELP} (default: zoo:decoder)."),
+    batch_size: int = options.BATCH_SIZE,
+    seq_len: int = options.SEQ_LEN,
+    dtype: str = options.DTYPE,
+    backend: str = options.BACKEND,
+    device: str = options.DEVICE,
+    mode: str = options.MODE,
+    warmup: int = options.WARMUP,
     repeats: int = typer.Option(None, "--repeats", help="Timed steps."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is)."),
+    threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
-        None, "--reference-probe/--no-reference-probe",
-        help="Time a fixed reference workload after each step, so `check`/`compare` can divide out the "
-        "machine's drift.",
+        None, "--reference-probe/--no-reference-probe", help=options.REFERENCE_PROBE_HELP
     ),
     clock: str = options.CLOCK,
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
@@ -49,18 +42,20 @@ def profile_command(
                                                       "module, the SDPA backend that ran, a Chrome trace."),
     trace_file: Path = typer.Option(None, "--trace-file", help="Where to save the Chrome trace (.json.gz; implies "
                                                                "--trace; default: next to the saved profile)."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
+    from attnprof.measure.trace import move_next_to
+    from attnprof.profiling.run import run_profile
+    from attnprof.targets.workload import load_workload
+
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     workload = load_workload(target)
-    overrides = {
-        "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
-        "warmup": warmup, "repeats": repeats, "threads": threads, "clock": clock,
-        "reference_probe": reference_probe,
-        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
-    }
+    overrides = options.run_overrides(
+        batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
+        warmup=warmup, repeats=repeats, threads=threads, clock=clock, reference_probe=reference_probe,
+    )
     settings = resolve_settings(workload, overrides)
     log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "
         f"{settings.dtype}, {settings.device})")
