@@ -1,4 +1,4 @@
-"""attnprof's exceptions. Each carries the exit code the CLI returns for it (DESIGN.md, "Exit codes")."""
+"""attnprof's exceptions. Each carries the exit code the CLI returns for it (docs/architecture.md, "Exit codes")."""
 
 from __future__ import annotations
 

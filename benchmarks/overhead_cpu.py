@@ -2,7 +2,7 @@
 
 Both run side by side in one process on the same model and inputs, alternating step by step
 (ABAB...), so machine noise hits both alike; the result is the ratio of medians. Target:
-<= 3% at >= 30 ms steps (DESIGN.md).
+<= 3% at >= 30 ms steps (docs/architecture.md, "Performance targets").
 
     python -m benchmarks.overhead_cpu [--target zoo:decoder] [--mode infer] [--rounds 60] [--threads 1]
 """

@@ -11,7 +11,7 @@ start and stop — or, without a driver, the failed init that leaves energy null
 
     python -m benchmarks.overhead_gpu [--device cuda] [--rounds 10] [--steps 5]
 
-Prints a markdown table for benchmarks/RESULTS.md. Targets (DESIGN.md): light ≤ 1% on a GPU,
+Prints a markdown table for benchmarks/RESULTS.md. Targets (docs/architecture.md): light ≤ 1% on a GPU,
 trace ≤ 5%.
 """
 

@@ -2,7 +2,8 @@
 
 Formulas are plain functions of the op's arguments in a registry keyed by aten op packet
 (the style of torch/utils/flop_counter.py). attnprof owns the attention formulas because
-FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks (DESIGN.md).
+FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks (docs/architecture.md,
+"Facts about PyTorch that shaped the code").
 
 Attention is found three ways, all from op arguments rather than class names:
   - SDPA kernel ops and the fused MHA / encoder-layer ops (attention_ops.py);

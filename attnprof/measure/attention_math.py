@@ -1,6 +1,6 @@
 """Exact attention arithmetic: which (query, key) pairs a mask keeps, and the FLOPs they cost.
 
-DESIGN.md ("Definitions"): useful attention FLOPs are 2·(head_dim + value_dim) per unmasked
+docs/architecture.md ("Definitions"): useful attention FLOPs are 2·(head_dim + value_dim) per unmasked
 (query, key) pair — 4·head_dim when the value width equals the key width — summed over batch
 and query heads; dense FLOPs count every pair; backward is 2.5× forward.
 
