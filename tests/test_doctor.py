@@ -20,7 +20,7 @@ def by_name(findings, section: str) -> dict[str, object]:
 
 def test_sdpa_backends_are_tried_for_real_on_cpu() -> None:
     sdpa = by_name(doctor.sdpa_section(), "sdpa")
-    # On CPU, PyTorch runs only the math and flash kernels (docs/architecture.md, "Facts about PyTorch that shaped the code").
+    # On CPU, PyTorch runs only the math and flash kernels (docs/architecture.md, "Facts about PyTorch").
     assert sdpa["cpu math"].status == "ok" and sdpa["cpu flash"].status == "ok"
     assert sdpa["cpu efficient"].status == "info" and sdpa["cpu cudnn"].status == "info"
 
