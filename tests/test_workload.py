@@ -10,7 +10,7 @@ import torch
 
 from attnprof.errors import UsageError, UserCodeError
 from attnprof.settings import Settings
-from attnprof.targets.workload import DEFAULT_TARGET, load_workload
+from attnprof.targets.load import DEFAULT_TARGET, load_workload
 
 CPU = torch.device("cpu")
 

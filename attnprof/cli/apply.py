@@ -23,7 +23,8 @@ from attnprof.plans.verify import applied_settings, reprofile, step_time, verify
 from attnprof.report.apply import print_apply_report
 from attnprof.report.console import log, stdout_console
 from attnprof.store import to_json_dict, write_record
-from attnprof.targets.workload import Workload, call_user, load_workload
+from attnprof.targets.load import load_workload
+from attnprof.targets.workload import Workload, call_user
 
 
 def apply_command(

@@ -21,7 +21,7 @@ from attnprof.report.console import log, stdout_console
 from attnprof.report.table import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import to_json_dict
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def baseline_command(

@@ -18,7 +18,7 @@ from attnprof.report.costmodel import print_fit
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1

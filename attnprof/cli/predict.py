@@ -18,7 +18,7 @@ from attnprof.report.console import stdout_console, warn
 from attnprof.report.costmodel import print_prediction
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def predict_command(

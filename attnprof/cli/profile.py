@@ -20,7 +20,7 @@ from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def profile_command(
