@@ -86,7 +86,8 @@ def call_user(fn: Callable[..., T], *args: Any, what: str, **kwargs: Any) -> T:
         raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}", user_traceback(exc)) from exc
 
 
-_OWN_DIRS = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent),
+# The whole attnprof package, not only this folder: its wrappers (hooks, scopes) run around user code.
+_OWN_DIRS = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent),
              str(Path(importlib.__file__).resolve().parent))
 
 
