@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, InputFileError, PlanRejected
+from attnprof.errors import EnvironmentUnsupported, InputFileError, PlanRejected, UsageError
 from attnprof.plans.calls import record_calls
 from attnprof.plans.discover import discover
 from attnprof.plans.engine import Example, apply_plan
@@ -198,6 +198,24 @@ def test_public_api_loads_a_saved_plan_and_applies_it(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         model = attnprof.apply(models.TinyDecoder(), path, models.token_ids())
     assert [(s.layout.num_heads, s.layout.num_kv_heads) for s in discover(model).sites] == [(2, 1), (2, 1)]
+
+
+class Difference(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a - b
+
+
+def test_example_inputs_follow_the_documented_forms() -> None:
+    """A list of two tensors is two positional arguments; only a (tuple | list, dict) pair is (args, kwargs)."""
+    x, y = torch.ones(3), torch.arange(3.0)
+    assert torch.equal(Example.of([x, y]).run(Difference()), x - y)
+    assert torch.equal(Example.of((x, y)).run(Difference()), x - y)
+    assert torch.equal(Example.of([(x,), {"b": y}]).run(Difference()), x - y)
+    assert torch.equal(Example.of({"a": x, "b": y}).run(Difference()), x - y)
+    single = Example.of(x)
+    assert len(single.args) == 1 and single.args[0] is x and single.kwargs == {}
+    with pytest.raises(UsageError, match="example_inputs must be a tensor"):
+        Example.of(42)
 
 
 @pytest.mark.parametrize("text", ["{", '{"schema_version": 1}', json.dumps({"schema_version": 99})])

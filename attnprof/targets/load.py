@@ -131,7 +131,7 @@ def workload_from_module(module: types.ModuleType, target: str, factory: str) ->
 
     def make_inputs(batch_size: int, seq_len: int, device: torch.device, dtype: torch.dtype) -> Inputs:
         raw = call_user(example_inputs, batch_size, seq_len, device, dtype, what="example_inputs()")
-        return normalize_inputs(raw, target)
+        return normalize_inputs(raw, f"{target}: example_inputs() must return")
 
     user_loss = None
     if loss_fn is not None:

@@ -60,10 +60,15 @@ def architecture_fingerprint(model: nn.Module) -> str:
     )
 
 
-def normalize_inputs(raw: Any, target: str) -> Inputs:
-    """example_inputs may return a tuple (args), a dict (kwargs) or (args tuple, kwargs dict)."""
+def normalize_inputs(raw: Any, refusal: str) -> Inputs:
+    """Example inputs as (args, kwargs), for workloads and `apply()` alike.
+
+    A tensor is the one argument, a tuple or list the arguments (so `[x, x]` is two), a dict the
+    keyword arguments, and only a (tuple | list, dict) pair both. Anything else is refused with
+    `refusal`, which names its source and verb ("model.py: example_inputs() must return").
+    """
     if isinstance(raw, dict):
-        return (), raw
+        return (), dict(raw)
     if isinstance(raw, torch.Tensor):
         return (raw,), {}
     if isinstance(raw, (tuple, list)):
@@ -71,8 +76,7 @@ def normalize_inputs(raw: Any, target: str) -> Inputs:
             return tuple(raw[0]), dict(raw[1])
         return tuple(raw), {}
     raise UsageError(
-        f"{target}: example_inputs() must return a tuple of arguments, a dict of keyword arguments "
-        f"or (args, kwargs); got {type(raw).__name__}"
+        f"{refusal} a tuple of arguments, a dict of keyword arguments or (args, kwargs); got {type(raw).__name__}"
     )
 
 
