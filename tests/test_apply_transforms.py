@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,30 @@ def test_hand_written_attention_that_differs_is_kept_and_reported() -> None:
     assert [(n.module, n.what) for n in report.not_applied] == [("0", "backend")]
     assert "does not reproduce" in report.not_applied[0].reason
     assert torch.equal(outputs(model, x), reference)
+
+
+def test_attention_of_a_family_without_an_sdpa_forward_is_kept_and_reported() -> None:
+    """nn.MultiheadAttention returning its weights runs no SDPA; its adapter offers no SDPA forward."""
+    model, x = nn.MultiheadAttention(32, 4, batch_first=True).eval(), torch.randn(2, 8, 32)
+    reference = model(x, x, x)[0].detach()
+    model, report = apply_plan(model, PlanChoices(backend="math"), Example.of((x, x, x)))
+    assert [(n.module, n.what, n.reason) for n in report.not_applied] == [
+        ("", "backend", "its forward did not call scaled_dot_product_attention")
+    ]
+    assert torch.equal(model(x, x, x)[0], reference)
+
+
+@pytest.mark.parametrize(
+    ("build", "blocks"),
+    [
+        (models.gpt2, ["transformer.h.0", "transformer.h.1"]),  # an MLP of Conv1D layers only
+        (models.llama, ["model.layers.0", "model.layers.1"]),
+        (models.bert, ["encoder.layer.0", "encoder.layer.1"]),
+        (models.TinyDecoder, ["blocks.0", "blocks.1"]),
+    ],
+)
+def test_blocks_are_found_by_each_familys_projection_layers(build: Callable[[], nn.Module], blocks: list[str]) -> None:
+    assert discover(build()).blocks() == blocks
 
 
 def test_backend_missing_on_this_device_is_exit_4() -> None:
