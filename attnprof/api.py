@@ -35,9 +35,10 @@ def apply(
 ) -> nn.Module:
     """Apply `plan` to `model` and return the model to use (sharding may wrap it).
 
-    `example_inputs` (a tensor, a tuple of args, a dict of kwargs, or (args, kwargs)) are needed
-    to score heads for pruning and to verify hand-written attention before replacing it. What
-    could not be applied is a warning naming each module, or with strict=True an error.
+    `example_inputs` (a tensor, a tuple or list of args, a dict of kwargs, or (args, kwargs); any
+    other value is a UsageError) are needed to score heads for pruning and to verify hand-written
+    attention before replacing it. What could not be applied is a warning naming each module, or
+    with strict=True an error.
     """
     from attnprof.plans.engine import Example, apply_plan
 

@@ -22,7 +22,7 @@ from attnprof.measure.timing import time_call
 from attnprof.plans.engine import Example, apply_plan
 from attnprof.plans.records import Budget, PlanChoices
 from attnprof.plans.verify import verify_model
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 PLANS = {
     "baseline": PlanChoices(),

@@ -52,7 +52,8 @@ from attnprof.profiling.interleave import Side, profile_interleaved
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import prepare, run_profile
 from attnprof.settings import Settings, resolve_settings
-from attnprof.targets.workload import Workload, load_workload
+from attnprof.targets.load import load_workload
+from attnprof.targets.workload import Workload
 from benchmarks.slowed_demo import ENV, UNIT_SIZE, add_extra_work
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"

@@ -40,7 +40,7 @@ from attnprof.costmodel.sweep import (
 )
 from attnprof.machine import machine_info
 from attnprof.settings import Settings, settings_for
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 KNOBS = {
     "batch_size": Knob("batch_size", low=1, high=4),

@@ -16,7 +16,7 @@ from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import HostClockLayerTimer, time_call
 from attnprof.profiling.run import prepare
 from attnprof.settings import resolve_settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def main() -> None:

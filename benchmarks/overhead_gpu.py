@@ -31,7 +31,7 @@ from attnprof.measure.timing import time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.run import prepare
 from attnprof.settings import resolve_settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def main() -> None:

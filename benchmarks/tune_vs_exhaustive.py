@@ -35,7 +35,8 @@ from attnprof.measure.timing import time_call
 from attnprof.plans.records import PlanChoices
 from attnprof.profiling.run import prepare
 from attnprof.settings import resolve_settings
-from attnprof.targets.workload import Inputs, Workload, load_workload
+from attnprof.targets.load import load_workload
+from attnprof.targets.workload import Inputs, Workload
 from attnprof.targets.zoo import random_token_ids
 from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from attnprof.tuning.budget import parse_budget

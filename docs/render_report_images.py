@@ -14,7 +14,7 @@ import torch
 from attnprof.profiling.run import run_profile
 from attnprof.report.html import render_html
 from attnprof.settings import resolve_settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 HERE = Path(__file__).parent
 PICTURE = HERE / "report-time-per-block.png"

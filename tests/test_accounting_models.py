@@ -19,7 +19,7 @@ from attnprof.measure.accounting import CostCounter, ModuleCost
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 IMPLEMENTATIONS = ["eager", "sdpa"]
 BATCH, SEQ, HIDDEN, HEADS = 2, 7, 32, 4

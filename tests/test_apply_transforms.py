@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 import attnprof
-from attnprof.errors import EnvironmentUnsupported, InputFileError, PlanRejected
+from attnprof.errors import EnvironmentUnsupported, InputFileError, PlanRejected, UsageError
 from attnprof.plans.calls import record_calls
 from attnprof.plans.discover import discover
 from attnprof.plans.engine import Example, apply_plan
@@ -128,6 +129,30 @@ def test_hand_written_attention_that_differs_is_kept_and_reported() -> None:
     assert torch.equal(outputs(model, x), reference)
 
 
+def test_attention_of_a_family_without_an_sdpa_forward_is_kept_and_reported() -> None:
+    """nn.MultiheadAttention returning its weights runs no SDPA; its adapter offers no SDPA forward."""
+    model, x = nn.MultiheadAttention(32, 4, batch_first=True).eval(), torch.randn(2, 8, 32)
+    reference = model(x, x, x)[0].detach()
+    model, report = apply_plan(model, PlanChoices(backend="math"), Example.of((x, x, x)))
+    assert [(n.module, n.what, n.reason) for n in report.not_applied] == [
+        ("", "backend", "its forward did not call scaled_dot_product_attention")
+    ]
+    assert torch.equal(model(x, x, x)[0], reference)
+
+
+@pytest.mark.parametrize(
+    ("build", "blocks"),
+    [
+        (models.gpt2, ["transformer.h.0", "transformer.h.1"]),  # an MLP of Conv1D layers only
+        (models.llama, ["model.layers.0", "model.layers.1"]),
+        (models.bert, ["encoder.layer.0", "encoder.layer.1"]),
+        (models.TinyDecoder, ["blocks.0", "blocks.1"]),
+    ],
+)
+def test_blocks_are_found_by_each_familys_projection_layers(build: Callable[[], nn.Module], blocks: list[str]) -> None:
+    assert discover(build()).blocks() == blocks
+
+
 def test_backend_missing_on_this_device_is_exit_4() -> None:
     with pytest.raises(EnvironmentUnsupported, match="efficient") as caught:
         apply_plan(models.TinyDecoder(), PlanChoices(backend="efficient"), Example.of(models.token_ids()))
@@ -198,6 +223,24 @@ def test_public_api_loads_a_saved_plan_and_applies_it(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         model = attnprof.apply(models.TinyDecoder(), path, models.token_ids())
     assert [(s.layout.num_heads, s.layout.num_kv_heads) for s in discover(model).sites] == [(2, 1), (2, 1)]
+
+
+class Difference(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a - b
+
+
+def test_example_inputs_follow_the_documented_forms() -> None:
+    """A list of two tensors is two positional arguments; only a (tuple | list, dict) pair is (args, kwargs)."""
+    x, y = torch.ones(3), torch.arange(3.0)
+    assert torch.equal(Example.of([x, y]).run(Difference()), x - y)
+    assert torch.equal(Example.of((x, y)).run(Difference()), x - y)
+    assert torch.equal(Example.of([(x,), {"b": y}]).run(Difference()), x - y)
+    assert torch.equal(Example.of({"a": x, "b": y}).run(Difference()), x - y)
+    single = Example.of(x)
+    assert len(single.args) == 1 and single.args[0] is x and single.kwargs == {}
+    with pytest.raises(UsageError, match="example_inputs must be a tensor"):
+        Example.of(42)
 
 
 @pytest.mark.parametrize("text", ["{", '{"schema_version": 1}', json.dumps({"schema_version": 99})])

@@ -15,8 +15,8 @@ from attnprof.cli.app import app
 from attnprof.plans.records import Budget, Plan, PlanChoices
 from attnprof.settings import Settings
 from attnprof.store import write_record
+from attnprof.targets.load import load_workload
 from attnprof.targets.records import WorkloadInfo
-from attnprof.targets.workload import load_workload
 
 SETTINGS = Settings(batch_size=1, seq_len=16, warmup=1, repeats=2)
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attnprof.errors import AttnprofError
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 @pytest.fixture(scope="module")

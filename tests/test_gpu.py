@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from attnprof.measure import trace
 from attnprof.profiling.run import run_profile
 from attnprof.settings import resolve_settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 pytestmark = pytest.mark.gpu
 

@@ -24,7 +24,7 @@ from attnprof.profiling import run as profiler
 from attnprof.profiling.records import Profile
 from attnprof.settings import resolve_settings
 from attnprof.store import from_json_dict, to_json_dict
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 CUDA = torch.device("cuda:0")

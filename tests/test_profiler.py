@@ -12,7 +12,7 @@ from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings, resolve_settings
 from attnprof.store import from_json_dict, to_json_dict
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 
 def _profile(target: str, **overrides: object) -> Profile:

@@ -22,7 +22,7 @@ from attnprof.costmodel.sweep import (
 from attnprof.errors import EnvironmentUnsupported
 from attnprof.machine import machine_info
 from attnprof.settings import Settings
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 FAST = Settings(batch_size=1, seq_len=16, repeats=2, warmup=1, threads=1)
 

@@ -16,7 +16,7 @@ from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import read_record
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
 from attnprof.tuning.loop import (
     LayerBasis,

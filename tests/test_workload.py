@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from attnprof.errors import UsageError, UserCodeError
+from attnprof.plans import scope
 from attnprof.settings import Settings
-from attnprof.targets.workload import DEFAULT_TARGET, load_workload
+from attnprof.targets.load import DEFAULT_TARGET, load_workload
+from attnprof.targets.workload import call_user
 
 CPU = torch.device("cpu")
 
@@ -111,3 +115,36 @@ def test_example_inputs_of_wrong_type(models_dir: Path) -> None:
     workload = load_workload(str(models_dir / "bad_inputs.py"))
     with pytest.raises(UsageError, match="example_inputs"):
         workload.make_inputs(1, 4, CPU, torch.float32)
+
+
+def test_example_inputs_returning_a_list_of_two_tensors_gives_two_arguments(tmp_path: Path) -> None:
+    model_file = tmp_path / "two_inputs.py"
+    model_file.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Difference(nn.Module):\n"
+        "    def forward(self, a, b):\n"
+        "        return a - b\n\n"
+        "def build_model(device, dtype):\n"
+        "    return Difference()\n\n"
+        "def example_inputs(batch_size, seq_len, device, dtype):\n"
+        "    return [torch.ones(batch_size, seq_len), torch.zeros(batch_size, seq_len)]\n"
+    )
+    args, kwargs = load_workload(str(model_file)).make_inputs(2, 3, CPU, torch.float32)
+    assert len(args) == 2 and kwargs == {}
+    assert torch.equal(_run(str(model_file), batch=2, seq=3), torch.ones(2, 3))
+
+
+def test_user_traceback_leaves_out_attnprof_wrappers_around_user_code() -> None:
+    """A forward that attnprof wraps (here in a plan's forward scope) fails: the traceback shows
+    the user's frame, not attnprof's, whichever attnprof package the wrapper lives in."""
+
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("broken forward")
+
+    model = Broken()
+    scope.add_forward_scope(model, contextlib.nullcontext)
+    with pytest.raises(UserCodeError) as caught:
+        call_user(model, torch.zeros(1), what="the model's forward")
+    assert 'raise ValueError("broken forward")' in caught.value.user_traceback
+    assert scope.__file__ not in caught.value.user_traceback

@@ -43,7 +43,7 @@ def apply_command(
     """Apply a saved plan to a model; with --verify, check it against the unmodified model."""
     from attnprof.measure.device import resolve_device
     from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
-    from attnprof.targets.workload import load_workload
+    from attnprof.targets.load import load_workload
 
     plan = load_plan(plan_path)
     workload = load_workload(target or plan.workload.target)

@@ -41,7 +41,7 @@ def baseline_command(
 ) -> None:
     """Profile TARGET and save it as the baseline for `attnprof check`."""
     from attnprof.profiling.run import run_profile
-    from attnprof.targets.workload import load_workload
+    from attnprof.targets.load import load_workload
 
     config = ProjectConfig.load()
     destination = config.resolve("baseline", str(out) if out else None, None)

@@ -36,7 +36,7 @@ from attnprof.report.check import benchmark_action_json, check_junit, check_mark
 from attnprof.report.console import log, stdout_console
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import atomic_write_text, to_json_dict, write_record
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 THRESHOLD_HELP = (
     "[GLOB:]STAT:LIMIT, repeatable: median:5%, p90:10%, memory:2%, layers.*attn*:median:8%, "

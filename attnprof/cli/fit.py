@@ -53,7 +53,7 @@ def fit_command(
 
     from attnprof.costmodel.sweep import fit_workload, parse_duration
     from attnprof.report.costmodel import print_fit
-    from attnprof.targets.workload import load_workload
+    from attnprof.targets.load import load_workload
 
     if folds < 2:
         raise UsageError(f"--folds must be at least 2, got {folds}")

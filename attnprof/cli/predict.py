@@ -39,7 +39,7 @@ def predict_command(
     from attnprof.costmodel.fit import measured_choice, predict_config
     from attnprof.costmodel.sweep import architecture_key, model_path
     from attnprof.report.costmodel import print_prediction
-    from attnprof.targets.workload import load_workload
+    from attnprof.targets.load import load_workload
 
     workload = load_workload(target)
     architecture = architecture_key(workload)

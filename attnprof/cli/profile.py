@@ -47,7 +47,7 @@ def profile_command(
     """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
     from attnprof.measure.trace import move_next_to
     from attnprof.profiling.run import run_profile
-    from attnprof.targets.workload import load_workload
+    from attnprof.targets.load import load_workload
 
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")

@@ -13,7 +13,7 @@ from attnprof.report.html import render_html
 from attnprof.report.tune import format_metric, print_tune
 from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import atomic_write_text, to_json_dict, write_record
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget, parse_objective
 from attnprof.tuning.loop import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
 from attnprof.tuning.sharding import LinkLike

@@ -58,7 +58,8 @@ from attnprof.store import (
     to_json_dict,
     workload_dir,
 )
-from attnprof.targets.workload import Workload, load_workload
+from attnprof.targets.load import load_workload
+from attnprof.targets.workload import Workload
 
 MeasurePoint = Callable[[Config], Measurement]
 

@@ -1,12 +1,10 @@
 """Attention backend plans: an `sdpa_kernel` scope around forward, transformers switched to its
-SDPA implementation, and hand-written matmul-softmax-matmul attention replaced by SDPA where
-the replacement reproduces the module's own outputs on the example inputs."""
+SDPA implementation, and hand-written matmul-softmax-matmul attention replaced by its adapter's
+SDPA forward where that reproduces the module's own outputs on the example inputs."""
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +44,6 @@ def apply_backend(
         call = calls.get(site.name)
         if call is None or call.sdpa_calls:
             continue
-        if site.family != "generic":
-            missed.append(_missed(site, "its forward did not call scaled_dot_product_attention"))
-            continue
         reason = replace_manual_attention(site, call)
         if reason:
             missed.append(_missed(site, reason))
@@ -64,8 +59,11 @@ def apply_backend(
 
 
 def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | None:
-    """Give a generic module an SDPA forward if it reproduces the recorded call; else say why not."""
+    """Give the module its adapter's SDPA forward if that reproduces the recorded call; else say why not."""
     module = site.module
+    candidates = site.adapter.sdpa_forwards(module)
+    if not candidates:
+        return "its forward did not call scaled_dot_product_attention"
     hidden, *extra = call.args or (None,)
     if not isinstance(hidden, torch.Tensor) or any(a is not None for a in [*extra, *call.kwargs.values()]):
         return "called with more than the hidden states (masks, positions), which SDPA cannot be verified on"
@@ -75,8 +73,8 @@ def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | Non
     if dropouts:
         return f"applies attention dropout (p={dropouts[0]}), which the replacement would not reproduce"
     own_forward = module.__dict__.get("forward")
-    for causal in (True, False):
-        module.forward = types.MethodType(_sdpa_forward(site, causal), module)
+    for forward in candidates:
+        module.forward = types.MethodType(forward, module)
         with torch.no_grad():
             candidate = module(*call.args, **call.kwargs)
         reference = call.output
@@ -88,26 +86,6 @@ def replace_manual_attention(site: AttentionSite, call: ModuleCall) -> str | Non
     else:
         module.forward = own_forward
     return "an SDPA forward (causal or not) does not reproduce its outputs"
-
-
-def _sdpa_forward(site: AttentionSite, causal: bool) -> Callable[..., torch.Tensor]:
-    """An SDPA forward for a generic module; calls that pass anything beyond the hidden states
-    (a mask, positions) go to the original forward, which alone knows what they mean."""
-    adapter = site.adapter
-    original = site.module.forward
-
-    def forward(self: nn.Module, hidden: torch.Tensor, *extra: Any, **options: Any) -> torch.Tensor:
-        if any(a is not None for a in [*extra, *options.values()]):
-            return original(hidden, *extra, **options)
-        head_dim = adapter.layout(self).head_dim  # read per call: pruning or sharding may change it
-        batch, seq, _ = hidden.shape
-        q = self.q_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
-        k = self.k_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
-        v = self.v_proj(hidden).view(batch, seq, -1, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
-
-    return forward
 
 
 def _missed(site: AttentionSite, reason: str) -> NotApplied:

@@ -15,12 +15,14 @@ from torch import nn
 from attnprof.plans.adapters.base import Adapter, HeadLayout
 from attnprof.plans.adapters.bert import BertAdapter
 from attnprof.plans.adapters.generic import GenericAdapter
-from attnprof.plans.adapters.gpt2 import GPT2Adapter, is_conv1d
+from attnprof.plans.adapters.gpt2 import GPT2Adapter
 from attnprof.plans.adapters.llama import LlamaAdapter
 from attnprof.plans.adapters.mha import MultiheadAttentionAdapter
 from attnprof.plans.records import ALL_LAYERS
 
-# Llama before generic: both have q/k/v/o_proj, Llama is recognised by its config-driven attributes.
+# Every attention family: its adapter module and its entry here (the first adapter that matches a
+# module wins). Llama before generic: both have q/k/v/o_proj, Llama is recognised by its config-driven
+# attributes.
 ADAPTERS: tuple[Adapter, ...] = (
     MultiheadAttentionAdapter(),
     LlamaAdapter(),
@@ -110,6 +112,11 @@ def note_sdpa_callers(found: Discovery, model: nn.Module, callers: Iterable[str]
         found.unknown.append((path, type(model.get_submodule(path)).__name__))
 
 
+def is_projection(module: nn.Module) -> bool:
+    """A weight layer of any family (nn.Linear, GPT-2's Conv1D): what tells a block's MLP apart."""
+    return any(adapter.is_projection(module) for adapter in ADAPTERS)
+
+
 def _inside(path: str, owner: str) -> bool:
     """True when module `path` is `owner` or lies in its subtree ("" is the root)."""
     return path == owner or owner == "" or path.startswith(owner + ".")
@@ -131,7 +138,7 @@ def _block_of(model: nn.Module, site: AttentionSite, site_paths: list[str]) -> s
         others = [p for p in site_paths if p != site.module_path and _inside(p, path)]
         if others:
             return None
-        if any(isinstance(m, nn.Linear) or is_conv1d(m) for m in _outside(block, path, site.module_path)):
+        if any(is_projection(m) for m in _outside(block, path, site.module_path)):
             return path
     return None
 

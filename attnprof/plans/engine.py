@@ -23,7 +23,7 @@ from attnprof.plans.outputs import logits_of, main_tensor
 from attnprof.plans.precision import LOW_PRECISION, apply_precision
 from attnprof.plans.records import ALL_LAYERS, ApplyReport, NotApplied, PlanChoices, SiteChange
 from attnprof.plans.sharding import apply_sharding, check_shardable
-from attnprof.targets.workload import call_user
+from attnprof.targets.workload import call_user, normalize_inputs
 
 LossFn = Callable[[Any, tuple[tuple, dict]], torch.Tensor | None]
 
@@ -37,16 +37,10 @@ class Example:
 
     @classmethod
     def of(cls, inputs: Any) -> Example:
-        """From a tensor, a tuple of args, a dict of kwargs, or an (args, kwargs) pair."""
+        """From a tensor, a tuple or list of args, a dict of kwargs, or an (args, kwargs) pair."""
         if isinstance(inputs, Example):
             return inputs
-        if isinstance(inputs, dict):
-            return cls((), dict(inputs))
-        if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], dict):
-            return cls(tuple(inputs[0]), dict(inputs[1]))
-        if isinstance(inputs, tuple):
-            return cls(inputs, {})
-        return cls((inputs,), {})
+        return cls(*normalize_inputs(inputs, "example_inputs must be a tensor,"))
 
     def run(self, model: nn.Module) -> Any:
         return call_user(model, *self.args, what="the model's forward", **self.kwargs)

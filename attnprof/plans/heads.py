@@ -202,8 +202,9 @@ def update_config(model: nn.Module, sites: Sequence[AttentionSite], pruned: dict
     """Bring a transformers config in line with the rewritten layers; returns what changed.
 
     Per-layer pruning is recorded as `pruned_heads` {layer_idx: heads} (the transformers
-    convention). Head counts are set only when every layer now has the same layout and the
-    config states head_dim explicitly (Llama family), since others derive it from the counts.
+    convention). Head counts are set only when every layer now has the same layout and its
+    family's config states head_dim explicitly (`Adapter.config_head_fields`), since others
+    derive it from the counts.
     """
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_attention_heads"):
@@ -214,11 +215,12 @@ def update_config(model: nn.Module, sites: Sequence[AttentionSite], pruned: dict
         config.pruned_heads = {**getattr(config, "pruned_heads", {}), **by_layer}
         changes.append(f"config.pruned_heads records {len(by_layer)} layers")
     layouts = {s.layout for s in sites}
-    if len(layouts) == 1 and all(s.family == "llama" for s in sites):
+    stated = [s.adapter.config_head_fields(s.layout) for s in sites]
+    if len(layouts) == 1 and all(stated):
         (layout,) = layouts
-        config.head_dim = layout.head_dim
-        config.num_attention_heads = layout.num_heads
-        config.num_key_value_heads = layout.num_kv_heads
+        for fields in stated:  # the same fields for one family, each family's own otherwise
+            for name, value in fields.items():
+                setattr(config, name, value)
         changes.append(f"config heads = {layout.num_heads}, kv heads = {layout.num_kv_heads}")
     return changes
 

@@ -162,7 +162,7 @@ class SiteChange:
 
     name: str
     type: str
-    family: str  # mha | llama | gpt2 | bert | generic
+    family: str  # Adapter.family of the layer's adapter (one per entry of plans.discover.ADAPTERS)
     num_heads: int
     num_kv_heads: int
     head_dim: int

@@ -27,8 +27,7 @@ from torch.distributed.tensor.parallel import (
 
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.plans.adapters.base import HeadLayout, Unsupported
-from attnprof.plans.adapters.gpt2 import is_conv1d
-from attnprof.plans.discover import AttentionSite, Discovery, projection_paths
+from attnprof.plans.discover import AttentionSite, Discovery, is_projection, projection_paths
 from attnprof.plans.records import NotApplied, PlanChoices
 
 
@@ -191,7 +190,7 @@ def mlp_projections(model: nn.Module, site: AttentionSite, degree: int) -> tuple
     others = {
         f"{site.block_path}.{path}": m
         for path, m in block.named_modules()
-        if path and f"{site.block_path}.{path}" not in inside and (isinstance(m, nn.Linear) or is_conv1d(m))
+        if path and f"{site.block_path}.{path}" not in inside and is_projection(m)
     }
     if not all(isinstance(m, nn.Linear) for m in others.values()):
         return "the MLP is not made of nn.Linear layers; it stays replicated"

@@ -31,7 +31,7 @@ from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import from_json_dict, to_json_dict
-from attnprof.targets.workload import load_workload
+from attnprof.targets.load import load_workload
 
 # A turn: much shorter than the machine's drift (tens of seconds), much longer than a switch.
 TURN_SECONDS = 0.05

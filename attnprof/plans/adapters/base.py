@@ -8,6 +8,7 @@ pruning, GQA conversion and importance scoring are written once, on plain tensor
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,21 @@ class Adapter(abc.ABC):
     def shard_names(self, name: str, module: nn.Module) -> ShardNames:
         """Raise Unsupported if this family cannot be split by DTensor tensor parallel styles."""
         ...
+
+    def is_projection(self, module: nn.Module) -> bool:
+        """Whether `module` is a weight layer of this family's models (blocks are found by them)."""
+        return isinstance(module, nn.Linear)
+
+    def config_head_fields(self, layout: HeadLayout) -> dict[str, int]:
+        """The model-config fields that state `layout`, for a family whose config states its head
+        dim explicitly; none by default, since a config that derives it from the counts must
+        keep the counts it was built with."""
+        return {}
+
+    def sdpa_forwards(self, module: nn.Module) -> tuple[Callable[..., torch.Tensor], ...]:
+        """Forwards (taking the module first) that compute its attention with SDPA, tried in
+        place of hand-written attention; none for families whose attention is a library's own."""
+        return ()
 
 
 def tensor_of(param: torch.Tensor, grad: bool) -> torch.Tensor:

@@ -76,3 +76,6 @@ class GPT2Adapter(Adapter):
 
     def shard_names(self, name: str, module: nn.Module) -> ShardNames:
         raise Unsupported("GPT-2 projections are fused Conv1D layers; DTensor parallel styles split nn.Linear only")
+
+    def is_projection(self, module: nn.Module) -> bool:
+        return is_conv1d(module) or super().is_projection(module)

@@ -37,3 +37,10 @@ class LlamaAdapter(SeparateLinearAdapter):
 
     def check_gqa(self, module: nn.Module) -> None:
         return None  # repeat_kv / enable_gqa by num_key_value_groups: any grouping runs
+
+    def config_head_fields(self, layout: HeadLayout) -> dict[str, int]:
+        return {
+            "head_dim": layout.head_dim,
+            "num_attention_heads": layout.num_heads,
+            "num_key_value_heads": layout.num_kv_heads,
+        }
