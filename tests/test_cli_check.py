@@ -183,10 +183,13 @@ def test_check_end_to_end_names_the_slowed_layer(
     assert knob_on.exit_code == 1, knob_on.output
     assert "layers.layers.1.attn" in knob_on.stderr
     result = read_record(tmp_path / "on.json", CheckResult)
-    # The slowed layer is named, and nothing outside it (its own children may be caught in the
-    # swings of a busy machine's timings, so they are allowed).
+    # The slowed layer is named. Its exact metrics change and nothing else's do; timings of the
+    # small layers right after it may truly grow too (the extra products evict their data from
+    # the caches), so they are not asserted on.
     culprits = result.culprit_layers()
-    assert culprits and all(c == "layers.1.attn" or c.startswith("layers.1.attn.") for c in culprits), culprits
+    assert any(c == "layers.1.attn" or c.startswith("layers.1.attn.") for c in culprits), culprits
+    exact_changes = [m.layer for m in result.failures() if m.kind == "exact" and m.layer is not None]
+    assert exact_changes and all(layer.startswith("layers.1.attn") for layer in exact_changes), exact_changes
     rows = {(m.metric, m.statistic): m for m in result.metrics}
     assert rows[("layers.layers.1.attn", "median")].status == "regression"  # timing caught it too
     assert rows[("layers.layers.1.attn.flops", "exact")].status == "changed"
