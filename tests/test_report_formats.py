@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from attnprof.errors import EnvironmentUnsupported, InputFileError
 from attnprof.measure.records import DevicePeak
 from attnprof.report import formats
-from attnprof.report.adapter import ReportOptions, format_cell
+from attnprof.report.adapter import ReportOptions, Section, format_cell
 from attnprof.report.html import render_html
 from attnprof.report.plots import Peaks
 from attnprof.report.registry import ADAPTERS, adapter_for_record, load_report_record
@@ -169,3 +170,39 @@ def test_roofline_uses_the_peak_recorded_in_the_profile() -> None:
     assert "ceilings not drawn: no peak known for cpu: run calibration" in render_html(profile)
     # peaks given explicitly win over the recorded ones
     assert "peak 1 TFLOP/s, 50 GB/s" in render_html(profile, OPTIONS)
+
+
+def _as_pandas_reads(frame: pd.DataFrame) -> tuple[list[bool], list[list[str]]]:
+    """Whether pandas calls each column numeric, and each cell as it reads from the frame."""
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
+    return numeric, [[format_cell(v.item() if hasattr(v, "item") else v) for v in row]
+                     for row in frame.itertuples(index=False, name=None)]
+
+
+def _as_section_reads(section: Section) -> tuple[list[bool], list[list[str]]]:
+    numeric, rows = section.typed_columns()
+    return numeric, [[format_cell(v) for v in row] for row in rows]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tables_read_without_pandas_as_their_dataframe_does(kind: str) -> None:
+    """The terminal, markdown and HTML views type columns without pandas: the same as the frame."""
+    record = SAMPLES[kind]()
+    for section in adapter_for_record(record).sections(record):
+        assert _as_section_reads(section) == _as_pandas_reads(section.frame), section.title
+
+
+def test_column_types_match_pandas_for_every_mix_of_values() -> None:
+    """Gaps, ints with floats, bools, text, NaN and integers beyond 64 bits, up to three a column."""
+    atoms = [None, 0, 12345, -7, 1.5, float("nan"), True, "x", 2**63, 2**64, -(2**63) - 1, 1e7]
+    for size in range(4):
+        for values in itertools.product(atoms, repeat=size):
+            section = Section("t", ("c",), [{"c": v} for v in values])
+            assert _as_section_reads(section) == _as_pandas_reads(section.frame), values
+
+
+def test_a_row_must_have_exactly_the_declared_columns() -> None:
+    with pytest.raises(ValueError, match=re.escape("missing {'b'}, extra {'c'}")):
+        Section("t", ("a", "b"), [{"a": 1, "c": 2}])

@@ -2,21 +2,26 @@
 
 Every output format (table, markdown, json, csv, parquet, html) is written once, over any
 record type; a record type takes part by providing one `RecordAdapter`: its summary facts,
-its tables as DataFrames with declared columns, and its charts.
+its tables with declared columns, and its charts.
+
+Tables are plain rows, so the terminal, markdown and HTML views need no pandas; a DataFrame
+is built (and pandas imported) only for the formats that export one (csv, parquet).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import pandas as pd
 from rich.console import RenderableType
 
 from attnprof.report.plots import Peaks
 from attnprof.report.svg import Chart
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 R = TypeVar("R")
 
@@ -30,11 +35,35 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 class Section:
-    """A titled table; `frame` has exactly the declared `columns`, in that order."""
+    """A titled table: each row has exactly the declared `columns`."""
 
     title: str
-    frame: pd.DataFrame
-    highlight: Sequence[bool] = field(default_factory=tuple)  # rows to emphasise (e.g. attention)
+    columns: Sequence[str]
+    rows: Sequence[Mapping[str, Any]]
+    highlight: Sequence[bool] = ()  # rows to emphasise (e.g. attention)
+
+    def __post_init__(self) -> None:
+        for row in self.rows:  # a row missing a column or carrying an extra one is a bug
+            if set(row) != set(self.columns):
+                missing, extra = set(self.columns) - set(row), set(row) - set(self.columns)
+                raise ValueError(f"row does not match the declared columns: missing {missing}, extra {extra}")
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame, for the formats that export one."""
+        import pandas as pd  # only csv and parquet need it: the other formats run without pandas
+
+        return pd.DataFrame([dict(row) for row in self.rows], columns=list(self.columns))
+
+    def typed_columns(self) -> tuple[list[bool], list[tuple[Any, ...]]]:
+        """Whether each column is numeric, and the rows as one type per column holds them.
+
+        Cells read as they would from `frame` (the same inference pandas makes), so every
+        format shows a value alike: integers in a column with a gap are floats, for instance.
+        """
+        typed = [_typed_column([row[column] for row in self.rows]) for column in self.columns]
+        numeric = [is_numeric for is_numeric, _ in typed]
+        return numeric, list(zip(*(values for _, values in typed), strict=True))
 
 
 @dataclass(frozen=True)
@@ -50,20 +79,35 @@ class RecordAdapter(Generic[R]):
     markdown: Callable[[R], str] | None = None  # a dedicated markdown rendering, if it has one
 
 
-def frame(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """A DataFrame with exactly `columns`; a row missing a column or carrying an extra one is a bug."""
-    for row in rows:
-        if set(row) != set(columns):
-            missing, extra = set(columns) - set(row), set(row) - set(columns)
-            raise ValueError(f"row does not match the declared columns: missing {missing}, extra {extra}")
-    return pd.DataFrame(list(rows), columns=list(columns))
+def _typed_column(values: list[Any]) -> tuple[bool, list[Any]]:
+    """(numeric, values) as a DataFrame column made of `values` holds them: numbers of one
+    kind, numbers with a gap or of two kinds as floats (gaps NaN); bools, text, mixtures, only
+    gaps or no values at all as objects, not numeric; integers beyond 64 bits as objects too."""
+    values = [_plain(v) for v in values]
+    present = [v for v in values if v is not None]
+    if not present or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return False, values
+    integers = [v for v in present if isinstance(v, int)]
+    if not (all(_INT64_MIN <= v <= _INT64_MAX for v in integers) or all(0 <= v <= _UINT64_MAX for v in integers)):
+        return False, values
+    if len(integers) == len(values):
+        return True, values
+    return True, [math.nan if v is None else float(v) for v in values]
+
+
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
 
 
 def format_cell(value: Any) -> str:
     """How a table cell reads in the terminal, markdown and HTML: missing values as an em dash,
     integers grouped by thousands, floats to four significant digits."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()  # numpy scalars from a DataFrame cell
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     if isinstance(value, bool):
@@ -73,7 +117,3 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
     return str(value)
-
-
-def is_numeric_column(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from attnprof.gate.records import CheckResult, MetricCheck
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section
 from attnprof.report.check import check_markdown, check_table
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
 
@@ -76,7 +76,7 @@ def sections(result: CheckResult) -> list[Section]:
         }
         for m, b, c in zip(result.metrics, baselines, currents, strict=True)
     ]
-    return [Section("Metrics", frame(METRIC_COLUMNS, rows), highlight=tuple(m.failed for m in result.metrics))]
+    return [Section("Metrics", METRIC_COLUMNS, rows, highlight=tuple(m.failed for m in result.metrics))]
 
 
 def summary(result: CheckResult) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Group
 
 from attnprof.costmodel.records import CostModel, LinearFit
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section
 from attnprof.report.costmodel import groups_table, validation_table
 from attnprof.report.svg import Chart, LineSeries, LogScale, Point, ScatterSeries, XYChart
 
@@ -70,9 +70,9 @@ def sections(model: CostModel) -> list[Section]:
     fit_rows += [_fit_row("memory", "step", group, fit) for group, fit in model.memory.items()]
     infeasible_rows = [{"config": _config(p.config), "status": p.status, "reason": p.reason} for p in model.infeasible]
     return [
-        Section("Held-out predictions (cross-validation)", frame(VALIDATION_COLUMNS, validation_rows)),
-        Section("Fitted models", frame(FIT_COLUMNS, fit_rows)),
-        Section("Infeasible configurations", frame(INFEASIBLE_COLUMNS, infeasible_rows)),
+        Section("Held-out predictions (cross-validation)", VALIDATION_COLUMNS, validation_rows),
+        Section("Fitted models", FIT_COLUMNS, fit_rows),
+        Section("Infeasible configurations", INFEASIBLE_COLUMNS, infeasible_rows),
     ]
 
 

@@ -10,7 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from attnprof.errors import EnvironmentUnsupported
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
 from attnprof.report.console import PLAIN_WIDTH
 from attnprof.report.html import render_html
 from attnprof.store import to_json_dict
@@ -69,14 +69,14 @@ def _md_escape(text: str) -> str:
 
 
 def _markdown_table(section: Section) -> list[str]:
-    if section.frame.empty:
+    if not section.rows:
         return ["none"]
-    numeric = [is_numeric_column(section.frame[c]) for c in section.frame.columns]
+    numeric, rows = section.typed_columns()
     lines = [
-        "| " + " | ".join(_md_escape(str(c)) for c in section.frame.columns) + " |",
+        "| " + " | ".join(_md_escape(str(c)) for c in section.columns) + " |",
         "| " + " | ".join("---:" if num else "---" for num in numeric) + " |",
     ]
-    for values in section.frame.itertuples(index=False, name=None):
+    for values in rows:
         lines.append("| " + " | ".join(_md_escape(format_cell(v)) for v in values) + " |")
     return lines
 
@@ -93,10 +93,10 @@ def render_table(adapter: RecordAdapter[Any], record: Any) -> RenderableType:
     parts: list[RenderableType] = [facts]
     for section in adapter.sections(record):
         table = Table(title=section.title, title_justify="left", header_style="bold")
-        numeric = [is_numeric_column(section.frame[c]) for c in section.frame.columns]
-        for column, num in zip(section.frame.columns, numeric, strict=True):
+        numeric, rows = section.typed_columns()
+        for column, num in zip(section.columns, numeric, strict=True):
             table.add_column(str(column), justify="right" if num else "left")
-        for index, values in enumerate(section.frame.itertuples(index=False, name=None)):
+        for index, values in enumerate(rows):
             emphasised = index < len(section.highlight) and section.highlight[index]
             table.add_row(*(format_cell(v) for v in values), style="bold red" if emphasised else None)
         parts.append(table)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
 from attnprof.report.registry import adapter_for_record
 from attnprof.report.svg import render_svg
 from attnprof.version import __version__
@@ -59,17 +59,17 @@ def render_html(record: Any, options: ReportOptions | None = None) -> str:
 
 
 def _section_html(section: Section) -> str:
-    numeric = [is_numeric_column(section.frame[c]) for c in section.frame.columns]
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in section.frame.columns)
+    numeric, cells_by_row = section.typed_columns()
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in section.columns)
     rows = []
-    for index, values in enumerate(section.frame.itertuples(index=False, name=None)):
+    for index, values in enumerate(cells_by_row):
         emphasised = index < len(section.highlight) and section.highlight[index]
         cells = "".join(
             f'<td class="num">{escape(format_cell(v))}</td>' if num else f"<td>{escape(format_cell(v))}</td>"
             for v, num in zip(values, numeric, strict=True)
         )
         rows.append(f'<tr class="highlight">{cells}</tr>' if emphasised else f"<tr>{cells}</tr>")
-    body = "".join(rows) or f'<tr><td colspan="{len(section.frame.columns)}">none</td></tr>'
+    body = "".join(rows) or f'<tr><td colspan="{len(section.columns)}">none</td></tr>'
     return (
         f"<h2>{escape(section.title)}</h2>"
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from attnprof.plans.records import ParetoPoint, Plan, PlanChoices, PlanFigures
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section
 from attnprof.report.svg import (
     Chart,
     IntervalChart,
@@ -104,8 +104,8 @@ def figure_rows(plan: Plan) -> list[dict[str, Any]]:
 def sections(plan: Plan) -> list[Section]:
     rows = choices_rows(plan.choices)
     return [
-        Section("Choices", frame(CHOICE_COLUMNS, rows), highlight=tuple(r["changed"] for r in rows)),
-        Section("Figures per step", frame(FIGURE_COLUMNS, figure_rows(plan))),
+        Section("Choices", CHOICE_COLUMNS, rows, highlight=tuple(r["changed"] for r in rows)),
+        Section("Figures per step", FIGURE_COLUMNS, figure_rows(plan)),
     ]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from attnprof.profiling.records import LayerStats, Profile, TimeStats
 from attnprof.report import plots
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, frame
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section
 from attnprof.report.svg import Chart
 from attnprof.report.table import profile_view
 
@@ -70,7 +70,8 @@ def _layer_row(layer: LayerStats) -> dict[str, Any]:
 def sections(profile: Profile) -> list[Section]:
     layers = Section(
         "Layers",
-        frame(LAYER_COLUMNS, [_layer_row(layer) for layer in profile.layers]),
+        LAYER_COLUMNS,
+        [_layer_row(layer) for layer in profile.layers],
         highlight=tuple(layer.attention is not None for layer in profile.layers),
     )
     attention_rows = [
@@ -78,7 +79,7 @@ def sections(profile: Profile) -> list[Section]:
         for layer in profile.attention_layers()
         if layer.attention is not None
     ]
-    return [layers, Section("Attention layers", frame(ATTENTION_COLUMNS, attention_rows))]
+    return [layers, Section("Attention layers", ATTENTION_COLUMNS, attention_rows)]
 
 
 def summary(profile: Profile) -> list[tuple[str, str]]:
