@@ -18,7 +18,7 @@ from attnprof.errors import UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.profiling.run import run_profile
 from attnprof.report.console import log, stdout_console
-from attnprof.report.table import print_profile
+from attnprof.report.profile import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import to_json_dict
 from attnprof.targets.workload import load_workload

@@ -14,7 +14,7 @@ from attnprof.costmodel.records import Measurement
 from attnprof.costmodel.sweep import fit_workload, parse_duration
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
-from attnprof.report.costmodel import print_fit
+from attnprof.report.fit import print_fit
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record

@@ -15,7 +15,7 @@ from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.report.console import stdout_console, warn
-from attnprof.report.costmodel import print_prediction
+from attnprof.report.fit import print_prediction
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
 from attnprof.targets.workload import load_workload

@@ -17,7 +17,7 @@ from attnprof.profiling.records import profile_path
 from attnprof.profiling.run import run_profile
 from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
-from attnprof.report.table import SORT_KEYS, print_profile
+from attnprof.report.profile import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
 from attnprof.targets.workload import load_workload

@@ -11,7 +11,7 @@ from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
-from attnprof.report.tune import format_metric, print_tune
+from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import resolve_settings
 from attnprof.store import atomic_write_text, to_json_dict, write_record
 from attnprof.targets.workload import load_workload

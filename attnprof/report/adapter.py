@@ -117,3 +117,20 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
     return str(value)
+
+
+# Sizes and counts as the records' own tables write them: 1.5 MiB, 2.10M.
+def human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(value: float) -> str:
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if abs(value) < 1000 or unit == "P":
+            return f"{value:.0f}" if unit == "" else f"{value:.2f}{unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
