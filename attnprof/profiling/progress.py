@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 # (items, description, total) -> the items, with a bar advanced after each one
-Tracker = Callable[[Iterable[Any], str, "int | None"], Iterator[Any]]
+Tracker = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
 
 _tracker: Tracker | None = None
 

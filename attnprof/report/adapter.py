@@ -1,8 +1,8 @@
 """What the report renderers need to know about one record type, and how cells are written.
 
-Every output format (table, markdown, json, csv, parquet, html) is written once, over any
-record type; a record type takes part by providing one `RecordAdapter`: its summary facts,
-its tables with declared columns, and its charts.
+Every output format (formats.FORMATS) is written once, over any record type; a record type
+takes part by providing one `RecordAdapter`: its summary facts, its tables with declared
+columns, its charts, and any format it renders its own way.
 
 Tables are plain rows, so the terminal, markdown and HTML views need no pandas; a DataFrame
 is built (and pandas imported) only for the formats that export one (csv, parquet).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rich.console import RenderableType
@@ -76,7 +76,9 @@ class RecordAdapter(Generic[R]):
     sections: Callable[[R], list[Section]]  # the first one is the record's main table (csv, parquet)
     charts: Callable[[R, ReportOptions], list[Chart]]
     terminal: Callable[[R], RenderableType] | None = None  # a dedicated terminal view, if it has one
-    markdown: Callable[[R], str] | None = None  # a dedicated markdown rendering, if it has one
+    # Its own rendering of a format of formats.FORMATS, by name: instead of the generic one, or
+    # a format only this record type has (a check result's JUnit XML).
+    renderings: Mapping[str, Callable[[R], str]] = field(default_factory=dict)
 
 
 def _typed_column(values: list[Any]) -> tuple[bool, list[Any]]:

@@ -374,5 +374,5 @@ ADAPTER: RecordAdapter[CheckResult] = RecordAdapter(
     sections=sections,
     charts=charts,
     terminal=lambda result: check_table(result, show_all=True),
-    markdown=check_markdown,
+    renderings={"markdown": check_markdown, "junit": check_junit, "benchmark-json": benchmark_action_json},
 )

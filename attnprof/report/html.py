@@ -34,8 +34,10 @@ footer { margin-top: 3em; color: #888; font-size: 0.8em; }
 
 def render_html(record: Any, options: ReportOptions | None = None) -> str:
     """The report of `record` (a Profile, fit, Plan or check result) as one HTML document."""
-    adapter: RecordAdapter[Any] = adapter_for_record(record)
-    options = options or ReportOptions()
+    return html_report(adapter_for_record(record), record, options or ReportOptions())
+
+
+def html_report(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:
     title = adapter.title(record)
     summary_rows = "".join(
         f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>" for key, value in adapter.summary(record)
