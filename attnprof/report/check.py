@@ -228,6 +228,7 @@ def benchmark_action_json(result: CheckResult) -> str:
     return json.dumps(entries, indent=1) + "\n"
 
 
+# The adapter: what `attnprof report` shows of a saved check result, in every format.
 METRIC_COLUMNS = (
     "metric",
     "layer",

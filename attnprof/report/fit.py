@@ -134,6 +134,7 @@ def print_prediction(prediction: Prediction, console: Console, layers: int | Non
         console.print(Text("extrapolated outside the measured ranges", style="yellow"))
 
 
+# The adapter: what `attnprof report` shows of a saved fitted cost model, in every format.
 VALIDATION_COLUMNS = (
     "key",
     "config",

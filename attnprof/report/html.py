@@ -38,6 +38,7 @@ def render_html(record: Any, options: ReportOptions | None = None) -> str:
 
 
 def html_report(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:
+    """The document, from the record's adapter: the writer of `--format html`."""
     title = adapter.title(record)
     summary_rows = "".join(
         f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>" for key, value in adapter.summary(record)

@@ -234,6 +234,7 @@ def _print_excluded(outcome: TuneOutcome, console: Console) -> None:
         console.print(f"  {reason} [{shown}]", markup=False)
 
 
+# The adapter: what `attnprof report` shows of a saved plan, in every format.
 CHOICE_COLUMNS = ("knob", "value", "changed")
 FIGURE_COLUMNS = ("metric", "unit", "baseline", "predicted", "predicted_sigma", "measured", "measured_change")
 # Figures with a baseline to compare against: (field, sigma field or None, unit, scale to that unit)

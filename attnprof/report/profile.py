@@ -169,6 +169,7 @@ def print_profile(profile: Profile, console: Console, sort: str = "order") -> No
     console.print(profile_view(profile, sort))
 
 
+# The adapter: what `attnprof report` shows of a saved profile, in every format.
 LAYER_COLUMNS = (
     "name",
     "type",
