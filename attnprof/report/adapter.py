@@ -81,6 +81,9 @@ class RecordAdapter(Generic[R]):
     renderings: Mapping[str, Callable[[R], str]] = field(default_factory=dict)
 
 
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1  # what a DataFrame holds as numbers
+
+
 def _typed_column(values: list[Any]) -> tuple[bool, list[Any]]:
     """(numeric, values) as a DataFrame column made of `values` holds them: numbers of one
     kind, numbers with a gap or of two kinds as floats (gaps NaN); bools, text, mixtures, only
@@ -95,9 +98,6 @@ def _typed_column(values: list[Any]) -> tuple[bool, list[Any]]:
     if len(integers) == len(values):
         return True, values
     return True, [math.nan if v is None else float(v) for v in values]
-
-
-_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def _plain(value: Any) -> Any:
