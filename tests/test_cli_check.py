@@ -70,6 +70,19 @@ def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner:
     assert {e["unit"] for e in entries} == {"ms", "MiB"}
 
 
+def test_report_writes_a_saved_check_as_the_same_ci_files(runner: CliRunner, tmp_path: Path) -> None:
+    """`check --junit FILE` and `report CHECK.json --format junit` are one format of one registry."""
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    flags = {"markdown": "summary.md", "junit": "junit.xml", "benchmark-json": "bench.json"}
+    args = [arg for name, path in flags.items() for arg in (f"--{name}", path)]
+    assert runner.invoke(app, ["compare", a, b, "--result", "check.json", *args]).exit_code == 1
+    for name, path in flags.items():
+        rendered = runner.invoke(app, ["report", "check.json", "--format", name, "--out", f"again-{path}"])
+        assert rendered.exit_code == 0, rendered.output
+        assert (tmp_path / f"again-{path}").read_text() == (tmp_path / path).read_text(), name
+
+
 def test_json_flag_prints_the_result_even_on_a_regression(runner: CliRunner, tmp_path: Path) -> None:
     a = save(tmp_path, "a.json", make_profile(seed=1))
     b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))

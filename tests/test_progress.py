@@ -82,3 +82,14 @@ def test_update_jumps_to_a_reported_position(monkeypatch: pytest.MonkeyPatch) ->
         bar.update(3, 7)
         task = progress._live.tasks[0]  # type: ignore[union-attr]
         assert (task.completed, task.total) == (3, 7)
+
+
+def test_the_measuring_loops_hook_draws_the_same_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnprof.profiling import progress as hook
+
+    terminal(monkeypatch)
+    seen = []
+    for item in hook.track(["a", "b"], "timing repeats"):
+        seen.append((item, progress._live.tasks[0].description))  # type: ignore[union-attr]
+    assert seen == [("a", "timing repeats"), ("b", "timing repeats")]
+    assert progress._live is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 
@@ -11,10 +12,10 @@ import pytest
 from report_samples import SAMPLES, sample_profile
 from rich.console import Console
 
-from attnprof.errors import EnvironmentUnsupported, InputFileError
+from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.measure.records import DevicePeak
 from attnprof.report import formats
-from attnprof.report.adapter import ReportOptions, format_cell
+from attnprof.report.adapter import ReportOptions, Section, format_cell
 from attnprof.report.html import render_html
 from attnprof.report.plots import Peaks
 from attnprof.report.registry import ADAPTERS, adapter_for_record, load_report_record
@@ -46,21 +47,21 @@ def test_text_formats(kind: str) -> None:
     adapter = adapter_for_record(record)
     main = adapter.sections(record)[0].frame
 
-    markdown = formats.render_text(adapter, record, "markdown", OPTIONS)
-    if adapter.markdown is not None:  # the record's own markdown (e.g. a CI step summary)
-        assert markdown == adapter.markdown(record) and "|" in markdown
+    markdown = formats.FORMATS["markdown"].render(adapter, record, OPTIONS)
+    if "markdown" in adapter.renderings:  # the record's own markdown (e.g. a CI step summary)
+        assert markdown == adapter.renderings["markdown"](record) and "|" in markdown
     else:  # the summary, then every table with a header, a rule and one line per row
         assert markdown.startswith("# ")
         table_lines = [line for line in markdown.splitlines() if line.startswith("| ")]
         header_and_rule = 2 * len(adapter.sections(record))
         assert len(table_lines) == header_and_rule + sum(len(s.frame) for s in adapter.sections(record))
 
-    assert json.loads(formats.render_text(adapter, record, "json", OPTIONS)) == to_json_dict(record)
+    assert json.loads(formats.FORMATS["json"].render(adapter, record, OPTIONS)) == to_json_dict(record)
 
-    csv = pd.read_csv(io.StringIO(formats.render_text(adapter, record, "csv", OPTIONS)))
+    csv = pd.read_csv(io.StringIO(formats.FORMATS["csv"].render(adapter, record, OPTIONS)))
     assert list(csv.columns) == list(main.columns) and len(csv) == len(main)
 
-    html = formats.render_text(adapter, record, "html", OPTIONS)
+    html = formats.FORMATS["html"].render(adapter, record, OPTIONS)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
 
 
@@ -69,7 +70,7 @@ def test_parquet_round_trips_the_main_table(kind: str) -> None:
     pytest.importorskip("pyarrow")
     record = SAMPLES[kind]()
     adapter = adapter_for_record(record)
-    data = formats.render_parquet(adapter, record)
+    data = formats.FORMATS["parquet"].render(adapter, record, OPTIONS)
     assert data[:4] == b"PAR1"
     back = pd.read_parquet(io.BytesIO(data))
     main = adapter.sections(record)[0].frame
@@ -89,7 +90,7 @@ def test_parquet_without_pyarrow_is_an_environment_error(monkeypatch: pytest.Mon
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     record = sample_profile()
     with pytest.raises(EnvironmentUnsupported, match=r"pip install 'attnprof\[parquet\]'") as info:
-        formats.render_parquet(adapter_for_record(record), record)
+        formats.FORMATS["parquet"].render(adapter_for_record(record), record, OPTIONS)
     assert info.value.exit_code == 4
 
 
@@ -169,3 +170,66 @@ def test_roofline_uses_the_peak_recorded_in_the_profile() -> None:
     assert "ceilings not drawn: no peak known for cpu: run calibration" in render_html(profile)
     # peaks given explicitly win over the recorded ones
     assert "peak 1 TFLOP/s, 50 GB/s" in render_html(profile, OPTIONS)
+
+
+def _as_pandas_reads(frame: pd.DataFrame) -> tuple[list[bool], list[list[str]]]:
+    """Whether pandas calls each column numeric, and each cell as it reads from the frame."""
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
+    return numeric, [[format_cell(v.item() if hasattr(v, "item") else v) for v in row]
+                     for row in frame.itertuples(index=False, name=None)]
+
+
+def _as_section_reads(section: Section) -> tuple[list[bool], list[list[str]]]:
+    numeric, rows = section.typed_columns()
+    return numeric, [[format_cell(v) for v in row] for row in rows]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tables_read_without_pandas_as_their_dataframe_does(kind: str) -> None:
+    """The terminal, markdown and HTML views type columns without pandas: the same as the frame."""
+    record = SAMPLES[kind]()
+    for section in adapter_for_record(record).sections(record):
+        assert _as_section_reads(section) == _as_pandas_reads(section.frame), section.title
+
+
+def test_column_types_match_pandas_for_every_mix_of_values() -> None:
+    """Gaps, ints with floats, bools, text, NaN and integers beyond 64 bits, up to three a column."""
+    atoms = [None, 0, 12345, -7, 1.5, float("nan"), True, "x", 2**63, 2**64, -(2**63) - 1, 1e7]
+    for size in range(4):
+        for values in itertools.product(atoms, repeat=size):
+            section = Section("t", ("c",), [{"c": v} for v in values])
+            assert _as_section_reads(section) == _as_pandas_reads(section.frame), values
+
+
+def test_a_row_must_have_exactly_the_declared_columns() -> None:
+    with pytest.raises(ValueError, match=re.escape("missing {'b'}, extra {'c'}")):
+        Section("t", ("a", "b"), [{"a": 1, "c": 2}])
+
+
+@pytest.mark.parametrize("name", list(formats.FORMATS))
+def test_every_format_renders_each_record_type_it_supports(name: str) -> None:
+    output = formats.FORMATS[name]
+    supported = [kind for kind in KINDS if output.supports(adapter_for_record(SAMPLES[kind]()))]
+    assert supported, f"no record type has --format {name}"
+    for kind in KINDS:
+        record = SAMPLES[kind]()
+        adapter = adapter_for_record(record)
+        if kind in supported:
+            data = output.render(adapter, record, OPTIONS)
+            assert isinstance(data, bytes if output.binary else str) and len(data) > 0, kind
+        else:
+            with pytest.raises(UsageError, match=f"--format {name} is for a .* record, not a {kind} record"):
+                output.render(adapter, record, OPTIONS)
+
+
+def test_records_render_only_registered_formats() -> None:
+    for adapter in ADAPTERS:
+        assert set(adapter.renderings) <= set(formats.FORMATS), adapter.kind
+
+
+def test_format_help_names_every_format() -> None:
+    text = formats.formats_help()
+    assert all(name in text for name in formats.FORMATS)
+    assert text.endswith("for a check record also junit, benchmark-json.")

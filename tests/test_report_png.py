@@ -15,12 +15,12 @@ from report_samples import sample_check, sample_fit, sample_plan, sample_profile
 from scipy import ndimage
 
 from attnprof.report.adapter import ReportOptions
-from attnprof.report.check_report import STATUS_COLORS
-from attnprof.report.check_report import charts as check_charts
-from attnprof.report.fit_report import POINT_COLOR
-from attnprof.report.fit_report import charts as fit_charts
+from attnprof.report.check import STATUS_COLORS
+from attnprof.report.check import charts as check_charts
+from attnprof.report.fit import POINT_COLOR
+from attnprof.report.fit import charts as fit_charts
 from attnprof.report.html import render_html
-from attnprof.report.plan_report import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
+from attnprof.report.plan import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
 from attnprof.report.plots import KIND_COLORS, REST_COLOR, Peaks
 from attnprof.report.svg import render_svg
 

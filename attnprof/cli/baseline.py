@@ -15,7 +15,7 @@ from attnprof.cli import options
 from attnprof.cli.check import record_baseline
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
-from attnprof.report.table import print_profile
+from attnprof.report.profile import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import to_json_dict
 

@@ -12,11 +12,11 @@ come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import typer
 
+from attnprof.cli.report import output_option, print_output, write_outputs
 from attnprof.errors import RegressionFound, UsageError
 from attnprof.gate.compare import (
     DEFAULT_ALPHA,
@@ -32,10 +32,10 @@ from attnprof.machine import machine_info
 from attnprof.profiling.interleave import Side, profile_interleaved
 from attnprof.profiling.records import Profile, load_profile
 from attnprof.profiling.run import run_profile
-from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
+from attnprof.report.check import print_check
 from attnprof.report.console import log, stdout_console
 from attnprof.settings import ProjectConfig, resolve_settings
-from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.store import write_record
 from attnprof.targets.load import load_workload
 
 THRESHOLD_HELP = (
@@ -75,18 +75,11 @@ def report_and_judge(
     """Print the table (or the JSON), write the requested CI files, and raise RegressionFound
     (exit 1) on a regression."""
     if as_json:
-        typer.echo(json.dumps(to_json_dict(result), indent=1, allow_nan=False))
+        print_output("json", result)
     else:
         print_check(result, stdout_console(), show_all)
-    for path, text in [
-        (markdown, check_markdown),
-        (junit, check_junit),
-        (benchmark_json, benchmark_action_json),
-    ]:
-        if path is not None:
-            atomic_write_text(path, text(result))
-            log(f"wrote {path}")
-    if result_file is not None:
+    write_outputs(result, {"markdown": markdown, "junit": junit, "benchmark-json": benchmark_json})
+    if result_file is not None:  # the record itself, with its schema version: what `attnprof report` reads
         write_record(result_file, result)
         log(f"wrote {result_file}")
     if fail_on_regression and result.verdict == "regression":
@@ -115,12 +108,10 @@ def check_command(
         False, "--update-baseline", help="Save this run as the new baseline (after reporting); exit 0."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Also save this run's profile JSON here."),
-    markdown: Path = typer.Option(None, "--markdown", help="Write Markdown (e.g. $GITHUB_STEP_SUMMARY)."),
-    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML, one test case per metric."),
+    markdown: Path = output_option("markdown"),
+    junit: Path = output_option("junit"),
     result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
-    benchmark_json: Path = typer.Option(
-        None, "--benchmark-json", help="Write github-action-benchmark customSmallerIsBetter JSON."
-    ),
+    benchmark_json: Path = output_option("benchmark-json"),
     show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
     as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from attnprof.cli.check import THRESHOLD_HELP, check_options, report_and_judge
+from attnprof.cli.report import output_option
 from attnprof.gate.compare import DEFAULT_ALPHA, compare_profiles
 from attnprof.profiling.records import load_profile
 from attnprof.settings import ProjectConfig
@@ -24,12 +25,10 @@ def compare_command(
     allow_machine_mismatch: bool = typer.Option(
         False, "--allow-machine-mismatch", help="Compare profiles from different machines (warns)."
     ),
-    markdown: Path = typer.Option(None, "--markdown", help="Write Markdown (e.g. $GITHUB_STEP_SUMMARY)."),
-    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML, one test case per metric."),
+    markdown: Path = output_option("markdown"),
+    junit: Path = output_option("junit"),
     result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
-    benchmark_json: Path = typer.Option(
-        None, "--benchmark-json", help="Write github-action-benchmark customSmallerIsBetter JSON."
-    ),
+    benchmark_json: Path = output_option("benchmark-json"),
     show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
     as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),

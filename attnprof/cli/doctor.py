@@ -8,7 +8,7 @@ import typer
 
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
-from attnprof.report.doctor_view import doctor_summary, doctor_table
+from attnprof.report.doctor import doctor_summary, doctor_table
 from attnprof.store import to_json_dict
 
 

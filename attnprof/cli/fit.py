@@ -52,7 +52,7 @@ def fit_command(
     import torch
 
     from attnprof.costmodel.sweep import fit_workload, parse_duration
-    from attnprof.report.costmodel import print_fit
+    from attnprof.report.fit import print_fit
     from attnprof.targets.load import load_workload
 
     if folds < 2:

@@ -38,7 +38,7 @@ def predict_command(
     measured only one."""
     from attnprof.costmodel.fit import measured_choice, predict_config
     from attnprof.costmodel.sweep import architecture_key, model_path
-    from attnprof.report.costmodel import print_prediction
+    from attnprof.report.fit import print_prediction
     from attnprof.targets.load import load_workload
 
     workload = load_workload(target)

@@ -13,7 +13,7 @@ from attnprof.errors import UsageError
 from attnprof.profiling.records import profile_path
 from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
-from attnprof.report.table import SORT_KEYS, print_profile
+from attnprof.report.profile import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
 

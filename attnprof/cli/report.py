@@ -1,31 +1,30 @@
-"""`attnprof report FILE`: a saved profile, fit, plan or check result in another format."""
+"""`attnprof report FILE`: a saved profile, fit, plan or check result in another format.
+
+The output files of other commands (`check --junit FILE`, ...) are written here too, through
+the same format registry (attnprof.report.formats).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from attnprof.errors import UsageError
-from attnprof.report.adapter import ReportOptions
+from attnprof.report.adapter import RecordAdapter, ReportOptions
 from attnprof.report.console import detail, log, stdout_console
-from attnprof.report.formats import (
-    BINARY_FORMATS,
-    FORMATS,
-    render_parquet,
-    render_table,
-    render_table_text,
-    render_text,
-)
+from attnprof.report.formats import FORMATS, OutputFormat, formats_help
 from attnprof.report.plots import Peaks
-from attnprof.report.registry import load_report_record
+from attnprof.report.registry import adapter_for_record, load_report_record
 from attnprof.store import atomic_write_bytes, atomic_write_text
 
 
 def report_command(
     file: Path = typer.Argument(..., help="A saved profile, fit, plan or check result (JSON)."),
-    fmt: str = typer.Option("table", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
+    fmt: str = typer.Option("table", "--format", "-f", help=formats_help()),
     out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Roofline: the device's peak TFLOP/s."),
     peak_bandwidth: float = typer.Option(None, "--peak-bandwidth", help="Roofline: peak memory bandwidth in GB/s."),
@@ -34,25 +33,49 @@ def report_command(
     """Render a saved record as a table, markdown, JSON, CSV, Parquet or a self-contained HTML report."""
     if as_json:
         fmt = "json"
-    if fmt not in FORMATS:
+    output = FORMATS.get(fmt)
+    if output is None:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt in BINARY_FORMATS and out is None:
+    if output.binary and out is None:
         raise UsageError(f"--format {fmt} writes a binary file: name it with --out FILE")
     options = ReportOptions(peaks=peaks_from_flags(peak_tflops, peak_bandwidth))
     adapter, record = load_report_record(file)
     detail(f"{file}: a {adapter.kind} record, rendered as {fmt}")
-    if fmt in BINARY_FORMATS:
-        atomic_write_bytes(out, render_parquet(adapter, record))
-    elif fmt == "table" and out is None:
-        stdout_console().print(render_table(adapter, record))
-        return
+    if out is not None:
+        write_output(output, adapter, record, out, options)
+    elif output.terminal is not None:
+        stdout_console().print(output.terminal(adapter, record))
     else:
-        text = render_table_text(adapter, record) if fmt == "table" else render_text(adapter, record, fmt, options)
-        if out is None:
-            typer.echo(text, nl=False)
-            return
-        atomic_write_text(out, text)
-    log(f"wrote {out}")
+        typer.echo(output.render(adapter, record, options), nl=False)
+
+
+def output_option(name: str) -> Any:
+    """The flag `--NAME FILE` that writes the record in the registry's format NAME."""
+    return typer.Option(None, f"--{name}", help=f"Write {FORMATS[name].description}.")
+
+
+def write_output(
+    output: OutputFormat, adapter: RecordAdapter[Any], record: Any, path: Path, options: ReportOptions
+) -> None:
+    data = output.render(adapter, record, options)
+    if isinstance(data, bytes):
+        atomic_write_bytes(path, data)
+    else:
+        atomic_write_text(path, data)
+    log(f"wrote {path}")
+
+
+def write_outputs(record: object, paths: Mapping[str, Path | None]) -> None:
+    """Write `record` in each format named in `paths` to its file; a format given no file is skipped."""
+    adapter = adapter_for_record(record)
+    for name, path in paths.items():
+        if path is not None:
+            write_output(FORMATS[name], adapter, record, path, ReportOptions())
+
+
+def print_output(name: str, record: object) -> None:
+    """`record` in the text format `name` on stdout, and nothing else."""
+    typer.echo(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), nl=False)
 
 
 def peaks_from_flags(tflops: float | None, bandwidth_gbs: float | None) -> Peaks | None:

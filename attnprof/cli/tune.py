@@ -10,7 +10,7 @@ import typer
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
-from attnprof.report.tune import format_metric, print_tune
+from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import atomic_write_text, to_json_dict, write_record
 from attnprof.targets.load import load_workload

@@ -38,8 +38,8 @@ from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import layer_timer, time_call
 from attnprof.measure.trace import run_trace
+from attnprof.profiling.progress import track
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
-from attnprof.report.progress import track
 from attnprof.settings import Settings
 from attnprof.targets.records import WorkloadInfo
 from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user

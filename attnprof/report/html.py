@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
 from attnprof.report.registry import adapter_for_record
 from attnprof.report.svg import render_svg
 from attnprof.version import __version__
@@ -34,8 +34,11 @@ footer { margin-top: 3em; color: #888; font-size: 0.8em; }
 
 def render_html(record: Any, options: ReportOptions | None = None) -> str:
     """The report of `record` (a Profile, fit, Plan or check result) as one HTML document."""
-    adapter: RecordAdapter[Any] = adapter_for_record(record)
-    options = options or ReportOptions()
+    return html_report(adapter_for_record(record), record, options or ReportOptions())
+
+
+def html_report(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:
+    """The document, from the record's adapter: the writer of `--format html`."""
     title = adapter.title(record)
     summary_rows = "".join(
         f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>" for key, value in adapter.summary(record)
@@ -59,17 +62,17 @@ def render_html(record: Any, options: ReportOptions | None = None) -> str:
 
 
 def _section_html(section: Section) -> str:
-    numeric = [is_numeric_column(section.frame[c]) for c in section.frame.columns]
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in section.frame.columns)
+    numeric, cells_by_row = section.typed_columns()
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in section.columns)
     rows = []
-    for index, values in enumerate(section.frame.itertuples(index=False, name=None)):
+    for index, values in enumerate(cells_by_row):
         emphasised = index < len(section.highlight) and section.highlight[index]
         cells = "".join(
             f'<td class="num">{escape(format_cell(v))}</td>' if num else f"<td>{escape(format_cell(v))}</td>"
             for v, num in zip(values, numeric, strict=True)
         )
         rows.append(f'<tr class="highlight">{cells}</tr>' if emphasised else f"<tr>{cells}</tr>")
-    body = "".join(rows) or f'<tr><td colspan="{len(section.frame.columns)}">none</td></tr>'
+    body = "".join(rows) or f'<tr><td colspan="{len(section.columns)}">none</td></tr>'
     return (
         f"<h2>{escape(section.title)}</h2>"
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

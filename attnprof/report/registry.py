@@ -1,4 +1,4 @@
-"""The record types `attnprof report` understands: one adapter module per type.
+"""The record types `attnprof report` understands: one module per type, each with its adapter.
 
 A new record type takes part in every format by adding its adapter to `ADAPTERS`.
 """
@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from attnprof.errors import InputFileError
-from attnprof.report import check_report, fit_report, plan_report, profile_report
+from attnprof.report import check, fit, plan, profile
 from attnprof.report.adapter import RecordAdapter
 from attnprof.store import from_json_dict, read_json
 
 ADAPTERS: tuple[RecordAdapter[Any], ...] = (
-    profile_report.ADAPTER,
-    plan_report.ADAPTER,
-    check_report.ADAPTER,
-    fit_report.ADAPTER,
+    profile.ADAPTER,
+    plan.ADAPTER,
+    check.ADAPTER,
+    fit.ADAPTER,
 )
 
 
