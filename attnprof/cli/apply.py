@@ -22,7 +22,7 @@ from attnprof.plans.sharding import check_shardable, init_distributed, launched_
 from attnprof.plans.verify import applied_settings, reprofile, step_time, verify_model
 from attnprof.report.apply import print_apply_report
 from attnprof.report.console import log, stdout_console
-from attnprof.store import to_json_dict, write_record
+from attnprof.store import record_json, write_record
 from attnprof.targets.workload import Workload, call_user, load_workload
 
 
@@ -101,7 +101,7 @@ def run_plan(
             write_record(out, report)
             log(f"saved {out}")
         if as_json:
-            typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
+            typer.echo(record_json(report))
         else:
             print_apply_report(report, plan, stdout_console())
     if report.verification is not None and not report.verification.passed:

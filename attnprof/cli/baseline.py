@@ -6,7 +6,6 @@ Settings not given on the command line come from ATTNPROF_* variables, then
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -20,7 +19,7 @@ from attnprof.profiling.run import run_profile
 from attnprof.report.console import log, stdout_console
 from attnprof.report.table import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 from attnprof.targets.workload import load_workload
 
 
@@ -63,6 +62,6 @@ def baseline_command(
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
-        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+        typer.echo(record_json(profile))
     else:
         print_profile(profile, stdout_console())

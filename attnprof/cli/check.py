@@ -12,7 +12,6 @@ come from ATTNPROF_* variables, then [tool.attnprof] in pyproject.toml (attnprof
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import typer
@@ -35,7 +34,7 @@ from attnprof.profiling.run import run_profile
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
 from attnprof.report.console import log, stdout_console
 from attnprof.settings import ProjectConfig, resolve_settings
-from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.store import atomic_write_text, record_json, write_record
 from attnprof.targets.workload import load_workload
 
 THRESHOLD_HELP = (
@@ -75,7 +74,7 @@ def report_and_judge(
     """Print the table (or the JSON), write the requested CI files, and raise RegressionFound
     (exit 1) on a regression."""
     if as_json:
-        typer.echo(json.dumps(to_json_dict(result), indent=1, allow_nan=False))
+        typer.echo(record_json(result))
     else:
         print_check(result, stdout_console(), show_all)
     for path, text in [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 import typer
 
@@ -11,7 +9,7 @@ from attnprof.doctor.environment import calibrate, calibration_devices, gather
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.doctor_view import doctor_summary, doctor_table
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 
 
 def doctor_command(
@@ -38,7 +36,7 @@ def doctor_command(
     report = gather()
     report.findings[:0] = measured
     if as_json:
-        typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
+        typer.echo(record_json(report))
         return
     stdout_console().print(doctor_table(report))
     log(doctor_summary(report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, record_json, write_record
 from attnprof.targets.workload import load_workload
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
@@ -108,6 +107,6 @@ def fit_command(
     write_record(path, run.model)
     log(f"saved {path}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(run.model), indent=1, allow_nan=False))
+        typer.echo(record_json(run.model))
     else:
         print_fit(run.model, stdout_console())

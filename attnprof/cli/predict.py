@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -17,7 +16,7 @@ from attnprof.measure.dtypes import canonical_dtype_name
 from attnprof.report.console import stdout_console, warn
 from attnprof.report.costmodel import print_prediction
 from attnprof.settings import resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
+from attnprof.store import DEFAULT_PROFILE_DIR, read_record, record_json
 from attnprof.targets.workload import load_workload
 
 
@@ -76,6 +75,6 @@ def predict_command(
     for message in prediction.warnings:
         warn(message)
     if as_json:
-        typer.echo(json.dumps(to_json_dict(prediction), indent=1, allow_nan=False))
+        typer.echo(record_json(prediction))
     else:
         print_prediction(prediction, stdout_console(), layers or None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.table import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, record_json, write_new_record, write_record
 from attnprof.targets.workload import load_workload
 
 
@@ -90,6 +89,6 @@ def profile_command(
         atomic_write_text(html, render_html(profile))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+        typer.echo(record_json(profile))
     else:
         print_profile(profile, stdout_console(), sort)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -13,7 +12,7 @@ from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.tune import format_metric, print_tune
 from attnprof.settings import resolve_settings
-from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.store import atomic_write_text, record_json, write_record
 from attnprof.targets.workload import load_workload
 from attnprof.tuning.budget import parse_budget, parse_objective
 from attnprof.tuning.loop import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
@@ -120,7 +119,7 @@ def tune_command(
         atomic_write_text(html, render_html(plan))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(plan), indent=1, allow_nan=False))
+        typer.echo(record_json(plan))
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:

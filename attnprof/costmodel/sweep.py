@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import functools
 import itertools
 import math
@@ -55,6 +54,7 @@ from attnprof.store import (
     from_json_dict,
     read_jsonl_records,
     short_hash,
+    timestamp,
     to_json_dict,
     workload_dir,
 )
@@ -266,7 +266,7 @@ def measure_settings(
         Measurement,
         key=measurement_key(config_of(settings)),
         config=config_of(settings),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=timestamp(),
         workload_fingerprint=workload_fingerprint,
         machine_fingerprint=machine_fingerprint,
     )
@@ -364,7 +364,7 @@ def isolated_measure_point(
             config=config_of(settings),
             status="oom" if outcome.status == "oom" else "error",
             reason=outcome.reason,
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created=timestamp(),
             workload_fingerprint=workload_fingerprint,
             machine_fingerprint=machine_fingerprint,
         )

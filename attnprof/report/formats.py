@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Literal
 
 from rich.console import Console, Group, RenderableType
@@ -13,7 +12,7 @@ from attnprof.errors import EnvironmentUnsupported
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, is_numeric_column
 from attnprof.report.console import PLAIN_WIDTH
 from attnprof.report.html import render_html
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 
 Format = Literal["table", "markdown", "json", "csv", "parquet", "html"]
 FORMATS: tuple[str, ...] = ("table", "markdown", "json", "csv", "parquet", "html")
@@ -25,7 +24,7 @@ def render_text(adapter: RecordAdapter[Any], record: Any, fmt: str, options: Rep
     if fmt == "markdown":
         return render_markdown(adapter, record)
     if fmt == "json":
-        return json.dumps(to_json_dict(record), indent=1, allow_nan=False) + "\n"
+        return record_json(record) + "\n"
     if fmt == "csv":
         return adapter.sections(record)[0].frame.to_csv(index=False)
     if fmt == "html":

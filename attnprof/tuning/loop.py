@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import datetime
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from attnprof.plans.records import Budget, ParetoPoint, Plan, PlanChoices, PlanF
 from attnprof.profiling.records import LayerStats, Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
-from attnprof.store import DEFAULT_PROFILE_DIR, read_record
+from attnprof.store import DEFAULT_PROFILE_DIR, read_record, timestamp
 from attnprof.targets.workload import Inputs, Workload
 from attnprof.tuning.optimize import OBJECTIVE_METRIC, Candidate, Group, Option, Problem, SearchResult, search
 from attnprof.tuning.sharding import LinkLike, ShardedCost, StepShape, sharded_step
@@ -1158,7 +1157,7 @@ def _choose(
         knobs=list(request.knobs),
         solver=", ".join(result.solvers),
         machine_fingerprint=machine_info().fingerprint(),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=timestamp(),
         attnprof_version=__version__,
         notes=notes,
     )
