@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 
 from attnprof.errors import MachineMismatch, UsageError
-from attnprof.gate.compare import (
-    CheckOptions,
-    compare_profiles,
+from attnprof.gate.compare import CheckOptions, compare_profiles, summary
+from attnprof.gate.records import CheckResult
+from attnprof.gate.stats import (
     compare_samples,
     detectable_slowdown,
     min_repeats_for,
     parse_threshold,
     repeats_to_settle,
     robust_noise,
-    summary,
 )
-from attnprof.gate.records import CheckResult
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.report.check import check_markdown
 from attnprof.settings import Settings

@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from attnprof.cli.check import THRESHOLD_HELP, check_options, report_and_judge
-from attnprof.gate.compare import DEFAULT_ALPHA, compare_profiles
+from attnprof.gate.compare import compare_profiles
+from attnprof.gate.stats import DEFAULT_ALPHA
 from attnprof.profiling.records import load_profile
 from attnprof.settings import ProjectConfig
 
