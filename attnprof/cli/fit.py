@@ -8,9 +8,10 @@ import torch
 import typer
 
 from attnprof.cli import options
+from attnprof.costmodel.design import parse_duration
 from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
-from attnprof.costmodel.sweep import fit_workload, parse_duration
+from attnprof.costmodel.sweep import fit_workload
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.costmodel import print_fit

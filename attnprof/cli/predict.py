@@ -8,8 +8,8 @@ import typer
 
 from attnprof.costmodel.fit import measured_choice, predict_config
 from attnprof.costmodel.knobs import config_of
+from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
-from attnprof.costmodel.sweep import architecture_key, model_path
 from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
 from attnprof.measure.dtypes import canonical_dtype_name

@@ -35,8 +35,9 @@ from torch.utils._pytree import tree_flatten
 from attnprof import backends
 from attnprof.costmodel.fit import memory_group, predict_config
 from attnprof.costmodel.knobs import config_of
+from attnprof.costmodel.measure import measure_settings
+from attnprof.costmodel.measurements import MeasurementStore, architecture_key, model_path, store_path
 from attnprof.costmodel.records import CostModel
-from attnprof.costmodel.sweep import MeasurementStore, architecture_key, measure_settings, model_path, store_path
 from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.machine import machine_info
 from attnprof.measure.device import resolve_device
