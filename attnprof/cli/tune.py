@@ -15,9 +15,10 @@ from attnprof.settings import resolve_settings
 from attnprof.store import atomic_write_text, record_json, write_record
 from attnprof.targets.workload import load_workload
 from attnprof.tuning.budget import parse_budget, parse_objective
-from attnprof.tuning.loop import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
+from attnprof.tuning.loop import TuneRequest, pareto_points, tune
 from attnprof.tuning.sharding import LinkLike
-from attnprof.tuning.space import parse_plan_knobs
+from attnprof.tuning.space import knobs_help, parse_plan_knobs
+from attnprof.tuning.verify import CONTRADICTION_SIGMAS
 
 DEFAULT_PLAN = Path("plan.json")
 
@@ -41,8 +42,7 @@ def tune_command(
     knobs: str = typer.Option(
         None,
         "--knobs",
-        help="Comma-separated knobs the plan may change: backend, dtype, batch_size, threads, heads, "
-        "kv_heads, checkpoint, tensor_parallel, pipeline_stages, data_parallel (default: all but heads, kv_heads).",
+        help=knobs_help(),
     ),
     top_k: int = typer.Option(3, "--top-k", help="Candidates measured for real before choosing."),
     uncertainty: float = typer.Option(
