@@ -152,9 +152,7 @@ class ProbeEstimator:
         self.workload = workload
         self.settings = settings
         singles = sorted({c.single_device() for c in choices}, key=str)
-        self.values = {
-            knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")
-        }
+        self.values = {knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")}
         self.batches = sorted({c.batch_size for c in singles})
         self.reference = reference_choice(settings, singles)
         self.profiles: dict[GlobalChoice, Profile] = {}
