@@ -127,6 +127,21 @@ def settings_for(base: Settings, config: Mapping[str, int | str]) -> Settings:
     return dataclasses.replace(base, **dict(config))
 
 
+def with_plan_choices(
+    base: Settings, backend: str, batch_size: int | None = None, threads: int = 0, dtype: str | None = None
+) -> Settings:
+    """`base` as a plan's choices run it: their backend, and their micro-batch, CPU threads and
+    precision where they set one (None or 0 keep base's). TF32 runs with fp32 settings: fp32
+    storage, with its tensor-core matmuls switched on around the run (Settings has no tf32)."""
+    return dataclasses.replace(
+        base,
+        backend=backend,
+        batch_size=batch_size or base.batch_size,
+        threads=threads or base.threads,
+        dtype=base.dtype if dtype is None else ("fp32" if dtype == "tf32" else dtype),
+    )
+
+
 ENV_PREFIX = "ATTNPROF_"
 SETTINGS_TABLE = "settings"
 # Keys of [tool.attnprof] and the type each holds.

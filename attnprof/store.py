@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import fcntl
 import hashlib
@@ -47,6 +48,16 @@ def to_json_dict(record: Any) -> Any:
     if isinstance(record, float) and not math.isfinite(record):
         return None  # JSON has no NaN/inf; a non-finite figure is "unknown"
     return record
+
+
+def record_json(record: Any) -> str:
+    """A record as the indented JSON text attnprof prints (no NaN/inf: see to_json_dict)."""
+    return json.dumps(to_json_dict(record), indent=1, allow_nan=False)
+
+
+def timestamp() -> str:
+    """Now, in UTC to the second (ISO 8601, e.g. 2026-11-21T09:00:00+00:00): every record's `created`."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def from_json_dict(cls: type[R], data: Any, where: str = "") -> R:

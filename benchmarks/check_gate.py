@@ -40,14 +40,8 @@ import torch
 from scipy.stats import mannwhitneyu
 from torch import nn
 
-from attnprof.gate.compare import (
-    DEFAULT_ALPHA,
-    CheckOptions,
-    compare_profiles,
-    compare_samples,
-    drift_correction,
-    parse_threshold,
-)
+from attnprof.gate.compare import CheckOptions, compare_profiles, drift_correction
+from attnprof.gate.stats import DEFAULT_ALPHA, compare_samples, parse_threshold
 from attnprof.profiling.interleave import Side, profile_interleaved
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import prepare, run_profile

@@ -27,17 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from attnprof.costmodel.design import design_points
 from attnprof.costmodel.fit import cross_validate, fit_cost_model, predict_config, summarise_validation
 from attnprof.costmodel.knobs import Knob, config_of
+from attnprof.costmodel.measure import profiler_measure_point
+from attnprof.costmodel.measurements import MeasurementStore, architecture_key, measurement_key
 from attnprof.costmodel.records import CostModel, Measurement, ValidationPoint
-from attnprof.costmodel.sweep import (
-    MeasurementStore,
-    architecture_key,
-    design_points,
-    measurement_key,
-    profiler_measure_point,
-    run_sweep,
-)
+from attnprof.costmodel.sweep import run_sweep
 from attnprof.machine import machine_info
 from attnprof.settings import Settings, settings_for
 from attnprof.targets.load import load_workload

@@ -40,10 +40,12 @@ from attnprof.targets.workload import Inputs, Workload
 from attnprof.targets.zoo import random_token_ids
 from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from attnprof.tuning.budget import parse_budget
-from attnprof.tuning.loop import OutputChecker, TuneRequest, layer_transform, profile_choice, tune
-from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space
+from attnprof.tuning.estimate import layer_transform, profile_choice
+from attnprof.tuning.loop import TuneRequest, tune
+from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space, knob_names
+from attnprof.tuning.verify import OutputChecker
 
-GLOBAL_KNOBS = ["backend", "dtype", "batch_size", "threads"]
+GLOBAL_KNOBS = list(knob_names("choice", "micro_batch"))  # the one-device global knobs
 ROUNDS = 5
 
 

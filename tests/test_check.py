@@ -8,28 +8,21 @@ import numpy as np
 import pytest
 
 from attnprof.errors import MachineMismatch, UsageError
-from attnprof.gate.compare import (
-    CheckOptions,
-    compare_profiles,
+from attnprof.gate.compare import CheckOptions, compare_profiles, summary
+from attnprof.gate.records import CheckResult
+from attnprof.gate.stats import (
     compare_samples,
     detectable_slowdown,
     min_repeats_for,
     parse_threshold,
     repeats_to_settle,
     robust_noise,
-    summary,
 )
-from attnprof.gate.records import CheckResult
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.report.check import check_markdown
 from attnprof.settings import Settings
 from attnprof.store import from_json_dict, to_json_dict
-from tests.synthetic_profiles import make_profile, other_machine
-
-
-def lognormal(seed: int, median: float, noise: float, n: int) -> list[float]:
-    rng = np.random.default_rng(seed)
-    return [float(x) for x in median * np.exp(rng.normal(0, noise, n))]
+from tests.samples import lognormal, make_profile, other_machine
 
 
 def options(*thresholds: str, **kwargs: object) -> CheckOptions:
@@ -200,10 +193,9 @@ def _on_a_drifting_machine(profile: Profile, speed: float, seed: int, version: i
     def slower(stats: TimeStats | None) -> TimeStats | None:
         return None if stats is None else TimeStats.from_samples([speed * x for x in stats.samples])
 
-    rng = np.random.default_rng(seed)
     step = slower(profile.totals.time_ms)
     assert step is not None
-    probe = [speed * float(x) for x in np.exp(rng.normal(0, 0.02, len(step.samples)))]
+    probe = lognormal(seed, speed, 0.02, len(step.samples))
     totals = dataclasses.replace(
         profile.totals, time_ms=step, reference_time_ms=TimeStats.from_samples(probe), reference_version=version
     )

@@ -14,7 +14,7 @@ from attnprof.cli.app import app
 from attnprof.gate.records import CheckResult
 from attnprof.profiling.records import Profile, load_profile
 from attnprof.store import read_record, write_record
-from tests.synthetic_profiles import make_profile, other_machine
+from tests.samples import make_profile, other_machine
 
 DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
 

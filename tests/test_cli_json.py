@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from report_samples import sample_plan, sample_profile
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
 from attnprof.store import write_record
+from tests.samples import sample_plan, sample_profile
 
 FAST = ["--batch-size", "1", "--seq-len", "8", "--repeats", "1", "--warmup", "0"]
 

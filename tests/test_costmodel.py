@@ -9,20 +9,9 @@ from attnprof.costmodel.fit import PointFeatures, cross_validate, fit_cost_model
 from attnprof.costmodel.knobs import choice_key
 from attnprof.costmodel.records import CostModel, KindFeatures, Measurement, MemoryFeatures, ValidationPoint
 from attnprof.errors import InputFileError, UsageError
-from attnprof.machine import MachineInfo
 from attnprof.profiling.records import TimeStats
 from attnprof.store import from_json_dict, to_json_dict
-
-MACHINE = MachineInfo(
-    cpu="test cpu",
-    gpu_name=None,
-    gpu_uuid=None,
-    driver=None,
-    cuda=None,
-    torch="2.x",
-    python="3.11",
-    threads=1,
-)
+from tests.samples import MACHINE
 
 # A virtual 4-layer transformer, hidden 256, 8 heads of 64: its features at (B, S).
 LAYERS, HIDDEN, HEADS, HEAD_DIM = 4, 256, 8, 64

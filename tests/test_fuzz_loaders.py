@@ -12,69 +12,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnprof.errors import InputFileError
-from attnprof.machine import MachineInfo
-from attnprof.measure.records import AttentionInfo
-from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals, load_profile
+from attnprof.profiling.records import Profile, TimeStats, load_profile
 from attnprof.report.registry import load_report_record
-from attnprof.settings import Settings
 from attnprof.store import from_json_dict, read_json, read_jsonl, to_json_dict, write_record
 from attnprof.targets.records import WorkloadInfo
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, json_values, locations, mutations_of, replaced
+from tests.samples import attention_info, layer, profile_of
 
 
 def small_profile() -> Profile:
-    attention = AttentionInfo(
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        q_len=16,
-        kv_len=16,
-        causal=True,
-        window=None,
-        backend="flash",
-        flops=34816,
-        flops_dense=65536,
-        batch_size=1,
-    )
-    layer = LayerStats(
-        name="layers.0.attn",
-        type="Attention",
-        kind="attention",
-        depth=2,
-        time_ms=TimeStats.from_samples([0.5, 0.6, 0.7]),
-        self_time_ms=0.2,
-        backward_time_ms=None,
+    attention = attention_info(head_dim=8, q_len=16, kv_len=16, flops=34816, flops_dense=65536, batch_size=1)
+    attn = layer(
+        "layers.0.attn",
+        "attention",
+        2,
+        TimeStats.from_samples([0.5, 0.6, 0.7]),
+        self_ms=0.2,
         flops=1000,
-        bytes=4096,
-        memory_bytes=2048,
+        nbytes=4096,
+        memory=2048,
         params=512,
         achieved_tflops=0.01,
         bound="memory",
         attention=attention,
     )
-    return Profile(
-        attnprof_version="0.1.0",
-        created="2026-11-21T09:00:00Z",
-        machine=MachineInfo(
-            cpu="cpu",
-            gpu_name=None,
-            gpu_uuid=None,
-            driver=None,
-            cuda=None,
-            torch="2.13.0",
-            python="3.11.7",
-            threads=2,
-        ),
+    return profile_of(
+        [attn],
+        TimeStats.from_samples([1.0, 1.1]),
+        8192,
         commit=None,
         workload=WorkloadInfo(target="zoo:decoder", fingerprint="abc123", parameter_count=512),
-        settings=Settings(),
-        totals=Totals(
-            time_ms=TimeStats.from_samples([1.0, 1.1]),
-            flops=2000,
-            attention_flops=34816,
-            peak_memory_bytes=8192,
-        ),
-        layers=[layer],
     )
 
 

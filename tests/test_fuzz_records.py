@@ -15,7 +15,7 @@ from attnprof.errors import InputFileError
 from attnprof.report.registry import load_report_record
 from attnprof.store import read_record, to_json_dict
 from tests.fuzzing import EDGE_OR_WRONG_TYPE, locations, mutations_of, replaced
-from tests.report_samples import sample_check, sample_fit
+from tests.samples import sample_check, sample_fit
 
 FIT = to_json_dict(sample_fit()) | {"schema_version": 1}
 CHECK = to_json_dict(sample_check()) | {"schema_version": 1}

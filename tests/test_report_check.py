@@ -11,7 +11,7 @@ from rich.console import Console
 from attnprof.gate.compare import compare_profiles
 from attnprof.gate.records import CheckResult
 from attnprof.report.check import benchmark_action_json, check_junit, check_markdown, print_check
-from tests.synthetic_profiles import make_profile
+from tests.samples import make_profile
 
 
 def noisy_result() -> CheckResult:

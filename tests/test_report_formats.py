@@ -9,7 +9,6 @@ import re
 
 import pandas as pd
 import pytest
-from report_samples import SAMPLES, sample_profile
 from rich.console import Console
 
 from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
@@ -21,6 +20,7 @@ from attnprof.report.plots import Peaks
 from attnprof.report.registry import ADAPTERS, adapter_for_record, load_report_record
 from attnprof.report.svg import count_marks
 from attnprof.store import to_json_dict, write_record
+from tests.samples import SAMPLES, sample_profile
 
 KINDS = [adapter.kind for adapter in ADAPTERS]
 OPTIONS = ReportOptions(peaks=Peaks(tflops=1.0, bandwidth_gbs=50.0, source="test"))

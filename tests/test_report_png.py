@@ -11,7 +11,6 @@ import re
 
 import numpy as np
 import pytest
-from report_samples import sample_check, sample_fit, sample_plan, sample_profile
 from scipy import ndimage
 
 from attnprof.report.adapter import ReportOptions
@@ -23,6 +22,7 @@ from attnprof.report.html import render_html
 from attnprof.report.plan import CHOSEN_COLOR, FITS_COLOR, OVER_BUDGET_COLOR, pareto_chart
 from attnprof.report.plots import KIND_COLORS, REST_COLOR, Peaks
 from attnprof.report.svg import render_svg
+from tests.samples import sample_check, sample_fit, sample_plan, sample_profile
 
 try:
     import cairosvg

@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from attnprof.costmodel.design import design_points, parse_duration
 from attnprof.costmodel.knobs import Knob, default_knobs, parse_knob
+from attnprof.costmodel.measurements import MeasurementStore, measurement_key, store_path
 from attnprof.costmodel.records import Measurement
-from attnprof.costmodel.sweep import (
-    MeasurementStore,
-    design_points,
-    measurement_key,
-    parse_duration,
-    run_sweep,
-    store_path,
-)
+from attnprof.costmodel.sweep import run_sweep
 from attnprof.errors import InputFileError, UsageError
 from attnprof.profiling.records import TimeStats
 
@@ -201,7 +196,9 @@ SWEEP_SCRIPT = textwrap.dedent(
     from attnprof.costmodel.records import Measurement
     from attnprof.profiling.records import TimeStats
     from attnprof.costmodel.knobs import Knob
-    from attnprof.costmodel.sweep import MeasurementStore, design_points, run_sweep
+    from attnprof.costmodel.design import design_points
+    from attnprof.costmodel.measurements import MeasurementStore
+    from attnprof.costmodel.sweep import run_sweep
 
     knobs = {"batch_size": Knob("batch_size", low=1, high=8), "seq_len": Knob("seq_len", low=64, high=512)}
     log = open(sys.argv[2], "a")

@@ -6,19 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from attnprof.costmodel.design import design_points
 from attnprof.costmodel.fit import features_from_law, fit_cost_model, fit_feature_law, predict_config
 from attnprof.costmodel.knobs import Knob, config_of
+from attnprof.costmodel.measure import count_features, failure_status, measure_settings, profiler_measure_point
+from attnprof.costmodel.measurements import MeasurementStore, architecture_key
 from attnprof.costmodel.records import KindFeatures, LayerFeatures, Measurement
-from attnprof.costmodel.sweep import (
-    MeasurementStore,
-    architecture_key,
-    count_features,
-    design_points,
-    failure_status,
-    measure_settings,
-    profiler_measure_point,
-    run_sweep,
-)
+from attnprof.costmodel.sweep import run_sweep
 from attnprof.errors import EnvironmentUnsupported
 from attnprof.machine import machine_info
 from attnprof.settings import Settings

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
+from attnprof.plans.outputs import output_difference
 from attnprof.plans.records import Plan
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
@@ -18,17 +19,11 @@ from attnprof.settings import resolve_settings
 from attnprof.store import read_record
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
-from attnprof.tuning.loop import (
-    LayerBasis,
-    OutputChecker,
-    ProbeEstimator,
-    StepEstimate,
-    TuneRequest,
-    layer_option_costs,
-    relative_error,
-    tune,
-)
+from attnprof.tuning.estimate import ProbeEstimator, StepEstimate
+from attnprof.tuning.loop import TuneRequest, tune
+from attnprof.tuning.price import LayerBasis, layer_option_costs
 from attnprof.tuning.space import AttentionLayout, GlobalChoice, LayerOption
+from attnprof.tuning.verify import OutputChecker, contradiction
 
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 # Timings on a shared test machine swing far beyond any model's uncertainty: tests that are not about
@@ -127,8 +122,9 @@ def test_a_tight_max_error_rules_out_reduced_precision(models_dir: Path) -> None
 
 def test_relative_error_is_normalised_by_the_reference_scale() -> None:
     reference = {"logits": torch.tensor([[10.0, -20.0]])}
-    assert relative_error(reference, {"logits": torch.tensor([[10.0, -19.0]])}) == (True, pytest.approx(0.05))
-    assert relative_error(reference, {"logits": torch.tensor([[float("inf"), 0.0]])})[0] is False
+    close = output_difference(reference, {"logits": torch.tensor([[10.0, -19.0]])})
+    assert (close.finite, close.max_rel) == (True, pytest.approx(0.05))
+    assert output_difference(reference, {"logits": torch.tensor([[float("inf"), 0.0]])}).finite is False
 
 
 def test_pruning_half_the_heads_of_mha_halves_the_layer_cost() -> None:
@@ -275,8 +271,6 @@ def test_a_saved_cost_model_prices_the_choices_it_covers(tmp_path: Path) -> None
 
 
 def test_a_measurement_worse_than_predicted_beyond_the_uncertainty_refutes_the_prediction() -> None:
-    from attnprof.tuning.loop import contradiction
-
     # 3 sigma of 1 ms = 3 ms (above the 10% floor of 1 ms): 13.1 ms refutes 10 ms, 12.9 ms does not.
     assert contradiction(10.0, 1.0, 13.1) and not contradiction(10.0, 1.0, 12.9)
     # Faster than predicted never refutes a plan; the noise floor covers tiny sigmas.

@@ -17,7 +17,7 @@ from attnprof.cli import options
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.plans.records import Plan
 from attnprof.report.console import log, stdout_console
-from attnprof.store import to_json_dict, write_record
+from attnprof.store import record_json, write_record
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +109,7 @@ def run_plan(
             write_record(out, report)
             log(f"saved {out}")
         if as_json:
-            typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
+            typer.echo(record_json(report))
         else:
             print_apply_report(report, plan, stdout_console())
     if report.verification is not None and not report.verification.passed:

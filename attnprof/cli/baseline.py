@@ -6,7 +6,6 @@ Settings not given on the command line come from ATTNPROF_* variables, then
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -17,7 +16,7 @@ from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.profile import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 
 
 def baseline_command(
@@ -58,6 +57,6 @@ def baseline_command(
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
-        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+        typer.echo(record_json(profile))
     else:
         print_profile(profile, stdout_console())

@@ -18,16 +18,9 @@ import typer
 
 from attnprof.cli.report import output_option, print_output, write_outputs
 from attnprof.errors import RegressionFound, UsageError
-from attnprof.gate.compare import (
-    DEFAULT_ALPHA,
-    DEFAULT_THRESHOLDS,
-    CheckOptions,
-    check_machine,
-    compare_profiles,
-    parse_threshold,
-    summary,
-)
+from attnprof.gate.compare import CheckOptions, check_machine, compare_profiles, summary
 from attnprof.gate.records import CheckResult
+from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.machine import machine_info
 from attnprof.profiling.interleave import Side, profile_interleaved
 from attnprof.profiling.records import Profile, load_profile

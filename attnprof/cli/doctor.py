@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.doctor import doctor_summary, doctor_table
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 
 
 def doctor_command(
@@ -40,7 +38,7 @@ def doctor_command(
     report = gather()
     report.findings[:0] = measured
     if as_json:
-        typer.echo(json.dumps(to_json_dict(report), indent=1, allow_nan=False))
+        typer.echo(record_json(report))
         return
     stdout_console().print(doctor_table(report))
     log(doctor_summary(report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,7 +13,7 @@ from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, to_json_dict, write_record
+from attnprof.store import DEFAULT_PROFILE_DIR, record_json, write_record
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
 SWEEP_WARMUP = 1
@@ -51,7 +50,8 @@ def fit_command(
     """Measure a space-filling sweep of configurations and fit the cost model (resumes a stopped sweep)."""
     import torch
 
-    from attnprof.costmodel.sweep import fit_workload, parse_duration
+    from attnprof.costmodel.design import parse_duration
+    from attnprof.costmodel.sweep import fit_workload
     from attnprof.report.fit import print_fit
     from attnprof.targets.load import load_workload
 
@@ -110,6 +110,6 @@ def fit_command(
     write_record(path, run.model)
     log(f"saved {path}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(run.model), indent=1, allow_nan=False))
+        typer.echo(record_json(run.model))
     else:
         print_fit(run.model, stdout_console())

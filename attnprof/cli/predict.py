@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,7 +13,7 @@ from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
 from attnprof.report.console import stdout_console, warn
 from attnprof.settings import canonical_dtype_name, resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, read_record, to_json_dict
+from attnprof.store import DEFAULT_PROFILE_DIR, read_record, record_json
 
 
 def predict_command(
@@ -37,7 +36,7 @@ def predict_command(
     A choice knob left out (dtype, backend, threads) takes the value the model measured, when it
     measured only one."""
     from attnprof.costmodel.fit import measured_choice, predict_config
-    from attnprof.costmodel.sweep import architecture_key, model_path
+    from attnprof.costmodel.measurements import architecture_key, model_path
     from attnprof.report.fit import print_prediction
     from attnprof.targets.load import load_workload
 
@@ -77,6 +76,6 @@ def predict_command(
     for message in prediction.warnings:
         warn(message)
     if as_json:
-        typer.echo(json.dumps(to_json_dict(prediction), indent=1, allow_nan=False))
+        typer.echo(record_json(prediction))
     else:
         print_prediction(prediction, stdout_console(), layers or None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,13 @@ from attnprof.report.console import detail, log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.profile import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
-from attnprof.store import DEFAULT_PROFILE_DIR, atomic_write_text, to_json_dict, write_new_record, write_record
+from attnprof.store import (
+    DEFAULT_PROFILE_DIR,
+    atomic_write_text,
+    record_json,
+    write_new_record,
+    write_record,
+)
 
 
 def profile_command(
@@ -84,6 +89,6 @@ def profile_command(
         atomic_write_text(html, render_html(profile))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(profile), indent=1, allow_nan=False))
+        typer.echo(record_json(profile))
     else:
         print_profile(profile, stdout_console(), sort)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -12,12 +11,13 @@ from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import canonical_dtype_name, resolve_settings
-from attnprof.store import atomic_write_text, to_json_dict, write_record
+from attnprof.store import atomic_write_text, record_json, write_record
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget, parse_objective
-from attnprof.tuning.loop import CONTRADICTION_SIGMAS, TuneRequest, pareto_points, tune
+from attnprof.tuning.loop import TuneRequest, pareto_points, tune
 from attnprof.tuning.sharding import LinkLike
-from attnprof.tuning.space import parse_plan_knobs
+from attnprof.tuning.space import knobs_help, parse_plan_knobs
+from attnprof.tuning.verify import CONTRADICTION_SIGMAS
 
 DEFAULT_PLAN = Path("plan.json")
 
@@ -41,8 +41,7 @@ def tune_command(
     knobs: str = typer.Option(
         None,
         "--knobs",
-        help="Comma-separated knobs the plan may change: backend, dtype, batch_size, threads, heads, "
-        "kv_heads, checkpoint, tensor_parallel, pipeline_stages, data_parallel (default: all but heads, kv_heads).",
+        help=knobs_help(),
     ),
     top_k: int = typer.Option(3, "--top-k", help="Candidates measured for real before choosing."),
     uncertainty: float = typer.Option(
@@ -119,7 +118,7 @@ def tune_command(
         atomic_write_text(html, render_html(plan))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(json.dumps(to_json_dict(plan), indent=1, allow_nan=False))
+        typer.echo(record_json(plan))
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:

@@ -14,7 +14,6 @@ drag the fit. The coefficient covariance gives each prediction an uncertainty.
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from attnprof.errors import UsageError
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import LayerStats
 from attnprof.settings import Settings
+from attnprof.store import timestamp
 
 LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
     "attention": ("launches", "flops", "bytes", "attention_pairs"),
@@ -387,7 +387,7 @@ def fit_cost_model(
         if m.layers and m.memory_features is not None:
             by_group[memory_group(m.config)].append(m)
     return CostModel(
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=timestamp(),
         target=target,
         workload_fingerprint=workload_fingerprint,
         machine=machine,

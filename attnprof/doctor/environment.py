@@ -7,7 +7,6 @@ feature from working is a `problem` or a `warn` and carries the fix.
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import os
 import platform
@@ -23,6 +22,7 @@ from attnprof.errors import InputFileError, NvmlError
 from attnprof.machine import machine_info
 from attnprof.measure import hardware, nvml, trace
 from attnprof.measure.device import resolve_device
+from attnprof.store import timestamp
 
 
 def torch_section() -> list[Finding]:
@@ -309,5 +309,5 @@ def gather() -> DoctorReport:
     findings: list[Finding] = []
     for section in SECTIONS:
         findings.extend(section())
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = timestamp()
     return DoctorReport(findings=findings, created=created)

@@ -8,7 +8,6 @@ stop, calling `on_tick` with each round of samples.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import subprocess
 import time
@@ -20,7 +19,7 @@ from attnprof.doctor.records import MonitorRecording
 from attnprof.errors import EnvironmentUnsupported, NvmlError, UsageError
 from attnprof.measure import nvml
 from attnprof.measure.records import GpuInfo, GpuSample
-from attnprof.store import write_record
+from attnprof.store import timestamp, write_record
 
 MIN_INTERVAL_S = 0.1  # NVML readings refresh at about this rate; faster sampling repeats them
 FLUSH_EVERY_S = 5.0  # a recording survives a kill with at most this much lost
@@ -107,7 +106,7 @@ def _loop(options: MonitorOptions, readers: list[nvml.DeviceReader], on_tick: Ti
         watch.process = _launch(options.command)
         watch.pid = watch.process.pid
     recording = MonitorRecording(
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=timestamp(),
         interval_s=options.interval_s,
         gpus=infos,
         samples=[],

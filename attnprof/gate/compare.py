@@ -1,22 +1,18 @@
-"""Regression statistics and verdicts: a current Profile against a baseline Profile.
+"""A current Profile against a baseline Profile: every metric compared its own way, and the verdict.
 
-Three kinds of metric, each compared its own way:
+Three kinds of metric:
 
-* time (the step and every module, forward and backward): a regression only when the
-  statistic's slowdown exceeds its threshold AND the raw samples differ significantly
-  (one-sided Mann-Whitney U, p < alpha, 0.002 by default as in asv), so noise alone never
-  fails a build; gated only between profiles of the same machine kind (another CPU or GPU
-  runs at another speed: reported, not gated). "inconclusive" when the samples cannot tell: too few for p < alpha to be
-  reachable, a slowdown above the threshold that is not significant, or noise so large that a
-  slowdown of the threshold's size would likely go unnoticed; the detail says how many
-  repeats would settle it.
+* time (the step and every module, forward and backward): judged on the raw samples by
+  `gate.stats.compare_samples` (a slowdown beyond the threshold that is also significant);
+  gated only between profiles of the same machine kind (another CPU or GPU runs at another
+  speed: reported, not gated).
 * memory (peak of the step and of every module): relative increase against its threshold.
   attnprof accounts memory from tensor sizes, so it is deterministic and the default limit is
   0% (any growth fails); `memory:N%` tolerates growth where memory is measured otherwise.
 * exact (FLOPs, attention FLOPs, parameter counts, the modules present, each attention
   layer's backend and head layout): deterministic, so any difference fails.
 
-Metric names, which threshold globs match:
+Metric names, which threshold globs (gate.stats) match:
   step                      step time
   layers.<path>             forward time of one module, children included
   layers.<path>.backward    backward time of one module (train mode)
@@ -26,92 +22,37 @@ Metric names, which threshold globs match:
   layers.<path>.flops  layers.<path>.params  layers.<path>.attention        exact
   layers.<path>             also names a module that was added or removed    exact
 The root module's path is written `(model)`: `layers.(model)` is the whole forward.
-
-Threshold strings: [GLOB:]STAT:LIMIT, e.g. `median:5%`, `p90:10%`, `memory:2%`,
-`layers.*attn*:median:8%`, `layers.*norm*:median:off`.
-  STAT   median | mean | p10 | p90 for time metrics, memory for memory metrics
-  LIMIT  the relative increase allowed, as a percentage, or `off` (reported, not gated)
-  GLOB   an fnmatch pattern over metric names; `*` when left out
-For each metric and statistic the last matching threshold wins, so narrower thresholds listed
-after broader ones refine them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-import statistics
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
-
-from scipy.stats import mannwhitneyu
 
 from attnprof.errors import MachineMismatch, UsageError
 from attnprof.gate.records import FAILING_STATUSES, CheckResult, CheckStatus, MetricCheck
+from attnprof.gate.stats import (
+    DEFAULT_ALPHA,
+    DEFAULT_POWER,
+    DEFAULT_THRESHOLDS,
+    MEMORY_STATISTIC,
+    TIME_STATISTICS,
+    Threshold,
+    compare_samples,
+    parse_threshold,
+)
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import LayerStats, Profile, TimeStats
 
-TIME_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {
-    "median": lambda s: TimeStats.from_samples(list(s)).median,
-    "mean": statistics.fmean,
-    "p10": lambda s: TimeStats.from_samples(list(s)).p10,
-    "p90": lambda s: TimeStats.from_samples(list(s)).p90,
-}
-MEMORY_STATISTIC = "memory"
-DEFAULT_THRESHOLDS: tuple[str, ...] = ("median:5%", "memory:0%")
-DEFAULT_ALPHA = 0.002
-DEFAULT_POWER = 0.8
 # Machine fields that make timings incomparable; the same ones MachineInfo.fingerprint hashes.
 MACHINE_FIELDS: tuple[str, ...] = ("cpu", "gpu_name", "driver", "cuda", "torch", "threads")
 # Settings that change what is computed; warmup and repeats only change how often it is timed.
 COMPARABLE_SETTINGS: tuple[str, ...] = ("mode", "batch_size", "seq_len", "dtype", "backend", "device")
-# Past this many repeats, repeating is not a practical way to settle a comparison.
-MAX_USEFUL_REPEATS = 1000
 # A reference probe this much slower or faster than in the baseline: warn that the machine changed.
 MAX_DRIFT = 1.5
 
 STALE_BASELINE_HINT = "if intended, re-record the baseline (attnprof check --update-baseline)"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A parsed threshold string: which metrics, which statistic, how much increase is allowed."""
-
-    pattern: str
-    statistic: str
-    limit: float | None  # relative increase allowed; None: reported, not gated
-    text: str
-
-    def matches(self, metric: str) -> bool:
-        return fnmatch.fnmatchcase(metric, self.pattern)
-
-
-def parse_threshold(text: str) -> Threshold:
-    """`[GLOB:]STAT:LIMIT` -> Threshold; a clear UsageError (exit 2) otherwise."""
-    usage = (
-        f"bad threshold {text!r}: expected [GLOB:]STAT:LIMIT such as median:5%, p90:10%, "
-        f"memory:2% or layers.*attn*:median:8% (STAT: {', '.join([*TIME_STATISTICS, MEMORY_STATISTIC])}; "
-        f"LIMIT: a percentage or off)"
-    )
-    parts = text.strip().rsplit(":", 2)
-    if len(parts) < 2:
-        raise UsageError(usage)
-    pattern = parts[0] if len(parts) == 3 else "*"
-    statistic, limit_text = parts[-2].strip().lower(), parts[-1].strip().lower()
-    if not pattern or statistic not in (*TIME_STATISTICS, MEMORY_STATISTIC):
-        raise UsageError(usage)
-    if limit_text == "off":
-        return Threshold(pattern, statistic, None, text.strip())
-    if not limit_text.endswith("%"):
-        raise UsageError(usage)
-    try:
-        percent = float(limit_text[:-1])
-    except ValueError:
-        raise UsageError(usage) from None
-    if not math.isfinite(percent) or percent < 0:
-        raise UsageError(f"bad threshold {text!r}: the limit must be a non-negative percentage")
-    return Threshold(pattern, statistic, percent / 100, text.strip())
 
 
 @dataclass(frozen=True)
@@ -145,154 +86,6 @@ class CheckOptions:
             if (is_time if kind == "time" else not is_time) and threshold.matches(metric):
                 chosen[threshold.statistic] = threshold.limit
         return chosen
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics on raw samples
-
-
-@dataclass(frozen=True)
-class SampleComparison:
-    """The verdict on two sets of timing samples for one statistic."""
-
-    status: CheckStatus
-    baseline: float
-    current: float
-    change: float | None
-    p_value: float | None
-    noise: float | None
-    detail: str
-
-
-def min_repeats_for(alpha: float) -> int:
-    """Fewest samples per side for which a one-sided Mann-Whitney p < alpha is reachable.
-
-    The smallest exact p-value with n samples on each side is 1 / C(2n, n).
-    """
-    n = 1
-    while 1 / math.comb(2 * n, n) >= alpha:
-        n += 1
-    return n
-
-
-def robust_noise(samples: Sequence[float]) -> float:
-    """Spread of one sample relative to the median (scaled MAD: the standard deviation for
-    normal data, unmoved by the odd outlier a busy machine produces)."""
-    center = statistics.median(samples)
-    if center <= 0:
-        return math.inf
-    mad = statistics.median(abs(s - center) for s in samples)
-    return 1.4826 * mad / center
-
-
-def _power_scale(noise: float, alpha: float, power: float) -> float:
-    """z-sum times noise times 2 sqrt(pi): the Mann-Whitney detectable slowdown before the
-    sample-size factor sqrt((n + m + 1) / (12 n m))."""
-    z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
-    return z * noise * 2 * math.sqrt(math.pi)
-
-
-def detectable_slowdown(noise: float, n_baseline: int, n_current: int, alpha: float, power: float) -> float:
-    """Smallest relative slowdown the one-sided Mann-Whitney test detects with `power`.
-
-    Normal approximation: for a shift d (in units of the noise) P(current > baseline) is
-    Phi(d / sqrt 2) ~ 1/2 + d / (2 sqrt pi), and U has variance n m (n + m + 1) / 12.
-    """
-    n, m = n_baseline, n_current
-    return _power_scale(noise, alpha, power) * math.sqrt((n + m + 1) / (12 * n * m))
-
-
-def repeats_to_settle(noise: float, limit: float, alpha: float, power: float) -> int | None:
-    """Repeats per side at which a slowdown of `limit` becomes detectable; None past
-    MAX_USEFUL_REPEATS (more repeats are no practical cure)."""
-    scale = _power_scale(noise, alpha, power)
-    if limit <= 0 or not math.isfinite(scale):
-        return None
-    if scale == 0:
-        return min_repeats_for(alpha)
-    # detectable_slowdown(n, n) <= limit  <=>  12 r n^2 - 2 n - 1 >= 0 with r = (limit / scale)^2
-    r = (limit / scale) ** 2
-    n = max(min_repeats_for(alpha), math.ceil((2 + math.sqrt(4 + 48 * r)) / (24 * r)))
-    return n if n <= MAX_USEFUL_REPEATS else None
-
-
-def _settle_advice(noise: float, limit: float, alpha: float, power: float) -> str:
-    needed = repeats_to_settle(noise, limit, alpha, power)
-    if needed is None:
-        return (
-            f"noise of ±{noise:.0%} per sample is too high to settle by repeating: "
-            "quiet the machine, pin --threads, or time a larger step"
-        )
-    return f"about {needed} repeats on each side would settle it (record both with --repeats {needed})"
-
-
-def compare_samples(
-    baseline: Sequence[float],
-    current: Sequence[float],
-    statistic: str = "median",
-    limit: float | None = 0.05,
-    alpha: float = DEFAULT_ALPHA,
-    power: float = DEFAULT_POWER,
-) -> SampleComparison:
-    """Judge `current` timings against `baseline` timings for one statistic.
-
-    regression: the statistic grew by more than `limit` and the samples are significantly
-    larger (one-sided Mann-Whitney U, p < alpha). improved: the mirror image. pass: within the
-    limit and the test could have seen a slowdown of `limit` with probability `power`.
-    inconclusive: anything the samples cannot settle. info: no limit, reported only.
-    """
-    if statistic not in TIME_STATISTICS:
-        raise UsageError(f"unknown time statistic {statistic!r}; use one of {', '.join(TIME_STATISTICS)}")
-    if not baseline or not current:
-        raise UsageError("compare_samples needs at least one sample on each side")
-    summarize = TIME_STATISTICS[statistic]
-    base_value, cur_value = summarize(baseline), summarize(current)
-    change = cur_value / base_value - 1 if base_value > 0 else None
-    n, m = len(baseline), len(current)
-    needed = min_repeats_for(alpha)
-    if min(n, m) < needed:
-        return SampleComparison(
-            "info" if limit is None else "inconclusive",
-            base_value,
-            cur_value,
-            change,
-            None,
-            None,
-            f"{n} baseline and {m} current samples: p < {alpha:g} needs at least {needed} repeats "
-            f"on each side (record both with --repeats {max(needed, 10)})",
-        )
-    slower = change is not None and change > 0
-    # One-sided test in the direction the statistic moved.
-    direction = "greater" if slower else "less"
-    p_value = float(mannwhitneyu(current, baseline, alternative=direction).pvalue)
-    noise = math.sqrt((robust_noise(baseline) ** 2 + robust_noise(current) ** 2) / 2)
-    if limit is None or change is None:
-        return SampleComparison("info", base_value, cur_value, change, p_value, noise, "not gated")
-    if change > limit:
-        if p_value < alpha:
-            status: CheckStatus = "regression"
-            detail = f"{change:+.1%} {statistic} > {limit:.1%} and significant (p={p_value:.2g} < {alpha:g})"
-        else:
-            status = "inconclusive"
-            detail = (
-                f"{change:+.1%} {statistic} > {limit:.1%} but not significant "
-                f"(p={p_value:.2g} >= {alpha:g}); {_settle_advice(noise, limit, alpha, power)}"
-            )
-    elif change < -limit and p_value < alpha:
-        status, detail = "improved", f"{change:+.1%} {statistic}, significant (p={p_value:.2g})"
-    elif detectable_slowdown(noise, n, m, alpha, power) > limit:
-        status = "inconclusive"
-        detail = (
-            f"noise ±{noise:.1%} per sample hides a {limit:.0%} slowdown at {n} vs {m} samples; "
-            f"{_settle_advice(noise, limit, alpha, power)}"
-        )
-    else:
-        status, detail = "pass", f"{change:+.1%} {statistic} within {limit:.1%}"
-    return SampleComparison(status, base_value, cur_value, change, p_value, noise, detail)
-
-
-# ---------------------------------------------------------------------------------------------
-# Profiles
 
 
 def machine_differences(baseline: MachineInfo, current: MachineInfo) -> list[str]:

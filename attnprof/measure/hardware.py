@@ -12,7 +12,6 @@ dense figures, i.e. half of those. Bandwidths are in GB/s (10^9 bytes/s).
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import time
@@ -25,7 +24,7 @@ import torch
 from attnprof.errors import InputFileError, UsageError
 from attnprof.machine import MachineInfo
 from attnprof.measure.records import Bound, Calibration, DeviceCalibration, DevicePeak
-from attnprof.store import read_record, write_record
+from attnprof.store import read_record, timestamp, write_record
 
 CACHE_DIR_ENV = "ATTNPROF_CACHE_DIR"
 
@@ -292,7 +291,7 @@ def calibrate(
         copy_gbps=_copy_gbps(device, budget_s),
         gemm_size=gemm_size,
         threads=torch.get_num_threads(),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=timestamp(),
     )
 
 

@@ -1,8 +1,11 @@
-"""The tensor to compare in whatever a model returns (tensor, tuple, dict, transformers output)."""
+"""The tensor to compare in whatever a model returns (tensor, tuple, dict, transformers output),
+and how far one output is from a reference output."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +25,34 @@ def main_tensor(output: Any) -> torch.Tensor:
             if isinstance(item, (torch.Tensor, list, tuple, Mapping)):
                 return main_tensor(item)
     raise TypeError(f"the model returned {type(output).__name__}, which holds no tensor to compare")
+
+
+@dataclass(frozen=True)
+class OutputDifference:
+    """How far an output's main tensor is from the reference's (see `output_difference`)."""
+
+    finite: bool  # the output holds no inf or nan
+    max_abs: float  # max|output - reference|
+    max_rel: float  # max|output - reference| / max|reference|
+    mismatch: str = ""  # why the two cannot be compared (shapes differ); the errors are inf then
+
+
+def output_difference(reference: Any, output: Any) -> OutputDifference:
+    """The main tensors compared in float64. Relative error is max|output - reference| / max|reference|
+    (elementwise ratios blow up near zero); a reference of zeros has no scale, so its relative
+    error is the absolute one. A non-finite output is infinitely far."""
+    ref, out = main_tensor(reference).detach().double(), main_tensor(output).detach().double()
+    finite = bool(torch.isfinite(out).all())
+    if ref.shape != out.shape:
+        mismatch = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref.shape)}"
+        return OutputDifference(finite, math.inf, math.inf, mismatch)
+    if not finite:
+        return OutputDifference(False, math.inf, math.inf)
+    if not ref.numel():
+        return OutputDifference(True, 0.0, 0.0)
+    max_abs = float((out - ref).abs().max())
+    scale = float(ref.abs().max())
+    return OutputDifference(True, max_abs, max_abs / scale if scale > 0 else max_abs)
 
 
 def logits_of(output: Any, model: nn.Module) -> torch.Tensor | None:

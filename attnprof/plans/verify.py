@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -11,51 +10,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnprof.plans.engine import Example
-from attnprof.plans.outputs import logits_of, main_tensor
+from attnprof.plans.outputs import logits_of, main_tensor, output_difference
 from attnprof.plans.records import Budget, PlanChoices, Verification
 from attnprof.profiling.records import Profile, TimeStats
-from attnprof.settings import Settings
+from attnprof.settings import Settings, with_plan_choices
 from attnprof.targets.workload import Workload
 
 
 def compare_outputs(reference: Any, applied: Any, reference_model: nn.Module) -> Verification:
     """Max abs / relative error and, for logits, mean KL(reference || applied) over positions."""
-    ref = main_tensor(reference).detach().float()
-    new = main_tensor(applied).detach().float()
-    if ref.shape != new.shape:
-        return Verification(
-            max_abs_error=math.inf,
-            max_rel_error=math.inf,
-            logit_kl=None,
-            finite=bool(torch.isfinite(new).all()),
-            passed=False,
-            reasons=[f"output shape {tuple(new.shape)} differs from the reference {tuple(ref.shape)}"],
-        )
-    finite = bool(torch.isfinite(new).all())
-    max_abs = float((new - ref).abs().max()) if ref.numel() else 0.0
-    scale = float(ref.abs().max()) if ref.numel() else 0.0
-    max_rel = max_abs / scale if scale > 0 else max_abs
-    kl = None
-    ref_logits = logits_of(reference, reference_model)
-    if ref_logits is not None:
-        new_logits = logits_of(applied, reference_model)
-        if new_logits is not None:
-            kl = float(
-                F.kl_div(
-                    F.log_softmax(new_logits.detach().float(), dim=-1).flatten(0, -2),
-                    F.log_softmax(ref_logits.detach().float(), dim=-1).flatten(0, -2),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-            )
-    reasons = [] if finite else ["outputs contain inf or nan"]
+    difference = output_difference(reference, applied)
+    if difference.mismatch:
+        reasons, kl = [difference.mismatch], None
+    else:
+        reasons = [] if difference.finite else ["outputs contain inf or nan"]
+        kl = _logit_kl(reference, applied, reference_model)
     return Verification(
-        max_abs_error=max_abs,
-        max_rel_error=max_rel,
+        max_abs_error=difference.max_abs,
+        max_rel_error=difference.max_rel,
         logit_kl=kl,
-        finite=finite,
-        passed=finite,
+        finite=difference.finite,
+        passed=not reasons,
         reasons=reasons,
+    )
+
+
+def _logit_kl(reference: Any, applied: Any, reference_model: nn.Module) -> float | None:
+    ref_logits = logits_of(reference, reference_model)
+    new_logits = logits_of(applied, reference_model) if ref_logits is not None else None
+    if ref_logits is None or new_logits is None:
+        return None
+    return float(
+        F.kl_div(
+            F.log_softmax(new_logits.detach().float(), dim=-1).flatten(0, -2),
+            F.log_softmax(ref_logits.detach().float(), dim=-1).flatten(0, -2),
+            log_target=True,
+            reduction="batchmean",
+        )
     )
 
 
@@ -86,13 +77,9 @@ def verify_model(
 
 
 def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:
-    """The settings an applied plan runs with: the plan's, with its batch size, threads and backend."""
-    return dataclasses.replace(
-        plan_settings,
-        batch_size=choices.batch_size or plan_settings.batch_size,
-        threads=choices.threads or plan_settings.threads,
-        backend=choices.backend,
-    )
+    """The settings an applied plan runs with: the plan's, with its batch size, threads and backend
+    (the applied model already holds the plan's precision)."""
+    return with_plan_choices(plan_settings, choices.backend, choices.batch_size, choices.threads)
 
 
 def reprofile(workload: Workload, applied_model: nn.Module, settings: Settings) -> Profile:

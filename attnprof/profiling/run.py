@@ -11,7 +11,6 @@ Two kinds of pass, so that counting never slows what is timed:
 from __future__ import annotations
 
 import contextlib
-import datetime
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
 from attnprof.settings import Settings
+from attnprof.store import timestamp
 from attnprof.targets.records import WorkloadInfo
 from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user
 from attnprof.version import __version__
@@ -366,7 +366,7 @@ def run_profile(
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
         attnprof_version=__version__,
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        created=timestamp(),
         machine=machine,
         commit=git_commit(),
         workload=WorkloadInfo(

@@ -10,7 +10,6 @@ record's module that its adapter lists in `renderings`.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, forma
 from attnprof.report.console import PLAIN_WIDTH
 from attnprof.report.html import html_report
 from attnprof.report.registry import ADAPTERS
-from attnprof.store import to_json_dict
+from attnprof.store import record_json
 
 Writer = Callable[[RecordAdapter[Any], Any, ReportOptions], str | bytes]
 
@@ -106,7 +105,7 @@ def _markdown_table(section: Section) -> list[str]:
 
 
 def render_json(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:
-    return json.dumps(to_json_dict(record), indent=1, allow_nan=False) + "\n"
+    return record_json(record) + "\n"
 
 
 def render_csv(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:

@@ -1,39 +1,106 @@
 """The knobs of a plan, their values, and which combinations are valid on a device.
 
-Every value left out of the space is left out by a named rule with a reason, so `tune` can say
-why a plan the user expected was never considered. Global knobs (backend, precision,
-micro-batch, threads, sharding) form `GlobalChoice`s; per-layer knobs (heads pruned, K/V heads,
-activation checkpointing) form one list of `LayerOption`s per attention layer.
+`PLAN_KNOBS` is the one table of the knobs `tune --knobs` can turn: what each changes, the
+PlanChoices fields it sets, how it is priced, and when it is on by default; the knob lists of
+the tuning loop and the `--knobs` help are read from it. Every value left out of the space is
+left out by a named rule with a reason, so `tune` can say why a plan the user expected was never
+considered. Global knobs (backend, precision, micro-batch, threads, sharding) form
+`GlobalChoice`s; per-layer knobs (heads pruned, K/V heads, activation checkpointing) form one
+list of `LayerOption`s per attention layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from attnprof import backends as known_backends
 from attnprof.errors import UsageError
 from attnprof.plans.records import PRECISIONS
-from attnprof.settings import Settings
+from attnprof.settings import MODES, Settings
 
-PLAN_KNOBS: tuple[str, ...] = (
-    "backend",
-    "dtype",
-    "batch_size",
-    "threads",
-    "heads",
-    "kv_heads",
-    "checkpoint",
-    "tensor_parallel",
-    "pipeline_stages",
-    "data_parallel",
+# How a knob is priced, which also says whether it is global or per attention layer:
+#   choice       global; one probe per value, priced as a ratio against the reference choice
+#   micro_batch  global; priced along the latency and memory lines over the micro-batch
+#   sharding     global; priced by the alpha-beta model of `sharding`, measured on one device only
+#   layer        per attention layer; priced by the FLOPs, parameters and activations it changes
+KnobKind = Literal["choice", "micro_batch", "sharding", "layer"]
+
+
+@dataclass(frozen=True)
+class PlanKnob:
+    """One knob of a plan. A global knob's name is also its field of GlobalChoice and PlanChoices."""
+
+    name: str
+    changes: str  # what it changes, for --help
+    fields: tuple[str, ...]  # the PlanChoices fields it sets
+    kind: KnobKind
+    default_modes: tuple[str, ...] = MODES  # modes in which it is on without --knobs; (): only when named
+    default_gpus: int = 1  # ... and from how many devices on
+
+    def on_by_default(self, mode: str, gpus: int) -> bool:
+        return mode in self.default_modes and gpus >= self.default_gpus
+
+    def default_condition(self) -> str:
+        """When it is on without --knobs, in words ("" for always)."""
+        if not self.default_modes:
+            return "only when named"
+        words = [f"in {' and '.join(self.default_modes)} mode"] if self.default_modes != MODES else []
+        if self.default_gpus > 1:
+            words.append(f"with --gpus {self.default_gpus} or more")
+        return " ".join(words)
+
+
+PLAN_KNOBS: tuple[PlanKnob, ...] = (
+    PlanKnob("backend", "the SDPA kernel", ("backend",), "choice"),
+    PlanKnob("dtype", "the precision", ("dtype", "precision"), "choice"),
+    PlanKnob("batch_size", "the micro-batch", ("batch_size",), "micro_batch"),
+    PlanKnob("threads", "CPU threads", ("threads",), "choice"),
+    # Knobs that change the model's architecture: off unless asked for with --knobs.
+    PlanKnob("heads", "attention heads pruned", ("prune_heads",), "layer", default_modes=()),
+    PlanKnob("kv_heads", "K/V heads merged, as in GQA", ("kv_heads",), "layer", default_modes=()),
+    PlanKnob("checkpoint", "activations recomputed in backward", ("checkpoint",), "layer", default_modes=("train",)),
+    PlanKnob("tensor_parallel", "heads split over devices", ("tensor_parallel",), "sharding", default_gpus=2),
+    PlanKnob("pipeline_stages", "blocks split into pipeline stages", ("pipeline_stages",), "sharding", default_gpus=2),
+    PlanKnob(
+        "data_parallel",
+        "batch split over DDP or FSDP replicas",
+        ("data_parallel", "data_parallel_mode"),
+        "sharding",
+        default_gpus=2,
+    ),
 )
-# Knobs that change the model's architecture: off unless asked for with --knobs.
-ARCHITECTURE_KNOBS: tuple[str, ...] = ("heads", "kv_heads")
-SHARDING_KNOBS: tuple[str, ...] = ("tensor_parallel", "pipeline_stages", "data_parallel")
+KNOB_NAMES: tuple[str, ...] = tuple(knob.name for knob in PLAN_KNOBS)
 KNOBS_EXAMPLE = "--knobs backend,dtype,batch_size,heads"
+
+
+def knob_names(*kinds: KnobKind) -> tuple[str, ...]:
+    """The knobs of these kinds, in table order."""
+    return tuple(knob.name for knob in PLAN_KNOBS if knob.kind in kinds)
+
+
+def knob_fields(*kinds: KnobKind) -> tuple[str, ...]:
+    """The PlanChoices fields the knobs of these kinds set."""
+    return tuple(name for knob in PLAN_KNOBS if knob.kind in kinds for name in knob.fields)
+
+
+GLOBAL_KINDS: tuple[KnobKind, ...] = ("choice", "micro_batch", "sharding")
+SHARDING_KNOBS: tuple[str, ...] = knob_names("sharding")
+
+
+def knobs_help() -> str:
+    """The --knobs help: every knob and what it changes, and which are on without --knobs."""
+    listed = ", ".join(f"{knob.name} ({knob.changes})" for knob in PLAN_KNOBS)
+    conditions: dict[str, list[str]] = {}
+    for knob in PLAN_KNOBS:
+        conditions.setdefault(knob.default_condition(), []).append(knob.name)
+    defaults = "; ".join(" ".join([", ".join(names), condition]).strip() for condition, names in conditions.items())
+    return f"Comma-separated knobs the plan may change: {listed}. Default: {defaults}."
+
 
 Excluder = Callable[[str, object, "str | None"], bool]  # records a left-out value; True when left out
 
@@ -105,6 +172,14 @@ class GlobalChoice:
     def world_size(self) -> int:
         return self.tensor_parallel * self.pipeline_stages * self.data_parallel
 
+    def single_device(self) -> GlobalChoice:
+        """The one-device part of the choice, sharding knobs at their defaults: what one replica
+        runs per micro-step."""
+        return dataclasses.replace(self, **{name: _UNSHARDED[name] for name in knob_fields("sharding")})
+
+
+_UNSHARDED = {f.name: f.default for f in dataclasses.fields(GlobalChoice)}
+
 
 @dataclass(frozen=True)
 class LayerOption:
@@ -161,12 +236,7 @@ class PlanSpace:
 
 
 def default_plan_knobs(mode: str, gpus: int) -> list[str]:
-    knobs = ["backend", "dtype", "batch_size", "threads"]
-    if mode == "train":
-        knobs.append("checkpoint")
-    if gpus > 1:
-        knobs.extend(SHARDING_KNOBS)
-    return knobs
+    return [knob.name for knob in PLAN_KNOBS if knob.on_by_default(mode, gpus)]
 
 
 def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
@@ -177,8 +247,8 @@ def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
     if not names:
         raise UsageError(f"--knobs: empty list; e.g. {KNOBS_EXAMPLE}")
     for name in names:
-        if name not in PLAN_KNOBS:
-            raise UsageError(f"--knobs: unknown knob {name!r} (known: {', '.join(PLAN_KNOBS)}); e.g. {KNOBS_EXAMPLE}")
+        if name not in KNOB_NAMES:
+            raise UsageError(f"--knobs: unknown knob {name!r} (known: {', '.join(KNOB_NAMES)}); e.g. {KNOBS_EXAMPLE}")
     return list(dict.fromkeys(names))
 
 

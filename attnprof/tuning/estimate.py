@@ -1,0 +1,300 @@
+"""One micro-step of a global choice: running it, and predicting it from a few such runs.
+
+An `Estimator` predicts one micro-step of each global choice (backend, precision, micro-batch,
+threads) on one device: `ProbeEstimator` measures a few probes and fits a separable model;
+`CostModelEstimator` reads the cost model `attnprof fit` saved, where it covers the choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+from attnprof.costmodel.fit import memory_group, predict_config
+from attnprof.costmodel.knobs import config_of
+from attnprof.costmodel.measurements import architecture_key, model_path
+from attnprof.costmodel.records import CostModel
+from attnprof.errors import PlanRejected
+from attnprof.machine import machine_info
+from attnprof.plans.records import PlanChoices
+from attnprof.profiling.records import Profile
+from attnprof.profiling.run import run_profile
+from attnprof.settings import Settings, with_plan_choices
+from attnprof.store import DEFAULT_PROFILE_DIR, read_record
+from attnprof.targets.workload import Workload
+from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
+
+_NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
+# Bytes per element of each precision: what a change of precision does to parameters and activations.
+ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """One micro-step (forward, and backward in train mode) of `choice.batch_size` samples."""
+
+    latency_ms: float
+    latency_sigma_ms: float
+    memory_bytes: float
+    memory_sigma_bytes: float
+    source: str  # what produced it: "measured", "predicted" (probes) or "cost model"
+    infeasible: str = ""  # why the choice cannot run (e.g. it ran out of memory when measured)
+
+
+class Estimator(Protocol):
+    measurements: int  # configurations measured to build the estimates so far
+    source: str  # how estimates are made, for the report
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate: ...
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None: ...
+
+
+def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
+    """The profiler settings that run one micro-step of `choice` on one device."""
+    return with_plan_choices(settings, choice.backend, choice.batch_size, choice.threads, choice.dtype)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled or before
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def profile_choice(
+    workload: Workload, settings: Settings, choice: GlobalChoice, transform: ModelTransform | None = None
+) -> Profile:
+    """Profile one micro-step of `choice`; `transform` changes each freshly built fp32 model first."""
+    if transform is not None:
+        build = workload.build_model
+
+        def build_transformed(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+            return transform(build(device, torch.float32)).to(dtype)
+
+        workload = dataclasses.replace(workload, build_model=build_transformed)
+    with tf32_matmuls(choice.dtype == "tf32"):
+        return run_profile(workload, measured_settings(settings, choice))
+
+
+def layer_part(choices: PlanChoices) -> PlanChoices:
+    """The per-layer part of a plan (heads, K/V heads, checkpointing); PlanChoices() when there is none."""
+    return PlanChoices(**{name: getattr(choices, name) for name in knob_fields("layer")})
+
+
+def layer_transform(workload: Workload, settings: Settings, choices: PlanChoices) -> ModelTransform | None:
+    """The per-layer part of a plan as a model transform, via plan application; heads to prune
+    are scored on the example inputs. None when there is none."""
+    layer_only = layer_part(choices)
+    if layer_only == PlanChoices():
+        return None
+    from attnprof.plans.engine import Example, apply_plan
+
+    def transform(model: torch.nn.Module) -> torch.nn.Module:
+        device = next(model.parameters()).device
+        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
+        model, report = apply_plan(model, layer_only, Example(args, kwargs), workload.loss_fn)
+        if report.not_applied:
+            missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
+            raise PlanRejected(f"the plan could not be applied: {missed}")
+        return model
+
+    return transform
+
+
+def sigma_of(profile: Profile) -> float:
+    stats = profile.totals.time_ms
+    return 0.0 if stats is None else max(stats.p90 - stats.p10, 0.0) / _NORMAL_P10_P90
+
+
+MODEL_FORM_SIGMA = 0.05  # relative: what a separable model misses of the knobs' interactions
+
+
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Non-negative a, b of y = a + b·x through the points (least squares)."""
+    if len({x for x, _ in points}) < 2:
+        x, y = points[0]
+        return 0.0, y / x
+    design = np.array([[1.0, x] for x, _ in points])
+    coefficients, _ = nnls(design, np.array([y for _, y in points]))
+    return float(coefficients[0]), float(coefficients[1])
+
+
+class ProbeEstimator:
+    """Measures a few probes around a reference choice and predicts the rest by a separable model.
+
+    The probes are the reference itself, the reference with each other backend, precision and
+    thread count, and the reference at the smallest micro-batch. A choice's latency
+    is the micro-batch line a + b·m times one measured ratio per categorical knob; its memory is
+    the parameters (scaled by element size) plus activations linear in m times the measured
+    activation ratios. Measured choices are returned as measured. The uncertainty combines the
+    probes' timing spread with MODEL_FORM_SIGMA for the interactions the model leaves out.
+    """
+
+    source = "separable model fitted on probe measurements"
+
+    def __init__(self, workload: Workload, settings: Settings, choices: Sequence[GlobalChoice]) -> None:
+        self.workload = workload
+        self.settings = settings
+        singles = sorted({c.single_device() for c in choices}, key=str)
+        self.values = {knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")}
+        self.batches = sorted({c.batch_size for c in singles})
+        self.reference = reference_choice(settings, singles)
+        self.profiles: dict[GlobalChoice, Profile] = {}
+        self.measurements = 0
+        self._fitted = False
+
+    def probes(self) -> list[GlobalChoice]:
+        probes = [self.reference]
+        for knob, values in self.values.items():
+            probes += [
+                dataclasses.replace(self.reference, **{knob: v}) for v in values if v != getattr(self.reference, knob)
+            ]
+        if self.batches[0] != self.reference.batch_size:  # the line's other end
+            probes.append(dataclasses.replace(self.reference, batch_size=self.batches[0]))
+        return probes
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates."""
+        self.profiles[choice.single_device()] = profile
+
+    def measure(self, choice: GlobalChoice) -> Profile:
+        single = choice.single_device()
+        if single not in self.profiles:
+            self.profiles[single] = profile_choice(self.workload, self.settings, single)
+            self.measurements += 1
+        return self.profiles[single]
+
+    def _fit(self) -> None:
+        for probe in self.probes():
+            self.measure(probe)
+        ref = self._figures(self.reference)
+        self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
+        for knob, values in self.values.items():
+            for value in values:
+                probe = self._figures(dataclasses.replace(self.reference, **{knob: value}))
+                self._ratios[(knob, value)] = (
+                    probe[0] / ref[0],
+                    probe[2] / ref[2] if ref[2] > 0 else 1.0,
+                    probe[1] / probe[0],
+                )
+        batch_points = [
+            (*self._figures(dataclasses.replace(self.reference, batch_size=b)), b)
+            for b in self.batches
+            if dataclasses.replace(self.reference, batch_size=b) in self.profiles
+        ]
+        self._latency_line = _line([(b, t) for t, _, _, b in batch_points])
+        self._activation_line = _line([(b, a) for _, _, a, b in batch_points])
+        self._batch_sigma = max(s / t for t, s, _, _ in batch_points)
+        self._fitted = True
+
+    def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
+        """(latency, latency sigma, activation bytes) of a measured choice."""
+        profile = self.profiles[choice]
+        assert profile.totals.time_ms is not None
+        activations = profile.totals.peak_memory_bytes - profile.totals.param_bytes
+        return profile.totals.time_ms.median, sigma_of(profile), float(activations)
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate:
+        single = choice.single_device()
+        if single in self.profiles:
+            latency, sigma, _ = self._figures(single)
+            memory = float(self.profiles[single].totals.peak_memory_bytes)
+            return StepEstimate(latency, sigma, memory, 0.0, "measured")
+        if not self._fitted:
+            self._fit()
+            if single in self.profiles:
+                return self.estimate(choice)
+        a, b = self._latency_line
+        latency = a + b * choice.batch_size
+        activations = self._activation_line[0] + self._activation_line[1] * choice.batch_size
+        relative_var = self._batch_sigma**2 + MODEL_FORM_SIGMA**2
+        for knob in self.values:
+            time_ratio, activation_ratio, relative_sigma = self._ratios[(knob, getattr(choice, knob))]
+            latency *= time_ratio
+            activations *= activation_ratio
+            relative_var += relative_sigma**2
+        params = self.profiles[self.reference].totals.param_bytes
+        params *= ELEMENT_BYTES[choice.dtype] / ELEMENT_BYTES[self.reference.dtype]
+        memory = params + activations
+        return StepEstimate(latency, latency * math.sqrt(relative_var), memory, MODEL_FORM_SIGMA * memory, "predicted")
+
+
+class CostModelEstimator:
+    """The cost model `attnprof fit` saved for this workload on this machine, for the choice
+    combinations it measured; measured choices, and the combinations it lacks, go to the probes."""
+
+    def __init__(self, model: CostModel, settings: Settings, probes: ProbeEstimator) -> None:
+        self.model = model
+        self.settings = settings
+        self.probes = probes
+        self.source = (
+            f"cost model fitted on {model.measurements} measurement(s) (attnprof fit); "
+            "probes for choices it has not measured"
+        )
+
+    @property
+    def measurements(self) -> int:
+        return self.probes.measurements
+
+    def covers(self, choice: GlobalChoice) -> bool:
+        config = config_of(measured_settings(self.settings, choice.single_device()))
+        return memory_group(config) in self.model.feature_laws
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate:
+        single = choice.single_device()
+        if single in self.probes.profiles or not self.covers(single):
+            return self.probes.estimate(choice)
+        prediction = predict_config(self.model, config_of(measured_settings(self.settings, single)))
+        if not prediction.feasible:
+            return StepEstimate(math.inf, 0.0, math.inf, 0.0, "cost model", prediction.infeasible_reason)
+        return StepEstimate(
+            prediction.time_ms,
+            prediction.time_sigma_ms,
+            prediction.memory_bytes,
+            0.0 if math.isnan(prediction.memory_sigma_bytes) else prediction.memory_sigma_bytes,
+            "cost model",
+        )
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        self.probes.add(choice, profile)
+
+
+def saved_cost_model(workload: Workload, folder: Path = DEFAULT_PROFILE_DIR) -> CostModel | None:
+    """The cost model `attnprof fit` saved for this workload's architecture on this machine, if any."""
+    architecture = architecture_key(workload)
+    path = model_path(folder, workload.name or workload.target, architecture, machine_info().fingerprint())
+    if not path.exists():
+        return None
+    model = read_record(path, CostModel)
+    return model if model.workload_fingerprint == architecture else None
+
+
+def reference_choice(settings: Settings, choices: Sequence[GlobalChoice]) -> GlobalChoice:
+    """The candidate closest to how the workload runs now: what other choices are compared with."""
+
+    def pick(knob: str, wanted: Sequence[object]) -> object:
+        values = sorted({getattr(c, knob) for c in choices}, key=str)
+        return next((w for w in wanted if w in values), values[-1])
+
+    return GlobalChoice(
+        backend=pick("backend", [settings.backend, "flash"]),
+        dtype=pick("dtype", [settings.dtype]),
+        batch_size=pick("batch_size", [settings.batch_size]),
+        threads=pick("threads", [settings.threads, settings.threads or torch.get_num_threads()]),
+    )
