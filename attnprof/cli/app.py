@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import UserCodeError
 from attnprof.profiling.faults import known_failure, raise_on_sigterm
 from attnprof.report.console import error, set_verbosity
@@ -38,7 +39,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global(
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status lines on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr about what was done."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),

@@ -16,25 +16,18 @@ from pathlib import Path
 
 import typer
 
+from attnprof.cli import options as shared
 from attnprof.cli.report import output_option, print_output, write_outputs
 from attnprof.errors import RegressionFound, UsageError
 from attnprof.gate.compare import CheckOptions, check_machine, compare_profiles, summary
 from attnprof.gate.records import CheckResult
 from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.machine import machine_info
-from attnprof.profiling.interleave import Side, profile_interleaved
 from attnprof.profiling.records import Profile, load_profile
-from attnprof.profiling.run import run_profile
 from attnprof.report.check import print_check
 from attnprof.report.console import log, stdout_console
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import write_record
-from attnprof.targets.load import load_workload
-
-THRESHOLD_HELP = (
-    "[GLOB:]STAT:LIMIT, repeatable: median:5%, p90:10%, memory:2%, layers.*attn*:median:8%, "
-    f"layers.*norm*:median:off (default: {' '.join(DEFAULT_THRESHOLDS)})."
-)
 
 
 def check_options(
@@ -91,23 +84,21 @@ def check_command(
         None, "--against", help="Profile this target (the baseline's code, e.g. a checkout of the base branch) "
         "interleaved with TARGET in this job, and judge TARGET against it instead of a baseline file.",
     ),
-    threshold: list[str] = typer.Option(None, "--threshold", "-t", help=THRESHOLD_HELP),
-    metric: list[str] = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable."),
-    alpha: float = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA})."),
-    allow_machine_mismatch: bool = typer.Option(
-        False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
-    ),
+    threshold: list[str] = shared.THRESHOLD,
+    metric: list[str] = shared.METRIC,
+    alpha: float = shared.ALPHA,
+    allow_machine_mismatch: bool = shared.ALLOW_MACHINE_MISMATCH,
     update_baseline: bool = typer.Option(
         False, "--update-baseline", help="Save this run as the new baseline (after reporting); exit 0."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Also save this run's profile JSON here."),
     markdown: Path = output_option("markdown"),
     junit: Path = output_option("junit"),
-    result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
+    result_file: Path = shared.CHECK_RESULT,
     benchmark_json: Path = output_option("benchmark-json"),
-    show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
-    as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    show_all: bool = shared.SHOW_ALL,
+    as_json: bool = shared.CHECK_JSON,
+    debug: bool = shared.DEBUG,
 ) -> None:
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
     config = ProjectConfig.load()
@@ -136,6 +127,9 @@ def profile_for_baseline(
     config: ProjectConfig, target: str | None, baseline: Path | None, options: CheckOptions, update_baseline: bool
 ) -> tuple[Path, Profile, Profile]:
     """The baseline file, its profile, and TARGET profiled now with the baseline's settings."""
+    from attnprof.profiling.run import run_profile
+    from attnprof.targets.load import load_workload
+
     baseline_text = config.resolve("baseline", str(baseline) if baseline else None, None)
     if baseline_text is None:
         raise UsageError("no baseline: pass --baseline FILE, set ATTNPROF_BASELINE or [tool.attnprof] baseline")
@@ -157,6 +151,9 @@ def profile_for_baseline(
 def profile_against(config: ProjectConfig, target: str | None, against: str) -> tuple[Profile, Profile, str]:
     """BASE_TARGET's and TARGET's profiles, interleaved, with TARGET's settings (the probe on,
     as for a baseline), and the baseline's label."""
+    from attnprof.profiling.interleave import Side, profile_interleaved
+    from attnprof.targets.load import load_workload
+
     workload = load_workload(config.resolve("target", target, None))
     load_workload(against)  # a bad target string fails here (exit 2), before any worker starts
     settings = resolve_settings(workload, {"reference_probe": True, **config.settings_overrides({})})

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import typer
 
-from attnprof.cli.check import THRESHOLD_HELP, check_options, report_and_judge
+from attnprof.cli import options as shared
+from attnprof.cli.check import check_options, report_and_judge
 from attnprof.cli.report import output_option
-from attnprof.gate.compare import DEFAULT_ALPHA, compare_profiles
+from attnprof.gate.compare import compare_profiles
 from attnprof.profiling.records import load_profile
 from attnprof.settings import ProjectConfig
 
@@ -19,19 +20,17 @@ from attnprof.settings import ProjectConfig
 def compare_command(
     baseline: Path = typer.Argument(..., help="The baseline profile JSON (A)."),
     current: Path = typer.Argument(..., help="The profile JSON to judge against it (B)."),
-    threshold: list[str] = typer.Option(None, "--threshold", "-t", help=THRESHOLD_HELP),
-    metric: list[str] = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable."),
-    alpha: float = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA})."),
-    allow_machine_mismatch: bool = typer.Option(
-        False, "--allow-machine-mismatch", help="Compare profiles from different machines (warns)."
-    ),
+    threshold: list[str] = shared.THRESHOLD,
+    metric: list[str] = shared.METRIC,
+    alpha: float = shared.ALPHA,
+    allow_machine_mismatch: bool = shared.ALLOW_MACHINE_MISMATCH,
     markdown: Path = output_option("markdown"),
     junit: Path = output_option("junit"),
-    result_file: Path = typer.Option(None, "--result", help="Write the check result JSON to this file."),
+    result_file: Path = shared.CHECK_RESULT,
     benchmark_json: Path = output_option("benchmark-json"),
-    show_all: bool = typer.Option(False, "--all", help="List every metric, passing ones too."),
-    as_json: bool = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    show_all: bool = shared.SHOW_ALL,
+    as_json: bool = shared.CHECK_JSON,
+    debug: bool = shared.DEBUG,
 ) -> None:
     """Compare two saved profiles; exit 1 when B regressed significantly against A."""
     options = check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)

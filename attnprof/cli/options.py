@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from attnprof import backends
+from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS
 from attnprof.settings import DTYPES, MODES, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
@@ -37,6 +38,24 @@ CLOCK = typer.Option(
 REFERENCE_PROBE_HELP = (
     "Time a fixed reference workload after each step, so `check`/`compare` can divide out the machine's drift."
 )
+
+
+# --- check and compare: how two profiles are judged, and what is written ---
+THRESHOLD = typer.Option(
+    None,
+    "--threshold",
+    "-t",
+    help="[GLOB:]STAT:LIMIT, repeatable: median:5%, p90:10%, memory:2%, layers.*attn*:median:8%, "
+    f"layers.*norm*:median:off (default: {' '.join(DEFAULT_THRESHOLDS)}).",
+)
+METRIC = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable.")
+ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")
+ALLOW_MACHINE_MISMATCH = typer.Option(
+    False, "--allow-machine-mismatch", help="Compare profiles from different machines (warns)."
+)
+CHECK_RESULT = typer.Option(None, "--result", help="Write the check result JSON to this file.")
+SHOW_ALL = typer.Option(False, "--all", help="List every metric, passing ones too.")
+CHECK_JSON = typer.Option(False, "--json", help="Print the check result JSON to stdout and nothing else.")
 
 
 def run_overrides(**given: Any) -> dict[str, Any]:

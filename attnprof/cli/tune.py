@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
-from attnprof.settings import canonical_dtype_name, resolve_settings
+from attnprof.settings import resolve_settings
 from attnprof.store import atomic_write_text, record_json, write_record
-from attnprof.targets.load import load_workload
-from attnprof.tuning.budget import parse_budget, parse_objective
-from attnprof.tuning.loop import TuneRequest, pareto_points, tune
-from attnprof.tuning.sharding import LinkLike
+from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
 from attnprof.tuning.space import knobs_help, parse_plan_knobs
-from attnprof.tuning.verify import CONTRADICTION_SIGMAS
+
+if TYPE_CHECKING:
+    from attnprof.tuning.sharding import LinkLike
 
 DEFAULT_PLAN = Path("plan.json")
 
 
 def tune_command(
     target: str = typer.Argument(
-        None, help="model.py[:factory], package.module:factory, hf:NAME or zoo:NAME (default: zoo:decoder)."
+        None, help=f"{options.TARGET_HELP} (default: zoo:decoder)."
     ),
     budget: list[str] = typer.Option(
         None, "--budget", help="A limit: memory=20GiB, latency=15ms or energy=2J. Repeat for several."
@@ -60,17 +61,20 @@ def tune_command(
         None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
     ),
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size of one step."),
-    seq_len: int = typer.Option(None, "--seq-len", "-s", help="Sequence length."),
+    seq_len: int = options.SEQ_LEN,
     dtype: str = typer.Option(None, "--dtype", help="Baseline dtype: fp32, fp16, bf16 or fp64."),
     backend: str = typer.Option(None, "--backend", help="Baseline SDPA backend."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
-    mode: str = typer.Option(None, "--mode", help="infer or train."),
+    device: str = options.GPU_DEVICE,
+    mode: str = options.MODE,
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps per measurement."),
     repeats: int = typer.Option(None, "--repeats", help="Timed steps per measurement."),
     threads: int = typer.Option(None, "--threads", help="Baseline CPU threads."),
-    debug: bool = typer.Option(False, "--debug", help="Show attnprof's traceback on errors."),
+    debug: bool = options.DEBUG,
 ) -> None:
     """Find the best verified plan under the budget; exit 5 when none fits, 1 when none survives measurement."""
+    from attnprof.targets.load import load_workload
+    from attnprof.tuning.loop import TuneRequest, pareto_points, tune
+
     limits = parse_budget(budget, gpus=gpus, max_error=max_error, max_quality_loss=max_quality_loss, headroom=headroom)
     goal = parse_objective(objective)
     if not uncertainty > 0:
@@ -78,11 +82,10 @@ def tune_command(
     if top_k < 1:
         raise UsageError(f"--top-k must be a positive integer, e.g. --top-k 3; got {top_k}")
     workload = load_workload(target)
-    overrides = {
-        "batch_size": batch_size, "seq_len": seq_len, "backend": backend, "device": device, "mode": mode,
-        "warmup": warmup, "repeats": repeats, "threads": threads,
-        "dtype": canonical_dtype_name(dtype) if dtype is not None else None,
-    }  # fmt: skip
+    overrides = options.run_overrides(
+        batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
+        warmup=warmup, repeats=repeats, threads=threads,
+    )
     settings = resolve_settings(workload, overrides)
     request = TuneRequest(
         budget=limits,

@@ -16,8 +16,9 @@ Threshold strings: [GLOB:]STAT:LIMIT, e.g. `median:5%`, `p90:10%`, `memory:2%`,
 For each metric and statistic the last matching threshold wins, so narrower thresholds listed
 after broader ones refine them.
 
-scipy is imported where the test runs: loading saved results (`attnprof compare`, reports) must
-not pay for it.
+The Mann-Whitney U test is computed here, in plain Python, exactly as scipy.stats.mannwhitneyu
+computes it by default (tests compare the two), so that `attnprof compare` and reports of
+saved results import neither scipy nor numpy.
 """
 
 from __future__ import annotations
@@ -162,6 +163,59 @@ def _settle_advice(noise: float, limit: float, alpha: float, power: float) -> st
     return f"about {needed} repeats on each side would settle it (record both with --repeats {needed})"
 
 
+def _average_ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """1-based ranks, tied values sharing their average rank, and the size of each tie group."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    groups: list[int] = []
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        groups.append(end - start + 1)
+        start = end + 1
+    return ranks, groups
+
+
+def _u_distribution(n1: int, n2: int) -> list[int]:
+    """How many of the C(n1+n2, n1) orderings give each U from 0 to n1·n2: the coefficients of the
+    Gaussian binomial prod_{i=1..k} (1 - q^(n-k+i)) / (1 - q^i), k = min(n1, n2), in exact integers."""
+    k, n = min(n1, n2), n1 + n2
+    counts = [1] + [0] * (n1 * n2)
+    for i in range(1, k + 1):
+        shift = n - k + i
+        for u in range(len(counts) - 1, shift - 1, -1):  # times (1 - q^shift)
+            counts[u] -= counts[u - shift]
+        for u in range(i, len(counts)):  # divided by (1 - q^i), which divides exactly
+            counts[u] += counts[u - i]
+    return counts
+
+
+def mann_whitney_p(x: Sequence[float], y: Sequence[float], alternative: str) -> float:
+    """One-sided p-value of the Mann-Whitney U test that `x` is stochastically greater ("greater")
+    or less ("less") than `y`: scipy.stats.mannwhitneyu's default method (the exact distribution
+    when a side has at most 8 values and there are no ties, else the normal approximation with
+    tie and continuity corrections)."""
+    n1, n2 = len(x), len(y)
+    ranks, ties = _average_ranks([*x, *y])
+    u1 = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
+    u = u1 if alternative == "greater" else n1 * n2 - u1
+    if (n1 <= 8 or n2 <= 8) and max(ties) == 1:
+        counts = _u_distribution(n1, n2)
+        p = sum(counts[round(u):]) / math.comb(n1 + n2, n1)
+    else:
+        n = n1 + n2
+        tie_term = sum(t**3 - t for t in ties)
+        spread = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
+        numerator = u - n1 * n2 / 2 - 0.5  # the continuity correction
+        z = numerator / spread if spread > 0 else -math.inf
+        p = NormalDist().cdf(-z)
+    return min(max(p, 0.0), 1.0)
+
+
 def compare_samples(
     baseline: Sequence[float],
     current: Sequence[float],
@@ -199,10 +253,7 @@ def compare_samples(
         )
     slower = change is not None and change > 0
     # One-sided test in the direction the statistic moved.
-    direction = "greater" if slower else "less"
-    from scipy.stats import mannwhitneyu
-
-    p_value = float(mannwhitneyu(current, baseline, alternative=direction).pvalue)
+    p_value = mann_whitney_p(current, baseline, "greater" if slower else "less")
     noise = math.sqrt((robust_noise(baseline) ** 2 + robust_noise(current) ** 2) / 2)
     if limit is None or change is None:
         return SampleComparison("info", base_value, cur_value, change, p_value, noise, "not gated")

@@ -13,6 +13,9 @@ import re
 from attnprof.errors import UsageError
 from attnprof.plans.records import OBJECTIVES, Budget
 
+# A measurement this many standard deviations worse than predicted refutes the prediction.
+CONTRADICTION_SIGMAS = 3.0
+
 BUDGET_EXAMPLE = "--budget memory=20GiB --budget latency=15ms --budget energy=2J"
 
 # Decimal and binary prefixes, as in `nvidia-smi` (MiB) and datasheets (GB).

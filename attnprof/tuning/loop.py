@@ -28,6 +28,7 @@ from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, timestamp
 from attnprof.targets.workload import Workload
+from attnprof.tuning.budget import CONTRADICTION_SIGMAS
 from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
@@ -50,7 +51,6 @@ from attnprof.tuning.space import (
     build_space,
 )
 from attnprof.tuning.verify import (
-    CONTRADICTION_SIGMAS,
     CandidateMeasurement,
     OutputChecker,
     Verifier,

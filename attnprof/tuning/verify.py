@@ -29,6 +29,7 @@ from attnprof.plans.records import PlanChoices, PlanFigures
 from attnprof.profiling.records import Profile
 from attnprof.settings import Settings
 from attnprof.targets.workload import Inputs, Workload
+from attnprof.tuning.budget import CONTRADICTION_SIGMAS
 from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
@@ -44,7 +45,6 @@ from attnprof.tuning.optimize import Candidate
 from attnprof.tuning.price import plan_choices, predicted_figures
 from attnprof.tuning.space import GlobalChoice
 
-CONTRADICTION_SIGMAS = 3.0  # a measurement this many standard deviations worse than predicted refutes it
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 
 
