@@ -1,4 +1,4 @@
-"""Every target form of DESIGN.md loads, and bad targets fail with the documented exit code."""
+"""Every target form of docs/architecture.md loads, and bad targets fail with the documented exit code."""
 
 from __future__ import annotations
 

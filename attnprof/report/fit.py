@@ -15,7 +15,7 @@ from attnprof.costmodel.records import COST_KINDS, CostModel, LinearFit, Predict
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes
 from attnprof.report.svg import Chart, LineSeries, LogScale, Point, ScatterSeries, XYChart
 
-# Performance targets of the cost model on held-out configurations (DESIGN.md).
+# Performance targets of the cost model on held-out configurations (docs/architecture.md).
 TARGET_LATENCY_MAPE = 5.0
 TARGET_MEMORY_MAPE = 3.0
 TARGET_TOP1 = 0.90

@@ -1,6 +1,6 @@
 """Target string -> Workload: the model factory, its example inputs and optional loss.
 
-Target forms (DESIGN.md, "Targets"):
+Target forms (docs/architecture.md, "Target strings"):
   path/model.py              defines build_model(device, dtype) and example_inputs(batch, seq, device, dtype)
   path/model.py:make_net     another factory name in that file
   package.module[:factory]   the same contract in an importable module
