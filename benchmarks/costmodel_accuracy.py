@@ -28,11 +28,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attnprof.costmodel.design import design_points
-from attnprof.costmodel.fit import cross_validate, fit_cost_model, predict_config, summarise_validation
+from attnprof.costmodel.fit import (
+    cross_validate,
+    fit_cost_model,
+    predict_config,
+    summarise_validation,
+    validation_point,
+)
 from attnprof.costmodel.knobs import Knob, config_of
 from attnprof.costmodel.measure import profiler_measure_point
 from attnprof.costmodel.measurements import MeasurementStore, architecture_key, measurement_key
-from attnprof.costmodel.records import CostModel, Measurement, ValidationPoint
+from attnprof.costmodel.records import CostModel, Measurement
 from attnprof.costmodel.sweep import run_sweep
 from attnprof.machine import machine_info
 from attnprof.settings import Settings, settings_for
@@ -108,17 +114,7 @@ def evaluate(target: str, options: argparse.Namespace, folder: Path) -> dict[str
     for m in held_set:
         if not m.feasible or m.time_ms is None or m.peak_memory_bytes is None:
             continue
-        predicted = predict_config(model, m.config)
-        details.append(
-            ValidationPoint(
-                key=m.key,
-                config=m.config,
-                measured_ms=m.time_ms.median,
-                predicted_ms=predicted.time_ms,
-                measured_memory_bytes=float(m.peak_memory_bytes),
-                predicted_memory_bytes=predicted.memory_bytes,
-            )
-        )
+        details.append(validation_point(m, predict_config(model, m.config)))
     held_result = summarise_validation(details, method="held out", folds=1)
     # The noise floor: the same held-out configurations measured once more, later. No model can
     # predict one measurement better than another measurement of the same configuration does.

@@ -554,22 +554,24 @@ def cross_validate(
         for m in held_out:
             if memory_group(m.config) not in model.groups:
                 continue
-            predicted = predict(model, m.config, measurement_features(m))
-            assert m.time_ms is not None and m.peak_memory_bytes is not None
-            details.append(
-                ValidationPoint(
-                    key=m.key,
-                    config=m.config,
-                    measured_ms=m.time_ms.median,
-                    predicted_ms=predicted.time_ms,
-                    measured_memory_bytes=float(m.peak_memory_bytes),
-                    predicted_memory_bytes=predicted.memory_bytes,
-                )
-            )
+            details.append(validation_point(m, predict(model, m.config, measurement_features(m))))
     return summarise_validation(
         details,
         method="leave-one-shape-out" if leave_one_out else f"{fold_count}-fold over shapes",
         folds=fold_count,
+    )
+
+
+def validation_point(measurement: Measurement, predicted: Prediction) -> ValidationPoint:
+    """A measured configuration next to what the model predicted for it."""
+    assert measurement.time_ms is not None and measurement.peak_memory_bytes is not None
+    return ValidationPoint(
+        key=measurement.key,
+        config=measurement.config,
+        measured_ms=measurement.time_ms.median,
+        predicted_ms=predicted.time_ms,
+        measured_memory_bytes=float(measurement.peak_memory_bytes),
+        predicted_memory_bytes=predicted.memory_bytes,
     )
 
 
