@@ -87,6 +87,8 @@ def test_update_jumps_to_a_reported_position(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_measuring_loops_hook_draws_the_same_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnprof.profiling import progress as hook
 
+    monkeypatch.setattr(hook, "_tracker", None)
+    hook.install_tracker(progress.track)  # as the CLI does before a command runs
     terminal(monkeypatch)
     seen = []
     for item in hook.track(["a", "b"], "timing repeats"):

@@ -13,6 +13,8 @@ import typer
 from attnprof.cli import options
 from attnprof.errors import UserCodeError
 from attnprof.profiling.faults import known_failure, raise_on_sigterm
+from attnprof.profiling.progress import install_tracker
+from attnprof.report import progress
 from attnprof.report.console import error, set_verbosity
 from attnprof.version import __version__
 
@@ -47,6 +49,7 @@ def _global(
     if quiet and verbose:
         raise typer.BadParameter("-q and -v contradict each other: give one")
     _GlobalFlags.debug = debug
+    install_tracker(progress.track)  # the measuring loops draw the CLI's progress bar
     set_verbosity(-1 if quiet else 1 if verbose else 0)
 
 

@@ -1,7 +1,7 @@
 """The progress hook of the measuring loops: a plain pass-through until a front end installs a bar.
 
-Profiling sits below the renderers, so it cannot draw a bar itself; `attnprof.report.progress`
-installs its rich bar here when the report package is loaded (every CLI command loads it).
+Profiling sits below the renderers, so it cannot draw a bar itself: the CLI installs the rich bar
+of `attnprof.report.progress` here before any command runs.
 """
 
 from __future__ import annotations

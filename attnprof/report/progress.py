@@ -34,7 +34,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from attnprof.profiling.progress import install_tracker
 from attnprof.report import console
 
 T = TypeVar("T")
@@ -121,6 +120,3 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance()
-
-
-install_tracker(track)  # the measuring loops below the report layer draw this bar too
