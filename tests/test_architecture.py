@@ -169,3 +169,23 @@ def test_report_and_compare_of_saved_files_import_no_heavy_library(tmp_path):
     for argv in (["report", str(profile)], ["report", str(profile), "-f", "markdown"],
                  ["compare", str(profile), str(profile)]):
         assert _heavy_modules_after(argv, tmp_path) == [], argv
+
+
+def test_the_public_api_shadows_no_package():
+    """`attnprof.apply` is the function; the applier's package is `attnprof.plans`, importable beside it."""
+    probe = (
+        "import attnprof, attnprof.plans.engine\n"
+        "assert callable(attnprof.apply) and callable(attnprof.load_plan)\n"
+        "assert callable(attnprof.plans.engine.apply_plan)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_importing_attnprof_imports_no_heavy_library():
+    probe = (
+        "import json, sys, attnprof\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert json.loads(done.stdout) == [], done.stderr
