@@ -35,10 +35,12 @@ def apply_backend(
     applied: list[str] = []
     missed: list[NotApplied] = []
     config = getattr(model, "config", None)
-    if hasattr(model, "set_attn_implementation") and getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+    implementation = backends.get(backend).hf_attn_implementation
+    current = getattr(config, "_attn_implementation", implementation)
+    if hasattr(model, "set_attn_implementation") and current != implementation:
         previous = config._attn_implementation
-        model.set_attn_implementation("sdpa")
-        applied.append(f"transformers attention implementation: sdpa (was {previous})")
+        model.set_attn_implementation(implementation)
+        applied.append(f"transformers attention implementation: {implementation} (was {previous})")
         calls = {}  # recorded under the old implementation; the layers now call SDPA
     for site in found.sites:
         call = calls.get(site.name)
