@@ -73,7 +73,7 @@ def test_user_model_errors(runner: CliRunner, models_dir: Path, tmp_path: Path) 
     # The user's frames are shown, attnprof's are not.
     assert "broken_forward.py" in result.stderr and "in compute" in result.stderr
     assert "user bug in forward" in result.stderr
-    assert "attnprof/profiler.py" not in result.stderr and "attnprof/workload.py" not in result.stderr
+    assert "attnprof/profiling/run.py" not in result.stderr and "attnprof/targets/workload.py" not in result.stderr
     assert not (tmp_path / "profiles").exists()
 
 

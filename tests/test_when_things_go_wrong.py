@@ -258,7 +258,7 @@ def test_exception_in_the_users_model_code(runner: CliRunner) -> None:
     result = runner.invoke(app, ["profile", str(MODELS / "broken_forward.py"), *FAST])
     assert result.exit_code == 3
     assert "broken_forward.py" in result.stderr and "user bug in forward" in result.stderr
-    assert "attnprof/profiler.py" not in result.stderr
+    assert "attnprof/profiling/run.py" not in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
