@@ -38,16 +38,10 @@ from attnprof import backends
 from attnprof.errors import InputFileError, UsageError
 
 Mode = Literal["infer", "train"]
-
-
 MODES: tuple[str, ...] = ("infer", "train")
-
-
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64")
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
                   "float64": "fp64", "double": "fp64"}
-
-
 # How CPU steps are timed: wall time, or the process's CPU time (immune to time slicing by
 # other processes on a shared machine, which is what makes CI timings drift).
 CLOCKS: tuple[str, ...] = ("wall", "cpu")

@@ -10,11 +10,7 @@ from attnprof.profiling.records import TimeStats
 from attnprof.store import SCHEMA_VERSION
 
 MeasurementStatus = Literal["ok", "oom", "non_finite", "error"]
-
-
 CostKind = Literal["attention", "mlp", "other"]
-
-
 COST_KINDS: tuple[str, ...] = ("attention", "mlp", "other")
 
 

@@ -8,14 +8,8 @@ from typing import Literal
 from attnprof.store import SCHEMA_VERSION
 
 CheckStatus = Literal["pass", "improved", "regression", "changed", "inconclusive", "info"]
-
-
 MetricKind = Literal["time", "memory", "exact"]
-
-
 Verdict = Literal["pass", "regression", "inconclusive"]
-
-
 FAILING_STATUSES: tuple[str, ...] = ("regression", "changed")
 
 

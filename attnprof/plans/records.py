@@ -11,17 +11,9 @@ from attnprof.store import SCHEMA_VERSION
 from attnprof.targets.records import WorkloadInfo
 
 OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "energy", "memory")
-
-
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
-
-
 PRECISION_MODES: tuple[str, ...] = ("autocast", "cast")
-
-
 DATA_PARALLEL_MODES: tuple[str, ...] = ("fsdp", "ddp")
-
-
 ALL_LAYERS = "*"  # a key of PlanChoices.prune_heads / kv_heads that stands for every attention layer
 
 
