@@ -95,7 +95,8 @@ def _build(tp: Any, data: Any, where: str) -> Any:
         if not isinstance(data, dict):
             raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
         _, value_type = typing.get_args(tp) or (str, Any)
-        return {k: _build(value_type, v, f"{where}.{k}") for k, v in data.items()}
+        # A key from the file is shown escaped when it is not printable, so errors stay one line.
+        return {k: _build(value_type, v, f"{where}.{k if k.isprintable() else repr(k)}") for k, v in data.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise InputFileError(f"{where}: expected an object, got {type(data).__name__}")
