@@ -189,3 +189,9 @@ def test_importing_attnprof_imports_no_heavy_library():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert json.loads(done.stdout) == [], done.stderr
+
+
+def test_doctor_imports_torch_but_neither_scipy_nor_pandas(tmp_path):
+    """The doctor inspects torch, so it imports it; the statistics and table libraries stay out."""
+    heavy = _heavy_modules_after(["doctor", "--json"], tmp_path)
+    assert "torch" in heavy and "scipy" not in heavy and "pandas" not in heavy
