@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from attnprof.costmodel.fit import latency_group, memory_group, summarise_validation
+from attnprof.costmodel.fit import summarise_validation
+from attnprof.costmodel.knobs import latency_group, memory_group
 from attnprof.costmodel.records import COST_KINDS, CostModel, GroupInfo, InfeasiblePoint, LinearFit, ValidationPoint
 from attnprof.gate.compare import compare_profiles
 from attnprof.gate.records import CheckResult

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from attnprof import backends
-from attnprof.costmodel.knobs import CHOICE_KNOBS, SHAPE_KNOBS, ConfigValue, choice_key
+from attnprof.costmodel.knobs import CHOICE_KNOBS, SHAPE_KNOBS, ConfigValue, choice_key, latency_group, memory_group
 from attnprof.costmodel.records import (
     COST_KINDS,
     CostModel,
@@ -53,9 +53,6 @@ LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
 }
 # Parameters are known exactly and added as they are; the fit covers the activations.
 MEMORY_FEATURES: tuple[str, ...] = ("activation_bytes", "attention_matrix_bytes", "constant")
-# Knobs that change the cost of attention layers only: other kinds share coefficients across them.
-ATTENTION_ONLY_KNOBS: tuple[str, ...] = ("backend",)
-# SDPA kernels that never hold the full score matrix in memory.
 _ATTENTION_WORDS = ("attention", "attn")
 # A residual this large (relative) counts as an outlier for the robust loss.
 ROBUST_SCALE = 0.05
@@ -70,14 +67,6 @@ class PointFeatures:
     kinds: dict[str, KindFeatures]
     memory: MemoryFeatures
     layers: list[tuple[str, str, KindFeatures]] = field(default_factory=list)  # (name, kind, features)
-
-
-def latency_group(kind: str, config: Mapping[str, ConfigValue]) -> str:
-    return choice_key(config, ignore=() if kind == "attention" else ATTENTION_ONLY_KNOBS)
-
-
-def memory_group(config: Mapping[str, ConfigValue]) -> str:
-    return choice_key(config)
 
 
 def _latency_row(kind: str, features: KindFeatures) -> np.ndarray:

@@ -122,3 +122,17 @@ def config_of(settings: Settings) -> Config:
     if settings.clock != "wall":
         config["clock"] = settings.clock
     return config
+
+
+# Knobs that change the cost of attention layers only: other kinds share coefficients across them.
+ATTENTION_ONLY_KNOBS: tuple[str, ...] = ("backend",)
+
+
+def latency_group(kind: str, config: Mapping[str, ConfigValue]) -> str:
+    """The group of fitted latency coefficients a configuration's layers of `kind` use."""
+    return choice_key(config, ignore=() if kind == "attention" else ATTENTION_ONLY_KNOBS)
+
+
+def memory_group(config: Mapping[str, ConfigValue]) -> str:
+    """The group of fitted memory coefficients a configuration uses."""
+    return choice_key(config)

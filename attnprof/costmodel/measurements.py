@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnprof.costmodel.knobs import ConfigValue
 from attnprof.costmodel.records import Measurement
 from attnprof.settings import Settings
 from attnprof.store import append_jsonl, read_jsonl_records, short_hash, workload_dir
-from attnprof.targets.workload import Workload
+
+if TYPE_CHECKING:  # the paths here are read by light commands; a Workload means torch
+    from attnprof.targets.workload import Workload
 
 
 def measurement_key(config: Mapping[str, ConfigValue]) -> str:

@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from attnprof.costmodel.knobs import latency_group
 from attnprof.costmodel.records import COST_KINDS, CostModel, LinearFit, Prediction
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes
 from attnprof.report.svg import Chart, LineSeries, LogScale, Point, ScatterSeries, XYChart
@@ -63,7 +64,6 @@ def validation_table(model: CostModel) -> Table:
 
 def groups_table(model: CostModel) -> Table:
     """Per choice combination: measured range and the spread of each kind's fit."""
-    from attnprof.costmodel.fit import latency_group  # fitting needs numpy and scipy: load them only here
 
     table = Table(title="fits per choice combination", title_justify="left", pad_edge=False)
     table.add_column("choices", no_wrap=True)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from attnprof.costmodel.fit import memory_group, predict_config
-from attnprof.costmodel.knobs import config_of
+from attnprof.costmodel.fit import predict_config
+from attnprof.costmodel.knobs import config_of, memory_group
 from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
 from attnprof.errors import PlanRejected
