@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,14 @@ def test_relative_error_is_normalised_by_the_reference_scale() -> None:
     close = output_difference(reference, {"logits": torch.tensor([[10.0, -19.0]])})
     assert (close.finite, close.max_rel) == (True, pytest.approx(0.05))
     assert output_difference(reference, {"logits": torch.tensor([[float("inf"), 0.0]])}).finite is False
+
+
+def test_inf_or_nan_in_any_output_makes_it_non_finite() -> None:
+    # Only the main tensor is compared, but a NaN elsewhere (a cache, an auxiliary loss) still
+    # rules the output out, as tune's screening of precisions did before one definition served both.
+    reference = (torch.ones(2), {"aux": torch.ones(1)})
+    broken = output_difference(reference, (torch.ones(2), {"aux": torch.tensor([float("nan")])}))
+    assert (broken.finite, broken.max_rel) == (False, math.inf)
 
 
 def test_pruning_half_the_heads_of_mha_halves_the_layer_cost() -> None:

@@ -27,11 +27,19 @@ def main_tensor(output: Any) -> torch.Tensor:
     raise TypeError(f"the model returned {type(output).__name__}, which holds no tensor to compare")
 
 
+def floating_tensors(output: Any) -> list[torch.Tensor]:
+    """Every floating-point tensor in a model's output (nested tuples, lists, dicts, ModelOutputs)."""
+    if isinstance(output, torch.Tensor):
+        return [_local(output)] if output.is_floating_point() else []
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (list, tuple)) else ()
+    return [tensor for value in values for tensor in floating_tensors(value)]
+
+
 @dataclass(frozen=True)
 class OutputDifference:
     """How far an output's main tensor is from the reference's (see `output_difference`)."""
 
-    finite: bool  # the output holds no inf or nan
+    finite: bool  # no floating tensor of the output holds inf or nan, the main one or any other
     max_abs: float  # max|output - reference|
     max_rel: float  # max|output - reference| / max|reference|
     mismatch: str = ""  # why the two cannot be compared (shapes differ); the errors are inf then
@@ -40,9 +48,9 @@ class OutputDifference:
 def output_difference(reference: Any, output: Any) -> OutputDifference:
     """The main tensors compared in float64. Relative error is max|output - reference| / max|reference|
     (elementwise ratios blow up near zero); a reference of zeros has no scale, so its relative
-    error is the absolute one. A non-finite output is infinitely far."""
+    error is the absolute one. An output with inf or nan anywhere is infinitely far."""
     ref, out = main_tensor(reference).detach().double(), main_tensor(output).detach().double()
-    finite = bool(torch.isfinite(out).all())
+    finite = all(bool(torch.isfinite(tensor.detach()).all()) for tensor in floating_tensors(output))
     if ref.shape != out.shape:
         mismatch = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref.shape)}"
         return OutputDifference(finite, math.inf, math.inf, mismatch)
