@@ -32,7 +32,7 @@ def baseline_command(
     repeats: int = typer.Option(None, "--repeats", help="Timed steps: the samples each check is judged on."),
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
-        None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP} (default: on)"
+        None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP} (default: on)."
     ),
     clock: str = options.CLOCK,
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout and nothing else."),

@@ -36,7 +36,7 @@ CLOCK = typer.Option(
     help="CPU step timing: wall, or cpu (process CPU time, which other load on a shared machine does not inflate).",
 )
 REFERENCE_PROBE_HELP = (
-    "Time a fixed reference workload after each step, so `check`/`compare` can divide out the machine's drift."
+    "Time a fixed reference workload after each step, so `check`/`compare` can divide out the machine's drift"
 )
 
 
@@ -51,7 +51,7 @@ THRESHOLD = typer.Option(
 METRIC = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable.")
 ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")
 ALLOW_MACHINE_MISMATCH = typer.Option(
-    False, "--allow-machine-mismatch", help="Compare profiles from different machines (warns)."
+    False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
 )
 CHECK_RESULT = typer.Option(None, "--result", help="Write the check result JSON to this file.")
 SHOW_ALL = typer.Option(False, "--all", help="List every metric, passing ones too.")

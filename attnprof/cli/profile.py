@@ -35,7 +35,7 @@ def profile_command(
     repeats: int = typer.Option(None, "--repeats", help="Timed steps."),
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
-        None, "--reference-probe/--no-reference-probe", help=options.REFERENCE_PROBE_HELP
+        None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP}."
     ),
     clock: str = options.CLOCK,
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
