@@ -101,7 +101,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
         inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
     args, kwargs = inputs
     scope = backends.kernel_scope(settings.backend)
-    if device.type == "meta" and settings.backend in ("auto", "flash"):
+    if device.type == "meta" and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
         scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
     loss_fn = workload.loss_fn
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
+from attnprof import backends
 from attnprof.costmodel.fit import predict_config
 from attnprof.costmodel.knobs import config_of, memory_group
 from attnprof.costmodel.measurements import architecture_key, model_path
@@ -293,7 +294,7 @@ def reference_choice(settings: Settings, choices: Sequence[GlobalChoice]) -> Glo
         return next((w for w in wanted if w in values), values[-1])
 
     return GlobalChoice(
-        backend=pick("backend", [settings.backend, "flash"]),
+        backend=pick("backend", [settings.backend, backends.CPU_DEFAULT]),
         dtype=pick("dtype", [settings.dtype]),
         batch_size=pick("batch_size", [settings.batch_size]),
         threads=pick("threads", [settings.threads, settings.threads or torch.get_num_threads()]),

@@ -348,7 +348,8 @@ def build_space(
             excluded.append(Exclusion(knob, str(value), reason))
         return reason is not None
 
-    base_backend = settings.backend if settings.backend != "auto" else ("flash" if facts.type == "cpu" else "auto")
+    cpu_default = known_backends.CPU_DEFAULT if facts.type == "cpu" else known_backends.AUTO
+    base_backend = settings.backend if settings.backend != known_backends.AUTO else cpu_default
     backend_values = list(backends or known_backends.SDPA_NAMES) if "backend" in knobs else [base_backend]
     dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
     threads_values = thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
