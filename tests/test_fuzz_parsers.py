@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnprof.api import load_plan
-from attnprof.cli.check import check_options
+from attnprof.cli.options import check_options
 from attnprof.errors import InputFileError, UsageError
 from attnprof.plans.records import Budget, Plan, PlanChoices, PlanFigures
 from attnprof.report.registry import load_report_record

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options
-from attnprof.cli.check import record_baseline
+from attnprof.cli.outputs import record_baseline
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.profile import print_profile

@@ -17,64 +17,14 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options as shared
-from attnprof.cli.report import output_option, print_output, write_outputs
-from attnprof.errors import RegressionFound, UsageError
-from attnprof.gate.compare import CheckOptions, check_machine, compare_profiles, summary
-from attnprof.gate.records import CheckResult
-from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
+from attnprof.cli.outputs import output_option, record_baseline, report_and_judge
+from attnprof.errors import UsageError
+from attnprof.gate.compare import CheckOptions, check_machine, compare_profiles
 from attnprof.machine import machine_info
 from attnprof.profiling.records import Profile, load_profile
-from attnprof.report.check import print_check
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import write_record
-
-
-def check_options(
-    config: ProjectConfig,
-    thresholds: list[str] | None,
-    metrics: list[str] | None,
-    alpha: float | None,
-    allow_machine_mismatch: bool,
-) -> CheckOptions:
-    """CheckOptions from the command line, the environment, pyproject.toml and the defaults."""
-    for key in config.unknown_keys():
-        log(f"warning: {config.source}: tool.attnprof.{key} is not an attnprof setting; ignored")
-    return CheckOptions(
-        thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
-        metrics=tuple(config.resolve("metrics", metrics, ["*"])),
-        alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
-        allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
-    )
-
-
-def report_and_judge(
-    result: CheckResult,
-    markdown: Path | None,
-    junit: Path | None,
-    result_file: Path | None,
-    benchmark_json: Path | None,
-    show_all: bool,
-    as_json: bool,
-    fail_on_regression: bool = True,
-) -> None:
-    """Print the table (or the JSON), write the requested CI files, and raise RegressionFound
-    (exit 1) on a regression."""
-    if as_json:
-        print_output("json", result)
-    else:
-        print_check(result, stdout_console(), show_all)
-    write_outputs(result, {"markdown": markdown, "junit": junit, "benchmark-json": benchmark_json})
-    if result_file is not None:  # the record itself, with its schema version: what `attnprof report` reads
-        write_record(result_file, result)
-        log(f"wrote {result_file}")
-    if fail_on_regression and result.verdict == "regression":
-        raise RegressionFound(summary(result))
-
-
-def record_baseline(path: Path, profile: Profile) -> None:
-    write_record(path, profile)
-    log(f"baseline saved to {path}")
 
 
 def check_command(
@@ -102,7 +52,7 @@ def check_command(
 ) -> None:
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
     config = ProjectConfig.load()
-    options = check_options(config, threshold, metric, alpha, allow_machine_mismatch)
+    options = shared.check_options(config, threshold, metric, alpha, allow_machine_mismatch)
     if against is not None:
         if update_baseline:
             raise UsageError("--update-baseline records a baseline file; it does not combine with --against")

@@ -10,8 +10,7 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options as shared
-from attnprof.cli.check import check_options, report_and_judge
-from attnprof.cli.report import output_option
+from attnprof.cli.outputs import output_option, report_and_judge
 from attnprof.gate.compare import compare_profiles
 from attnprof.profiling.records import load_profile
 from attnprof.settings import ProjectConfig
@@ -33,6 +32,6 @@ def compare_command(
     debug: bool = shared.DEBUG,
 ) -> None:
     """Compare two saved profiles; exit 1 when B regressed significantly against A."""
-    options = check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)
+    options = shared.check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)
     result = compare_profiles(load_profile(baseline), load_profile(current), options, str(baseline), str(current))
     report_and_judge(result, markdown, junit, result_file, benchmark_json, show_all, as_json)

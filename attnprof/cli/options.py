@@ -13,8 +13,10 @@ from typing import Any
 import typer
 
 from attnprof import backends
-from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS
-from attnprof.settings import DTYPES, MODES, canonical_dtype_name
+from attnprof.gate.compare import CheckOptions
+from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
+from attnprof.report.console import log
+from attnprof.settings import DTYPES, MODES, ProjectConfig, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
 
@@ -63,3 +65,21 @@ def run_overrides(**given: Any) -> dict[str, Any]:
     if given.get("dtype") is not None:
         given["dtype"] = canonical_dtype_name(given["dtype"])
     return given
+
+
+def check_options(
+    config: ProjectConfig,
+    thresholds: list[str] | None,
+    metrics: list[str] | None,
+    alpha: float | None,
+    allow_machine_mismatch: bool,
+) -> CheckOptions:
+    """CheckOptions from the command line, the environment, pyproject.toml and the defaults."""
+    for key in config.unknown_keys():
+        log(f"warning: {config.source}: tool.attnprof.{key} is not an attnprof setting; ignored")
+    return CheckOptions(
+        thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
+        metrics=tuple(config.resolve("metrics", metrics, ["*"])),
+        alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
+        allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
+    )

@@ -1,25 +1,23 @@
 """`attnprof report FILE`: a saved profile, fit, plan or check result in another format.
 
-The output files of other commands (`check --junit FILE`, ...) are written here too, through
-the same format registry (attnprof.report.formats).
+It writes through the same format registry (attnprof.report.formats) as the output files of other
+commands (`check --junit FILE`, ...), by way of cli/outputs.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from attnprof.cli.outputs import write_output
 from attnprof.errors import UsageError
-from attnprof.report.adapter import RecordAdapter, ReportOptions
-from attnprof.report.console import detail, log, stdout_console
-from attnprof.report.formats import FORMATS, OutputFormat, formats_help
+from attnprof.report.adapter import ReportOptions
+from attnprof.report.console import detail, stdout_console
+from attnprof.report.formats import FORMATS, formats_help
 from attnprof.report.plots import Peaks
-from attnprof.report.registry import adapter_for_record, load_report_record
-from attnprof.store import atomic_write_bytes, atomic_write_text
+from attnprof.report.registry import load_report_record
 
 
 def report_command(
@@ -47,35 +45,6 @@ def report_command(
         stdout_console().print(output.terminal(adapter, record))
     else:
         typer.echo(output.render(adapter, record, options), nl=False)
-
-
-def output_option(name: str) -> Any:
-    """The flag `--NAME FILE` that writes the record in the registry's format NAME."""
-    return typer.Option(None, f"--{name}", help=f"Write {FORMATS[name].description}.")
-
-
-def write_output(
-    output: OutputFormat, adapter: RecordAdapter[Any], record: Any, path: Path, options: ReportOptions
-) -> None:
-    data = output.render(adapter, record, options)
-    if isinstance(data, bytes):
-        atomic_write_bytes(path, data)
-    else:
-        atomic_write_text(path, data)
-    log(f"wrote {path}")
-
-
-def write_outputs(record: object, paths: Mapping[str, Path | None]) -> None:
-    """Write `record` in each format named in `paths` to its file; a format given no file is skipped."""
-    adapter = adapter_for_record(record)
-    for name, path in paths.items():
-        if path is not None:
-            write_output(FORMATS[name], adapter, record, path, ReportOptions())
-
-
-def print_output(name: str, record: object) -> None:
-    """`record` in the text format `name` on stdout, and nothing else."""
-    typer.echo(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), nl=False)
 
 
 def peaks_from_flags(tflops: float | None, bandwidth_gbs: float | None) -> Peaks | None:
