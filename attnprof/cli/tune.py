@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from attnprof import backends
 from attnprof.cli import options
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
-from attnprof.settings import resolve_settings
+from attnprof.settings import DTYPES, resolve_settings
 from attnprof.store import atomic_write_text, record_json, write_record
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
 from attnprof.tuning.space import knobs_help, parse_plan_knobs
@@ -62,8 +63,8 @@ def tune_command(
     ),
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size of one step."),
     seq_len: int = options.SEQ_LEN,
-    dtype: str = typer.Option(None, "--dtype", help="Baseline dtype: fp32, fp16, bf16 or fp64."),
-    backend: str = typer.Option(None, "--backend", help="Baseline SDPA backend."),
+    dtype: str = typer.Option(None, "--dtype", help=f"Baseline dtype: {', '.join(DTYPES)}."),
+    backend: str = typer.Option(None, "--backend", help=f"Baseline SDPA backend: {', '.join(backends.NAMES)}."),
     device: str = options.GPU_DEVICE,
     mode: str = options.MODE,
     warmup: int = typer.Option(None, "--warmup", help="Warm-up steps per measurement."),
