@@ -27,7 +27,11 @@ def fit_command(
     batch_size: str = typer.Option(None, "--batch-size", "-b", help="Range LOW:HIGH or a value (default 1:4)."),
     seq_len: str = typer.Option(None, "--seq-len", "-s", help="Range LOW:HIGH or a value (default 32:256)."),
     dtype: str = typer.Option(None, "--dtype", help="Comma-separated dtypes (default fp32,bf16)."),
-    backend: str = typer.Option(None, "--backend", help=f"Comma-separated SDPA backends (default {','.join(backends.default_sweep('cpu'))} on CPU)."),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help=f"Comma-separated SDPA backends (default {','.join(backends.default_sweep('cpu'))} on CPU).",
+    ),
     threads: str = typer.Option(None, "--threads", help="Comma-separated CPU thread counts (default: current)."),
     mode: str = options.MODE,
     device: str = options.GPU_DEVICE,
