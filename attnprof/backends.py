@@ -1,4 +1,4 @@
-"""The attention backends attnprof knows: one table, read by every part that names a backend.
+"""The attention backends attnprof knows: one table, read by every part that chooses, checks or recognises one.
 
 A backend is one of PyTorch's scaled_dot_product_attention kernels. Each entry says what the
 settings, plans, sweeps, the doctor, the trace reader and the cost model need to know about it.

@@ -3,12 +3,9 @@ process or in a child process that a hang or a crash cannot take down."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from attnprof.costmodel.fit import PointFeatures, split_step_time, step_features
 from attnprof.costmodel.knobs import Config, config_of
@@ -26,6 +23,7 @@ from attnprof.profiling.run import (
     build_layers,
     counting_pass,
     prepare,
+    restored_threads,
     timing_pass,
 )
 from attnprof.settings import Settings, settings_for
@@ -46,7 +44,7 @@ def failure_status(exc: BaseException) -> MeasurementStatus | None:
 
 def count_features(workload: Workload, settings: Settings) -> PointFeatures:
     """The cost drivers of one configuration from a single counted step, without timing."""
-    with _restored_threads():
+    with restored_threads():
         prepared = prepare(workload, settings)
         counting = counting_pass(prepared)
     layers = build_layers(prepared, counting, None, settings.mode == "train")
@@ -110,7 +108,7 @@ def measure_settings(
 
 def _passes(workload: Workload, settings: Settings) -> tuple[Prepared, CountingResult, TimingResult | None]:
     """The counting pass, then the timing pass unless the outputs are not finite (None)."""
-    with _restored_threads():
+    with restored_threads():
         prepared = prepare(workload, settings)
         counting = counting_pass(prepared)
         if not counting.finite:
@@ -180,11 +178,3 @@ def isolated_measure_point(
     return measure_point
 
 
-@contextlib.contextmanager
-def _restored_threads() -> Iterator[None]:
-    # A configuration's `threads` must not leak into the next one or into the caller.
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

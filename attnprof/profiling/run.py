@@ -314,7 +314,8 @@ def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingRes
 
 
 @contextlib.contextmanager
-def _threads(settings: Settings) -> Iterator[None]:
+def restored_threads() -> Iterator[None]:
+    """Puts torch's CPU thread count back as it was: a run may set its own (Settings.threads)."""
     before = torch.get_num_threads()
     try:
         yield
@@ -332,7 +333,7 @@ def run_profile(
     """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
     backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
     repeats (see timing_pass)."""
-    with _threads(settings):
+    with restored_threads():
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
         counting = counting_pass(prepared)
