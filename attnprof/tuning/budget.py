@@ -13,7 +13,8 @@ import re
 from attnprof.errors import UsageError
 from attnprof.plans.records import OBJECTIVES, Budget
 
-# A measurement this many standard deviations worse than predicted refutes the prediction.
+# A measurement this many standard deviations worse than predicted refutes the prediction. It lives
+# here, in a module without torch, because `tune --help` shows it.
 CONTRADICTION_SIGMAS = 3.0
 
 BUDGET_EXAMPLE = "--budget memory=20GiB --budget latency=15ms --budget energy=2J"

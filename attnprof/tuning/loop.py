@@ -125,7 +125,7 @@ def tune(
     excluded = list(space.excluded)
     checker = OutputChecker(workload, settings)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR
-    space.globals = _screen_precisions(space.globals, settings, checker, max_error, excluded)
+    space.globals = _screen_precisions(space.globals, checker, max_error, excluded)
 
     if not space.globals:
         reasons = "; ".join(f"{e.knob} {e.value}: {e.reason}" for e in excluded)
@@ -261,7 +261,6 @@ def _drop_lossy_options(
 
 def _screen_precisions(
     choices: Sequence[GlobalChoice],
-    settings: Settings,
     checker: OutputChecker,
     max_error: float,
     excluded: list,

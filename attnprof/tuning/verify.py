@@ -61,8 +61,6 @@ class OutputChecker:
     """Compares a changed model's outputs with the fp32 reference on the example inputs."""
 
     def __init__(self, workload: Workload, settings: Settings):
-        self.workload = workload
-        self.settings = settings
         self.device = resolve_device(settings.device)
         self.reference_model = workload.build_model(self.device, torch.float32).eval()
         self.inputs = workload.make_inputs(settings.batch_size, settings.seq_len, self.device, torch.float32)
