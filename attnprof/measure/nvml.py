@@ -344,7 +344,7 @@ class Telemetry:
             self._window = (self._window_start, end)
             self._steps = steps
 
-    def _window_samples(self) -> list[GpuSample]:
+    def window_samples(self) -> list[GpuSample]:
         if self.sampler is None or self._window is None:
             return []
         start, end = self._window
@@ -367,7 +367,7 @@ class Telemetry:
                 "measure more steps (--repeats)",
                 None,
             )
-        joules = integrate_power(self._window_samples())
+        joules = integrate_power(self.window_samples())
         if joules is None:
             reasons = self.reader.reasons if self.reader is not None else {}
             why = reasons.get("energy_mj") or reasons.get("power_w") or "too few power samples"
@@ -378,7 +378,7 @@ class Telemetry:
         """Summary of the readings over the measured window; None when nothing was read."""
         if self.reader is None or self.sampler is None:
             return None
-        window = self._window_samples() or self.sampler.samples
+        window = self.window_samples() or self.sampler.samples
         reasons = dict(self.reader.reasons)
         energy = self.energy()
         if energy.reason is not None:
