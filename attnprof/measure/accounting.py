@@ -147,7 +147,7 @@ class CostCounter(TorchDispatchMode):
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
             flops = self._book_attention_op(cost, fused, phase)
-            phase = "backward" if fused.backward else phase  # a kernel's backward op is backward whatever the scope says
+            phase = "backward" if fused.backward else phase  # a kernel's backward op is backward, whatever the scope
         verdict = self.tracker.observe(func, args, kwargs, out, site, flops)
         if verdict.absorb:
             flops = 0

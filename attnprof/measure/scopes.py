@@ -52,21 +52,21 @@ class ScopeListener(Protocol):
     def on_exit(self, name: str, phase: Phase) -> None: ...
 
 
-@dataclass(eq=False)
 class _Call:
     """One call of one module's forward (or its recompute) and, later, that call's backward."""
 
-    name: str
-    phase: Phase  # forward, or recompute when it ran inside backward
-    parent: _Call | None
-    first_node: int  # sequence number of the first autograd node it could create
-    chain: tuple[_Call, ...] = ()  # the outermost call down to this one
-    label: Any = None  # an open record_function, when labels are on
-    backward_label: Any = None
-    suspended: list[_Call] = field(default_factory=list)  # backward scopes paused by this recompute
+    __slots__ = ("backward_label", "chain", "first_node", "label", "name", "parent", "phase", "suspended")
 
-    def __post_init__(self) -> None:
-        self.chain = (*self.parent.chain, self) if self.parent is not None else (self,)
+    def __init__(self, name: str, phase: Phase, parent: _Call | None, first_node: int,
+                 suspended: list[_Call] | None = None) -> None:
+        self.name = name
+        self.phase: Phase = phase  # forward, or recompute when it ran inside backward
+        self.parent = parent
+        self.first_node = first_node  # sequence number of the first autograd node it could create
+        self.chain: tuple[_Call, ...] = (*parent.chain, self) if parent is not None else (self,)  # outermost first
+        self.label: Any = None  # open record_function ranges, when labels are on
+        self.backward_label: Any = None
+        self.suspended = suspended or []  # backward scopes this recompute paused
 
 
 @dataclass
@@ -87,7 +87,7 @@ class _Segments:
         self.calls.append(call)
 
     def index(self, number: int) -> int:
-        return bisect_right(self.starts, number) - 1
+        return bisect_right(self.starts, number) - 1  # -1: before the first
 
 
 def _is_within(name: str, ancestor: str) -> bool:
@@ -124,15 +124,18 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
         self.order: list[str] = []  # module paths in order of first forward entry
         self._seen: set[str] = set()
         self._parameter_owners: dict[int, str] | None = None
+        self._step = 0
         self._reset()
 
     def _reset(self) -> None:
         self._stack: list[_Call] = []  # forward calls running now, innermost last
         self._open_backward: list[_Call] = []  # backward scopes open now, innermost last
-        self._segments: dict[int, _Segments] = {}  # per thread: autograd sequence numbers are per thread
-        self._forward_thread: int | None = None
+        # Which call made the nodes of each range of sequence numbers. The numbers are per thread:
+        # the forward's thread, and for recomputes the backward's (a GPU's backward has its own).
+        self._forward_segments = _Segments()
+        self._recompute: dict[int, _Segments] = {}
         self._owners: dict[Node, _Call] = {}
-        self._node_hooks: list[RemovableHandle] = []
+        self._step += 1  # node prehooks of an earlier step do nothing
 
     def add_listener(self, listener: ScopeListener) -> None:
         self._listeners.append(listener)
@@ -177,8 +180,6 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
             call = self._stack.pop()
             self._close(call, call.phase)
         self._end_backward()
-        for hook in self._node_hooks:
-            hook.remove()
         self._reset()  # lets go of the step's autograd nodes
 
     # --- forward --------------------------------------------------------------------------
@@ -191,76 +192,80 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
         if name not in self._seen:
             self._seen.add(name)
             self.order.append(name)
-        parent = self._stack[-1] if self._stack else None
-        phase: Phase = "forward"
-        paused: list[_Call] = []
-        if self._backward and torch._C._current_autograd_node() is not None:
-            phase = "recompute"  # a forward inside backward: activation checkpointing
+        stack = self._stack
+        parent = stack[-1] if stack else None
+        if not self._backward:
+            call = _Call(name, "forward", parent, 0)
+        elif torch._C._current_autograd_node() is None:
+            call = _Call(name, "forward", parent, torch.autograd._get_sequence_nr())
+            self._forward_segments.mark(call.first_node, call)
+        else:  # a forward inside backward: activation checkpointing's recompute
+            paused: list[_Call] = []
             if parent is None:
                 parent, paused = self._suspend_backward(name)
-        number = torch.autograd._get_sequence_nr() if self._backward else 0
-        call = _Call(name, phase, parent, number, suspended=paused)
-        if self._backward:
-            self._segments_here().mark(number, call)
-        self._stack.append(call)
-        self._open(call, phase)
+            call = _Call(name, "recompute", parent, torch.autograd._get_sequence_nr(), paused)
+            self._recompute_segments().mark(call.first_node, call)
+        stack.append(call)
+        self._open(call, call.phase)
 
     def _forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
         name = self._names.get(id(module))
-        if name is None:
+        stack = self._stack
+        if name is None or not stack:
             return
-        for index in range(len(self._stack) - 1, -1, -1):
-            if self._stack[index].name == name:
-                break
+        call = stack.pop()
+        if call.name != name:  # a call that raised inside this one (caught there) closes too
+            stack.append(call)
+            if not any(open_call.name == name for open_call in stack):
+                return
+            while True:
+                call = stack.pop()
+                self._close(call, call.phase)
+                if call.name == name:
+                    break
         else:
-            return
-        while len(self._stack) > index:  # normally just the top
-            call = self._stack.pop()
             self._close(call, call.phase)
-        if self._backward:
-            self._segments_here().mark(torch.autograd._get_sequence_nr(), self._stack[-1] if self._stack else None)
-        if call.phase == "recompute" and not self._stack:
-            for paused in call.suspended:
-                self._open_backward.append(paused)
-                self._open(paused, "backward")
-        if self._backward and not self._stack:
-            self._claim(call, _grad_fns(output))
+        if not self._backward:
+            return
+        segments = self._forward_segments if call.phase == "forward" else self._recompute_segments()
+        segments.mark(torch.autograd._get_sequence_nr(), stack[-1] if stack else None)
+        if not stack:
+            if call.phase == "recompute":
+                for paused in call.suspended:
+                    self._open_backward.append(paused)
+                    self._open(paused, "backward")
+            self._claim(call, _grad_fns(output), segments)
 
-    def _segments_here(self) -> _Segments:
-        thread = threading.get_ident()
-        segments = self._segments.get(thread)
-        if segments is None:
-            segments = self._segments[thread] = _Segments()
-        if self._forward_thread is None:
-            self._forward_thread = thread
-        return segments
+    def _recompute_segments(self) -> _Segments:
+        """Recomputes run on the backward's thread, whose sequence numbers are its own."""
+        return self._recompute.setdefault(threading.get_ident(), _Segments())
 
     # --- the graph a forward built ----------------------------------------------------------
 
-    def _claim(self, outermost: _Call, roots: list[Node]) -> None:
+    def _claim(self, outermost: _Call, roots: list[Node], segments: _Segments) -> None:
         """Owners for the nodes the outermost call created, and prehooks where the owner changes."""
-        segments = self._segments_here()
+        starts, calls = segments.starts, segments.calls
         low, high = outermost.first_node, torch.autograd._get_sequence_nr()
         owners = self._owners
-        hooked: set[Node] = set()
+        enter, step = self._enter_backward, self._step
         segment_of: dict[Node, int] = {}
+        hooked: set[Node] = set()
         pending: list[tuple[Node, int]] = [(node, -1) for node in roots]  # -1: consumed outside the model
         while pending:
             node, consumer = pending.pop()
             segment = segment_of.get(node)
             if segment is None:
                 number = node._sequence_nr()
-                if not low <= number < high or node in owners:
+                if number < low or number >= high or node in owners:
                     continue  # made before this call (an input's), AccumulateGrad, or claimed already
-                segment = segment_of[node] = segments.index(number)
-                call = segments.calls[segment]
-                if call is None:
-                    continue
-                owners[node] = call
-                pending.extend((producer, segment) for producer, _ in node.next_functions if producer is not None)
+                segment = segment_of[node] = bisect_right(starts, number) - 1
+                owners[node] = calls[segment]  # type: ignore[assignment]  # inside the call: never None
+                for producer, _ in node.next_functions:
+                    if producer is not None:
+                        pending.append((producer, segment))
             if segment != consumer and node not in hooked:
                 hooked.add(node)
-                self._node_hooks.append(node.register_prehook(partial(self._enter_backward, owners[node])))
+                node.register_prehook(partial(enter, step, owners[node]))
 
     def _owner_name(self, node: Node) -> str:
         call = self._owners.get(node)
@@ -274,12 +279,10 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
             # another leaf (checkpointing's detached inputs): the scope whose backward runs now
             return self._open_backward[-1].name if self._open_backward else ROOT
         # A node no walk reached (a tensor the model kept aside): its number still says who made it.
-        segments = self._segments.get(self._forward_thread) if self._forward_thread is not None else None
-        if segments is not None:
-            index = segments.index(node._sequence_nr())
-            if index >= 0 and segments.calls[index] is not None:
-                return segments.calls[index].name  # type: ignore[union-attr]
-        return ROOT  # the loss and whatever else ran outside the model
+        segments = self._forward_segments
+        index = segments.index(node._sequence_nr())
+        call = segments.calls[index] if index >= 0 else None
+        return call.name if call is not None else ROOT  # ROOT: the loss, whatever ran outside the model
 
     def _owner_of_parameters(self) -> dict[int, str]:
         if self._parameter_owners is None:  # shared parameters belong to their first owner
@@ -292,10 +295,10 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
 
     # --- backward scopes ---------------------------------------------------------------------
 
-    def _enter_backward(self, call: _Call, grad_outputs: Any = None) -> None:
+    def _enter_backward(self, step: int, call: _Call, grad_outputs: Any = None) -> None:
         """Prehook of a node where the owner changes: open `call`'s chain, closing what it leaves."""
         open_ = self._open_backward
-        if open_ and open_[-1] is call:
+        if (open_ and open_[-1] is call) or step != self._step:
             return
         if not open_:  # the first scope of this backward: close everything when it ends
             torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
