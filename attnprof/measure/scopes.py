@@ -90,8 +90,9 @@ class _Segments:
         return bisect_right(self.starts, number) - 1  # -1: before the first
 
 
-def _is_within(name: str, ancestor: str) -> bool:
-    return ancestor == ROOT or name == ancestor or name.startswith(ancestor + ".")
+def _is_inside(name: str, ancestor: str) -> bool:
+    """Whether module `name` is a descendant of module `ancestor` (not the module itself)."""
+    return name != ancestor and (ancestor == ROOT or name.startswith(ancestor + "."))
 
 
 def _grad_fns(output: Any) -> list[Node]:
@@ -317,12 +318,13 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
             self._close(self._open_backward.pop(), "backward")
 
     def _suspend_backward(self, name: str) -> tuple[_Call | None, list[_Call]]:
-        """A recompute of `name` starts: pause the open backward scopes not holding it (the node
-        that asked for the recompute may be one of its children's) until the recompute is over.
-        Returns the innermost open scope holding it (the recompute's parent) and the paused ones."""
+        """A recompute of `name` starts: pause the open backward scopes that are not its ancestors
+        (its own backward, or a child's whose node asked for the recompute) until the recompute is
+        over, so that its recompute time and its backward time never contain each other. Returns
+        the innermost open ancestor (the recompute's parent) and the paused scopes."""
         open_ = self._open_backward
         keep = len(open_)
-        while keep > 0 and not _is_within(name, open_[keep - 1].name):
+        while keep > 0 and not _is_inside(name, open_[keep - 1].name):
             keep -= 1
         paused = open_[keep:]
         while len(open_) > keep:

@@ -113,10 +113,12 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
 
         def step() -> Any:
             model.zero_grad(set_to_none=True)
+            # Backward too runs in the kernel scope: activation checkpointing recomputes forwards
+            # there, and a recompute must run the attention kernel its forward ran.
             with scope():
                 output = call_user(model, *args, what="the model's forward", **kwargs)
                 loss = loss_fn(output, inputs) if loss_fn is not None else default_loss(output)
-            call_user(loss.backward, what="backward")
+                call_user(loss.backward, what="backward")
             return loss.detach()
 
     return Prepared(model, inputs, step, device, dtype, meta_values)
