@@ -84,10 +84,8 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(x)
-        if self.checkpointed:
-            y = checkpoint(lambda h: self.slow(x=h), x, use_reentrant=False)
-        else:
-            y = self.slow(x=x)  # a keyword call
+        # A keyword call, checkpointed or not.
+        y = checkpoint(lambda h: self.slow(x=h), x, use_reentrant=False) if self.checkpointed else self.slow(x=x)
         y += x  # in place on a module's output
         return self.last(y)
 
