@@ -2,10 +2,12 @@
 
 Step times come from plain steps with no hooks installed, so the reported step time is not
 distorted by instrumentation; per-layer times come from separate hooked steps interleaved with
-the plain ones (so slow drift affects both alike). On CPU a layer's time is the wall time
+the plain ones (so slow drift affects both alike). On CPU a layer's time is the host-clock time
 between its scope opening and closing; on a GPU it is the time between CUDA events recorded on
-the device's stream as the scope opens and closes (kernels run asynchronously, so host time
-says nothing about them). `self` time subtracts the time spent in child scopes.
+the current stream as the scope opens and closes (kernels run asynchronously, so host time
+says nothing about them). Backward scopes open and close in autograd-node prehooks, where the
+engine has made the node's stream current: their events go on the stream the backward work runs
+on. `self` time subtracts the time spent in child scopes.
 """
 
 from __future__ import annotations
