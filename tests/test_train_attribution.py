@@ -319,10 +319,10 @@ def test_checkpoint_early_stop_recomputes_no_more_than_forward() -> None:
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_transformers_gradient_checkpointing(reentrant: bool) -> None:
+def test_transformers_activation_checkpointing(reentrant: bool) -> None:
     model = _hf("LlamaConfig", "LlamaForCausalLM", **DECODER)
     plain = _costs(model, _ids())
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # use_cache is switched off for checkpointing
         costs = _costs(model, _ids())
