@@ -44,6 +44,9 @@ ROOT = ""  # named_modules() calls the root module ""
 # prefix), so a trace maps labels back to paths without clashing with a child named "model".
 LABEL_PREFIX = "attnprof::"
 Node = Any  # torch.autograd.graph.Node; the C++ node classes do not subclass it
+# Looked up once: the hooks below run at every module call and scope change of a timed step.
+_current_node = torch._C._current_autograd_node
+_next_node_number = torch.autograd._get_sequence_nr
 
 
 class ScopeListener(Protocol):
@@ -145,10 +148,10 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
         """The module running the current op and the phase it runs in."""
         if self._stack:
             top = self._stack[-1]
-            if top.phase == "forward" and self._backward and torch._C._current_autograd_node() is not None:
+            if top.phase == "forward" and self._backward and _current_node() is not None:
                 return top.name, "backward"  # a backward the module's forward runs itself (autograd.grad)
             return top.name, top.phase
-        node = torch._C._current_autograd_node() if self._backward else None
+        node = _current_node() if self._backward else None
         if node is None:
             return ROOT, "forward"  # outside the model: the loss, the inputs
         # Backward runs without grad mode; checkpointing recomputes a plain function with it on.
@@ -197,14 +200,14 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
         parent = stack[-1] if stack else None
         if not self._backward:
             call = _Call(name, "forward", parent, 0)
-        elif torch._C._current_autograd_node() is None:
-            call = _Call(name, "forward", parent, torch.autograd._get_sequence_nr())
+        elif _current_node() is None:
+            call = _Call(name, "forward", parent, _next_node_number())
             self._forward_segments.mark(call.first_node, call)
         else:  # a forward inside backward: activation checkpointing's recompute
             paused: list[_Call] = []
             if parent is None:
                 parent, paused = self._suspend_backward(name)
-            call = _Call(name, "recompute", parent, torch.autograd._get_sequence_nr(), paused)
+            call = _Call(name, "recompute", parent, _next_node_number(), paused)
             self._recompute_segments().mark(call.first_node, call)
         stack.append(call)
         self._open(call, call.phase)
@@ -229,7 +232,7 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
         if not self._backward:
             return
         segments = self._forward_segments if call.phase == "forward" else self._recompute_segments()
-        segments.mark(torch.autograd._get_sequence_nr(), stack[-1] if stack else None)
+        segments.mark(_next_node_number(), stack[-1] if stack else None)
         if not stack:
             if call.phase == "recompute":
                 for paused in call.suspended:
@@ -246,7 +249,7 @@ class ModuleScopes(AbstractContextManager["ModuleScopes"]):
     def _claim(self, outermost: _Call, roots: list[Node], segments: _Segments) -> None:
         """Owners for the nodes the outermost call created, and prehooks where the owner changes."""
         starts, calls = segments.starts, segments.calls
-        low, high = outermost.first_node, torch.autograd._get_sequence_nr()
+        low, high = outermost.first_node, _next_node_number()
         owners = self._owners
         enter, step = self._enter_backward, self._step
         segment_of: dict[Node, int] = {}
