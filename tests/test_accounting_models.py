@@ -183,8 +183,11 @@ def test_cli_dry_run_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert first["flops"] == 4 * 32 * 4 * 32 * 33 // 2  # 4·D·H·S(S+1)/2 with D 32, H 4, S 32: 270336
     assert data["totals"]["attention_flops"] == 2 * first["flops"]
 
-    refused = CliRunner().invoke(app, ["profile", "hf:llama", "--device", "meta", "--mode", "train"])
-    assert refused.exit_code == 2 and "dry run of the forward pass" in refused.stderr
+    train = CliRunner().invoke(app, [*args, "--mode", "train"])
+    assert train.exit_code == 0, train.output
+    trained = json.loads(train.stdout)
+    assert trained["totals"]["flops"] == data["totals"]["flops"]
+    assert trained["totals"]["backward_flops"] > 2 * trained["totals"]["flops"]  # 2x, attention 2.5x
 
 
 LLAMA_70B = {

@@ -34,7 +34,7 @@ from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_atten
 from attnprof.measure.attention_tracking import AttentionTracker, Site
 from attnprof.measure.meta_values import MetaValues
 from attnprof.measure.records import AttentionInfo
-from attnprof.measure.scopes import ModuleScopes
+from attnprof.measure.scopes import ModuleScopes, Phase
 
 aten = torch.ops.aten
 
@@ -50,6 +50,10 @@ class ModuleCost:
     ops: int = 0
     attention: list[AttentionInfo] = field(default_factory=list)
     backward_attention_flops: int = 0  # included in backward_flops
+    # Activation checkpointing runs forwards again inside backward: counted apart, so that
+    # forward is one forward and backward is gradient work only.
+    recompute_flops: int = 0
+    recompute_bytes: int = 0
 
 
 Formula = Callable[[tuple[Any, ...], dict[str, Any], Any], int]
@@ -120,7 +124,8 @@ def _tensor_bytes(values: list[Any]) -> int:
 
 
 class CostCounter(TorchDispatchMode):
-    """Counts FLOPs and bytes of every op and attributes them to `scopes.current()`."""
+    """Counts FLOPs and bytes of every op and books them on the module and phase `scopes.site()`
+    names: forward, backward (from the autograd node running it) or recompute."""
 
     def __init__(self, scopes: ModuleScopes, values: MetaValues | None = None) -> None:
         super().__init__()
@@ -134,33 +139,27 @@ class CostCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.values.observe(func, args, kwargs, out)
-        site: Site = (self.scopes.current(), self.scopes.phase)
+        site: Site = self.scopes.site()
         cost = self.per_module[site[0]]
-        backward = site[1] == "backward"
+        phase = site[1]
         formula = FORMULAS.get(func.overloadpacket)
         flops = formula(args, kwargs, out) if formula is not None else 0
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
-            flops = self._book_attention_op(cost, fused)
-            backward = backward or fused.backward  # a kernel's backward op is backward whatever the scope says
+            flops = self._book_attention_op(cost, fused, phase)
+            phase = "backward" if fused.backward else phase  # a kernel's backward op is backward, whatever the scope
         verdict = self.tracker.observe(func, args, kwargs, out, site, flops)
         if verdict.absorb:
             flops = 0
         if verdict.release is not None:
-            (name, phase), taken_back = verdict.release
-            released = self.per_module[name]
-            if phase == "backward":
-                released.backward_flops -= taken_back
-            else:
-                released.flops -= taken_back
+            self._take_back(*verdict.release)
         if verdict.attention is not None:
-            cost.attention.append(verdict.attention)
-            flops += verdict.attention.flops
+            flops += self._book_attention_found(cost, verdict.attention, phase)
         cost.backward_attention_flops += verdict.backward_flops
         flops += verdict.backward_flops
-        self.unknown_masks += not verdict.exact
+        self.unknown_masks += not verdict.exact and phase != "recompute"
         moved = 0 if func.is_view else _tensor_bytes(tree_flatten((args, kwargs, out))[0])
-        self._book(cost, backward, flops, moved)
+        self._book(cost, phase, flops, moved)
         return out
 
     def _attention_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpAttention | None:
@@ -169,21 +168,42 @@ class CostCounter(TorchDispatchMode):
             return fused_layer(func, args, kwargs, self.values.value)
         return sdpa_attention(func, args, kwargs, self.values.value, self.tracker.kv_heads_of)
 
-    def _book_attention_op(self, cost: ModuleCost, found: OpAttention) -> int:
+    def _book_attention_op(self, cost: ModuleCost, found: OpAttention, phase: Phase) -> int:
         """Record an attention op's call; its FLOPs (backward: 2.5x forward) are returned to book."""
-        self.unknown_masks += not found.exact
         if found.backward:
+            self.unknown_masks += not found.exact
             extra = backward_flops(found.info.flops)
             cost.backward_attention_flops += extra
             return extra
-        cost.attention.append(found.info)
-        return found.info.flops + found.other_flops
+        return self._book_attention_found(cost, found.info, phase, found.exact) + found.other_flops
+
+    def _book_attention_found(self, cost: ModuleCost, info: AttentionInfo, phase: Phase, exact: bool = True) -> int:
+        """A forward attention: a call of the module's attention, unless it is a recompute of one
+        already recorded. Its FLOPs are returned to book."""
+        if phase != "recompute":
+            cost.attention.append(info)
+            self.unknown_masks += not exact
+        return info.flops
+
+    def _take_back(self, site: Site, flops: int) -> None:
+        """FLOPs booked earlier as a plain matmul that turned out to be attention."""
+        name, phase = site
+        cost = self.per_module[name]
+        if phase == "backward":
+            cost.backward_flops -= flops
+        elif phase == "recompute":
+            cost.recompute_flops -= flops
+        else:
+            cost.flops -= flops
 
     @staticmethod
-    def _book(cost: ModuleCost, backward: bool, flops: int, moved: int) -> None:
-        if backward:
+    def _book(cost: ModuleCost, phase: str, flops: int, moved: int) -> None:
+        if phase == "backward":
             cost.backward_flops += flops
             cost.backward_bytes += moved
+        elif phase == "recompute":
+            cost.recompute_flops += flops
+            cost.recompute_bytes += moved
         else:
             cost.flops += flops
             cost.bytes += moved

@@ -41,6 +41,8 @@ def flash_on_meta(
     (other devices, or arguments it would reject, so that its own error is raised)."""
     if query.device.type != "meta" or query.dim() != 4:
         return None
+    if dropout_p > 0:  # with dropout (training) a CPU runs SDPA's math path, not the flash kernel
+        return None
     if key.size(-3) != query.size(-3) and not enable_gqa:
         return None
     if attn_mask is not None and is_causal:

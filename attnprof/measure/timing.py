@@ -2,10 +2,12 @@
 
 Step times come from plain steps with no hooks installed, so the reported step time is not
 distorted by instrumentation; per-layer times come from separate hooked steps interleaved with
-the plain ones (so slow drift affects both alike). On CPU a layer's time is the wall time
+the plain ones (so slow drift affects both alike). On CPU a layer's time is the host-clock time
 between its scope opening and closing; on a GPU it is the time between CUDA events recorded on
-the device's stream as the scope opens and closes (kernels run asynchronously, so host time
-says nothing about them). `self` time subtracts the time spent in child scopes.
+the current stream as the scope opens and closes (kernels run asynchronously, so host time
+says nothing about them). Backward scopes open and close in autograd-node prehooks, where the
+engine has made the node's stream current: their events go on the stream the backward work runs
+on. `self` time subtracts the time spent in child scopes.
 """
 
 from __future__ import annotations
@@ -23,18 +25,17 @@ from attnprof.measure.scopes import Phase
 
 
 @dataclass
-class _OpenScope:
-    start: float
-    child_time: float = 0.0
-
-
-@dataclass
 class LayerTimes:
     """Per-step accumulations of one hooked step: inclusive and self seconds per (module, phase)."""
 
     inclusive: dict[tuple[str, Phase], float] = field(default_factory=lambda: defaultdict(float))
     self_time: dict[tuple[str, Phase], float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[tuple[str, Phase], int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, key: tuple[str, Phase], inclusive: float, self_time: float, calls: int = 1) -> None:
+        self.inclusive[key] += inclusive
+        self.self_time[key] += self_time
+        self.calls[key] += calls
 
 
 def host_clock(clock: str) -> Callable[[], float]:
@@ -44,29 +45,38 @@ def host_clock(clock: str) -> Callable[[], float]:
 
 
 class HostClockLayerTimer:
-    """A ModuleScopes listener that accumulates host-clock time per module for the current step."""
+    """A ModuleScopes listener that accumulates host-clock time per module for the current step.
+
+    It runs inside every scope change of a hooked step, so it only appends and pops plain lists
+    there; the per-module sums are made when `times` is read."""
 
     def __init__(self, clock: str = "wall") -> None:
-        self._open: list[_OpenScope] = []
-        self.times = LayerTimes()
+        self._open: list[list[float]] = []  # [start, time in child scopes] of each open scope
+        self._closed: list[tuple[str, Phase, float, float]] = []  # name, phase, inclusive, self
+        self._times = LayerTimes()
         self._clock = host_clock(clock)
 
     def reset(self) -> None:
         self._open.clear()
-        self.times = LayerTimes()
+        self._closed.clear()
+        self._times = LayerTimes()
 
     def on_enter(self, name: str, phase: Phase) -> None:
-        self._open.append(_OpenScope(self._clock()))
+        self._open.append([self._clock(), 0.0])
 
     def on_exit(self, name: str, phase: Phase) -> None:
-        scope = self._open.pop()
-        elapsed = self._clock() - scope.start
-        key = (name, phase)
-        self.times.inclusive[key] += elapsed
-        self.times.self_time[key] += elapsed - scope.child_time
-        self.times.calls[key] += 1
+        start, child_time = self._open.pop()
+        elapsed = self._clock() - start
+        self._closed.append((name, phase, elapsed, elapsed - child_time))
         if self._open:
-            self._open[-1].child_time += elapsed
+            self._open[-1][1] += elapsed
+
+    @property
+    def times(self) -> LayerTimes:
+        for name, phase, inclusive, self_time in self._closed:
+            self._times.add((name, phase), inclusive, self_time)
+        self._closed.clear()
+        return self._times
 
 
 @dataclass
@@ -125,10 +135,7 @@ class CudaEventLayerTimer:
                 if scope.parent is not None:
                     scope.parent.child_time += elapsed[id(scope)]
             for scope in self._closed:
-                key = (scope.name, scope.phase)
-                self._times.inclusive[key] += elapsed[id(scope)]
-                self._times.self_time[key] += elapsed[id(scope)] - scope.child_time
-                self._times.calls[key] += 1
+                self._times.add((scope.name, scope.phase), elapsed[id(scope)], elapsed[id(scope)] - scope.child_time)
             self._closed.clear()
         return self._times
 

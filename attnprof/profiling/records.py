@@ -69,6 +69,7 @@ class LayerStats:
     attention: AttentionInfo | None = None
     backward_flops: int = 0
     calls: int = 1
+    recompute_flops: int = 0  # forward run again in backward (activation checkpointing)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Totals:
     # time_ms.samples, and the probe's version: `check` divides out the machine's drift with it.
     reference_time_ms: TimeStats | None = None
     reference_version: int | None = None
+    recompute_flops: int = 0  # activation checkpointing's forwards run again in backward
 
 
 @dataclass

@@ -35,7 +35,7 @@ from attnprof.measure.nvml import Telemetry
 from attnprof.measure.records import Calibration, TraceSummary
 from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
-from attnprof.measure.timing import layer_timer, time_call
+from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
@@ -83,8 +83,6 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
             f"--backend {settings.backend} does not run on a CPU; "
             f"CPU backends: {', '.join((backends.AUTO, *backends.names_on('cpu')))}"
         )
-    if device.type == "meta" and settings.mode == "train":
-        raise UsageError("--device meta is a dry run of the forward pass: use --mode infer")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = parse_dtype(settings.dtype)
@@ -115,10 +113,12 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
 
         def step() -> Any:
             model.zero_grad(set_to_none=True)
+            # Backward too runs in the kernel scope: activation checkpointing recomputes forwards
+            # there, and a recompute must run the attention kernel its forward ran.
             with scope():
                 output = call_user(model, *args, what="the model's forward", **kwargs)
                 loss = loss_fn(output, inputs) if loss_fn is not None else default_loss(output)
-            call_user(loss.backward, what="backward")
+                call_user(loss.backward, what="backward")
             return loss.detach()
 
     return Prepared(model, inputs, step, device, dtype, meta_values)
@@ -176,7 +176,7 @@ def timing_pass(
     timer = layer_timer(prepared.device, settings.clock)
     scopes = ModuleScopes(prepared.model, backward=settings.mode == "train")
     scopes.add_listener(timer)
-    with scopes:  # the first hooked step pays one-off costs (backward hook set-up): discard it
+    with scopes:  # the first hooked step pays one-off costs (events, hook set-up): discard it
         prepared.step()
     probe = reference_probe(prepared.device) if settings.reference_probe else None
     if probe is not None:
@@ -193,18 +193,27 @@ def timing_pass(
         timer.reset()
         with scopes:
             time_call(prepared.step, prepared.device, settings.clock)
-        for (name, phase), seconds in timer.times.inclusive.items():
-            if phase == "forward":
-                result.forward_ms[name].append(1e3 * seconds)
-                result.forward_self_ms[name].append(1e3 * timer.times.self_time[(name, phase)])
-                result.calls[name] = timer.times.calls[(name, phase)]
-            else:
-                result.backward_ms[name].append(1e3 * seconds)
+        _add_step_times(result, timer.times)
     if pace is not None:
         pace(True)
     if telemetry is not None:
         telemetry.window_end(2 * settings.repeats)
     return result
+
+
+def _add_step_times(result: TimingResult, times: LayerTimes) -> None:
+    """One hooked step's per-layer times. A layer's backward time includes the recompute of its
+    forward that activation checkpointing runs inside backward: both are what its backward costs."""
+    backward: dict[str, float] = defaultdict(float)
+    for (name, phase), seconds in times.inclusive.items():
+        if phase == "forward":
+            result.forward_ms[name].append(1e3 * seconds)
+            result.forward_self_ms[name].append(1e3 * times.self_time[(name, phase)])
+            result.calls[name] = times.calls[(name, phase)]
+        else:
+            backward[name] += seconds
+    for name, seconds in backward.items():
+        result.backward_ms[name].append(1e3 * seconds)
 
 
 def allocator_pass(prepared: Prepared, train: bool) -> CudaAllocatorTracker:
@@ -284,6 +293,7 @@ def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingRes
                 attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
                 backward_flops=cost.backward_flops,
                 calls=timing.calls.get(name, 1) if timing else 1,
+                recompute_flops=cost.recompute_flops,
             )
         )
     return layers
@@ -303,6 +313,7 @@ def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingRes
         attention_flops=attention_flops,
         peak_memory_bytes=param_bytes + counting.peak_activation_bytes,
         backward_flops=sum(c.backward_flops for c in counting.costs.values()),
+        recompute_flops=sum(c.recompute_flops for c in counting.costs.values()),
         attention_flops_dense=sum(a.flops_dense for a in attention),
         attention_share_flops=attention_flops / flops if flops else 0.0,
         attention_share_time=attention_time / step.median if step and step.median > 0 else None,
