@@ -1,9 +1,10 @@
 """FLOP and byte accounting over aten ops, attributed to the module that ran them.
 
-Formulas are plain functions of the op's arguments in a registry keyed by aten op packet
-(the style of torch/utils/flop_counter.py). attnprof owns the attention formulas because
-FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks (docs/architecture.md,
-"Facts about PyTorch that shaped the code").
+Formulas live in one registry (flop_formulas.py: torch's own where it counts right, attnprof's
+for the rest); the counter only looks them up, and times the ops no formula covers so that a
+profile can say what share of the step it could not count. attnprof owns the attention formulas
+because FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks
+(docs/architecture.md, "Facts about PyTorch that shaped the code").
 
 Attention is found three ways, all from op arguments rather than class names:
   - SDPA kernel ops and the fused MHA / encoder-layer ops (attention_ops.py);
@@ -19,9 +20,7 @@ nothing and are skipped.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch.utils._pytree import tree_flatten
 from attnprof.measure.attention_math import backward_flops
 from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_attention
 from attnprof.measure.attention_tracking import AttentionTracker, Site
+from attnprof.measure.flop_formulas import Coverage, op_flops
 from attnprof.measure.meta_values import MetaValues
 from attnprof.measure.records import AttentionInfo
 from attnprof.measure.scopes import ModuleScopes
@@ -50,49 +50,6 @@ class ModuleCost:
     ops: int = 0
     attention: list[AttentionInfo] = field(default_factory=list)
     backward_attention_flops: int = 0  # included in backward_flops
-
-
-Formula = Callable[[tuple[Any, ...], dict[str, Any], Any], int]
-FORMULAS: dict[Any, Formula] = {}
-
-
-def register(*packets: Any) -> Callable[[Formula], Formula]:
-    def add(formula: Formula) -> Formula:
-        for packet in packets:
-            FORMULAS[packet] = formula
-        return formula
-
-    return add
-
-
-@register(aten.mm)
-def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    (m, k), (_, n) = args[0].shape, args[1].shape
-    return 2 * m * k * n
-
-
-@register(aten.addmm)
-def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return _mm(args[1:], kwargs, out)
-
-
-@register(aten.bmm)
-def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    (b, m, k), (_, _, n) = args[0].shape, args[1].shape
-    return 2 * b * m * k * n
-
-
-@register(aten.baddbmm)
-def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return _bmm(args[1:], kwargs, out)
-
-
-@register(aten.convolution)
-def _convolution(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    weight = args[1]
-    # Each output element is a dot product over (in_channels / groups) * kernel elements.
-    per_output = math.prod(weight.shape[1:])
-    return 2 * out.numel() * per_output
 
 
 def merge_attention(calls: list[AttentionInfo], backward: int) -> AttentionInfo:
@@ -128,17 +85,17 @@ class CostCounter(TorchDispatchMode):
         self.per_module: dict[str, ModuleCost] = defaultdict(ModuleCost)
         self.values = values if values is not None else MetaValues()
         self.tracker = AttentionTracker(self.values.value)
+        self.coverage = Coverage()
         self.unknown_masks = 0  # attention masks whose values a dry run could not know
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self.coverage.run(self.values.call, func, args, kwargs)
         self.values.observe(func, args, kwargs, out)
         site: Site = (self.scopes.current(), self.scopes.phase)
         cost = self.per_module[site[0]]
         backward = site[1] == "backward"
-        formula = FORMULAS.get(func.overloadpacket)
-        flops = formula(args, kwargs, out) if formula is not None else 0
+        flops = op_flops(func, args, kwargs, out) or 0
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
             flops = self._book_attention_op(cost, fused)

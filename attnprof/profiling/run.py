@@ -29,6 +29,7 @@ from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
 from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
+from attnprof.measure.flop_formulas import Coverage
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
@@ -38,9 +39,10 @@ from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
-from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
+from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
+from attnprof.targets.hf import select_attn_implementation
 from attnprof.targets.records import WorkloadInfo
 from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user
 from attnprof.version import __version__
@@ -92,6 +94,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     # padding masks), so that masks are counted exactly without any real data.
     meta_values = MetaValues() if device.type == "meta" else None
     recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
+    select_attn_implementation(workload, settings.attn_implementation)
     with recording:
         model = workload.build_model(device, dtype)
     model.to(device=device)  # a factory that ignores `device` still runs where asked
@@ -140,6 +143,7 @@ class CountingResult:
     peak_activation_bytes: int
     finite: bool
     unknown_masks: int = 0  # dry run: masks whose values could not be known, counted as dense
+    coverage: Coverage | None = None  # time in ops without a FLOP formula
 
 
 def counting_pass(prepared: Prepared) -> CountingResult:
@@ -150,7 +154,7 @@ def counting_pass(prepared: Prepared) -> CountingResult:
         with tracker, CostCounter(scopes, prepared.meta_values) as counter:
             output = prepared.step()
     return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
-                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks)
+                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks, counter.coverage)
 
 
 @dataclass
@@ -310,7 +314,27 @@ def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingRes
         param_bytes=param_bytes,
         reference_time_ms=TimeStats.from_samples(timing.reference_ms) if timing and timing.reference_ms else None,
         reference_version=REFERENCE_VERSION if timing and timing.reference_ms else None,
+        **_coverage_fields(counting.coverage),
     )
+
+
+def _coverage_fields(coverage: Coverage | None) -> dict[str, Any]:
+    """Totals.uncounted_ops and uncounted_share from the counting step's op times."""
+    if coverage is None:
+        return {}
+    total = coverage.total_seconds if coverage.timed else 0.0
+    ops = [
+        UncountedOp(
+            op=name,
+            calls=entry.calls,
+            time_ms=1e3 * entry.seconds if coverage.timed else None,
+            share=entry.seconds / total if total > 0 else None,
+        )
+        for name, entry in coverage.uncounted.items()
+    ]
+    ops.sort(key=lambda op: (-(op.share or 0.0), -op.calls, op.op))
+    share = sum(op.share or 0.0 for op in ops) if total > 0 else None
+    return {"uncounted_ops": ops, "uncounted_share": share}
 
 
 @contextlib.contextmanager
