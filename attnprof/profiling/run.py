@@ -30,6 +30,7 @@ from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
 from attnprof.measure.flop_formulas import Coverage
+from attnprof.measure.layout import declared_layout, reconcile
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
@@ -253,6 +254,20 @@ def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
     return "other"
 
 
+def declared_layouts(model: nn.Module, layers: list[LayerStats]) -> list[str]:
+    """Attention layouts as their modules declare them (measure/layout.py); a note per layer
+    whose kernel shapes disagree with its module."""
+    modules = dict(model.named_modules())
+    notes = []
+    for layer in layers:
+        if layer.attention is None:
+            continue
+        layer.attention, disagreement = reconcile(layer.attention, declared_layout(modules[layer.name]))
+        if disagreement is not None:
+            notes.append(f"{layer.name}: attention layout: {disagreement}; the kernel's shapes are reported")
+    return notes
+
+
 def _stats(samples: list[float] | None) -> TimeStats | None:
     return TimeStats.from_samples(samples) if samples else None
 
@@ -367,6 +382,7 @@ def run_profile(
         if allocator is not None:
             counting.memory = dict(allocator.module_peak)
         layers = build_layers(prepared, counting, timing, train)
+        layout_notes = declared_layouts(prepared.model, layers)
         totals = build_totals(prepared, counting, timing, layers)
         if allocator is not None:
             totals.peak_memory_bytes = allocator.step_peak
@@ -383,6 +399,7 @@ def run_profile(
     if counting.unknown_masks:
         notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
                      "(inputs built on meta); their pairs were counted as unmasked")
+    notes += layout_notes
     if summary is not None:
         notes += summary.notes
     elif trace:
