@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -84,6 +85,20 @@ class MetaValues:
         standin = torch.zeros((), dtype=tensor.dtype).masked_fill(~keep, float("-inf")) if keep.dim() == 0 else \
             torch.where(keep, 0.0, float("-inf")).to(tensor.dtype)
         return standin.expand(tensor.shape)
+
+    def adopt(self, tree: Any) -> Any:
+        """`tree` with its CPU tensors moved to meta, their values known: inputs given as CPU
+        tensors (a padding mask, position ids) to a model on the meta device."""
+
+        def to_meta(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+                return value
+            meta = value.to("meta")
+            if value.numel() <= self.max_elements:
+                self._values[meta] = value
+            return meta
+
+        return tree_map(to_meta, tree)
 
     def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run `func`, answering from known values what a meta kernel cannot: scalar reads of meta
@@ -237,12 +252,42 @@ class MetaValues:
             return None  # an op with no CPU kernel for these arguments: its value stays unknown
 
 
+class MetaConstants(TorchFunctionMode):
+    """`torch.tensor(data, device="meta")` and its kin copy Python data into a tensor without an
+    aten op the dispatcher sees: they are built on CPU here and moved to meta, values recorded."""
+
+    def __init__(self, values: MetaValues | None = None) -> None:
+        super().__init__()
+        self.values = values
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if (self.values is not None and func in _CONSTRUCTORS and device is not None
+                and torch.device(device).type == "meta"):
+            value = func(*args, **{**kwargs, "device": "cpu"})
+            return self.values.adopt(value)
+        return func(*args, **kwargs)
+
+
+_CONSTRUCTORS = {torch.tensor, torch.as_tensor, torch.asarray}
+
+
 class ValueRecorder(TorchDispatchMode):
     """Records known meta values while a model or its inputs are built (before any counting)."""
 
     def __init__(self, values: MetaValues) -> None:
         super().__init__()
         self.values = values
+        self._constants = MetaConstants(values)
+
+    def __enter__(self) -> ValueRecorder:
+        self._constants.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        self._constants.__exit__(*exc)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}

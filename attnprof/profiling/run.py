@@ -11,6 +11,7 @@ Two kinds of pass, so that counting never slows what is timed:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,10 +104,13 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     model.train(settings.mode == "train")
     with recording:
         inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    if meta_values is not None:
+        inputs = meta_values.adopt(inputs)  # masks given as CPU tensors: on meta, values known
     args, kwargs = inputs
     scope = backends.kernel_scope(settings.backend)
-    if device.type == "meta" and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
-        scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
+    if meta_values is not None and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
+        # A dry run stands for a CPU run, whose SDPA runs the flash kernel.
+        scope = functools.partial(FlashOnMeta, meta_values)
     loss_fn = workload.loss_fn
 
     if settings.mode == "infer":
