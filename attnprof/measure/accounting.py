@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._ops import HigherOrderOperator
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from attnprof.measure.attention_math import backward_flops
-from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_attention
+from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, flex_attention, sdpa_attention
 from attnprof.measure.attention_tracking import AttentionTracker, Site
 from attnprof.measure.flop_formulas import Coverage, op_flops
 from attnprof.measure.meta_values import MetaValues
@@ -72,6 +73,10 @@ def merge_attention(calls: list[AttentionInfo], backward: int) -> AttentionInfo:
     )
 
 
+def _call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return func(*args, **kwargs)
+
+
 def _tensor_bytes(values: list[Any]) -> int:
     return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 
@@ -88,8 +93,12 @@ class CostCounter(TorchDispatchMode):
         self.coverage = Coverage()
         self.unknown_masks = 0  # attention masks whose values a dry run could not know
 
+    supports_higher_order_operators = True  # flex_attention reaches the counter as one op
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if isinstance(func, HigherOrderOperator):
+            return self._higher_order(func, args, kwargs)
         out = self.coverage.run(self.values.call, func, args, kwargs)
         self.values.observe(func, args, kwargs, out)
         site: Site = (self.scopes.current(), self.scopes.phase)
@@ -118,6 +127,17 @@ class CostCounter(TorchDispatchMode):
         self.unknown_masks += not verdict.exact
         moved = 0 if func.is_view else _tensor_bytes(tree_flatten((args, kwargs, out))[0])
         self._book(cost, backward, flops, moved)
+        return out
+
+    def _higher_order(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A higher-order op runs as one call (its inner ops are not seen); flex attention is counted
+        from its mask, any other one is timed as uncounted."""
+        out = self.coverage.run(_call, func, args, kwargs)
+        found = flex_attention(func, args, kwargs)
+        if found is not None:
+            cost = self.per_module[self.scopes.current()]
+            flops = self._book_attention_op(cost, found)
+            self._book(cost, self.scopes.phase == "backward" or found.backward, flops, 0)
         return out
 
     def _attention_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpAttention | None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils import flop_counter
 
-from attnprof.measure.attention_ops import FUSED_LAYERS, SDPA_KERNELS, bind
+from attnprof.measure.attention_ops import FLEX_BACKWARD, FLEX_FORWARD, FUSED_LAYERS, SDPA_KERNELS, bind
 
 aten = torch.ops.aten
 
@@ -41,8 +41,10 @@ FORMULAS: dict[str, Formula] = {}
 
 
 def op_name(func: Any) -> str:
-    """'aten::mm' for aten.mm.default: the overload packet's qualified name."""
-    return func.overloadpacket._qualified_op_name
+    """'aten::mm' for aten.mm.default: the overload packet's qualified name ('higher_order::flex_attention'
+    for a higher-order op)."""
+    packet = getattr(func, "overloadpacket", None)
+    return f"higher_order::{func.name()}" if packet is None else packet._qualified_op_name
 
 
 def register(*names: str) -> Callable[[Formula], Formula]:
@@ -222,17 +224,20 @@ _FLOP_FREE_NAMES = frozenset(f"aten::{name}" for name in (
 ))
 
 # Attention ops are counted by attention_ops.py, not by a formula here.
-_ATTENTION_NAMES = frozenset(packet._qualified_op_name for packet in (*SDPA_KERNELS, *FUSED_LAYERS))
+_ATTENTION_NAMES = frozenset(
+    [packet._qualified_op_name for packet in (*SDPA_KERNELS, *FUSED_LAYERS)]
+    + [f"higher_order::{name}" for name in (FLEX_FORWARD, FLEX_BACKWARD)]
+)
 
 
 def is_flop_free(func: Any) -> bool:
     """True for ops that do no products: views, copies, pointwise, reductions, normalisation ..."""
-    if func.is_view:
+    if getattr(func, "is_view", False):
         return True
     name = op_name(func)
     if name in _FLOP_FREE_NAMES:
         return True
-    return any(tag in func.tags for tag in _FLOP_FREE_TAGS)
+    return any(tag in getattr(func, "tags", ()) for tag in _FLOP_FREE_TAGS)
 
 
 def is_counted(func: Any) -> bool:

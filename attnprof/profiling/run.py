@@ -27,6 +27,7 @@ from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.machine import MachineInfo, git_commit, machine_info
 from attnprof.measure import hardware
 from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
+from attnprof.measure.attention_ops import flex_attention_uncompiled
 from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
@@ -156,7 +157,7 @@ def counting_pass(prepared: Prepared) -> CountingResult:
     with ModuleScopes(prepared.model) as scopes:
         tracker = LiveMemoryTracker()
         scopes.add_listener(tracker)
-        with tracker, CostCounter(scopes, prepared.meta_values) as counter:
+        with tracker, CostCounter(scopes, prepared.meta_values) as counter, flex_attention_uncompiled():
             output = prepared.step()
     return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
                           tracker.peak_bytes, outputs_finite(output), counter.unknown_masks, counter.coverage)
