@@ -103,7 +103,9 @@ class CostCounter(TorchDispatchMode):
         self.values.observe(func, args, kwargs, out)
         site: Site = (self.scopes.current(), self.scopes.phase)
         cost = self.per_module[site[0]]
-        backward = site[1] == "backward"
+        # The autograd engine runs this op: backward even where no module's backward hook fired (the
+        # weight gradient of a first layer whose input needs no gradient).
+        backward = site[1] == "backward" or torch._C._current_graph_task_id() != -1
         flops = op_flops(func, args, kwargs, out) or 0
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
