@@ -148,7 +148,7 @@ def select_attn_implementation(workload: Workload, implementation: str) -> None:
     class's own default). The choice lives on the config, where transformers keeps it."""
     if implementation == "auto":
         return
-    if workload.config is None:
+    if not workload.target.startswith("hf:") or workload.config is None:
         raise UsageError(f"--attn-implementation {implementation} applies to hf: targets only")
     cls, _ = model_class(workload.config, workload.target.removeprefix("hf:"))
     supported = getattr(cls, _SUPPORT_FLAGS.get(implementation, ""), True)
