@@ -375,3 +375,21 @@ def test_flex_attention_is_counted_from_its_block_mask() -> None:
     ((info),) = attention_calls(counted).values()
     # Left padding: the first sequence's real tokens are causal among themselves (6 of 8).
     assert info.backend == "flex" and info.flops == 4 * 16 * 4 * (causal_pairs(6) + causal_pairs(8))
+
+
+def test_report_lists_uncounted_ops_only_when_there_are_some() -> None:
+    from samples import SAMPLES
+
+    from attnprof.report import formats
+    from attnprof.report.adapter import ReportOptions
+    from attnprof.report.registry import adapter_for_record
+
+    profile = SAMPLES["profile"]()
+    adapter = adapter_for_record(profile)
+    render = formats.FORMATS["markdown"].render
+    assert "Ops without a FLOP formula" not in render(adapter, profile, ReportOptions())
+    profile.totals.uncounted_ops = [UncountedOp("aten::_fft_r2c", 3, 2.0, 0.125)]
+    profile.totals.uncounted_share = 0.125
+    markdown = render(adapter, profile, ReportOptions())
+    assert "Ops without a FLOP formula" in markdown and "aten::_fft_r2c" in markdown
+    assert "12.5% of op time in 1 op(s) without a FLOP formula" in markdown

@@ -268,11 +268,10 @@ def sections(profile: Profile) -> list[Section]:
         {"op": op.op, "calls": op.calls, "time_ms": op.time_ms, "share": op.share}
         for op in profile.totals.uncounted_ops
     ]
-    return [
-        layers,
-        Section("Attention layers", ATTENTION_COLUMNS, attention_rows),
-        Section("Ops without a FLOP formula", UNCOUNTED_COLUMNS, uncounted_rows),
-    ]
+    shown = [layers, Section("Attention layers", ATTENTION_COLUMNS, attention_rows)]
+    if uncounted_rows:  # only when the totals leave something out
+        shown.append(Section("Ops without a FLOP formula", UNCOUNTED_COLUMNS, uncounted_rows))
+    return shown
 
 
 def summary(profile: Profile) -> list[tuple[str, str]]:
