@@ -208,6 +208,9 @@ _FLOP_FREE_NAMES = frozenset(f"aten::{name}" for name in (
     # sorting, scans, counting
     "sort", "topk", "argsort", "cumsum", "cumsum_", "cumprod", "histc", "bincount", "searchsorted",
     "bucketize", "unique_consecutive", "_unique2", "unique_dim", "kthvalue", "median", "mode",
+    # comparisons and integer arithmetic without a pointwise tag
+    "eq", "ne", "lt", "le", "gt", "ge", "isin", "floor_divide", "floor_divide_", "remainder", "remainder_", "fmod",
+    "rsub", "complex", "polar",
     # normalisation, softmax, losses, dropout
     "_softmax", "_log_softmax", "_safe_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
     "native_layer_norm", "native_layer_norm_backward", "native_group_norm", "native_group_norm_backward",
