@@ -393,3 +393,20 @@ def test_report_lists_uncounted_ops_only_when_there_are_some() -> None:
     markdown = render(adapter, profile, ReportOptions())
     assert "Ops without a FLOP formula" in markdown and "aten::_fft_r2c" in markdown
     assert "12.5% of op time in 1 op(s) without a FLOP formula" in markdown
+
+
+def test_deepseek_v3_attention_with_wider_keys_than_values() -> None:
+    """Multi-head latent attention: q·k over nope + rope dims (16), p·v over v_head_dim (12)."""
+    heads, rope, nope, value = 4, 8, 8, 12
+    config = transformers.DeepseekV3Config(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=heads,
+        intermediate_size=128, vocab_size=100, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=rope,
+        qk_nope_head_dim=nope, v_head_dim=value, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1,
+    )
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(config)
+    counted = count(model, {"input_ids": ids(2, 8)})
+    ((info, note),) = _layout(counted, model).values()
+    assert counted.attention == 2 * (rope + nope + value) * 2 * heads * causal_pairs(8)
+    assert (info.num_heads, info.head_dim, note) == (heads, rope + nope, None)

@@ -231,8 +231,8 @@ class AttentionTracker:
         if source.dim() == 5 and source.size(2) == 1 and out.size(2) > 1:
             self._kv_heads[out] = source.size(1)
 
-    def _note_split(self, source: torch.Tensor, out: Any) -> None:
-        if not _is_tensor(out) or source.dim() != 4 or out.dim() != 3:
+    def _note_split(self, source: Any, out: Any) -> None:
+        if not (_is_tensor(source) and _is_tensor(out)) or source.dim() != 4 or out.dim() != 3:
             return
         batch, heads = source.shape[:2]
         if out.size(0) == batch * heads and tuple(out.shape[1:]) == tuple(source.shape[2:]):

@@ -26,7 +26,7 @@ from attnprof.measure.records import AttentionInfo
 # Attribute names for each fact, on the attention module itself first, then on its config.
 _HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "attention_heads")
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "num_key_value_head", "multi_query_group_num")
-_HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim", "d_kv")
+_HEAD_DIM = ("qk_head_dim", "head_dim", "attention_head_size", "head_size", "key_value_proj_dim", "d_kv")
 _GROUPS = "num_key_value_groups"  # query heads per K/V head (transformers' GQA modules)
 
 
