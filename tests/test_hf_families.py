@@ -302,3 +302,32 @@ def test_module_target_importable_from_the_current_folder(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["flops"] == linear(BATCH, 8, 8)
+
+
+def test_audio_and_dual_encoder_folders_get_their_inputs(runner: CliRunner, tmp_path: Path) -> None:
+    wav2vec2 = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+        conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+    )
+    profile, _ = _profile(runner, f"hf:{_folder(tmp_path, 'wav2vec2', wav2vec2)}")
+    ((attention),) = _attention(profile).values()
+    assert (attention["q_len"], attention["kv_len"]) == (SEQ, SEQ)  # raw samples sized to --seq-len frames
+
+    whisper = transformers.WhisperConfig(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )
+    layers = _attention(_profile(runner, f"hf:{_folder(tmp_path, 'whisper', whisper)}")[0])
+    assert (layers["encoder.layers.0.self_attn"]["q_len"], layers["decoder.layers.0.self_attn"]["q_len"]) == (16, SEQ)
+    assert layers["decoder.layers.0.encoder_attn"]["kv_len"] == 16
+
+    clip = transformers.CLIPConfig(
+        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                     "vocab_size": 100},
+        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                       "image_size": 32, "patch_size": 8},
+    )
+    layers = _attention(_profile(runner, f"hf:{_folder(tmp_path, 'clip', clip)}")[0])
+    assert layers["text_model.encoder.layers.0.self_attn"]["causal"]
+    assert layers["vision_model.encoder.layers.0.self_attn"]["q_len"] == 17

@@ -402,8 +402,9 @@ def run_profile(
         summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
     if counting.unknown_masks:
-        notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
-                     "(inputs built on meta); their pairs were counted as unmasked")
+        notes.append(f"{counting.unknown_masks} attention mask(s) on the meta device depend on weights or on "
+                     "random inputs (a learned position bias, a mask drawn at random), so their values are "
+                     "unknown; their pairs were counted as unmasked")
     notes += layout_notes
     if summary is not None:
         notes += summary.notes
