@@ -7,7 +7,8 @@ because FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks
 (docs/architecture.md, "Facts about PyTorch that shaped the code").
 
 Attention is found three ways, all from op arguments rather than class names:
-  - SDPA kernel ops and the fused MHA / encoder-layer ops (attention_ops.py);
+  - SDPA kernel ops, flex attention (a higher-order op, its BlockMask evaluated) and the fused
+    MHA / encoder-layer ops (attention_ops.py);
   - matmul → mask → softmax → matmul chains written by hand, or SDPA's decomposed math path
     (attention_tracking.py), whose matmuls are then not counted again as plain matmuls;
   - on the meta device, masks built from constants get values by replay (meta_values.py),
@@ -84,6 +85,8 @@ def _tensor_bytes(values: list[Any]) -> int:
 class CostCounter(TorchDispatchMode):
     """Counts FLOPs and bytes of every op and attributes them to `scopes.current()`."""
 
+    supports_higher_order_operators = True  # flex_attention reaches the counter as one op
+
     def __init__(self, scopes: ModuleScopes, values: MetaValues | None = None) -> None:
         super().__init__()
         self.scopes = scopes
@@ -92,8 +95,6 @@ class CostCounter(TorchDispatchMode):
         self.tracker = AttentionTracker(self.values.value)
         self.coverage = Coverage()
         self.unknown_masks = 0  # attention masks whose values a dry run could not know
-
-    supports_higher_order_operators = True  # flex_attention reaches the counter as one op
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
