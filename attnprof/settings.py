@@ -45,6 +45,8 @@ _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half":
 # How CPU steps are timed: wall time, or the process's CPU time (immune to time slicing by
 # other processes on a shared machine, which is what makes CI timings drift).
 CLOCKS: tuple[str, ...] = ("wall", "cpu")
+# transformers' attention implementations an hf: target can be built with; auto: the class's default.
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "eager", "sdpa", "flex_attention")
 
 
 def canonical_dtype_name(name: str) -> str:
@@ -70,6 +72,7 @@ class Settings:
     threads: int = 0  # 0: leave torch's thread count as it is
     clock: str = "wall"  # CPU devices only; GPU steps are always timed by CUDA events
     reference_probe: bool = False  # time a fixed reference workload after each plain step (drift)
+    attn_implementation: str = "auto"  # hf: targets: transformers' attention implementation
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -90,6 +93,9 @@ class Settings:
             raise UsageError(f"--device must be cpu, meta, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.reference_probe, bool):
             raise UsageError(f"reference_probe must be true or false, got {self.reference_probe!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise UsageError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                             f"got {self.attn_implementation!r}")
         if self.clock not in CLOCKS:
             raise UsageError(f"--clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if self.clock == "cpu" and self.device.startswith("cuda"):

@@ -201,7 +201,7 @@ LLAMA_70B = {
 
 
 def _llama_70b_dir(tmp_path: Path, layers: int) -> Path:
-    config = transformers.LlamaConfig(num_hidden_layers=layers, **LLAMA_70B)
+    config = transformers.LlamaConfig(num_hidden_layers=layers, architectures=["LlamaForCausalLM"], **LLAMA_70B)
     config.save_pretrained(tmp_path)
     return tmp_path
 

@@ -16,7 +16,7 @@ from attnprof import backends
 from attnprof.gate.compare import CheckOptions
 from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.report.console import log
-from attnprof.settings import DTYPES, MODES, ProjectConfig, canonical_dtype_name
+from attnprof.settings import ATTN_IMPLEMENTATIONS, DTYPES, MODES, ProjectConfig, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
 
@@ -36,6 +36,10 @@ CLOCK = typer.Option(
     None,
     "--clock",
     help="CPU step timing: wall, or cpu (process CPU time, which other load on a shared machine does not inflate).",
+)
+ATTN_IMPLEMENTATION = typer.Option(
+    None, "--attn-implementation",
+    help=f"hf: targets: transformers' attention code, {', '.join(ATTN_IMPLEMENTATIONS)} (auto: the model's default).",
 )
 REFERENCE_PROBE_HELP = (
     "Time a fixed reference workload after each step, so `check`/`compare` can divide out the machine's drift"

@@ -38,6 +38,7 @@ def profile_command(
         None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP}."
     ),
     clock: str = options.CLOCK,
+    attn_implementation: str = options.ATTN_IMPLEMENTATION,
     sort: str = typer.Option("order", "--sort", help=f"Row order: {', '.join(SORT_KEYS)}."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to save the profile JSON (default: under profiles/)."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not save the profile."),
@@ -60,6 +61,7 @@ def profile_command(
     overrides = options.run_overrides(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
         warmup=warmup, repeats=repeats, threads=threads, clock=clock, reference_probe=reference_probe,
+        attn_implementation=attn_implementation,
     )
     settings = resolve_settings(workload, overrides)
     log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "

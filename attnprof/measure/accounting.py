@@ -1,12 +1,14 @@
 """FLOP and byte accounting over aten ops, attributed to the module that ran them.
 
-Formulas are plain functions of the op's arguments in a registry keyed by aten op packet
-(the style of torch/utils/flop_counter.py). attnprof owns the attention formulas because
-FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks (docs/architecture.md,
-"Facts about PyTorch that shaped the code").
+Formulas live in one registry (flop_formulas.py: torch's own where it counts right, attnprof's
+for the rest); the counter only looks them up, and times the ops no formula covers so that a
+profile can say what share of the step it could not count. attnprof owns the attention formulas
+because FlopCounterMode counts 0 FLOPs for SDPA on CPU and never discounts masks
+(docs/architecture.md, "Facts about PyTorch that shaped the code").
 
 Attention is found three ways, all from op arguments rather than class names:
-  - SDPA kernel ops and the fused MHA / encoder-layer ops (attention_ops.py);
+  - SDPA kernel ops, flex attention (a higher-order op, its BlockMask evaluated) and the fused
+    MHA / encoder-layer ops (attention_ops.py);
   - matmul → mask → softmax → matmul chains written by hand, or SDPA's decomposed math path
     (attention_tracking.py), whose matmuls are then not counted again as plain matmuls;
   - on the meta device, masks built from constants get values by replay (meta_values.py),
@@ -19,19 +21,19 @@ nothing and are skipped.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._ops import HigherOrderOperator
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from attnprof.measure.attention_math import backward_flops
-from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, sdpa_attention
+from attnprof.measure.attention_ops import FUSED_LAYERS, OpAttention, flex_attention, sdpa_attention
 from attnprof.measure.attention_tracking import AttentionTracker, Site
+from attnprof.measure.flop_formulas import Coverage, op_flops
 from attnprof.measure.meta_values import MetaValues
 from attnprof.measure.records import AttentionInfo
 from attnprof.measure.scopes import ModuleScopes, Phase
@@ -56,49 +58,6 @@ class ModuleCost:
     recompute_bytes: int = 0
 
 
-Formula = Callable[[tuple[Any, ...], dict[str, Any], Any], int]
-FORMULAS: dict[Any, Formula] = {}
-
-
-def register(*packets: Any) -> Callable[[Formula], Formula]:
-    def add(formula: Formula) -> Formula:
-        for packet in packets:
-            FORMULAS[packet] = formula
-        return formula
-
-    return add
-
-
-@register(aten.mm)
-def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    (m, k), (_, n) = args[0].shape, args[1].shape
-    return 2 * m * k * n
-
-
-@register(aten.addmm)
-def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return _mm(args[1:], kwargs, out)
-
-
-@register(aten.bmm)
-def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    (b, m, k), (_, _, n) = args[0].shape, args[1].shape
-    return 2 * b * m * k * n
-
-
-@register(aten.baddbmm)
-def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return _bmm(args[1:], kwargs, out)
-
-
-@register(aten.convolution)
-def _convolution(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    weight = args[1]
-    # Each output element is a dot product over (in_channels / groups) * kernel elements.
-    per_output = math.prod(weight.shape[1:])
-    return 2 * out.numel() * per_output
-
-
 def merge_attention(calls: list[AttentionInfo], backward: int) -> AttentionInfo:
     """One module's attention calls as one record: FLOPs summed, shapes from the first call."""
     first = calls[0]
@@ -119,6 +78,10 @@ def merge_attention(calls: list[AttentionInfo], backward: int) -> AttentionInfo:
     )
 
 
+def _call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return func(*args, **kwargs)
+
+
 def _tensor_bytes(values: list[Any]) -> int:
     return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 
@@ -127,23 +90,27 @@ class CostCounter(TorchDispatchMode):
     """Counts FLOPs and bytes of every op and books them on the module and phase `scopes.site()`
     names: forward, backward (from the autograd node running it) or recompute."""
 
+    supports_higher_order_operators = True  # flex_attention reaches the counter as one op
+
     def __init__(self, scopes: ModuleScopes, values: MetaValues | None = None) -> None:
         super().__init__()
         self.scopes = scopes
         self.per_module: dict[str, ModuleCost] = defaultdict(ModuleCost)
         self.values = values if values is not None else MetaValues()
         self.tracker = AttentionTracker(self.values.value)
+        self.coverage = Coverage()
         self.unknown_masks = 0  # attention masks whose values a dry run could not know
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if isinstance(func, HigherOrderOperator):
+            return self._higher_order(func, args, kwargs)
+        out = self.coverage.run(self.values.call, func, args, kwargs)
         self.values.observe(func, args, kwargs, out)
         site: Site = self.scopes.site()
         cost = self.per_module[site[0]]
-        phase = site[1]
-        formula = FORMULAS.get(func.overloadpacket)
-        flops = formula(args, kwargs, out) if formula is not None else 0
+        phase = site[1]  # ops the autograd engine runs are backward (scopes.site reads the running node)
+        flops = op_flops(func, args, kwargs, out) or 0
         fused = self._attention_op(func, args, kwargs)
         if fused is not None:
             flops = self._book_attention_op(cost, fused, phase)
@@ -160,6 +127,18 @@ class CostCounter(TorchDispatchMode):
         self.unknown_masks += not verdict.exact and phase != "recompute"
         moved = 0 if func.is_view else _tensor_bytes(tree_flatten((args, kwargs, out))[0])
         self._book(cost, phase, flops, moved)
+        return out
+
+    def _higher_order(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A higher-order op runs as one call (its inner ops are not seen); flex attention is counted
+        from its mask, any other one is timed as uncounted."""
+        out = self.coverage.run(_call, func, args, kwargs)
+        found = flex_attention(func, args, kwargs)
+        if found is not None:
+            name, phase = self.scopes.site()
+            cost = self.per_module[name]
+            phase = "backward" if found.backward else phase
+            self._book(cost, phase, self._book_attention_op(cost, found, phase), 0)
         return out
 
     def _attention_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpAttention | None:

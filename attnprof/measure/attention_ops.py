@@ -13,8 +13,9 @@ bottom-right (torch/nn/attention/bias.py calls `_scaled_dot_product_flash_attent
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -316,3 +317,53 @@ FUSED_LAYERS: dict[Any, Callable[..., OpAttention]] = {
     aten._native_multi_head_attention: native_mha_attention,
     aten._transformer_encoder_layer_fwd: encoder_layer_attention,
 }
+
+
+# --- flex attention (a higher-order op) ---------------------------------------------------
+
+FLEX_FORWARD, FLEX_BACKWARD = "flex_attention", "flex_attention_backward"
+
+
+def flex_keep(block_mask: tuple[Any, ...], mask_buffers: tuple[Any, ...], shape: AttentionShape) -> torch.Tensor:
+    """The (batch, heads, q_len, kv_len) pairs a flex BlockMask's mask_mod keeps, evaluated as
+    flex attention's own dense path evaluates it (vmapped over the four index ranges)."""
+    from torch._dynamo._trace_wrapped_higher_order_op import TransformGetItemToIndex
+    from torch.nn.attention.flex_attention import _vmap_for_bhqkv
+
+    mask_mod = _vmap_for_bhqkv(block_mask[-1], prefix=(), suffix=(None,) * len(mask_buffers))
+    device = next((t.device for t in mask_buffers if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    ranges = [torch.arange(size, device=device)
+              for size in (shape.batch, shape.num_heads, shape.q_len, shape.kv_len)]
+    with TransformGetItemToIndex():
+        return mask_mod(*ranges, *mask_buffers).to(torch.bool).expand(
+            shape.batch, shape.num_heads, shape.q_len, shape.kv_len)
+
+
+def flex_attention(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpAttention | None:
+    """Attention of a flex_attention (or its backward) call, or None for other higher-order ops.
+
+    Arguments as the op takes them: (query, key, value, score_mod, block_mask, scale,
+    kernel_options, score_mod_other_buffers, mask_mod_other_buffers) forward, and (query, key,
+    value, out, logsumexp, grad_out, grad_logsumexp, fw_graph, joint_graph, block_mask, scale,
+    kernel_options, score_mod_other_buffers, mask_mod_other_buffers) backward."""
+    name = func.name()
+    if name not in (FLEX_FORWARD, FLEX_BACKWARD):
+        return None
+    query, key, value = args[:3]
+    backward = name == FLEX_BACKWARD
+    block_mask = args[9] if backward else args[4]
+    buffers = args[13] if backward else (args[8] if len(args) > 8 else ())
+    batch, heads, q_len, head_dim = query.shape
+    shape = AttentionShape(batch, heads, key.shape[1], q_len, key.shape[2], head_dim, value.shape[-1])
+    exact = query.device.type != "meta"
+    masks = (flex_keep(block_mask, tuple(buffers), shape),) if exact else ()
+    return OpAttention(attention_info(shape, "flex", None, masks), backward=backward, exact=exact)
+
+
+@contextlib.contextmanager
+def flex_attention_uncompiled() -> Iterator[None]:
+    """Eager flex_attention wraps its op in torch.compile(fullgraph=True) (and transformers compiles
+    it again), which cannot run under a dispatch mode such as the counter: while counting, every
+    torch.compile runs its function eagerly, so the op reaches the counter as itself."""
+    with torch.compiler.set_stance("force_eager"):
+        yield

@@ -6,13 +6,18 @@ dispatcher as: a batched matmul, then scale / mask ops, a softmax over the last 
 maybe dropout, and a second batched matmul that contracts the key dimension. The tracker tags
 the output of every batched matmul as candidate scores, carries the tag (and every mask
 applied to it) through views, casts, scaling, masking, softmax and dropout, and recognises
-the second matmul. The first matmul was counted as a plain matmul when it ran; the tracker
-tells the counter to take those FLOPs back, so nothing is counted twice.
+the second matmul. Any other elementwise op on the scores between the two matmuls carries
+the tag too (a tanh soft-cap, a temperature, a multiplicative mask): what matters is that one
+tagged tensor flows from QKᵀ into a softmax over keys and on into ·V. The first matmul was
+counted as a plain matmul when it ran; the tracker tells the counter to take those FLOPs back,
+so nothing is counted twice.
 
 It also remembers K/V tensors repeated for grouped-query attention (an `expand` of a 5-D
 (batch, kv_heads, 1, seq, dim) tensor, as `repeat_kv` and `enable_gqa` do) so the kv head
 count survives the repeat, and the tensors of each found attention so the backward matmuls
-of the math path are folded into the 2.5x-forward convention.
+of the math path are folded into the 2.5x-forward convention. Only the four backward products
+of an attention's own two matmuls are folded — recognised by their sizes — so another product
+that shares the query (DeBERTa's relative-position scores) keeps its backward FLOPs.
 """
 
 from __future__ import annotations
@@ -81,11 +86,21 @@ class _Scores:
     exact: bool = True
 
 
+# The backward of the two attention matmuls is four batched products: dS·K and Qᵀ·dS (or
+# dSᵀ·Q) for the scores, dO·Vᵀ and Pᵀ·dO for the output.
+_BACKWARD_PRODUCTS = 4
+
+
 @dataclass
 class _Found:
-    """A recognised attention; its backward is booked once, at the first backward matmul."""
+    """A recognised attention; its backward is booked once, at the first backward matmul.
+
+    `products` are the (batch, sorted (m, k, n)) sizes of its two forward matmuls: each
+    backward product of those matmuls has the same sizes in some order."""
 
     backward_flops: int
+    products: frozenset[tuple[int, tuple[int, ...]]]
+    remaining: int = _BACKWARD_PRODUCTS
     backward_booked: bool = False
 
 
@@ -113,6 +128,11 @@ def _reshape_keep(keep: torch.Tensor, old: tuple[int, ...], new: tuple[int, ...]
     if all(size == 1 for size in keep.shape[:-2]):
         return keep.reshape((1,) * (len(new) - 2) + tuple(keep.shape[-2:]))
     return keep.expand(*old[:-2], *keep.shape[-2:]).reshape(*new[:-2], *keep.shape[-2:])
+
+
+def _product(left: torch.Tensor, right: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """A batched matmul's batch and its (m, k, n) sizes in sorted order."""
+    return left.size(0), tuple(sorted((left.size(-2), left.size(-1), right.size(-1))))
 
 
 def _significant(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -173,6 +193,8 @@ class AttentionTracker:
             self._masked_fill(args, out)
         elif not backward and packet is aten.where and len(args) == 3:
             self._where(args, out)
+        elif not backward and torch.Tag.pointwise in func.tags:
+            self._pointwise(args, out)
         return TrackerVerdict()
 
     # --- tags carried along ---------------------------------------------------------------
@@ -198,13 +220,19 @@ class AttentionTracker:
             if followed is not None:
                 self._scores[out] = followed
 
+    def _pointwise(self, args: tuple[Any, ...], out: Any) -> None:
+        """Soft-caps (tanh), scales, multiplicative masks: the scores go on, their pairs unchanged."""
+        tagged = [value for value in args if self._is_scores(value)]
+        if len(tagged) == 1:
+            self._pass(tagged[0], out)
+
     def _note_repeat(self, source: torch.Tensor, out: torch.Tensor) -> None:
         # repeat_kv: (batch, kv_heads, 1, seq, dim) expanded to (batch, kv_heads, n_rep, seq, dim)
         if source.dim() == 5 and source.size(2) == 1 and out.size(2) > 1:
             self._kv_heads[out] = source.size(1)
 
-    def _note_split(self, source: torch.Tensor, out: Any) -> None:
-        if not _is_tensor(out) or source.dim() != 4 or out.dim() != 3:
+    def _note_split(self, source: Any, out: Any) -> None:
+        if not (_is_tensor(source) and _is_tensor(out)) or source.dim() != 4 or out.dim() != 3:
             return
         batch, heads = source.shape[:2]
         if out.size(0) == batch * heads and tuple(out.shape[1:]) == tuple(source.shape[2:]):
@@ -302,8 +330,9 @@ class AttentionTracker:
         left, right = (args[1], args[2]) if packet is aten.baddbmm else (args[0], args[1])
         if backward:
             found = self._found.get(left) or self._found.get(right)
-            if found is None:
+            if found is None or found.remaining == 0 or _product(left, right) not in found.products:
                 return TrackerVerdict()
+            found.remaining -= 1
             booked = 0 if found.backward_booked else found.backward_flops
             found.backward_booked = True
             return TrackerVerdict(absorb=True, backward_flops=booked)
@@ -339,7 +368,8 @@ class AttentionTracker:
         full = (batch, heads, q_len, kv_len)
         keeps = tuple(_reshape_keep(keep, scores.shape, full) for keep in scores.keeps)
         info = attention_info(shape, backend, None, keeps)
-        found = _Found(backward_flops(info.flops))
+        scores_product = _product(*scores.operands)
+        found = _Found(backward_flops(info.flops), frozenset({scores_product, _product(probabilities, value)}))
         for tensor in (probabilities, value, *scores.operands):
             self._found[tensor] = found
         return TrackerVerdict(attention=info, absorb=True, release=scores.first_matmul, exact=scores.exact)

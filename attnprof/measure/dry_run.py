@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from attnprof.measure.meta_values import MetaConstants
 
 aten = torch.ops.aten
 
@@ -54,11 +55,14 @@ def flash_on_meta(
     return output
 
 
-class FlashOnMeta(TorchFunctionMode):
+class FlashOnMeta(MetaConstants):
+    """The dry run's step: SDPA as the flash kernel, constants (`torch.tensor(..., device=meta)`)
+    with their values known."""
+
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             output = flash_on_meta(*args, **kwargs)
             if output is not None:
                 return output
-        return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)

@@ -25,6 +25,8 @@ from attnprof.measure.scopes import Phase
 class LiveMemoryTracker(TorchDispatchMode):
     """Tracks live bytes of step-allocated storages; doubles as a ModuleScopes listener."""
 
+    supports_higher_order_operators = True  # flex_attention runs as one op; its outputs are tracked alike
+
     def __init__(self) -> None:
         super().__init__()
         self.live_bytes = 0

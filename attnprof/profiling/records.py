@@ -17,8 +17,6 @@ from attnprof.targets.records import WorkloadInfo
 LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
 
 
-
-
 @dataclass
 class TimeStats:
     """Spread of repeated timings in milliseconds; `samples` are the raw per-repeat values."""
@@ -73,6 +71,17 @@ class LayerStats:
 
 
 @dataclass
+class UncountedOp:
+    """An op that took time in the counting step but has no FLOP formula (measure/flop_formulas.py):
+    its FLOPs, if it has any, are missing from the profile's totals."""
+
+    op: str  # qualified name, e.g. "aten::_fft_r2c"
+    calls: int  # in one step
+    time_ms: float | None  # its summed duration in the counting step; None in a dry run
+    share: float | None  # of the counting step's total op time; None in a dry run
+
+
+@dataclass
 class Totals:
     time_ms: TimeStats | None
     flops: int
@@ -92,6 +101,9 @@ class Totals:
     reference_time_ms: TimeStats | None = None
     reference_version: int | None = None
     recompute_flops: int = 0  # activation checkpointing's forwards run again in backward
+    # Coverage: ops without a FLOP formula, most time first, and their summed share of op time.
+    uncounted_ops: list[UncountedOp] = field(default_factory=list)
+    uncounted_share: float | None = 0.0
 
 
 @dataclass

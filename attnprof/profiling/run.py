@@ -11,6 +11,7 @@ Two kinds of pass, so that counting never slows what is timed:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ from attnprof.errors import EnvironmentUnsupported, InputFileError, UsageError
 from attnprof.machine import MachineInfo, git_commit, machine_info
 from attnprof.measure import hardware
 from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
+from attnprof.measure.attention_ops import flex_attention_uncompiled
 from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
+from attnprof.measure.flop_formulas import Coverage
+from attnprof.measure.layout import declared_layout, reconcile
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
@@ -38,9 +42,10 @@ from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
-from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
+from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
+from attnprof.targets.hf import select_attn_implementation
 from attnprof.targets.records import WorkloadInfo
 from attnprof.targets.workload import Inputs, Workload, architecture_fingerprint, call_user
 from attnprof.version import __version__
@@ -90,6 +95,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     # padding masks), so that masks are counted exactly without any real data.
     meta_values = MetaValues() if device.type == "meta" else None
     recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
+    select_attn_implementation(workload, settings.attn_implementation)
     with recording:
         model = workload.build_model(device, dtype)
     model.to(device=device)  # a factory that ignores `device` still runs where asked
@@ -97,10 +103,13 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     model.train(settings.mode == "train")
     with recording:
         inputs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+    if meta_values is not None:
+        inputs = meta_values.adopt(inputs)  # masks given as CPU tensors: on meta, values known
     args, kwargs = inputs
     scope = backends.kernel_scope(settings.backend)
-    if device.type == "meta" and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
-        scope = FlashOnMeta  # a dry run stands for a CPU run, whose SDPA runs the flash kernel
+    if meta_values is not None and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
+        # A dry run stands for a CPU run, whose SDPA runs the flash kernel.
+        scope = functools.partial(FlashOnMeta, meta_values)
     loss_fn = workload.loss_fn
 
     if settings.mode == "infer":
@@ -140,6 +149,7 @@ class CountingResult:
     peak_activation_bytes: int
     finite: bool
     unknown_masks: int = 0  # dry run: masks whose values could not be known, counted as dense
+    coverage: Coverage | None = None  # time in ops without a FLOP formula
 
 
 def counting_pass(prepared: Prepared) -> CountingResult:
@@ -147,10 +157,10 @@ def counting_pass(prepared: Prepared) -> CountingResult:
     with ModuleScopes(prepared.model) as scopes:
         tracker = LiveMemoryTracker()
         scopes.add_listener(tracker)
-        with tracker, CostCounter(scopes, prepared.meta_values) as counter:
+        with tracker, CostCounter(scopes, prepared.meta_values) as counter, flex_attention_uncompiled():
             output = prepared.step()
     return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
-                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks)
+                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks, counter.coverage)
 
 
 @dataclass
@@ -258,6 +268,20 @@ def classify(name: str, module: nn.Module, cost: ModuleCost) -> LayerKind:
     return "other"
 
 
+def declared_layouts(model: nn.Module, layers: list[LayerStats]) -> list[str]:
+    """Attention layouts as their modules declare them (measure/layout.py); a note per layer
+    whose kernel shapes disagree with its module."""
+    modules = dict(model.named_modules())
+    notes = []
+    for layer in layers:
+        if layer.attention is None:
+            continue
+        layer.attention, disagreement = reconcile(layer.attention, declared_layout(modules[layer.name]))
+        if disagreement is not None:
+            notes.append(f"{layer.name}: attention layout: {disagreement}; the kernel's shapes are reported")
+    return notes
+
+
 def _stats(samples: list[float] | None) -> TimeStats | None:
     return TimeStats.from_samples(samples) if samples else None
 
@@ -321,7 +345,27 @@ def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingRes
         param_bytes=param_bytes,
         reference_time_ms=TimeStats.from_samples(timing.reference_ms) if timing and timing.reference_ms else None,
         reference_version=REFERENCE_VERSION if timing and timing.reference_ms else None,
+        **_coverage_fields(counting.coverage),
     )
+
+
+def _coverage_fields(coverage: Coverage | None) -> dict[str, Any]:
+    """Totals.uncounted_ops and uncounted_share from the counting step's op times."""
+    if coverage is None:
+        return {}
+    total = coverage.total_seconds if coverage.timed else 0.0
+    ops = [
+        UncountedOp(
+            op=name,
+            calls=entry.calls,
+            time_ms=1e3 * entry.seconds if coverage.timed else None,
+            share=entry.seconds / total if total > 0 else None,
+        )
+        for name, entry in coverage.uncounted.items()
+    ]
+    ops.sort(key=lambda op: (-(op.share or 0.0), -op.calls, op.op))
+    share = sum(op.share or 0.0 for op in ops) if total > 0 else None
+    return {"uncounted_ops": ops, "uncounted_share": share}
 
 
 @contextlib.contextmanager
@@ -354,6 +398,7 @@ def run_profile(
         if allocator is not None:
             counting.memory = dict(allocator.module_peak)
         layers = build_layers(prepared, counting, timing, train)
+        layout_notes = declared_layouts(prepared.model, layers)
         totals = build_totals(prepared, counting, timing, layers)
         if allocator is not None:
             totals.peak_memory_bytes = allocator.step_peak
@@ -368,8 +413,10 @@ def run_profile(
         summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
     if counting.unknown_masks:
-        notes.append(f"{counting.unknown_masks} attention mask(s) had no known values on the meta device "
-                     "(inputs built on meta); their pairs were counted as unmasked")
+        notes.append(f"{counting.unknown_masks} attention mask(s) on the meta device depend on weights or on "
+                     "random inputs (a learned position bias, a mask drawn at random), so their values are "
+                     "unknown; their pairs were counted as unmasked")
+    notes += layout_notes
     if summary is not None:
         notes += summary.notes
     elif trace:

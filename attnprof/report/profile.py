@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from attnprof.profiling.records import LayerStats, Profile, TimeStats
+from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals
 from attnprof.report import plots
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes, human_count
 from attnprof.report.svg import Chart
@@ -23,6 +23,8 @@ SORT_KEYS: dict[str, Callable[[LayerStats], float]] = {
     "name": lambda layer: 0.0,
 }
 BOTTLENECK_COUNT = 3  # the layers with the most self time get a marker
+UNCOUNTED_SHOWN_ABOVE = 0.01  # the terminal names uncounted ops above this share of op time
+UNCOUNTED_LISTED = 5  # ... at most this many of them
 
 
 def _ms(value: float | None) -> str:
@@ -161,8 +163,29 @@ def profile_view(profile: Profile, sort: str = "order") -> Group:
     lines.append(
         f"energy: {totals.energy_j:.3f} J" if totals.energy_j is not None else f"energy: n/a ({totals.energy_reason})"
     )
+    uncounted = uncounted_line(profile)
+    if uncounted is not None:
+        lines.append(uncounted)
     lines += [f"note: {note}" for note in profile.notes]
     return Group(profile_table(profile, sort), *(Text(line) for line in lines))
+
+
+def uncounted_line(profile: Profile) -> str | None:
+    """What the FLOP totals leave out: ops without a formula, when they took over 1% of op time
+    (named in a dry run, which times nothing)."""
+    totals = profile.totals
+    ops = totals.uncounted_ops[:UNCOUNTED_LISTED]
+    if not ops:
+        return None
+    if totals.uncounted_share is None:
+        names = ", ".join(f"{op.op} ({op.calls} calls)" for op in ops)
+        return f"not counted: ops without a FLOP formula (a dry run times nothing): {names}"
+    if totals.uncounted_share <= UNCOUNTED_SHOWN_ABOVE:
+        return None
+    names = ", ".join(f"{op.op} {100 * (op.share or 0.0):.1f}%" for op in ops)
+    more = len(totals.uncounted_ops) - len(ops)
+    return (f"not counted: {100 * totals.uncounted_share:.1f}% of op time is in ops without a FLOP formula "
+            f"({names}{f', {more} more' if more > 0 else ''}); their FLOPs are missing from the totals")
 
 
 def print_profile(profile: Profile, console: Console, sort: str = "order") -> None:
@@ -202,6 +225,8 @@ ATTENTION_COLUMNS = (
     "backward_flops",
 )
 
+UNCOUNTED_COLUMNS = ("op", "calls", "time_ms", "share")
+
 
 def _median(stats: TimeStats | None) -> float | None:
     return None if stats is None else stats.median
@@ -239,7 +264,14 @@ def sections(profile: Profile) -> list[Section]:
         for layer in profile.attention_layers()
         if layer.attention is not None
     ]
-    return [layers, Section("Attention layers", ATTENTION_COLUMNS, attention_rows)]
+    uncounted_rows = [
+        {"op": op.op, "calls": op.calls, "time_ms": op.time_ms, "share": op.share}
+        for op in profile.totals.uncounted_ops
+    ]
+    shown = [layers, Section("Attention layers", ATTENTION_COLUMNS, attention_rows)]
+    if uncounted_rows:  # only when the totals leave something out
+        shown.append(Section("Ops without a FLOP formula", UNCOUNTED_COLUMNS, uncounted_rows))
+    return shown
 
 
 def summary(profile: Profile) -> list[tuple[str, str]]:
@@ -265,6 +297,7 @@ def summary(profile: Profile) -> list[tuple[str, str]]:
         ("timing", profile.timing_source),
         ("FLOPs", f"{t.flops:,}"),
         ("attention FLOPs", f"{t.attention_flops:,}{share}"),
+        ("not counted", _uncounted_fact(t)),
         ("peak memory", f"{t.peak_memory_bytes / 2**20:.4g} MiB"),
         ("energy", energy),
         ("commit", profile.commit or "—"),
@@ -273,6 +306,15 @@ def summary(profile: Profile) -> list[tuple[str, str]]:
     if t.achieved_tflops is not None:
         facts.insert(8, ("achieved", f"{t.achieved_tflops:.4g} TFLOP/s"))
     return facts
+
+
+def _uncounted_fact(totals: Totals) -> str:
+    if not totals.uncounted_ops:
+        return "every op has a FLOP formula"
+    ops = len(totals.uncounted_ops)
+    if totals.uncounted_share is None:
+        return f"{ops} op(s) without a FLOP formula (not timed)"
+    return f"{totals.uncounted_share:.1%} of op time in {ops} op(s) without a FLOP formula"
 
 
 def recorded_peaks(profile: Profile) -> plots.Peaks | None:

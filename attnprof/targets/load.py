@@ -11,7 +11,9 @@ Target forms (docs/architecture.md, "Target strings"):
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -99,13 +101,25 @@ def _import_module(name: str) -> types.ModuleType:
         raise UsageError(
             f"{name!r} is not a target: use path/model.py[:factory], package.module[:factory], hf:NAME or zoo:NAME"
         )
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
+    spec = _find_spec(name)
+    if spec is None:
+        # As `python -m` does, the current folder is importable: `attnprof profile mypkg.models:factory`
+        # run next to mypkg/. It goes last and stays (the module's own later imports need it).
+        here = os.getcwd()
+        if here not in sys.path and "" not in sys.path:
+            sys.path.append(here)
+            importlib.invalidate_caches()
+            spec = _find_spec(name)
     if spec is None:
         raise UsageError(f"{name!r}: no such file or importable module")
     return call_user(importlib.import_module, name, what=f"importing {name}")
+
+
+def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
 
 
 def workload_from_module(module: types.ModuleType, target: str, factory: str) -> Workload:
