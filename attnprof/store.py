@@ -1,10 +1,12 @@
 """Files on disk: the JSON encoding of records, atomic writes, schema versions, the profiles/ layout.
 
-Every write goes to a temporary file in the destination folder, is fsynced, and is renamed
-over the destination, so a reader never sees a half-written file even if the writer is
-killed. Stores that grow record by record are JSON Lines files: one fsynced line per record,
-appended under an fcntl lock, so concurrent writers interleave whole lines and a killed
-writer leaves at most a torn last line, which readers skip and the next writer cuts off.
+Every output goes through atomic_write_bytes: a regular file is written to a temporary file
+in the destination folder, fsynced and renamed over the destination, so a reader never sees
+a half-written file even if the writer is killed; a device, a FIFO or a file descriptor
+(/dev/null, /dev/stdout) is written into, never replaced. Stores that grow record by record
+are JSON Lines files: one fsynced line per record, appended under an fcntl lock, so
+concurrent writers interleave whole lines and a killed writer leaves at most a torn last
+line, which readers skip and the next writer cuts off.
 Nothing is ever unpickled: files are JSON. Older schema versions are upgraded by the steps
 registered in MIGRATIONS; newer ones are refused.
 """
@@ -21,6 +23,8 @@ import json
 import math
 import os
 import reprlib
+import stat
+import sys
 import tempfile
 import types
 import typing
@@ -151,27 +155,102 @@ _FILE_MODE = _default_file_mode()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` via temp file + fsync + rename: all or nothing."""
+    """Write `text` (UTF-8) to `path`: see atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via temp file + fsync + rename: all or nothing."""
+    """Write `data` to `path`, the one way attnprof writes an output file.
+
+    A regular file (or a new one) is written to a temp file beside it, fsynced and renamed over
+    it: all or nothing, the old file kept on failure. A symlink to a regular file keeps the link
+    and replaces the file it names. Anything else is written into and never replaced: a
+    character device (/dev/null), a FIFO, a terminal; a file descriptor reached through /proc
+    (/dev/stdout, /dev/fd/N) is written to as that descriptor, after what is already there. A
+    dangling symlink is refused (it would create a file wherever it points), as is a directory.
+    """
     path = Path(path)
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, _FILE_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        destination = _destination(path)
+        if isinstance(destination, int):
+            _write_fd(descriptor_stand_ins.get(destination, destination), data)
+        elif destination is None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                _write_fd(fd, data)
+            finally:
+                os.close(fd)
+        else:
+            _replace(destination, data)
+
+
+# What a write to /dev/fd/N means while attnprof runs: descriptor N itself, unless the CLI has
+# pointed N elsewhere for a while (user code's stdout goes to stderr while a command runs, and
+# /dev/stdout then means the real stdout, kept aside under another descriptor).
+descriptor_stand_ins: dict[int, int] = {}
+
+
+def _destination(path: Path) -> Path | int | None:
+    """The regular file to replace for `path`; one of this process's descriptors to write to;
+    or None when whatever is at `path` is to be opened and written into."""
+    try:
+        info = os.stat(path)  # follows symlinks: what a write would reach
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise OutputFileError(
+                f"{path}: cannot write (a symlink to {os.readlink(path)}, which does not exist)"
+            ) from None
+        return path
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputFileError(f"{path}: cannot write (is a directory)")
+    descriptor = _proc_descriptor(path)
+    if descriptor is not None:
+        return descriptor if descriptor >= 0 else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
+def _proc_descriptor(path: Path) -> int | None:
+    """For a path whose symlinks pass through /proc/PID/fd/N: N when PID is this process, -1
+    for another process's descriptor; None for a path that does not go through /proc."""
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on nested links
+        folder = os.path.realpath(os.path.dirname(hop))
+        if folder.startswith("/proc/"):
+            own = folder == f"/proc/{os.getpid()}/fd" or folder.startswith(f"/proc/{os.getpid()}/task/")
+            name = os.path.basename(hop)
+            return int(name) if own and name.isdigit() else -1
+        if not os.path.islink(hop):
+            return None
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+    return None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what Python holds for a descriptor lands first
+        with contextlib.suppress(Exception):
+            stream.flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Temp file beside `path`, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

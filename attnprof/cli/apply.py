@@ -16,7 +16,8 @@ from attnprof.api import load_plan
 from attnprof.cli import options
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.plans.records import Plan
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
+from attnprof.settings import ProjectConfig
 from attnprof.store import record_json, write_record
 
 if TYPE_CHECKING:
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
 def apply_command(
     plan_path: Path = typer.Argument(..., metavar="PLAN", help="Plan JSON written by attnprof tune."),
-    target: str = typer.Argument(None, help="The model the plan is for (default: the plan's target)."),
+    target: str = typer.Argument(
+        None, help="The model the plan is for (default: [tool.attnprof] target, else the plan's if that is built in "
+        "or inside this project)."
+    ),
     verify: bool = typer.Option(
         False, "--verify", help="Compare outputs with the unmodified model and re-profile the applied one."
     ),
@@ -46,7 +50,7 @@ def apply_command(
     from attnprof.targets.load import load_workload
 
     plan = load_plan(plan_path)
-    workload = load_workload(target or plan.workload.target)
+    workload = load_workload(options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target))
     check_fingerprint(plan, workload, force, plan_path)
     check_shardable(plan.choices)
     world_size = plan.choices.world_size
@@ -54,7 +58,7 @@ def apply_command(
     if world_size > 1 and ranks is None:
         argv = rerun_arguments(plan_path, target, verify, force, device, out, as_json)
         command = torchrun_command(world_size, argv)
-        typer.echo(json.dumps({"torchrun_command": command}) if as_json else command)
+        print_result(json.dumps({"torchrun_command": command}) if as_json else command)
         raise EnvironmentUnsupported(f"the plan needs {world_size} ranks: run it with the torchrun command above")
     run_device = resolve_device(device or plan.settings.device)
     if world_size > 1:
@@ -109,7 +113,7 @@ def run_plan(
             write_record(out, report)
             log(f"saved {out}")
         if as_json:
-            typer.echo(record_json(report))
+            print_result(record_json(report))
         else:
             print_apply_report(report, plan, stdout_console())
     if report.verification is not None and not report.verification.passed:

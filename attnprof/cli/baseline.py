@@ -13,7 +13,7 @@ import typer
 from attnprof.cli import options
 from attnprof.cli.outputs import record_baseline
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.profile import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import record_json
@@ -57,6 +57,6 @@ def baseline_command(
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
-        typer.echo(record_json(profile))
+        print_result(record_json(profile))
     else:
         print_profile(profile, stdout_console())

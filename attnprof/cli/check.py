@@ -93,7 +93,7 @@ def profile_for_baseline(
     # baseline's setting, applied during the run, so it is compared afterwards).
     here = dataclasses.replace(machine_info(), threads=reference.machine.threads)
     check_machine(reference.machine, here, options.allow_machine_mismatch or update_baseline)
-    workload = load_workload(config.resolve("target", target, reference.workload.target))
+    workload = load_workload(shared.workload_target(config, target, baseline_path, reference.workload.target))
     log(f"profiling {workload.target} with the settings of {baseline_path}")
     return baseline_path, reference, run_profile(workload, reference.settings)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.doctor import doctor_summary, doctor_table
 from attnprof.store import record_json
 
@@ -38,7 +38,7 @@ def doctor_command(
     report = gather()
     report.findings[:0] = measured
     if as_json:
-        typer.echo(record_json(report))
+        print_result(record_json(report))
         return
     stdout_console().print(doctor_table(report))
     log(doctor_summary(report))

@@ -11,7 +11,7 @@ from attnprof.cli import options
 from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, record_json, write_record
@@ -115,6 +115,6 @@ def fit_command(
     write_record(path, run.model)
     log(f"saved {path}")
     if as_json:
-        typer.echo(record_json(run.model))
+        print_result(record_json(run.model))
     else:
         print_fit(run.model, stdout_console())

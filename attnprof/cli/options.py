@@ -8,6 +8,7 @@ attnprof.settings resolves by precedence.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -83,3 +84,17 @@ def check_options(
         alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
         allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
     )
+
+
+def workload_target(config: ProjectConfig, given: str | None, source: Path, named: str) -> str:
+    """The target to run: the command line's, else ATTNPROF_TARGET or [tool.attnprof] target,
+    else the one the data file `source` names, if that is safe to run (which is said)."""
+    from attnprof.targets.load import data_file_target
+
+    chosen = config.resolve("target", given, None)
+    if chosen is not None:
+        return str(chosen)
+    project = config.source.parent if config.source is not None else Path.cwd()
+    target = data_file_target(named, source, project)
+    log(f"running {target}, the target {source} names")
+    return target

@@ -15,7 +15,7 @@ from attnprof.gate.records import CheckResult
 from attnprof.profiling.records import Profile
 from attnprof.report.adapter import RecordAdapter, ReportOptions
 from attnprof.report.check import print_check
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.formats import FORMATS, OutputFormat
 from attnprof.report.registry import adapter_for_record
 from attnprof.store import atomic_write_bytes, atomic_write_text, write_record
@@ -47,7 +47,7 @@ def write_outputs(record: object, paths: Mapping[str, Path | None]) -> None:
 
 def print_output(name: str, record: object) -> None:
     """`record` in the text format `name` on stdout, and nothing else."""
-    typer.echo(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), nl=False)
+    print_result(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), end="")
 
 
 def report_and_judge(

@@ -11,7 +11,7 @@ from attnprof.costmodel.knobs import config_of
 from attnprof.costmodel.records import CostModel
 from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
-from attnprof.report.console import stdout_console, warn
+from attnprof.report.console import print_result, stdout_console, warn
 from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, record_json
 
@@ -76,6 +76,6 @@ def predict_command(
     for message in prediction.warnings:
         warn(message)
     if as_json:
-        typer.echo(record_json(prediction))
+        print_result(record_json(prediction))
     else:
         print_prediction(prediction, stdout_console(), layers or None)

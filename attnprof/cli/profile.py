@@ -10,7 +10,7 @@ import typer
 from attnprof.cli import options
 from attnprof.errors import UsageError
 from attnprof.profiling.records import profile_path
-from attnprof.report.console import detail, log, stdout_console
+from attnprof.report.console import detail, log, print_result, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.profile import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
@@ -89,6 +89,6 @@ def profile_command(
         atomic_write_text(html, render_html(profile))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(record_json(profile))
+        print_result(record_json(profile))
     else:
         print_profile(profile, stdout_console(), sort)

@@ -14,7 +14,7 @@ import typer
 from attnprof.cli.outputs import write_output
 from attnprof.errors import UsageError
 from attnprof.report.adapter import ReportOptions
-from attnprof.report.console import detail, stdout_console
+from attnprof.report.console import detail, print_result, stdout_console
 from attnprof.report.formats import FORMATS, formats_help
 from attnprof.report.plots import Peaks
 from attnprof.report.registry import load_report_record
@@ -44,7 +44,7 @@ def report_command(
     elif output.terminal is not None:
         stdout_console().print(output.terminal(adapter, record))
     else:
-        typer.echo(output.render(adapter, record, options), nl=False)
+        print_result(output.render(adapter, record, options), end="")
 
 
 def peaks_from_flags(tflops: float | None, bandwidth_gbs: float | None) -> Peaks | None:

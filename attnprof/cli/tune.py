@@ -10,7 +10,7 @@ import typer
 from attnprof import backends
 from attnprof.cli import options
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import DTYPES, resolve_settings
@@ -122,7 +122,7 @@ def tune_command(
         atomic_write_text(html, render_html(plan))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(record_json(plan))
+        print_result(record_json(plan))
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:

@@ -11,7 +11,9 @@ Target forms (docs/architecture.md, "Target strings"):
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -148,3 +150,56 @@ def _check_settings_keys(defaults: dict[str, Any], target: str) -> None:
     unknown = sorted(set(defaults) - known)
     if unknown:
         raise UsageError(f"{target}: ATTNPROF has unknown settings {unknown}; known: {sorted(known)}")
+
+
+def data_file_target(named: str, source: Path, project: Path) -> str:
+    """The target a data file (a plan, a baseline) names, when nothing else names one.
+
+    A file someone sent must never run code they chose: the target it names is run only when
+    no code is imported (zoo:, hf:) or when its code resolves inside `project` (the folder of
+    the project's pyproject.toml, else the working directory). Anything else is refused; the
+    command line or [tool.attnprof] target names the workload instead. Nothing is imported here.
+    """
+    refusal = (
+        f"{source} names the target {named[:200]!r}, {{why}}; attnprof does not run code a data file "
+        "names: give the target on the command line or as [tool.attnprof] target"
+    )
+    if named.startswith(("zoo:", "hf:")):
+        return named
+    if not named.strip():
+        raise UsageError(refusal.format(why="which is empty"))
+    try:
+        location = _code_location(named)
+    except UsageError as exc:
+        raise UsageError(refusal.format(why=f"which is not loadable ({exc})")) from None
+    if location is None:
+        raise UsageError(refusal.format(why="which is built into Python"))
+    real, root = Path(os.path.realpath(location)), Path(os.path.realpath(project))
+    if not real.is_relative_to(root):
+        raise UsageError(refusal.format(why=f"whose code is {real}, outside this project ({root})"))
+    return named
+
+
+def _code_location(target: str) -> Path | None:
+    """The file a file or module target's code lives in, found without importing anything
+    (None for a module built into the interpreter)."""
+    path_part, _, _ = _split_factory(target)
+    if path_part.endswith(".py") or Path(path_part).is_file():
+        if not Path(path_part).is_file():
+            raise UsageError(f"{path_part}: no such file")
+        return Path(path_part)
+    if not path_part or not all(part.isidentifier() for part in path_part.split(".")):
+        raise UsageError("not a file or module name")
+    top, *subs = path_part.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name imports nothing to be found
+    except (ImportError, ValueError):
+        spec = None
+    for part in subs:  # a submodule is looked up in its package's folders, not imported
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        spec = importlib.machinery.PathFinder.find_spec(part, folders) if folders else None
+    if spec is None:
+        raise UsageError(f"no module {path_part!r}")
+    if spec.origin is None or spec.origin in ("built-in", "frozen"):
+        return None
+    return Path(spec.origin)
