@@ -25,6 +25,7 @@ from attnprof.profiling.faults import known_failure
 from attnprof.profiling.progress import install_tracker
 from attnprof.report import progress
 from attnprof.report.console import error, printable, results_only_on_stdout, set_verbosity
+from attnprof.store import paths_from_here
 from attnprof.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,7 +117,9 @@ def handle_errors(command: F, owns_stdout: bool = True) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = _GlobalFlags.debug or bool(kwargs.get("debug"))
         try:
-            with results_only_on_stdout() if owns_stdout else contextlib.nullcontext():
+            # Relative paths are taken from where the command started, whatever the user's code
+            # does with the working directory.
+            with paths_from_here(), results_only_on_stdout() if owns_stdout else contextlib.nullcontext():
                 return command(*args, **kwargs)
         except Exception as exc:
             known = known_failure(exc)

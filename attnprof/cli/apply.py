@@ -14,6 +14,7 @@ import typer
 
 from attnprof.api import load_plan
 from attnprof.cli import options
+from attnprof.cli.outputs import refuse_overwriting
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.plans.records import Plan
 from attnprof.report.console import log, print_result, stdout_console
@@ -47,10 +48,15 @@ def apply_command(
     """Apply a saved plan to a model; with --verify, check it against the unmodified model."""
     from attnprof.measure.device import resolve_device
     from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
 
     plan = load_plan(plan_path)
-    workload = load_workload(options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target))
+    target = options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target)
+    refuse_overwriting(
+        {"--out": out, "--profile-out": (profile_out or applied_profile_path(plan_path)) if verify else None},
+        {"the plan": plan_path, "the model": target_source(target)},
+    )
+    workload = load_workload(target)
     check_fingerprint(plan, workload, force, plan_path)
     check_shardable(plan.choices)
     world_size = plan.choices.world_size
@@ -102,7 +108,7 @@ def run_plan(
             check.measured_latency_ms = step_time(model, example, settings, device).median
         else:
             profile = reprofile(workload, model, settings)
-            path = profile_out or plan_path.with_name(f"{plan_path.stem}-applied-profile.json")
+            path = profile_out or applied_profile_path(plan_path)
             write_record(path, profile)
             check.profile_path = str(path)
             if profile.totals.time_ms is not None:
@@ -118,6 +124,11 @@ def run_plan(
             print_apply_report(report, plan, stdout_console())
     if report.verification is not None and not report.verification.passed:
         raise PlanRejected("verification failed: " + "; ".join(report.verification.reasons))
+
+
+def applied_profile_path(plan_path: Path) -> Path:
+    """Where --verify saves the applied model's profile unless told: next to the plan."""
+    return plan_path.with_name(f"{plan_path.stem}-applied-profile.json")
 
 
 def check_fingerprint(plan: Plan, workload: Workload, force: bool, plan_path: Path) -> None:

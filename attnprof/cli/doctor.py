@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import UsageError
 from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.doctor import doctor_summary, doctor_table
@@ -15,8 +16,8 @@ def doctor_command(
     calibrate_peaks: bool = typer.Option(False, "--calibrate", help="Measure GEMM TFLOP/s per dtype and copy "
                                          "bandwidth, and store them for % of peak and the roofline class."),
     device: str = typer.Option(None, "--device", help="Device to calibrate (default: the CPU and the current GPU)."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for torch while calibrating; match "
-                                "`profile --threads` (calibrations are kept per thread count)."),
+    threads: int = options.setting_option("threads", "--threads", help="CPU threads for torch while calibrating; "
+                                          "match `profile --threads` (calibrations are kept per thread count)."),
 ) -> None:
     """Check torch, CUDA, GPUs, NVML, CUPTI, SDPA backends, device peaks and optional packages; each problem
     comes with its fix."""

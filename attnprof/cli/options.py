@@ -8,6 +8,8 @@ attnprof.settings resolves by precedence.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +19,76 @@ from attnprof import backends
 from attnprof.gate.compare import CheckOptions
 from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.report.console import log
-from attnprof.settings import DTYPES, MODES, ProjectConfig, canonical_dtype_name
+from attnprof.settings import DTYPES, LIMITS, MODES, ProjectConfig, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
 
 DEBUG = typer.Option(False, "--debug", help="Show attnprof's traceback on errors.")
 
+
+# --- numbers: every numeric flag is parsed here, into its range, finite (else exit 2, one line) ---
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """A parser of integers from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise typer.BadParameter(f"must be from {low} to {high}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+def real_number(low: float, high: float, above_low: bool = False) -> Callable[[str], float]:
+    """A parser of finite numbers from `low` (excluded when `above_low`) to `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {text[:40]}")
+        if not (low < value if above_low else low <= value) or value > high:
+            raise typer.BadParameter(f"must be {'above' if above_low else 'at least'} {low:g} and at most {high:g}, "
+                                     f"got {text[:40]}")
+        return value
+
+    return parse
+
+
+def count_option(default: int | None, *flags: str, low: int, high: int, help: str) -> Any:
+    """An integer flag bounded to [low, high]."""
+    return typer.Option(default, *flags, parser=whole_number(low, high), metavar="INTEGER", help=help)
+
+
+def number_option(
+    default: float | None, *flags: str, low: float, high: float, help: str, above_low: bool = False
+) -> Any:
+    """A finite real-number flag bounded to [low, high] (or (low, high])."""
+    return typer.Option(default, *flags, parser=real_number(low, high, above_low), metavar="NUMBER", help=help)
+
+
+def setting_option(name: str, *flags: str, help: str) -> Any:
+    """The flag of the whole-number setting `name`, bounded as attnprof.settings.LIMITS says."""
+    low, high = LIMITS[name]
+    return count_option(None, *flags, low=low, high=high, help=help)
+
+
 # --- run settings (attnprof.settings.Settings): None leaves a setting to the lower precedences ---
-BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Batch size.")
-SEQ_LEN = typer.Option(None, "--seq-len", "-s", help="Sequence length.")
+BATCH_SIZE = setting_option("batch_size", "--batch-size", "-b", help="Batch size.")
+SEQ_LEN = setting_option("seq_len", "--seq-len", "-s", help="Sequence length.")
 DTYPE = typer.Option(None, "--dtype", help=f"{', '.join(DTYPES)}.")
 BACKEND = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only).")
 GPU_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N.")
 MODE = typer.Option(None, "--mode", help=f"{' or '.join(MODES)}: a no_grad forward, or forward + backward.")
-WARMUP = typer.Option(None, "--warmup", help="Warm-up steps, discarded.")
-THREADS = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is).")
+WARMUP = setting_option("warmup", "--warmup", help="Warm-up steps, discarded.")
+REPEATS = setting_option("repeats", "--repeats", help="Timed steps.")
+THREADS = setting_option("threads", "--threads", help="CPU threads for torch (default: leave as is).")
 CLOCK = typer.Option(
     None,
     "--clock",
@@ -52,7 +108,8 @@ THRESHOLD = typer.Option(
     f"layers.*norm*:median:off (default: {' '.join(DEFAULT_THRESHOLDS)}).",
 )
 METRIC = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable.")
-ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")
+ALPHA = number_option(None, "--alpha", low=0.0, high=0.5, above_low=True,
+                      help=f"Significance level (default {DEFAULT_ALPHA}).")
 ALLOW_MACHINE_MISMATCH = typer.Option(
     False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
 )

@@ -8,6 +8,7 @@ stop, calling `on_tick` with each round of samples.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import time
@@ -15,13 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attnprof.doctor.records import MonitorRecording
+from attnprof.doctor.records import MIN_INTERVAL_S, MonitorRecording
 from attnprof.errors import EnvironmentUnsupported, NvmlError, UsageError
 from attnprof.measure import nvml
 from attnprof.measure.records import GpuInfo, GpuSample
 from attnprof.store import timestamp, write_record
 
-MIN_INTERVAL_S = 0.1  # NVML readings refresh at about this rate; faster sampling repeats them
 FLUSH_EVERY_S = 5.0  # a recording survives a kill with at most this much lost
 
 TickCallback = Callable[[list[GpuInfo], list[GpuSample], str], None]
@@ -36,10 +36,10 @@ class MonitorOptions:
     record: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.interval_s < MIN_INTERVAL_S:
-            raise UsageError(f"--interval must be at least {MIN_INTERVAL_S} s, got {self.interval_s:g}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise UsageError(f"--duration must be positive, got {self.duration_s:g}")
+        if not (math.isfinite(self.interval_s) and self.interval_s >= MIN_INTERVAL_S):
+            raise UsageError(f"--interval must be a number of seconds from {MIN_INTERVAL_S}, got {self.interval_s:g}")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise UsageError(f"--duration must be a positive number of seconds, got {self.duration_s:g}")
         if self.pid is not None and self.command:
             raise UsageError("give either --pid or a command after --, not both")
         if self.pid is not None and not _alive(self.pid):

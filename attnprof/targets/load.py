@@ -34,7 +34,7 @@ DEFAULT_TARGET = "zoo:decoder"
 
 def load_workload(target: str | None) -> Workload:
     """Parse a target string and load what it names (exit 2 on bad targets, 3 on user errors)."""
-    target = (target or DEFAULT_TARGET).strip()
+    target = (DEFAULT_TARGET if target is None else target).strip()  # "": an unset variable, refused
     try:
         return _load_target(target)
     except (OSError, ValueError) as exc:
@@ -46,7 +46,10 @@ def load_workload(target: str | None) -> Workload:
 
 def _load_target(target: str) -> Workload:
     if not target:
-        raise UsageError("empty target")
+        raise UsageError(
+            "the target is empty (an unset variable?): name one, e.g. model.py or zoo:decoder, or give none for "
+            f"{DEFAULT_TARGET}"
+        )
     if target.startswith("zoo:"):
         return load_zoo(target)
     if target.startswith("hf:"):
@@ -178,6 +181,21 @@ def data_file_target(named: str, source: Path, project: Path) -> str:
     if not real.is_relative_to(root):
         raise UsageError(refusal.format(why=f"whose code is {real}, outside this project ({root})"))
     return named
+
+
+def target_source(target: str | None) -> Path | None:
+    """The file a target's workload is read from (its model file, its module's file, an hf:
+    folder's config.json), found without importing anything; None when there is none or the
+    target does not name one that exists (loading it then says why)."""
+    if target is None or target.startswith("zoo:"):
+        return None
+    if target.startswith("hf:"):
+        config = Path(target.removeprefix("hf:")) / "config.json"
+        return config if config.is_file() else None
+    try:
+        return _code_location(target)
+    except (UsageError, OSError, ValueError):
+        return None
 
 
 def _code_location(target: str) -> Path | None:
