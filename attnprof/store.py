@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 from attnprof.errors import InputFileError, OutputFileError, UsageError
 
 SCHEMA_VERSION = 1
+INT64_MAX = 2**63 - 1  # no count or size in a record is larger: one that is, is a corrupt file
 R = TypeVar("R")
 
 DEFAULT_PROFILE_DIR = Path("profiles")
@@ -129,6 +130,8 @@ def _build(tp: Any, data: Any, where: str) -> Any:
     if tp in (int, str, bool):
         if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
             raise InputFileError(f"{where}: expected {tp.__name__}, got {_short(data)}")
+        if tp is int and not -INT64_MAX <= data <= INT64_MAX:
+            raise InputFileError(f"{where}: {_short(data)} is out of range (a 64-bit integer)")
         return data
     raise InputFileError(f"{where}: cannot read a value of type {tp}")
 

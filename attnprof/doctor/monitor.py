@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnprof.doctor.records import MIN_INTERVAL_S, MonitorRecording
-from attnprof.errors import EnvironmentUnsupported, NvmlError, UsageError
+from attnprof.errors import EnvironmentUnsupported, NvmlError, Terminated, UsageError
 from attnprof.measure import nvml
 from attnprof.measure.records import GpuInfo, GpuSample
 from attnprof.store import timestamp, write_record
 
 FLUSH_EVERY_S = 5.0  # a recording survives a kill with at most this much lost
+TERMINATE_GRACE_S = 10.0  # a launched command's time to stop after SIGTERM, before SIGKILL
 
 TickCallback = Callable[[list[GpuInfo], list[GpuSample], str], None]
 
@@ -79,7 +80,8 @@ class _Watch:
 
 
 def run_monitor(options: MonitorOptions, on_tick: TickCallback) -> int:
-    """Sample until the duration ends, the watched process exits, or Ctrl-C. Returns the exit
+    """Sample until the duration ends, the watched process exits, or Ctrl-C (SIGTERM is passed
+    on to a launched command, and raised again once it stopped: exit 143). Returns the exit
     code for the CLI: the launched command's own, else 0."""
     try:
         with nvml.session():
@@ -130,6 +132,15 @@ def _loop(options: MonitorOptions, readers: list[nvml.DeviceReader], on_tick: Ti
             if done:
                 break
             _wait(watch, options.interval_s)
+    except Terminated:
+        # SIGTERM (a CI cancel, a scheduler) stops the launched command too, then attnprof exits 143.
+        if watch.process is not None and watch.process.poll() is None:
+            watch.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watch.process.wait(timeout=TERMINATE_GRACE_S)
+            if watch.process.poll() is None:
+                watch.process.kill()
+        raise
     except KeyboardInterrupt:
         pass  # Ctrl-C ends monitoring; the terminal sent it to a launched command as well
     finally:

@@ -33,6 +33,16 @@ def printable(text: str, keep_newlines: bool = False) -> str:
     return pattern.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
+# What XML 1.0 cannot hold at all, even escaped: most C0 controls, surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` (XML already serialised) with each character XML cannot hold written as its escape,
+    so that a control character in a metric's name or detail keeps the document well-formed."""
+    return _NOT_XML.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class SafeConsole(Console):
     """A rich Console that escapes control characters in what it prints (its own styling is
     added after this, from each segment's style, so colours still work)."""
