@@ -51,12 +51,12 @@ def apply_command(
     from attnprof.targets.load import load_workload, target_source
 
     plan = load_plan(plan_path)
-    target = options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target)
+    chosen = options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target)
     refuse_overwriting(
         {"--out": out, "--profile-out": (profile_out or applied_profile_path(plan_path)) if verify else None},
-        {"the plan": plan_path, "the model": target_source(target)},
+        {"the plan": plan_path, "the model": target_source(chosen)},
     )
-    workload = load_workload(target)
+    workload = load_workload(chosen)
     check_fingerprint(plan, workload, force, plan_path)
     check_shardable(plan.choices)
     world_size = plan.choices.world_size
