@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 from attnprof.errors import InputFileError, OutputFileError, UsageError
 
 SCHEMA_VERSION = 1
+MAX_FILE_BYTES = 1 << 30  # far above any saved record or store; what is longer is read no further
 INT64_MAX = 2**63 - 1  # no count or size in a record is larger: one that is, is a corrupt file
 R = TypeVar("R")
 
@@ -433,7 +434,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """Load a JSON object written by attnprof, refusing corrupt files and newer schemas."""
     path = Path(path)
     try:
-        raw = anchored(path).read_bytes()
+        raw = _read_bounded(anchored(path))
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -442,6 +443,16 @@ def read_json(path: Path) -> dict[str, Any]:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     data = _parse_json_object(raw, str(path))
     return migrate(data, str(path))
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing more than MAX_FILE_BYTES (a device such as /dev/zero never ends)."""
+    with open(path, "rb") as handle:
+        too_large = os.fstat(handle.fileno()).st_size > MAX_FILE_BYTES
+        raw = b"" if too_large else handle.read(MAX_FILE_BYTES + 1)
+    if too_large or len(raw) > MAX_FILE_BYTES:
+        raise InputFileError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes: not a file attnprof wrote")
+    return raw
 
 
 def _parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
@@ -510,7 +521,7 @@ def read_jsonl(path: Path, inside: Path | None = None) -> JsonLines:
     """
     path = Path(path)
     try:
-        raw = Path(_confined(path, inside)).read_bytes()
+        raw = _read_bounded(_confined(path, inside))
     except FileNotFoundError:
         return JsonLines(records=[], notes=[])
     except IsADirectoryError:

@@ -145,6 +145,20 @@ def test_output_to_a_dangling_symlink_is_refused(runner: CliRunner, tmp_path: Pa
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
 
 
+def test_an_endless_device_as_input_is_refused_after_a_bound(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zero = tmp_path / "zero"
+    try:
+        os.mknod(zero, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # the zero device's numbers
+    except PermissionError:
+        pytest.skip("mknod of a character device is not permitted here")
+    monkeypatch.setattr("attnprof.store.MAX_FILE_BYTES", 1 << 20)
+    result = runner.invoke(app, ["report", str(zero)])
+    assert result.exit_code == 2 and "larger than" in result.stderr
+    one_line_error(result.stderr)
+
+
 # --- 2. a plan or baseline never runs code it names, unless that code is inside the project ---
 
 EVIL = """

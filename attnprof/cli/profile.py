@@ -19,6 +19,7 @@ from attnprof.store import (
     DEFAULT_PROFILE_DIR,
     ScratchFolder,
     atomic_write_text,
+    file_identity,
     record_json,
     write_new_record,
     write_record,
@@ -68,8 +69,10 @@ def profile_command(
     log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "
         f"{settings.dtype}, {settings.device})")
     trace = trace or trace_file is not None
-    # The saved profile's path depends on the run: a trace to go beside it waits in a scratch folder.
-    scratch = ScratchFolder("trace") if trace and trace_file is None and not no_save else None
+    # The saved profile's path depends on the run: a trace to go beside it waits in a scratch folder
+    # (a profile written into a device or stdout has no beside).
+    beside = not no_save and (out is None or file_identity(out) is not None)
+    scratch = ScratchFolder("trace") if trace and trace_file is None and beside else None
     with scratch or contextlib.nullcontext():
         pending = scratch.path / "trace.json.gz" if scratch is not None else None
         profile = run_profile(workload, settings, trace=trace, trace_file=trace_file or pending)

@@ -15,7 +15,7 @@ from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import DTYPES, resolve_settings
-from attnprof.store import atomic_write_text, record_json, write_record
+from attnprof.store import atomic_write_text, file_identity, record_json, write_record
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
 from attnprof.tuning.space import knobs_help, parse_plan_knobs
 
@@ -114,7 +114,8 @@ def tune_command(
             f"none of the {len(outcome.verifications)} candidate(s) survived verification by measurement"
         )
     plan = outcome.plan
-    if apply and outcome.winner is not None and outcome.winner.profile is not None:
+    # The winner's profile goes beside a plan file; a plan written into a device or stdout has no beside.
+    if apply and outcome.winner is not None and outcome.winner.profile is not None and file_identity(out) is not None:
         profile_file = out.with_name(out.stem + ".profile.json")
         write_record(profile_file, outcome.winner.profile)
         plan.verification_profile = str(profile_file)
