@@ -102,7 +102,7 @@ def test_report_roofline_peaks_from_flags(runner: CliRunner, profiled: tuple[Pat
         (["PROFILE", "--format", "parquet"], "writes a binary file"),
         (["PROFILE", "--format", "junit"], "--format junit is for a check record, not a profile record"),
         (["PROFILE", "--peak-tflops", "2"], "needs both --peak-tflops and --peak-bandwidth"),
-        (["PROFILE", "--peak-tflops", "-1", "--peak-bandwidth", "5"], "'--peak-tflops': must be a positive number"),
+        (["PROFILE", "--peak-tflops", "-1", "--peak-bandwidth", "5"], "--peak-tflops must be a positive number"),
     ],
 )
 def test_report_bad_inputs(

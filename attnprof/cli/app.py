@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from attnprof.cli import options
-from attnprof.errors import UserCodeError
+from attnprof.errors import AttnprofError, UserCodeError
 from attnprof.profiling.faults import known_failure
 from attnprof.profiling.progress import install_tracker
 from attnprof.report import progress
@@ -29,7 +29,6 @@ from attnprof.store import paths_from_here
 from attnprof.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
-
 
 
 class _Commands(TyperGroup):
@@ -48,6 +47,9 @@ class _Commands(TyperGroup):
         except typer.Abort:
             error("aborted")
             code = 1
+        except AttnprofError as exc:  # a value the option parsers refuse (cli/options.py)
+            error(str(exc))
+            code = exc.exit_code
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise

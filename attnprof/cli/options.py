@@ -16,10 +16,11 @@ from typing import Any
 import typer
 
 from attnprof import backends
+from attnprof.errors import UsageError
 from attnprof.gate.compare import CheckOptions
 from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.report.console import log
-from attnprof.settings import DTYPES, LIMITS, MODES, ProjectConfig, canonical_dtype_name
+from attnprof.settings import DTYPES, LIMITS, MODES, ProjectConfig, Settings, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
 
@@ -27,55 +28,58 @@ DEBUG = typer.Option(False, "--debug", help="Show attnprof's traceback on errors
 
 
 # --- numbers: every numeric flag is parsed here, into its range, finite (else exit 2, one line) ---
-def whole_number(low: int, high: int) -> Callable[[str], int]:
-    """A parser of integers from `low` to `high`."""
+def whole_number(flag: str, low: int, high: int, example: int) -> Callable[[str], int]:
+    """A parser of the integers from `low` to `high` given to `flag`."""
+    kind = "a positive integer" if low == 1 else "a non-negative integer" if low == 0 else f"an integer from {low}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise typer.BadParameter(f"{text[:40]!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise typer.BadParameter(f"must be from {low} to {high}, got {text[:40]}")
+            value = None
+        if value is None or not low <= value <= high:
+            raise UsageError(f"{flag} must be {kind} up to {high}, e.g. {flag} {example}; got {text[:40]!r}")
         return value
 
     return parse
 
 
-def real_number(low: float, high: float, above_low: bool = False) -> Callable[[str], float]:
-    """A parser of finite numbers from `low` (excluded when `above_low`) to `high`."""
+def real_number(flag: str, low: float, high: float, example: float, above_low: bool = False) -> Callable[[str], float]:
+    """A parser of the finite numbers from `low` (excluded when `above_low`) to `high` given to `flag`."""
+    kind = "a positive number" if above_low and low == 0 else f"above {low:g}" if above_low else f"at least {low:g}"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise typer.BadParameter(f"{text[:40]!r} is not a number") from None
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"must be a finite number, got {text[:40]}")
-        if not (low < value if above_low else low <= value) or value > high:
-            lowest = "a positive number" if above_low and low == 0 else f"a number from {low:g}"
-            raise typer.BadParameter(f"must be {lowest} up to {high:g}, got {text[:40]}")
+            value = math.nan
+        if not (math.isfinite(value) and (low < value if above_low else low <= value) and value <= high):
+            raise UsageError(f"{flag} must be {kind} and at most {high:g}, e.g. {flag} {example:g}; got {text[:40]!r}")
         return value
 
     return parse
 
 
-def count_option(default: int | None, *flags: str, low: int, high: int, help: str) -> Any:
+def count_option(default: int | None, *flags: str, low: int, high: int, help: str, example: int | None = None) -> Any:
     """An integer flag bounded to [low, high]."""
-    return typer.Option(default, *flags, parser=whole_number(low, high), metavar="INTEGER", help=help)
+    shown = example if example is not None else default if default is not None else low
+    return typer.Option(default, *flags, parser=whole_number(flags[0], low, high, shown), metavar="INTEGER", help=help)
 
 
 def number_option(
-    default: float | None, *flags: str, low: float, high: float, help: str, above_low: bool = False
+    default: float | None, *flags: str, low: float, high: float, help: str, above_low: bool = False,
+    example: float | None = None,
 ) -> Any:
     """A finite real-number flag bounded to [low, high] (or (low, high])."""
-    return typer.Option(default, *flags, parser=real_number(low, high, above_low), metavar="NUMBER", help=help)
+    shown = example if example is not None else default if default is not None else max(low, 1.0)
+    parse = real_number(flags[0], low, high, shown, above_low)
+    return typer.Option(default, *flags, parser=parse, metavar="NUMBER", help=help)
 
 
 def setting_option(name: str, *flags: str, help: str) -> Any:
     """The flag of the whole-number setting `name`, bounded as attnprof.settings.LIMITS says."""
     low, high = LIMITS[name]
-    return count_option(None, *flags, low=low, high=high, help=help)
+    return count_option(None, *flags, low=low, high=high, help=help, example=getattr(Settings(), name))
 
 
 # --- run settings (attnprof.settings.Settings): None leaves a setting to the lower precedences ---

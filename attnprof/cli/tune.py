@@ -53,7 +53,7 @@ def tune_command(
         CONTRADICTION_SIGMAS,
         "--uncertainty",
         low=0.0,
-        high=1000.0,
+        high=1e12,
         above_low=True,
         help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
     ),
