@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -125,4 +124,3 @@ def test_a_size_beyond_64_bits_is_a_corrupt_file(folder: Path) -> None:
     path.write_text(json.dumps(replaced(SAMPLES["profile"], ("totals", "flops"), 10**400)))
     with pytest.raises(InputFileError, match="out of range"):
         load_report_record(path)
-    assert math.isfinite(float(2**63 - 1))
