@@ -57,6 +57,17 @@ def canonical_dtype_name(name: str) -> str:
     return key
 
 
+# The range of each whole-number setting, wherever it comes from (a flag, the environment,
+# pyproject.toml, a saved file): sizes whose tensors could exist, counts a run could finish.
+LIMITS: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 2**24),
+    "seq_len": (1, 2**24),
+    "repeats": (1, 100_000),
+    "warmup": (0, 100_000),
+    "threads": (0, 4096),  # 0: leave torch's thread count as it is
+}
+
+
 @dataclass
 class Settings:
     """How a workload is run; validated on construction so bad values fail early (exit 2)."""
@@ -77,14 +88,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("batch_size", "seq_len", "repeats"):
+        for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise UsageError(f"--warmup must be a non-negative integer, got {self.warmup!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise UsageError(f"--threads must be a non-negative integer, got {self.threads!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer from {low} to {high}, got {value!r}")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.backend not in backends.NAMES:

@@ -1,10 +1,12 @@
 """Files on disk: the JSON encoding of records, atomic writes, schema versions, the profiles/ layout.
 
-Every write goes to a temporary file in the destination folder, is fsynced, and is renamed
-over the destination, so a reader never sees a half-written file even if the writer is
-killed. Stores that grow record by record are JSON Lines files: one fsynced line per record,
-appended under an fcntl lock, so concurrent writers interleave whole lines and a killed
-writer leaves at most a torn last line, which readers skip and the next writer cuts off.
+Every output goes through atomic_write_bytes: a regular file is written to a temporary file
+in the destination folder, fsynced and renamed over the destination, so a reader never sees
+a half-written file even if the writer is killed; a device, a FIFO or a file descriptor
+(/dev/null, /dev/stdout) is written into, never replaced. Stores that grow record by record
+are JSON Lines files: one fsynced line per record, appended under an fcntl lock, so
+concurrent writers interleave whole lines and a killed writer leaves at most a torn last
+line, which readers skip and the next writer cuts off.
 Nothing is ever unpickled: files are JSON. Older schema versions are upgraded by the steps
 registered in MIGRATIONS; newer ones are refused.
 """
@@ -21,6 +23,9 @@ import json
 import math
 import os
 import reprlib
+import shutil
+import stat
+import sys
 import tempfile
 import types
 import typing
@@ -32,6 +37,8 @@ from typing import Any, Literal, TypeVar
 from attnprof.errors import InputFileError, OutputFileError, UsageError
 
 SCHEMA_VERSION = 1
+MAX_FILE_BYTES = 1 << 30  # far above any saved record or store; what is longer is read no further
+INT64_MAX = 2**63 - 1  # no count or size in a record is larger: one that is, is a corrupt file
 R = TypeVar("R")
 
 DEFAULT_PROFILE_DIR = Path("profiles")
@@ -124,6 +131,8 @@ def _build(tp: Any, data: Any, where: str) -> Any:
     if tp in (int, str, bool):
         if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
             raise InputFileError(f"{where}: expected {tp.__name__}, got {_short(data)}")
+        if tp is int and not -INT64_MAX <= data <= INT64_MAX:
+            raise InputFileError(f"{where}: {_short(data)} is out of range (a 64-bit integer)")
         return data
     raise InputFileError(f"{where}: cannot read a value of type {tp}")
 
@@ -150,28 +159,140 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
+class _Anchor:
+    folder: str | None = None  # the working folder a command started in; None: the process's
+
+
+def anchored(path: Path) -> Path:
+    """`path` as the files here open it: a relative path is taken from the folder the command
+    started in, even after the user's code changed the working directory (os.chdir)."""
+    path = Path(path)
+    if path.is_absolute() or _Anchor.folder is None:
+        return path
+    return Path(_Anchor.folder) / path
+
+
+@contextlib.contextmanager
+def paths_from_here() -> Iterator[None]:
+    """While this runs, relative paths given to this module are taken from the current folder."""
+    _Anchor.folder = os.getcwd()
+    try:
+        yield
+    finally:
+        _Anchor.folder = None
+
+
+def file_identity(path: Path) -> tuple[int, int] | str | None:
+    """What writing `path` would replace: an existing regular file's (device, inode), or the
+    resolved path where a new file would be created; None for what is written into and never
+    replaced (a device, a FIFO: see atomic_write_bytes). Equal identities are the same file."""
+    real = anchored(path)
+    try:
+        info = os.stat(real)
+    except OSError:
+        return os.path.realpath(real)
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` via temp file + fsync + rename: all or nothing."""
+    """Write `text` (UTF-8) to `path`: see atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via temp file + fsync + rename: all or nothing."""
+    """Write `data` to `path`, the one way attnprof writes an output file.
+
+    A regular file (or a new one) is written to a temp file beside it, fsynced and renamed over
+    it: all or nothing, the old file kept on failure. A symlink to a regular file keeps the link
+    and replaces the file it names. Anything else is written into and never replaced: a
+    character device (/dev/null), a FIFO, a terminal; a file descriptor reached through /proc
+    (/dev/stdout, /dev/fd/N) is written to as that descriptor, after what is already there. A
+    dangling symlink is refused (it would create a file wherever it points), as is a directory.
+    """
     path = Path(path)
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, _FILE_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        destination = _destination(anchored(path))
+        if isinstance(destination, int):
+            _write_fd(descriptor_stand_ins.get(destination, destination), data)
+        elif destination is None:
+            fd = os.open(anchored(path), os.O_WRONLY | os.O_APPEND)
+            try:
+                _write_fd(fd, data)
+            finally:
+                os.close(fd)
+        else:
+            _replace(destination, data)
+
+
+# What a write to /dev/fd/N means while attnprof runs: descriptor N itself, unless the CLI has
+# pointed N elsewhere for a while (user code's stdout goes to stderr while a command runs, and
+# /dev/stdout then means the real stdout, kept aside under another descriptor).
+descriptor_stand_ins: dict[int, int] = {}
+
+
+def _destination(path: Path) -> Path | int | None:
+    """The regular file to replace for `path`; one of this process's descriptors to write to;
+    or None when whatever is at `path` is to be opened and written into."""
+    try:
+        info = os.stat(path)  # follows symlinks: what a write would reach
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise OutputFileError(
+                f"{path}: cannot write (a symlink to {os.readlink(path)}, which does not exist)"
+            ) from None
+        return path
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputFileError(f"{path}: cannot write (is a directory)")
+    descriptor = _proc_descriptor(path)
+    if descriptor is not None:
+        return descriptor if descriptor >= 0 else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
+def _proc_descriptor(path: Path) -> int | None:
+    """For a path whose symlinks pass through /proc/PID/fd/N: N when PID is this process, -1
+    for another process's descriptor; None for a path that does not go through /proc."""
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on nested links
+        folder = os.path.realpath(os.path.dirname(hop))
+        if folder.startswith("/proc/"):
+            own = folder == f"/proc/{os.getpid()}/fd" or folder.startswith(f"/proc/{os.getpid()}/task/")
+            name = os.path.basename(hop)
+            return int(name) if own and name.isdigit() else -1
+        if not os.path.islink(hop):
+            return None
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+    return None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what Python holds for a descriptor lands first
+        with contextlib.suppress(Exception):
+            stream.flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Temp file beside `path`, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -211,8 +332,8 @@ def write_new_record(path: Path, record: Any) -> Path:
     path = Path(path)
     text = _record_text(record)
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        anchored(path).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=anchored(path).parent)
         try:
             os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -222,10 +343,10 @@ def write_new_record(path: Path, record: Any) -> Path:
             for attempt in range(10_000):
                 candidate = path if attempt == 0 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
                 try:
-                    _create_from(tmp_name, candidate)
+                    _create_from(tmp_name, anchored(candidate))
                 except FileExistsError:
                     continue
-                _fsync_dir(path.parent)
+                _fsync_dir(anchored(path).parent)
                 return candidate
             raise OutputFileError(f"{path}: cannot write (10000 files of this name already)")
         finally:
@@ -313,7 +434,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """Load a JSON object written by attnprof, refusing corrupt files and newer schemas."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(anchored(path))
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -322,6 +443,16 @@ def read_json(path: Path) -> dict[str, Any]:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     data = _parse_json_object(raw, str(path))
     return migrate(data, str(path))
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing more than MAX_FILE_BYTES (a device such as /dev/zero never ends)."""
+    with open(path, "rb") as handle:
+        too_large = os.fstat(handle.fileno()).st_size > MAX_FILE_BYTES
+        raw = b"" if too_large else handle.read(MAX_FILE_BYTES + 1)
+    if too_large or len(raw) > MAX_FILE_BYTES:
+        raise InputFileError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes: not a file attnprof wrote")
+    return raw
 
 
 def _parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
@@ -380,16 +511,17 @@ def _cut_torn_tail(fd: int) -> None:
     os.ftruncate(fd, 0)
 
 
-def read_jsonl(path: Path) -> JsonLines:
+def read_jsonl(path: Path, inside: Path | None = None) -> JsonLines:
     """Load every complete line of a JSON Lines store; a missing file is an empty store.
 
     A last line without its newline is a torn append: skipped and reported in `notes`.
     Any other bad line means the file was damaged by something other than attnprof's
-    writers, and the whole file is refused as corrupt.
+    writers, and the whole file is refused as corrupt. A store that must stay `inside` a
+    folder is refused when a symlink takes it elsewhere (see append_line).
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(_confined(path, inside))
     except FileNotFoundError:
         return JsonLines(records=[], notes=[])
     except IsADirectoryError:
@@ -409,40 +541,44 @@ def read_jsonl(path: Path) -> JsonLines:
     return JsonLines(records=records, notes=notes)
 
 
-def read_jsonl_records(path: Path, cls: type[R]) -> tuple[list[R], list[str]]:
+def read_jsonl_records(path: Path, cls: type[R], inside: Path | None = None) -> tuple[list[R], list[str]]:
     """`read_jsonl`, each line built as a `cls` record."""
-    store = read_jsonl(path)
+    store = read_jsonl(path, inside)
     records = [
         from_json_dict(cls, data, where=f"{path}, record {i + 1}") for i, data in enumerate(store.records)
     ]
     return records, store.notes
 
 
-def append_jsonl(path: Path, record: Any) -> None:
+def append_jsonl(path: Path, record: Any, inside: Path | None = None) -> None:
     """Append one record (with its schema_version) as one line of a JSON Lines store."""
     data = to_json_dict(record)
     if not isinstance(data, dict):
         raise TypeError(f"append_jsonl stores objects, not {type(data).__name__}")
     data.setdefault("schema_version", SCHEMA_VERSION)
-    append_line(path, json.dumps(data, allow_nan=False, separators=(",", ":")))
+    append_line(path, json.dumps(data, allow_nan=False, separators=(",", ":")), inside)
 
 
-def append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str, inside: Path | None = None) -> None:
     """Append one line to a file durably; done when this returns.
 
     Writers hold an exclusive fcntl lock on the file while they append, so lines from
     concurrent processes never interleave nor cut each other. A torn last line (a writer
     killed mid-append) is cut off first: it never completed, so nothing completed is lost.
-    The line goes out in one write and is fsynced.
+    The line goes out in one write and is fsynced. With `inside`, a path that symlinks lead
+    out of that folder is refused (exit 2) before anything is opened, let alone cut.
     """
     path = Path(path)
     encoded = (line.rstrip("\n") + "\n").encode("utf-8")
     if b"\n" in encoded[:-1]:
         raise ValueError("append_line writes a single line; the text holds a newline")
+    real = _confined(path, inside)
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        created = not real.exists()
+        # No symlink is followed from here: the path was resolved above, and one swapped in
+        # since fails to open rather than lead elsewhere.
+        fd = os.open(real, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _cut_torn_tail(fd)
@@ -453,7 +589,66 @@ def append_line(path: Path, line: str) -> None:
         finally:
             os.close(fd)  # also releases the lock
         if created:
-            _fsync_dir(path.parent)
+            _fsync_dir(real.parent)
+
+
+def _confined(path: Path, inside: Path | None) -> Path:
+    """`path` as it is opened (anchored); with `inside`, resolved through its symlinks, which
+    must not lead out of that folder (InputFileError otherwise)."""
+    if inside is None:
+        return anchored(path)
+    real = Path(os.path.realpath(anchored(path)))
+    root = Path(os.path.realpath(anchored(inside)))
+    if not real.is_relative_to(root):
+        raise InputFileError(
+            f"{path}: symlinks lead to {real}, outside {inside}; attnprof does not follow a store out of its folder"
+        )
+    return real
+
+
+class ScratchFolder:
+    """A temporary folder, attnprof-KIND-XXXX in the system's temp folder, removed on cleanup().
+
+    Its owner holds a lock on the folder's .owner file for as long as it lives, so a folder
+    left by a process that was killed (SIGKILL, the OOM killer) is recognised, unlocked, and
+    removed by the next scratch folder of its kind; a live owner's is never touched, even
+    from another PID namespace sharing the temp folder.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        _remove_abandoned(kind)
+        self.path = Path(tempfile.mkdtemp(prefix=f"attnprof-{kind}-"))
+        self._lock = os.open(self.path / ".owner", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+
+def _remove_abandoned(kind: str) -> None:
+    """Remove the attnprof-KIND-* folders whose owner died without cleaning up."""
+    for folder in Path(tempfile.gettempdir()).glob(f"attnprof-{kind}-*"):
+        try:
+            lock = os.open(folder / ".owner", os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not one of ours, or being set up right now
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner is alive
+        finally:
+            os.close(lock)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def workload_dir(folder: Path, name: str, fingerprint: str) -> Path:

@@ -200,7 +200,7 @@ def test_bad_inputs_get_their_exit_codes(runner: CliRunner, tmp_path: Path, mode
     broken = str(models_dir / "broken_forward.py")
     # the user's forward raising while the plan is applied: exit 3 with their traceback
     plan = write_plan(tmp_path / "broken.json", PlanChoices(backend="math"), target=broken)
-    result = runner.invoke(app, ["apply", str(plan)])
+    result = runner.invoke(app, ["apply", str(plan), broken])
     assert result.exit_code == 3 and "user bug in forward" in result.stderr and "compute" in result.stderr
     # a plan for a GPU, applied where there is none: exit 4
     plan = write_plan(tmp_path / "gpu.json", PlanChoices())

@@ -174,7 +174,7 @@ def test_check_end_to_end_names_the_slowed_layer(
 ) -> None:
     # Settings from pyproject.toml; one thread so other processes on the machine disturb less.
     (tmp_path / "pyproject.toml").write_text(
-        "[tool.attnprof]\nbaseline = 'profiles/demo.json'\n"
+        f"[tool.attnprof]\ntarget = '{DEMO_MODEL}'\nbaseline = 'profiles/demo.json'\n"
         # Timings on a shared machine swing by integer factors between runs: a generous limit
         # keeps the knob-off run green, the knob's extra work is far past it.
         "thresholds = ['median:150%', 'memory:0%']\n"

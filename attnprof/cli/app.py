@@ -1,27 +1,85 @@
-"""The typer app, global flags, and the mapping from attnprof's errors to exit codes."""
+"""The typer app, global flags, and the mapping from attnprof's errors to exit codes.
+
+Everything that goes wrong inside the app ends in one line on stderr: a bad flag or value
+(exit 2, click's usage error without its usage box), an AttnprofError (its exit code), Ctrl-C
+or SIGTERM anywhere in a command (130 / 143). While a command runs, stdout carries only its
+results (report.console.results_only_on_stdout).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from attnprof.cli import options
-from attnprof.errors import UserCodeError
-from attnprof.profiling.faults import known_failure, raise_on_sigterm
+from attnprof.errors import AttnprofError, UserCodeError
+from attnprof.profiling.faults import known_failure
 from attnprof.profiling.progress import install_tracker
 from attnprof.report import progress
-from attnprof.report.console import error, set_verbosity
+from attnprof.report.console import error, printable, results_only_on_stdout, set_verbosity
+from attnprof.store import paths_from_here
 from attnprof.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class _Commands(TyperGroup):
+    """attnprof's command group: usage errors in one line, interrupts as quiet exits."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            error("aborted")
+            code = 1
+        except AttnprofError as exc:  # a value the option parsers refuse (cli/options.py)
+            error(str(exc))
+            code = exc.exit_code
+        except Exception as exc:
+            if not _is_usage_error(exc):
+                raise
+            context = getattr(exc, "ctx", None)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            message = exc.format_message()  # type: ignore[attr-defined]
+            if message:  # no arguments at all: the help was the answer
+                error(message + hint)
+            code = exc.exit_code  # type: ignore[attr-defined]
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM arrives as Terminated: 143
+            error("interrupted")
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """click's errors (a bad flag or value, a missing argument), whichever click typer uses."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
 app = typer.Typer(
     name="attnprof",
+    cls=_Commands,
     help="Profile and tune attention workloads in PyTorch.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,15 +111,18 @@ def _global(
     set_verbosity(-1 if quiet else 1 if verbose else 0)
 
 
-def handle_errors(command: F) -> F:
+def handle_errors(command: F, owns_stdout: bool = True) -> F:
     """AttnprofError -> one line on stderr and its exit code; the user's traceback for exit 3;
-    out of memory -> exit 4."""
+    out of memory -> exit 4. A command that `owns_stdout` prints only its results there."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = _GlobalFlags.debug or bool(kwargs.get("debug"))
         try:
-            return command(*args, **kwargs)
+            # Relative paths are taken from where the command started, whatever the user's code
+            # does with the working directory.
+            with paths_from_here(), results_only_on_stdout() if owns_stdout else contextlib.nullcontext():
+                return command(*args, **kwargs)
         except Exception as exc:
             known = known_failure(exc)
             if known is None:
@@ -69,18 +130,15 @@ def handle_errors(command: F) -> F:
             if debug:
                 traceback.print_exc()
             elif isinstance(known, UserCodeError) and known.user_traceback:
-                sys.stderr.write(known.user_traceback)
+                sys.stderr.write(printable(known.user_traceback, keep_newlines=True))
             error(str(known))
             raise typer.Exit(known.exit_code) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM arrives as Terminated: 143
-            error("interrupted")
-            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def register(name: str, command: Callable[..., Any]) -> None:
-    app.command(name)(handle_errors(command))
+def register(name: str, command: Callable[..., Any], owns_stdout: bool = True) -> None:
+    app.command(name)(handle_errors(command, owns_stdout))
 
 
 def _register_commands() -> None:
@@ -97,7 +155,7 @@ def _register_commands() -> None:
     register("profile", profile_command)
     register("report", report_command)
     register("doctor", doctor_command)
-    register("monitor", monitor_command)
+    register("monitor", monitor_command, owns_stdout=False)  # the watched command keeps its stdout
     register("tune", tune_command)
     register("apply", apply_command)
     register("fit", fit_command)
@@ -115,6 +173,7 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
-    raise_on_sigterm()
-    app()
+def main() -> int:
+    """The command line (argv), once imported: its exit code. `attnprof.__main__` runs it with
+    the interrupts of start-up and teardown handled too."""
+    return typing.cast(int, app(standalone_mode=False))

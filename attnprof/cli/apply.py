@@ -14,9 +14,11 @@ import typer
 
 from attnprof.api import load_plan
 from attnprof.cli import options
+from attnprof.cli.outputs import refuse_overwriting
 from attnprof.errors import EnvironmentUnsupported, PlanRejected, UsageError
 from attnprof.plans.records import Plan
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
+from attnprof.settings import ProjectConfig
 from attnprof.store import record_json, write_record
 
 if TYPE_CHECKING:
@@ -27,7 +29,10 @@ if TYPE_CHECKING:
 
 def apply_command(
     plan_path: Path = typer.Argument(..., metavar="PLAN", help="Plan JSON written by attnprof tune."),
-    target: str = typer.Argument(None, help="The model the plan is for (default: the plan's target)."),
+    target: str = typer.Argument(
+        None, help="The model the plan is for (default: [tool.attnprof] target, else the plan's if that is built in "
+        "or inside this project)."
+    ),
     verify: bool = typer.Option(
         False, "--verify", help="Compare outputs with the unmodified model and re-profile the applied one."
     ),
@@ -43,10 +48,15 @@ def apply_command(
     """Apply a saved plan to a model; with --verify, check it against the unmodified model."""
     from attnprof.measure.device import resolve_device
     from attnprof.plans.sharding import check_shardable, init_distributed, launched_ranks, rank_device, torchrun_command
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
 
     plan = load_plan(plan_path)
-    workload = load_workload(target or plan.workload.target)
+    chosen = options.workload_target(ProjectConfig.load(), target, plan_path, plan.workload.target)
+    refuse_overwriting(
+        {"--out": out, "--profile-out": (profile_out or applied_profile_path(plan_path)) if verify else None},
+        {"the plan": plan_path, "the model": target_source(chosen)},
+    )
+    workload = load_workload(chosen)
     check_fingerprint(plan, workload, force, plan_path)
     check_shardable(plan.choices)
     world_size = plan.choices.world_size
@@ -54,7 +64,7 @@ def apply_command(
     if world_size > 1 and ranks is None:
         argv = rerun_arguments(plan_path, target, verify, force, device, out, as_json)
         command = torchrun_command(world_size, argv)
-        typer.echo(json.dumps({"torchrun_command": command}) if as_json else command)
+        print_result(json.dumps({"torchrun_command": command}) if as_json else command)
         raise EnvironmentUnsupported(f"the plan needs {world_size} ranks: run it with the torchrun command above")
     run_device = resolve_device(device or plan.settings.device)
     if world_size > 1:
@@ -98,7 +108,7 @@ def run_plan(
             check.measured_latency_ms = step_time(model, example, settings, device).median
         else:
             profile = reprofile(workload, model, settings)
-            path = profile_out or plan_path.with_name(f"{plan_path.stem}-applied-profile.json")
+            path = profile_out or applied_profile_path(plan_path)
             write_record(path, profile)
             check.profile_path = str(path)
             if profile.totals.time_ms is not None:
@@ -109,11 +119,16 @@ def run_plan(
             write_record(out, report)
             log(f"saved {out}")
         if as_json:
-            typer.echo(record_json(report))
+            print_result(record_json(report))
         else:
             print_apply_report(report, plan, stdout_console())
     if report.verification is not None and not report.verification.passed:
         raise PlanRejected("verification failed: " + "; ".join(report.verification.reasons))
+
+
+def applied_profile_path(plan_path: Path) -> Path:
+    """Where --verify saves the applied model's profile unless told: next to the plan."""
+    return plan_path.with_name(f"{plan_path.stem}-applied-profile.json")
 
 
 def check_fingerprint(plan: Plan, workload: Workload, force: bool, plan_path: Path) -> None:

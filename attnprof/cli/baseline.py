@@ -11,9 +11,9 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options
-from attnprof.cli.outputs import record_baseline
+from attnprof.cli.outputs import record_baseline, refuse_overwriting
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.profile import print_profile
 from attnprof.settings import ProjectConfig, resolve_settings
 from attnprof.store import record_json
@@ -29,7 +29,9 @@ def baseline_command(
     device: str = options.DEVICE,
     mode: str = options.MODE,
     warmup: int = options.WARMUP,
-    repeats: int = typer.Option(None, "--repeats", help="Timed steps: the samples each check is judged on."),
+    repeats: int = options.setting_option(
+        "repeats", "--repeats", help="Timed steps: the samples each check is judged on."
+    ),
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
         None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP} (default: on)."
@@ -40,13 +42,15 @@ def baseline_command(
 ) -> None:
     """Profile TARGET and save it as the baseline for `attnprof check`."""
     from attnprof.profiling.run import run_profile
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
 
     config = ProjectConfig.load()
     destination = config.resolve("baseline", str(out) if out else None, None)
     if destination is None:
         raise UsageError("where to? pass --out FILE, set ATTNPROF_BASELINE or [tool.attnprof] baseline")
-    workload = load_workload(config.resolve("target", target, None))
+    target = config.resolve("target", target, None)
+    refuse_overwriting({"--out": Path(destination)}, {"the model": target_source(target)})
+    workload = load_workload(target)
     cli = options.run_overrides(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
         warmup=warmup, repeats=repeats, threads=threads, clock=clock, reference_probe=reference_probe,
@@ -57,6 +61,6 @@ def baseline_command(
     profile = run_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
-        typer.echo(record_json(profile))
+        print_result(record_json(profile))
     else:
         print_profile(profile, stdout_console())

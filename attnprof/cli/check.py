@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options as shared
-from attnprof.cli.outputs import output_option, record_baseline, report_and_judge
+from attnprof.cli.outputs import output_option, record_baseline, refuse_overwriting, report_and_judge
 from attnprof.errors import UsageError
 from attnprof.gate.compare import CheckOptions, check_machine, compare_profiles
 from attnprof.machine import machine_info
@@ -53,6 +53,12 @@ def check_command(
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
     config = ProjectConfig.load()
     options = shared.check_options(config, threshold, metric, alpha, allow_machine_mismatch)
+    named_baseline = config.resolve("baseline", str(baseline) if baseline else None, None)
+    refuse_overwriting(
+        {"--out": out, "--markdown": markdown, "--junit": junit, "--result": result_file,
+         "--benchmark-json": benchmark_json},
+        {"the baseline": Path(named_baseline) if named_baseline and against is None else None},
+    )
     if against is not None:
         if update_baseline:
             raise UsageError("--update-baseline records a baseline file; it does not combine with --against")
@@ -93,7 +99,7 @@ def profile_for_baseline(
     # baseline's setting, applied during the run, so it is compared afterwards).
     here = dataclasses.replace(machine_info(), threads=reference.machine.threads)
     check_machine(reference.machine, here, options.allow_machine_mismatch or update_baseline)
-    workload = load_workload(config.resolve("target", target, reference.workload.target))
+    workload = load_workload(shared.workload_target(config, target, baseline_path, reference.workload.target))
     log(f"profiling {workload.target} with the settings of {baseline_path}")
     return baseline_path, reference, run_profile(workload, reference.settings)
 

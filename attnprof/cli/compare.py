@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options as shared
-from attnprof.cli.outputs import output_option, report_and_judge
+from attnprof.cli.outputs import output_option, refuse_overwriting, report_and_judge
 from attnprof.gate.compare import compare_profiles
 from attnprof.profiling.records import load_profile
 from attnprof.settings import ProjectConfig
@@ -32,6 +32,10 @@ def compare_command(
     debug: bool = shared.DEBUG,
 ) -> None:
     """Compare two saved profiles; exit 1 when B regressed significantly against A."""
+    refuse_overwriting(
+        {"--markdown": markdown, "--junit": junit, "--result": result_file, "--benchmark-json": benchmark_json},
+        {"the baseline": baseline, "the profile": current},
+    )
     options = shared.check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)
     result = compare_profiles(load_profile(baseline), load_profile(current), options, str(baseline), str(current))
     report_and_judge(result, markdown, junit, result_file, benchmark_json, show_all, as_json)

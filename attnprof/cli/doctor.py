@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from attnprof.cli import options
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.doctor import doctor_summary, doctor_table
 from attnprof.store import record_json
 
@@ -15,8 +16,8 @@ def doctor_command(
     calibrate_peaks: bool = typer.Option(False, "--calibrate", help="Measure GEMM TFLOP/s per dtype and copy "
                                          "bandwidth, and store them for % of peak and the roofline class."),
     device: str = typer.Option(None, "--device", help="Device to calibrate (default: the CPU and the current GPU)."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for torch while calibrating; match "
-                                "`profile --threads` (calibrations are kept per thread count)."),
+    threads: int = options.setting_option("threads", "--threads", help="CPU threads for torch while calibrating; "
+                                          "match `profile --threads` (calibrations are kept per thread count)."),
 ) -> None:
     """Check torch, CUDA, GPUs, NVML, CUPTI, SDPA backends, device peaks and optional packages; each problem
     comes with its fix."""
@@ -38,7 +39,7 @@ def doctor_command(
     report = gather()
     report.findings[:0] = measured
     if as_json:
-        typer.echo(record_json(report))
+        print_result(record_json(report))
         return
     stdout_console().print(doctor_table(report))
     log(doctor_summary(report))

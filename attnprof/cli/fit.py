@@ -8,12 +8,13 @@ import typer
 
 from attnprof import backends
 from attnprof.cli import options
+from attnprof.cli.outputs import refuse_overwriting
 from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
 from attnprof.errors import UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.progress import progress as progress_bar
-from attnprof.settings import resolve_settings
+from attnprof.settings import LIMITS, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, record_json, write_record
 
 # Sweeps time many configurations: fewer repeats than a single profile, medians still.
@@ -36,11 +37,21 @@ def fit_command(
     mode: str = options.MODE,
     device: str = options.GPU_DEVICE,
     clock: str = options.CLOCK,
-    max_measurements: int = typer.Option(24, "--max-measurements", "-n", help="Most configurations to measure."),
+    max_measurements: int = options.count_option(
+        24, "--max-measurements", "-n", low=1, high=100_000, help="Most configurations to measure."
+    ),
     time_budget: str = typer.Option(None, "--time-budget", help="Stop starting measurements after e.g. 90s, 5m."),
-    warmup: int = typer.Option(SWEEP_WARMUP, "--warmup", help="Warm-up steps per configuration."),
-    repeats: int = typer.Option(SWEEP_REPEATS, "--repeats", help="Timed steps per configuration (median used)."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (leave-one-shape-out when few shapes)."),
+    warmup: int = options.count_option(
+        SWEEP_WARMUP, "--warmup", low=LIMITS["warmup"][0], high=LIMITS["warmup"][1],
+        help="Warm-up steps per configuration.",
+    ),
+    repeats: int = options.count_option(
+        SWEEP_REPEATS, "--repeats", low=LIMITS["repeats"][0], high=LIMITS["repeats"][1],
+        help="Timed steps per configuration (median used).",
+    ),
+    folds: int = options.count_option(
+        5, "--folds", low=2, high=1000, help="Cross-validation folds (leave-one-shape-out when few shapes)."
+    ),
     isolate: bool = typer.Option(
         False, "--isolate", help="Measure each configuration in its own process: a crash or hang costs that point only."
     ),
@@ -58,10 +69,9 @@ def fit_command(
     from attnprof.costmodel.design import parse_duration
     from attnprof.costmodel.sweep import fit_workload
     from attnprof.report.fit import print_fit
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
 
-    if folds < 2:
-        raise UsageError(f"--folds must be at least 2, got {folds}")
+    refuse_overwriting({"--out": out}, {"the model": target_source(target)})
     workload = load_workload(target)
     base = resolve_settings(
         workload, {"mode": mode, "device": device, "warmup": warmup, "repeats": repeats, "clock": clock}
@@ -115,6 +125,6 @@ def fit_command(
     write_record(path, run.model)
     log(f"saved {path}")
     if as_json:
-        typer.echo(record_json(run.model))
+        print_result(record_json(run.model))
     else:
         print_fit(run.model, stdout_console())

@@ -7,14 +7,20 @@ from pathlib import Path
 import typer
 
 from attnprof.cli import options
+from attnprof.doctor.records import MIN_INTERVAL_S
 from attnprof.report.console import log, stdout_console
 
 
 def monitor_command(
     command: list[str] = typer.Argument(None, help="A command to launch and watch (after --)."),
-    pid: int = typer.Option(None, "--pid", help="Watch this running process."),
-    interval: float = typer.Option(1.0, "--interval", help="Seconds between samples (at least 0.1)."),
-    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    pid: int = options.count_option(None, "--pid", low=1, high=2**22, help="Watch this running process."),
+    interval: float = options.number_option(
+        1.0, "--interval", low=MIN_INTERVAL_S, high=86_400.0,
+        help=f"Seconds between samples (at least {MIN_INTERVAL_S}).",
+    ),
+    duration: float = options.number_option(
+        None, "--duration", low=0.0, high=1e7, above_low=True, help="Stop after this many seconds."
+    ),
     record: Path = typer.Option(None, "--record", help="Save every sample to this JSON file."),
     debug: bool = options.DEBUG,
 ) -> None:

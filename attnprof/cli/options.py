@@ -8,30 +8,91 @@ attnprof.settings resolves by precedence.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from attnprof import backends
+from attnprof.errors import UsageError
 from attnprof.gate.compare import CheckOptions
 from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
 from attnprof.report.console import log
-from attnprof.settings import ATTN_IMPLEMENTATIONS, DTYPES, MODES, ProjectConfig, canonical_dtype_name
+from attnprof.settings import ATTN_IMPLEMENTATIONS, DTYPES, LIMITS, MODES, ProjectConfig, Settings, canonical_dtype_name
 
 TARGET_HELP = "model.py[:factory], package.module:factory, hf:NAME or zoo:NAME"
 
 DEBUG = typer.Option(False, "--debug", help="Show attnprof's traceback on errors.")
 
+
+# --- numbers: every numeric flag is parsed here, into its range, finite (else exit 2, one line) ---
+def whole_number(flag: str, low: int, high: int, example: int) -> Callable[[str], int]:
+    """A parser of the integers from `low` to `high` given to `flag`."""
+    kind = "a positive integer" if low == 1 else "a non-negative integer" if low == 0 else f"an integer from {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise UsageError(f"{flag} must be {kind} up to {high}, e.g. {flag} {example}; got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def real_number(flag: str, low: float, high: float, example: float, above_low: bool = False) -> Callable[[str], float]:
+    """A parser of the finite numbers from `low` (excluded when `above_low`) to `high` given to `flag`."""
+    kind = "a positive number" if above_low and low == 0 else f"above {low:g}" if above_low else f"at least {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (low < value if above_low else low <= value) and value <= high):
+            raise UsageError(f"{flag} must be {kind} and at most {high:g}, e.g. {flag} {example:g}; got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def count_option(default: int | None, *flags: str, low: int, high: int, help: str, example: int | None = None) -> Any:
+    """An integer flag bounded to [low, high]."""
+    shown = example if example is not None else default if default is not None else low
+    return typer.Option(default, *flags, parser=whole_number(flags[0], low, high, shown), metavar="INTEGER", help=help)
+
+
+def number_option(
+    default: float | None, *flags: str, low: float, high: float, help: str, above_low: bool = False,
+    example: float | None = None,
+) -> Any:
+    """A finite real-number flag bounded to [low, high] (or (low, high])."""
+    shown = example if example is not None else default if default is not None else max(low, 1.0)
+    parse = real_number(flags[0], low, high, shown, above_low)
+    return typer.Option(default, *flags, parser=parse, metavar="NUMBER", help=help)
+
+
+def setting_option(name: str, *flags: str, help: str) -> Any:
+    """The flag of the whole-number setting `name`, bounded as attnprof.settings.LIMITS says."""
+    low, high = LIMITS[name]
+    return count_option(None, *flags, low=low, high=high, help=help, example=getattr(Settings(), name))
+
+
 # --- run settings (attnprof.settings.Settings): None leaves a setting to the lower precedences ---
-BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Batch size.")
-SEQ_LEN = typer.Option(None, "--seq-len", "-s", help="Sequence length.")
+BATCH_SIZE = setting_option("batch_size", "--batch-size", "-b", help="Batch size.")
+SEQ_LEN = setting_option("seq_len", "--seq-len", "-s", help="Sequence length.")
 DTYPE = typer.Option(None, "--dtype", help=f"{', '.join(DTYPES)}.")
 BACKEND = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only).")
 GPU_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N.")
 MODE = typer.Option(None, "--mode", help=f"{' or '.join(MODES)}: a no_grad forward, or forward + backward.")
-WARMUP = typer.Option(None, "--warmup", help="Warm-up steps, discarded.")
-THREADS = typer.Option(None, "--threads", help="CPU threads for torch (default: leave as is).")
+WARMUP = setting_option("warmup", "--warmup", help="Warm-up steps, discarded.")
+REPEATS = setting_option("repeats", "--repeats", help="Timed steps.")
+THREADS = setting_option("threads", "--threads", help="CPU threads for torch (default: leave as is).")
 CLOCK = typer.Option(
     None,
     "--clock",
@@ -55,7 +116,7 @@ THRESHOLD = typer.Option(
     f"layers.*norm*:median:off (default: {' '.join(DEFAULT_THRESHOLDS)}).",
 )
 METRIC = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable.")
-ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")
+ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")  # gate.compare checks it
 ALLOW_MACHINE_MISMATCH = typer.Option(
     False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
 )
@@ -87,3 +148,17 @@ def check_options(
         alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
         allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
     )
+
+
+def workload_target(config: ProjectConfig, given: str | None, source: Path, named: str) -> str:
+    """The target to run: the command line's, else ATTNPROF_TARGET or [tool.attnprof] target,
+    else the one the data file `source` names, if that is safe to run (which is said)."""
+    from attnprof.targets.load import data_file_target
+
+    chosen = config.resolve("target", given, None)
+    if chosen is not None:
+        return str(chosen)
+    project = config.source.parent if config.source is not None else Path.cwd()
+    target = data_file_target(named, source, project)
+    log(f"running {target}, the target {source} names")
+    return target

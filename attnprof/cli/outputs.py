@@ -9,16 +9,34 @@ from typing import Any
 
 import typer
 
-from attnprof.errors import RegressionFound
+from attnprof.errors import RegressionFound, UsageError
 from attnprof.gate.compare import summary
 from attnprof.gate.records import CheckResult
 from attnprof.profiling.records import Profile
 from attnprof.report.adapter import RecordAdapter, ReportOptions
 from attnprof.report.check import print_check
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.formats import FORMATS, OutputFormat
 from attnprof.report.registry import adapter_for_record
-from attnprof.store import atomic_write_bytes, atomic_write_text, write_record
+from attnprof.store import atomic_write_bytes, atomic_write_text, file_identity, write_record
+
+
+def refuse_overwriting(outputs: Mapping[str, Path | None], inputs: Mapping[str, Path | None]) -> None:
+    """Refuse (exit 2), before anything runs, an output file that is one of the command's inputs
+    or another of its outputs: `profile model.py --out model.py` would destroy the model.
+    `outputs` maps each flag to its file, `inputs` what each input is to its file."""
+    taken: dict[Any, str] = {}
+    for what, path in inputs.items():
+        identity = file_identity(path) if path is not None else None
+        if identity is not None:
+            taken.setdefault(identity, f"{what} ({path})")
+    for flag, path in outputs.items():
+        identity = file_identity(path) if path is not None else None
+        if identity is None:  # not given, or written into (a device, a FIFO): nothing is replaced
+            continue
+        if identity in taken:
+            raise UsageError(f"{flag} {path} would write over {taken[identity]}: name another file")
+        taken[identity] = f"the file of {flag} ({path})"
 
 
 def output_option(name: str) -> Any:
@@ -47,7 +65,7 @@ def write_outputs(record: object, paths: Mapping[str, Path | None]) -> None:
 
 def print_output(name: str, record: object) -> None:
     """`record` in the text format `name` on stdout, and nothing else."""
-    typer.echo(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), nl=False)
+    print_result(FORMATS[name].render(adapter_for_record(record), record, ReportOptions()), end="")
 
 
 def report_and_judge(

@@ -11,7 +11,7 @@ from attnprof.costmodel.knobs import config_of
 from attnprof.costmodel.records import CostModel
 from attnprof.errors import InputFileError
 from attnprof.machine import machine_info
-from attnprof.report.console import stdout_console, warn
+from attnprof.report.console import print_result, stdout_console, warn
 from attnprof.settings import canonical_dtype_name, resolve_settings
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record, record_json
 
@@ -22,12 +22,14 @@ def predict_command(
     seq_len: int = options.SEQ_LEN,
     dtype: str = options.DTYPE,
     backend: str = options.BACKEND,
-    threads: int = typer.Option(None, "--threads", help="CPU threads."),
+    threads: int = options.setting_option("threads", "--threads", help="CPU threads."),
     mode: str = options.MODE,
     device: str = options.GPU_DEVICE,
     model: Path = typer.Option(None, "--model", "-m", help="Cost model JSON (default: the one `fit` saved)."),
     profiles_dir: Path = typer.Option(DEFAULT_PROFILE_DIR, "--profiles-dir", help="Where `fit` saved it."),
-    layers: int = typer.Option(15, "--layers", help="Show the N slowest layers (0: all)."),
+    layers: int = options.count_option(
+        15, "--layers", low=0, high=1_000_000, help="Show the N slowest layers (0: all)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the prediction JSON to stdout and nothing else."),
     debug: bool = options.DEBUG,
 ) -> None:
@@ -76,6 +78,6 @@ def predict_command(
     for message in prediction.warnings:
         warn(message)
     if as_json:
-        typer.echo(record_json(prediction))
+        print_result(record_json(prediction))
     else:
         print_prediction(prediction, stdout_console(), layers or None)

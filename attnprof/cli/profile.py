@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
 from pathlib import Path
 
 import typer
 
 from attnprof.cli import options
+from attnprof.cli.outputs import refuse_overwriting
 from attnprof.errors import UsageError
 from attnprof.profiling.records import profile_path
-from attnprof.report.console import detail, log, stdout_console
+from attnprof.report.console import detail, log, print_result, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.profile import SORT_KEYS, print_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import (
     DEFAULT_PROFILE_DIR,
+    ScratchFolder,
     atomic_write_text,
+    file_identity,
     record_json,
     write_new_record,
     write_record,
@@ -32,7 +35,7 @@ def profile_command(
     device: str = options.DEVICE,
     mode: str = options.MODE,
     warmup: int = options.WARMUP,
-    repeats: int = typer.Option(None, "--repeats", help="Timed steps."),
+    repeats: int = options.REPEATS,
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
         None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP}."
@@ -53,10 +56,11 @@ def profile_command(
     """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
     from attnprof.measure.trace import move_next_to
     from attnprof.profiling.run import run_profile
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
 
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    refuse_overwriting({"--out": out, "--html": html, "--trace-file": trace_file}, {"the model": target_source(target)})
     workload = load_workload(target)
     overrides = options.run_overrides(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
@@ -67,9 +71,12 @@ def profile_command(
     log(f"profiling {workload.target} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len}, "
         f"{settings.dtype}, {settings.device})")
     trace = trace or trace_file is not None
-    with tempfile.TemporaryDirectory(prefix="attnprof-trace-") as scratch:
-        # The saved profile's path depends on the run; the trace moves next to it afterwards.
-        pending = Path(scratch) / "trace.json.gz" if trace and trace_file is None and not no_save else None
+    # The saved profile's path depends on the run: a trace to go beside it waits in a scratch folder
+    # (a profile written into a device or stdout has no beside).
+    beside = not no_save and (out is None or file_identity(out) is not None)
+    scratch = ScratchFolder("trace") if trace and trace_file is None and beside else None
+    with scratch or contextlib.nullcontext():
+        pending = scratch.path / "trace.json.gz" if scratch is not None else None
         profile = run_profile(workload, settings, trace=trace, trace_file=trace_file or pending)
         if not no_save:
             # Under profiles/ a name of its own first, never over another run's profile (or its
@@ -91,6 +98,6 @@ def profile_command(
         atomic_write_text(html, render_html(profile))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(record_json(profile))
+        print_result(record_json(profile))
     else:
         print_profile(profile, stdout_console(), sort)

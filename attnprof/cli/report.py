@@ -6,15 +6,15 @@ commands (`check --junit FILE`, ...), by way of cli/outputs.py.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
 
-from attnprof.cli.outputs import write_output
+from attnprof.cli.options import number_option
+from attnprof.cli.outputs import refuse_overwriting, write_output
 from attnprof.errors import UsageError
 from attnprof.report.adapter import ReportOptions
-from attnprof.report.console import detail, stdout_console
+from attnprof.report.console import detail, print_result, stdout_console
 from attnprof.report.formats import FORMATS, formats_help
 from attnprof.report.plots import Peaks
 from attnprof.report.registry import load_report_record
@@ -24,8 +24,12 @@ def report_command(
     file: Path = typer.Argument(..., help="A saved profile, fit, plan or check result (JSON)."),
     fmt: str = typer.Option("table", "--format", "-f", help=formats_help()),
     out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
-    peak_tflops: float = typer.Option(None, "--peak-tflops", help="Roofline: the device's peak TFLOP/s."),
-    peak_bandwidth: float = typer.Option(None, "--peak-bandwidth", help="Roofline: peak memory bandwidth in GB/s."),
+    peak_tflops: float = number_option(
+        None, "--peak-tflops", low=0.0, high=1e7, above_low=True, help="Roofline: the device's peak TFLOP/s."
+    ),
+    peak_bandwidth: float = number_option(
+        None, "--peak-bandwidth", low=0.0, high=1e9, above_low=True, help="Roofline: peak memory bandwidth in GB/s."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json: the record's JSON and nothing else."),
 ) -> None:
     """Render a saved record as a table, markdown, JSON, CSV, Parquet or a self-contained HTML report."""
@@ -37,6 +41,7 @@ def report_command(
     if output.binary and out is None:
         raise UsageError(f"--format {fmt} writes a binary file: name it with --out FILE")
     options = ReportOptions(peaks=peaks_from_flags(peak_tflops, peak_bandwidth))
+    refuse_overwriting({"--out": out}, {"the record": file})
     adapter, record = load_report_record(file)
     detail(f"{file}: a {adapter.kind} record, rendered as {fmt}")
     if out is not None:
@@ -44,7 +49,7 @@ def report_command(
     elif output.terminal is not None:
         stdout_console().print(output.terminal(adapter, record))
     else:
-        typer.echo(output.render(adapter, record, options), nl=False)
+        print_result(output.render(adapter, record, options), end="")
 
 
 def peaks_from_flags(tflops: float | None, bandwidth_gbs: float | None) -> Peaks | None:
@@ -52,7 +57,4 @@ def peaks_from_flags(tflops: float | None, bandwidth_gbs: float | None) -> Peaks
         return None
     if tflops is None or bandwidth_gbs is None:
         raise UsageError("the roofline needs both --peak-tflops and --peak-bandwidth")
-    for flag, value in (("--peak-tflops", tflops), ("--peak-bandwidth", bandwidth_gbs)):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{flag} must be a positive number, got {value!r}")
     return Peaks(tflops, bandwidth_gbs, "given on the command line")

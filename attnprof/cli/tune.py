@@ -9,12 +9,13 @@ import typer
 
 from attnprof import backends
 from attnprof.cli import options
+from attnprof.cli.outputs import refuse_overwriting
 from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
-from attnprof.report.console import log, stdout_console
+from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.html import render_html
 from attnprof.report.plan import format_metric, print_tune
 from attnprof.settings import DTYPES, resolve_settings
-from attnprof.store import atomic_write_text, record_json, write_record
+from attnprof.store import atomic_write_text, file_identity, record_json, write_record
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
 from attnprof.tuning.space import knobs_help, parse_plan_knobs
 
@@ -32,7 +33,7 @@ def tune_command(
         None, "--budget", help="A limit: memory=20GiB, latency=15ms or energy=2J. Repeat for several."
     ),
     objective: str = typer.Option("latency", "--objective", help="latency, throughput, energy or memory."),
-    gpus: int = typer.Option(1, "--gpus", help="Devices the plan may shard over."),
+    gpus: int = options.count_option(1, "--gpus", low=1, high=4096, help="Devices the plan may shard over."),
     max_error: str = typer.Option(
         None, "--max-error", help="Relative output error allowed vs fp32 for precision changes (default 1e-2)."
     ),
@@ -45,10 +46,15 @@ def tune_command(
         "--knobs",
         help=knobs_help(),
     ),
-    top_k: int = typer.Option(3, "--top-k", help="Candidates measured for real before choosing."),
-    uncertainty: float = typer.Option(
+    top_k: int = options.count_option(
+        3, "--top-k", low=1, high=1000, help="Candidates measured for real before choosing."
+    ),
+    uncertainty: float = options.number_option(
         CONTRADICTION_SIGMAS,
         "--uncertainty",
+        low=0.0,
+        high=1e12,
+        above_low=True,
         help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
     ),
     pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
@@ -61,27 +67,24 @@ def tune_command(
     interconnect: str = typer.Option(
         None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
     ),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Batch size of one step."),
+    batch_size: int = options.setting_option("batch_size", "--batch-size", "-b", help="Batch size of one step."),
     seq_len: int = options.SEQ_LEN,
     dtype: str = typer.Option(None, "--dtype", help=f"Baseline dtype: {', '.join(DTYPES)}."),
     backend: str = typer.Option(None, "--backend", help=f"Baseline SDPA backend: {', '.join(backends.NAMES)}."),
     device: str = options.GPU_DEVICE,
     mode: str = options.MODE,
-    warmup: int = typer.Option(None, "--warmup", help="Warm-up steps per measurement."),
-    repeats: int = typer.Option(None, "--repeats", help="Timed steps per measurement."),
-    threads: int = typer.Option(None, "--threads", help="Baseline CPU threads."),
+    warmup: int = options.setting_option("warmup", "--warmup", help="Warm-up steps per measurement."),
+    repeats: int = options.setting_option("repeats", "--repeats", help="Timed steps per measurement."),
+    threads: int = options.setting_option("threads", "--threads", help="Baseline CPU threads."),
     debug: bool = options.DEBUG,
 ) -> None:
     """Find the best verified plan under the budget; exit 5 when none fits, 1 when none survives measurement."""
-    from attnprof.targets.load import load_workload
+    from attnprof.targets.load import load_workload, target_source
     from attnprof.tuning.loop import TuneRequest, pareto_points, tune
 
     limits = parse_budget(budget, gpus=gpus, max_error=max_error, max_quality_loss=max_quality_loss, headroom=headroom)
     goal = parse_objective(objective)
-    if not uncertainty > 0:
-        raise UsageError(f"--uncertainty must be a positive number of standard deviations, e.g. 3; got {uncertainty}")
-    if top_k < 1:
-        raise UsageError(f"--top-k must be a positive integer, e.g. --top-k 3; got {top_k}")
+    refuse_overwriting({"--out": out, "--html": html}, {"the model": target_source(target)})
     workload = load_workload(target)
     overrides = options.run_overrides(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
@@ -111,7 +114,8 @@ def tune_command(
             f"none of the {len(outcome.verifications)} candidate(s) survived verification by measurement"
         )
     plan = outcome.plan
-    if apply and outcome.winner is not None and outcome.winner.profile is not None:
+    # The winner's profile goes beside a plan file; a plan written into a device or stdout has no beside.
+    if apply and outcome.winner is not None and outcome.winner.profile is not None and file_identity(out) is not None:
         profile_file = out.with_name(out.stem + ".profile.json")
         write_record(profile_file, outcome.winner.profile)
         plan.verification_profile = str(profile_file)
@@ -122,7 +126,7 @@ def tune_command(
         atomic_write_text(html, render_html(plan))
         log(f"wrote {html}")
     if as_json:
-        typer.echo(record_json(plan))
+        print_result(record_json(plan))
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:

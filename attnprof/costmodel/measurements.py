@@ -44,16 +44,22 @@ def model_path(folder: Path, workload_name: str, workload_fingerprint: str, mach
 
 
 class MeasurementStore:
-    """Append-only JSON Lines file of one workload's measurements on one machine."""
+    """Append-only JSON Lines file of one workload's measurements on one machine.
 
-    def __init__(self, path: Path) -> None:
+    It is read, repaired and appended to only inside its profiles folder (`folder`, by default
+    the one store_path put it under): a store that symlinks lead elsewhere is refused (exit 2),
+    so no file outside is ever cut or written.
+    """
+
+    def __init__(self, path: Path, folder: Path | None = None) -> None:
         self.path = Path(path)
+        self.folder = Path(folder) if folder is not None else self.path.parent.parent
         self.notes: list[str] = []  # e.g. a torn last line skipped on the last load
 
     def load(self) -> dict[str, Measurement]:
         """Measurements by key (a later line wins); a torn last line is skipped."""
-        measurements, self.notes = read_jsonl_records(self.path, Measurement)
+        measurements, self.notes = read_jsonl_records(self.path, Measurement, inside=self.folder)
         return {m.key: m for m in measurements}
 
     def append(self, measurement: Measurement) -> None:
-        append_jsonl(self.path, measurement)
+        append_jsonl(self.path, measurement, inside=self.folder)

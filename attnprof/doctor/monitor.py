@@ -8,6 +8,7 @@ stop, calling `on_tick` with each round of samples.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import time
@@ -15,14 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attnprof.doctor.records import MonitorRecording
-from attnprof.errors import EnvironmentUnsupported, NvmlError, UsageError
+from attnprof.doctor.records import MIN_INTERVAL_S, MonitorRecording
+from attnprof.errors import EnvironmentUnsupported, NvmlError, Terminated, UsageError
 from attnprof.measure import nvml
 from attnprof.measure.records import GpuInfo, GpuSample
 from attnprof.store import timestamp, write_record
 
-MIN_INTERVAL_S = 0.1  # NVML readings refresh at about this rate; faster sampling repeats them
 FLUSH_EVERY_S = 5.0  # a recording survives a kill with at most this much lost
+TERMINATE_GRACE_S = 10.0  # a launched command's time to stop after SIGTERM, before SIGKILL
 
 TickCallback = Callable[[list[GpuInfo], list[GpuSample], str], None]
 
@@ -36,10 +37,10 @@ class MonitorOptions:
     record: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.interval_s < MIN_INTERVAL_S:
-            raise UsageError(f"--interval must be at least {MIN_INTERVAL_S} s, got {self.interval_s:g}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise UsageError(f"--duration must be positive, got {self.duration_s:g}")
+        if not (math.isfinite(self.interval_s) and self.interval_s >= MIN_INTERVAL_S):
+            raise UsageError(f"--interval must be a number of seconds from {MIN_INTERVAL_S}, got {self.interval_s:g}")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise UsageError(f"--duration must be a positive number of seconds, got {self.duration_s:g}")
         if self.pid is not None and self.command:
             raise UsageError("give either --pid or a command after --, not both")
         if self.pid is not None and not _alive(self.pid):
@@ -79,7 +80,8 @@ class _Watch:
 
 
 def run_monitor(options: MonitorOptions, on_tick: TickCallback) -> int:
-    """Sample until the duration ends, the watched process exits, or Ctrl-C. Returns the exit
+    """Sample until the duration ends, the watched process exits, or Ctrl-C (SIGTERM is passed
+    on to a launched command, and raised again once it stopped: exit 143). Returns the exit
     code for the CLI: the launched command's own, else 0."""
     try:
         with nvml.session():
@@ -130,6 +132,15 @@ def _loop(options: MonitorOptions, readers: list[nvml.DeviceReader], on_tick: Ti
             if done:
                 break
             _wait(watch, options.interval_s)
+    except Terminated:
+        # SIGTERM (a CI cancel, a scheduler) stops the launched command too, then attnprof exits 143.
+        if watch.process is not None and watch.process.poll() is None:
+            watch.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watch.process.wait(timeout=TERMINATE_GRACE_S)
+            if watch.process.poll() is None:
+                watch.process.kill()
+        raise
     except KeyboardInterrupt:
         pass  # Ctrl-C ends monitoring; the terminal sent it to a launched command as well
     finally:

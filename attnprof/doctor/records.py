@@ -8,6 +8,8 @@ from typing import Literal
 from attnprof.measure.records import GpuInfo, GpuSample
 from attnprof.store import SCHEMA_VERSION
 
+MIN_INTERVAL_S = 0.1  # NVML readings refresh at about this rate; faster sampling repeats them
+
 
 @dataclass
 class MonitorRecording:

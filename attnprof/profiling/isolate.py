@@ -4,25 +4,30 @@
 which imports the function, calls it with the JSON arguments and writes its JSON-able result
 to a file. The parent waits at most `timeout_s`; a child still running then is killed with its
 whole process group. Requests and results are JSON files: nothing crosses as a pickle.
+
+A child never outlives its parent: on Linux it asks the kernel for SIGKILL when the parent
+dies (PR_SET_PDEATHSIG), so a parent killed by the OOM killer or a CI cancel leaves no
+measurement running. The request folder such a parent leaves is removed by the next one
+(store.ScratchFolder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from attnprof.errors import AttnprofError
-from attnprof.store import atomic_write_text, to_json_dict
+from attnprof.store import ScratchFolder, atomic_write_text, to_json_dict
 
 Status = Literal["ok", "oom", "error", "crashed", "timeout"]
 
@@ -39,7 +44,7 @@ class IsolatedCall:
     """A child process started by `start_isolated`, not yet waited for."""
 
     child: subprocess.Popen[bytes]
-    folder: tempfile.TemporaryDirectory[str]  # request, result and log; removed once waited for
+    folder: ScratchFolder  # request, result and log; removed once waited for
     result: Path
     log: Path
 
@@ -47,13 +52,13 @@ class IsolatedCall:
 def start_isolated(function: str, arguments: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> IsolatedCall:
     """Start calling `function` ("module:name") with keyword `arguments` in a fresh Python
     process; `pass_fds` are file descriptors the child inherits (pipes to talk to it)."""
-    folder = tempfile.TemporaryDirectory(prefix="attnprof-isolate-")
-    request = Path(folder.name) / "request.json"
+    folder = ScratchFolder("isolate")
+    request = folder.path / "request.json"
     request.write_text(json.dumps({"function": function, "arguments": arguments}, allow_nan=False))
-    result, log = Path(folder.name) / "result.json", Path(folder.name) / "log.txt"
+    result, log = folder.path / "result.json", folder.path / "log.txt"
     with log.open("wb") as log_handle:
         child = subprocess.Popen(
-            [sys.executable, "-m", "attnprof.profiling.isolate", str(request), str(result)],
+            [sys.executable, "-m", "attnprof.profiling.isolate", str(request), str(result), str(os.getpid())],
             stdin=subprocess.DEVNULL,
             stdout=log_handle,  # the child's prints never reach our stdout (--json stays clean)
             stderr=subprocess.STDOUT,
@@ -106,6 +111,23 @@ def _crash_reason(returncode: int, log: Path) -> str:
     return f"crashed: {how}" + (f" ({last[:200]})" if last else "")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Be killed (SIGKILL) when the parent dies; exit now if it already has.
+
+    The kernel sends the signal when the thread that started this process ends; attnprof
+    starts children from its main thread, which ends only with the process.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(1)
+
+
 def _child(request_path: Path, result_path: Path) -> None:
     """The child's side: call the function, write {"status", "value" | "reason"} atomically."""
     from attnprof.profiling.faults import out_of_memory, out_of_memory_reason
@@ -127,4 +149,5 @@ def _child(request_path: Path, result_path: Path) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent(int(sys.argv[3]))
     _child(Path(sys.argv[1]), Path(sys.argv[2]))

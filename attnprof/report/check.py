@@ -16,6 +16,7 @@ from rich.text import Text
 from attnprof.gate.compare import summary as verdict_line
 from attnprof.gate.records import CheckResult, MetricCheck
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes, human_count
+from attnprof.report.console import xml_text
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
 
 # Most alarming first; the order rows are listed in.
@@ -88,7 +89,7 @@ def _header_lines(result: CheckResult) -> list[str]:
         f"· current {result.current} ({result.current_commit or 'no commit'})",
         f"thresholds {', '.join(result.thresholds)} · significance p < {result.alpha:g} (one-sided Mann-Whitney U)",
     ]
-    if result.drift_factor is not None:
+    if result.drift_factor:  # None: no probe; 0 comes only from a damaged file
         lines.append(f"timings relative to the reference probe (machine speed now x{1 / result.drift_factor:.3f} "
                      "of the baseline's)")
     return lines + [f"warning: {w}" for w in result.warnings]
@@ -206,7 +207,7 @@ def check_junit(result: CheckResult) -> str:
         else:
             ET.SubElement(case, "system-out").text = text
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_text(ET.tostring(suites, encoding="unicode")) + "\n"
 
 
 def benchmark_action_json(result: CheckResult) -> str:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
-from attnprof.report.console import PLAIN_WIDTH
+from attnprof.report.console import PLAIN_WIDTH, SafeConsole, printable
 from attnprof.report.html import html_report
 from attnprof.report.registry import ADAPTERS
 from attnprof.store import record_json
@@ -74,7 +74,7 @@ def render_table(adapter: RecordAdapter[Any], record: Any) -> RenderableType:
 def render_table_text(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:
     """The terminal view as plain text, for `--format table --out FILE`."""
     buffer = io.StringIO()
-    Console(file=buffer, width=PLAIN_WIDTH, color_system=None, highlight=False).print(render_table(adapter, record))
+    SafeConsole(file=buffer, width=PLAIN_WIDTH, color_system=None, highlight=False).print(render_table(adapter, record))
     return buffer.getvalue()
 
 
@@ -88,7 +88,7 @@ def render_markdown(adapter: RecordAdapter[Any], record: Any, options: ReportOpt
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return printable(text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "))
 
 
 def _markdown_table(section: Section) -> list[str]:

@@ -102,9 +102,10 @@ class LogScale:
     def covering(cls, values: Sequence[float]) -> LogScale:
         """Whole decades around the positive finite values."""
         positive = [v for v in values if math.isfinite(v) and v > 0] or [1.0]
-        lo = 10.0 ** math.floor(math.log10(min(positive)))
-        hi = 10.0 ** math.ceil(math.log10(max(positive)))
-        return cls(lo, hi if hi > lo else lo * 10)
+        # Decades a float holds with room for ticks: a subnormal or near-overflow value is drawn at the edge.
+        low = min(max(math.floor(math.log10(min(positive))), -300), 299)
+        high = min(max(math.ceil(math.log10(max(positive))), low + 1), 300)
+        return cls(10.0**low, 10.0**high)
 
 
 Scale = LinearScale | LogScale

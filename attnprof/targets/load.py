@@ -34,7 +34,7 @@ DEFAULT_TARGET = "zoo:decoder"
 
 def load_workload(target: str | None) -> Workload:
     """Parse a target string and load what it names (exit 2 on bad targets, 3 on user errors)."""
-    target = (target or DEFAULT_TARGET).strip()
+    target = (DEFAULT_TARGET if target is None else target).strip()  # "": an unset variable, refused
     try:
         return _load_target(target)
     except (OSError, ValueError) as exc:
@@ -46,7 +46,10 @@ def load_workload(target: str | None) -> Workload:
 
 def _load_target(target: str) -> Workload:
     if not target:
-        raise UsageError("empty target")
+        raise UsageError(
+            "the target is empty (an unset variable?): name one, e.g. model.py or zoo:decoder, or give none for "
+            f"{DEFAULT_TARGET}"
+        )
     if target.startswith("zoo:"):
         return load_zoo(target)
     if target.startswith("hf:"):
@@ -162,3 +165,71 @@ def _check_settings_keys(defaults: dict[str, Any], target: str) -> None:
     unknown = sorted(set(defaults) - known)
     if unknown:
         raise UsageError(f"{target}: ATTNPROF has unknown settings {unknown}; known: {sorted(known)}")
+
+
+def data_file_target(named: str, source: Path, project: Path) -> str:
+    """The target a data file (a plan, a baseline) names, when nothing else names one.
+
+    A file someone sent must never run code they chose: the target it names is run only when
+    no code is imported (zoo:, hf:) or when its code resolves inside `project` (the folder of
+    the project's pyproject.toml, else the working directory). Anything else is refused; the
+    command line or [tool.attnprof] target names the workload instead. Nothing is imported here.
+    """
+    refusal = (
+        f"{source} names the target {named[:200]!r}, {{why}}; attnprof does not run code a data file "
+        "names: give the target on the command line or as [tool.attnprof] target"
+    )
+    if named.startswith(("zoo:", "hf:")):
+        return named
+    if not named.strip():
+        raise UsageError(refusal.format(why="which is empty"))
+    try:
+        location = _code_location(named)
+    except UsageError as exc:
+        raise UsageError(refusal.format(why=f"which is not loadable ({exc})")) from None
+    if location is None:
+        raise UsageError(refusal.format(why="which is built into Python"))
+    real, root = Path(os.path.realpath(location)), Path(os.path.realpath(project))
+    if not real.is_relative_to(root):
+        raise UsageError(refusal.format(why=f"whose code is {real}, outside this project ({root})"))
+    return named
+
+
+def target_source(target: str | None) -> Path | None:
+    """The file a target's workload is read from (its model file, its module's file, an hf:
+    folder's config.json), found without importing anything; None when there is none or the
+    target does not name one that exists (loading it then says why)."""
+    if target is None or target.startswith("zoo:"):
+        return None
+    if target.startswith("hf:"):
+        config = Path(target.removeprefix("hf:")) / "config.json"
+        return config if config.is_file() else None
+    try:
+        return _code_location(target)
+    except (UsageError, OSError, ValueError):
+        return None
+
+
+def _code_location(target: str) -> Path | None:
+    """The file a file or module target's code lives in, found without importing anything
+    (None for a module built into the interpreter)."""
+    path_part, _, _ = _split_factory(target)
+    if path_part.endswith(".py") or Path(path_part).is_file():
+        if not Path(path_part).is_file():
+            raise UsageError(f"{path_part}: no such file")
+        return Path(path_part)
+    if not path_part or not all(part.isidentifier() for part in path_part.split(".")):
+        raise UsageError("not a file or module name")
+    top, *subs = path_part.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name imports nothing to be found
+    except (ImportError, ValueError):
+        spec = None
+    for part in subs:  # a submodule is looked up in its package's folders, not imported
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        spec = importlib.machinery.PathFinder.find_spec(part, folders) if folders else None
+    if spec is None:
+        raise UsageError(f"no module {path_part!r}")
+    if spec.origin is None or spec.origin in ("built-in", "frozen"):
+        return None
+    return Path(spec.origin)
