@@ -1,7 +1,8 @@
 """`attnprof baseline [TARGET] --out profiles/NAME.json`: record the profile `check` compares against.
 
 Settings not given on the command line come from ATTNPROF_* variables, then
-[tool.attnprof.settings] in pyproject.toml, then the workload's own defaults.
+[tool.attnprof.settings] in pyproject.toml, then the workload's own defaults; a baseline carries
+the reference probe and at least attnprof.gate.runs.GATE_REPEATS repeats unless told otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from attnprof.cli.outputs import record_baseline
 from attnprof.errors import UsageError
 from attnprof.report.console import log, stdout_console
 from attnprof.report.profile import print_profile
-from attnprof.settings import ProjectConfig, resolve_settings
+from attnprof.settings import ProjectConfig
 from attnprof.store import record_json
 
 
@@ -29,7 +30,9 @@ def baseline_command(
     device: str = options.DEVICE,
     mode: str = options.MODE,
     warmup: int = options.WARMUP,
-    repeats: int = typer.Option(None, "--repeats", help="Timed steps: the samples each check is judged on."),
+    repeats: int = typer.Option(
+        None, "--repeats", help="Timed steps: the samples each check is judged on (default: at least 200)."
+    ),
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
         None, "--reference-probe/--no-reference-probe", help=f"{options.REFERENCE_PROBE_HELP} (default: on)."
@@ -39,7 +42,7 @@ def baseline_command(
     debug: bool = options.DEBUG,
 ) -> None:
     """Profile TARGET and save it as the baseline for `attnprof check`."""
-    from attnprof.profiling.run import run_profile
+    from attnprof.gate.runs import gate_profile, gate_settings
     from attnprof.targets.load import load_workload
 
     config = ProjectConfig.load()
@@ -51,10 +54,9 @@ def baseline_command(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
         warmup=warmup, repeats=repeats, threads=threads, clock=clock, reference_probe=reference_probe,
     )
-    # Baselines carry the probe unless told otherwise: it is what keeps checks from drifting.
-    settings = resolve_settings(workload, {"reference_probe": True, **config.settings_overrides(cli)})
+    settings = gate_settings(workload, config, cli)
     log(f"recording a baseline of {workload.target} ({settings.repeats} repeats)")
-    profile = run_profile(workload, settings)
+    profile = gate_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
         typer.echo(record_json(profile))
