@@ -127,9 +127,12 @@ def profile_interleaved_sides(
     """The baseline's side (BASE_TARGET, or TARGET at git REF) and TARGET, profiled interleaved
     with TARGET's settings as a baseline would record them (gate.runs.gate_settings), and the
     baseline's label."""
+    from attnprof.gate.refs import resolve_ref
     from attnprof.gate.runs import gate_settings, profile_against, profile_against_ref
     from attnprof.targets.load import load_workload
 
+    if against_ref is not None:
+        resolve_ref(against_ref)  # outside a repository or an unknown ref: exit 2 before any code runs
     workload = load_workload(config.resolve("target", target, None))
     settings = gate_settings(workload, config, {})
     if against_ref is not None:
