@@ -48,9 +48,8 @@ class RefCheckout:
 
     def moved(self, path: Path) -> Path:
         """`path` inside the repository -> the same path in the checkout (others unchanged)."""
-        resolved = path.resolve()
-        if resolved == self.repo or self.repo in resolved.parents:
-            return self.tree / resolved.relative_to(self.repo)
+        if self._inside(path):
+            return self.tree / path.resolve().relative_to(self.repo)
         return path
 
     def working_directory(self) -> Path:
@@ -59,7 +58,8 @@ class RefCheckout:
     def python_path(self) -> list[str]:
         """The copies of the folders on sys.path that lie inside the repository, so that the
         ref's modules are the ones imported there."""
-        return [str(self.moved(Path(p or "."))) for p in sys.path if self._inside(Path(p or "."))]
+        inside = [self.moved(Path(p or ".")) for p in sys.path if self._inside(Path(p or "."))]
+        return [str(p) for p in dict.fromkeys(inside) if p.exists()]  # not what git does not track
 
     def target(self, target: str) -> str:
         """A target string as it reads from the checkout: an absolute path inside the repository
