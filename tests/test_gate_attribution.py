@@ -76,8 +76,23 @@ def test_a_slower_module_is_named_by_its_own_time_not_its_parents() -> None:
 
 def test_unchanged_code_has_no_attribution_even_when_asked() -> None:
     baseline, current = nested_profile(seed=1), nested_profile(seed=2)
-    assert attribute(baseline, current, step_growth_ms=0.5, alpha=0.002) == []
+    assert attribute(baseline, current, step_growth_ms=0.5, alpha=0.002, min_excess=0.03) == []
     assert compare_profiles(baseline, current).verdict == "pass"
+
+
+def test_a_machine_that_runs_slower_everywhere_is_not_a_regression() -> None:
+    """Every module 10% slower alike: the step's growth is significant, but no module's share
+    of the step moved, which is what a slower machine does and a change in one module does not."""
+    slower = nested_profile(seed=2)
+    for stats in [slower.totals.time_ms, *(x.time_ms for x in slower.layers)]:
+        assert stats is not None
+        stats.samples = [1.10 * v for v in stats.samples]
+        stats.median *= 1.10
+    result = compare_profiles(nested_profile(seed=1), slower)
+    step = next(m for m in result.metrics if m.metric == "step")
+    assert step.change == pytest.approx(0.10, abs=0.03) and step.p_value is not None and step.p_value < 1e-6
+    assert result.verdict == "inconclusive" and result.attribution == []
+    assert "spread over every module in proportion" in step.detail
 
 
 def test_the_defaults_gate_the_step_and_report_the_modules() -> None:

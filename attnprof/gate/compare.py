@@ -381,17 +381,21 @@ def _correct_module_gates(rows: list[MetricCheck], alpha: float) -> None:
             row.detail += f"; Holm-corrected over {len(gated)} module timings: p={adjusted:.2g}"
 
 
-def _own_samples(profile: Profile, phase: str) -> dict[str, list[float]]:
-    """Module path -> per-repeat time spent in the module itself, not in its child modules
-    (its samples minus its children's, repeat by repeat); empty unless every timed module has
-    one sample per repeat."""
+def _timed_samples(profile: Profile, phase: str) -> dict[str, list[float]]:
+    """Module path -> its per-repeat times (children included) in one phase; empty unless every
+    timed module has one sample per repeat."""
     timed: dict[str, list[float]] = {}
     for layer in profile.layers:
         stats = layer.time_ms if phase == "forward" else layer.backward_time_ms
         if stats is not None and stats.samples:
             timed[layer.name] = stats.samples
-    if len({len(samples) for samples in timed.values()}) != 1:
-        return {}
+    return timed if len({len(samples) for samples in timed.values()}) == 1 else {}
+
+
+def _own_samples(profile: Profile, phase: str) -> dict[str, list[float]]:
+    """Module path -> per-repeat time spent in the module itself, not in its child modules (its
+    samples minus its children's, repeat by repeat)."""
+    timed = _timed_samples(profile, phase)
     own = {name: list(samples) for name, samples in timed.items()}
     for name, samples in timed.items():
         parent = _timed_parent(name, timed)
@@ -409,28 +413,77 @@ def _timed_parent(name: str, timed: dict[str, list[float]]) -> str | None:
     return None
 
 
-def attribute(baseline: Profile, current: Profile, step_growth_ms: float, alpha: float) -> list[Attribution]:
-    """The modules that account for a step's growth of `step_growth_ms`, largest first: those whose
-    own time grew significantly (one-sided Mann-Whitney, Holm-corrected over every module and
-    phase compared) by at least MIN_ATTRIBUTED_SHARE of the step's growth."""
-    candidates: list[tuple[str, str, list[float], list[float]]] = []
+def _phase_totals(profile: Profile, phase: str, own: dict[str, list[float]]) -> list[float] | None:
+    """Per-repeat time of the whole phase the modules' own times add up to: the root module's,
+    else (forward only) the plain step's when it has as many samples."""
+    root = _timed_samples(profile, phase).get("")
+    if root is not None:
+        return root
+    step = profile.totals.time_ms
+    counts = {len(samples) for samples in own.values()}
+    if phase == "forward" and step is not None and counts == {len(step.samples)}:
+        return step.samples
+    return None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    layer: str
+    phase: str
+    base_own: list[float]
+    cur_own: list[float]
+    base_total: list[float]
+    cur_total: list[float]
+
+    def share_p(self) -> float:
+        """One-sided Mann-Whitney p that the module's share of its phase grew."""
+        base = [own / total for own, total in zip(self.base_own, self.base_total, strict=True) if total > 0]
+        cur = [own / total for own, total in zip(self.cur_own, self.cur_total, strict=True) if total > 0]
+        return mann_whitney_p(cur, base, "greater") if base and cur else 1.0
+
+    def excess(self) -> float:
+        """Relative growth of the module's own time beyond the rest of its phase's."""
+        b_own, c_own = TimeStats.from_samples(self.base_own).median, TimeStats.from_samples(self.cur_own).median
+        b_total, c_total = TimeStats.from_samples(self.base_total).median, TimeStats.from_samples(self.cur_total).median
+        if b_own <= 0 or b_total - b_own <= 0:
+            return 0.0
+        return (c_own / b_own - 1) - ((c_total - c_own) / (b_total - b_own) - 1)
+
+
+def attribute(
+    baseline: Profile, current: Profile, step_growth_ms: float, alpha: float, min_excess: float
+) -> list[Attribution]:
+    """The modules that account for a step's growth of `step_growth_ms`, largest first.
+
+    A module is named when its own time (not its children's) grew by at least
+    MIN_ATTRIBUTED_SHARE of the step's growth, faster than the rest of the step by more than
+    `min_excess` (relative), and its share of the step grew significantly (one-sided
+    Mann-Whitney on the per-repeat shares, Holm-corrected over every module and phase
+    compared). Shares, not times, because a machine that runs slower slows every module alike
+    and leaves their shares as they were: only a change in some module moves its share."""
+    candidates: list[_Candidate] = []
     needed = min_repeats_for(alpha)
     for phase in ("forward", "backward"):
         base, cur = _own_samples(baseline, phase), _own_samples(current, phase)
+        base_total, cur_total = _phase_totals(baseline, phase, base), _phase_totals(current, phase, cur)
+        if base_total is None or cur_total is None:
+            continue
         candidates += [
-            (name, phase, base[name], cur[name])
+            _Candidate(name, phase, base[name], cur[name], base_total, cur_total)
             for name in base
             if name in cur and min(len(base[name]), len(cur[name])) >= needed
         ]
     if not candidates or step_growth_ms <= 0:
         return []
-    p_values = holm_adjusted([mann_whitney_p(cur, base, "greater") for _, _, base, cur in candidates])
+    p_values = holm_adjusted([c.share_p() for c in candidates])
     found = []
-    for (name, phase, base, cur), p_value in zip(candidates, p_values, strict=True):
-        b_ms, c_ms = TimeStats.from_samples(base).median, TimeStats.from_samples(cur).median
+    for candidate, p_value in zip(candidates, p_values, strict=True):
+        b_ms = TimeStats.from_samples(candidate.base_own).median
+        c_ms = TimeStats.from_samples(candidate.cur_own).median
         share = (c_ms - b_ms) / step_growth_ms
-        if p_value < alpha and share >= MIN_ATTRIBUTED_SHARE:
-            found.append(Attribution(name, phase, b_ms, c_ms, c_ms - b_ms, share, p_value))  # type: ignore[arg-type]
+        if p_value < alpha and share >= MIN_ATTRIBUTED_SHARE and (excess := candidate.excess()) > min_excess:
+            found.append(Attribution(candidate.layer, candidate.phase, b_ms, c_ms, c_ms - b_ms, share,  # type: ignore[arg-type]
+                                     p_value, excess))
     return sorted(found, key=lambda a: -a.delta_ms)
 
 
@@ -516,7 +569,14 @@ def compare_profiles(
     attribution = []
     if step is not None and isinstance(step.baseline, float) and isinstance(step.current, float):
         # The growth as judged (relative to the probe when both carry one, in the baseline's ms).
-        attribution = attribute(baseline, current, step.current - step.baseline, options.alpha)
+        attribution = attribute(baseline, current, step.current - step.baseline, options.alpha, step.threshold or 0.0)
+        if not attribution:
+            step.status = "inconclusive"
+            step.detail = (
+                f"{step.detail.split(' and significant')[0]} and significant, but spread over every module in "
+                "proportion, as when the machine itself runs slower (no module's share of the step grew): "
+                "re-run, or time both sides together with --against-ref"
+            )
     statuses = {m.status for m in metrics}
     verdict = (
         "regression"
@@ -564,9 +624,7 @@ def layer_label(layer: str) -> str:
 
 
 def attribution_line(result: CheckResult) -> str:
-    """Which modules a step regression comes from, or that none accounts for it."""
-    if not result.attribution:
-        return "no module's own time grew significantly: the slowdown is spread over the model"
+    """Which modules a step regression comes from."""
     named = [
         f"{layer_label(a.layer)}{' backward' if a.phase == 'backward' else ''} "
         f"(+{a.delta_ms:.3g} ms, {a.share:.0%} of the step's growth, p={a.p_value:.2g})"
@@ -589,7 +647,8 @@ def summary(result: CheckResult) -> str:
         rest = len(failures) - len(shown)
         more = f" (+{rest} more failing metrics)" if rest else ""
         listed = "; ".join(
-            f"{m.metric} ({m.detail.split(';')[0]}" + (f"; {attribution_line(result)})" if m.metric == "step" else ")")
+            f"{m.metric} ({m.detail.split(';')[0]}"
+            + (f"; {attribution_line(result)})" if m.metric == "step" and result.attribution else ")")
             for m in shown
         )
         return f"performance regression: {listed}{more}"

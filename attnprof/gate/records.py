@@ -47,10 +47,11 @@ class MetricCheck:
 
 @dataclass
 class Attribution:
-    """One module's share of a step regression: how much its own time (not its children's) grew.
+    """One module's part in a step regression: how much its own time (not its children's) grew.
 
-    `p_value` is the one-sided Mann-Whitney p of its own-time samples, Holm-corrected for the
-    number of modules compared; `share` is its growth over the step's growth.
+    `share` is its growth over the step's growth; `excess` its relative growth beyond the rest
+    of the step's; `p_value` the one-sided Mann-Whitney p that its share of the step grew,
+    Holm-corrected for the number of modules compared.
     """
 
     layer: str
@@ -60,6 +61,7 @@ class Attribution:
     delta_ms: float
     share: float
     p_value: float
+    excess: float = 0.0
 
 
 @dataclass
