@@ -151,6 +151,25 @@ def test_thresholds_come_from_pyproject_and_the_environment(
     assert runner.invoke(app, ["compare", a, b, "-t", "median:80%"]).exit_code == 0  # the command line beats both
 
 
+def test_module_gates_are_an_opt_in_from_pyproject_or_the_command_line(runner: CliRunner, tmp_path: Path) -> None:
+    a = save(tmp_path, "a.json", make_profile(seed=1))
+    b = save(tmp_path, "b.json", make_profile(seed=2, attn_slowdown=1.5))
+    by_default = runner.invoke(app, ["compare", a, b, "--result", "default.json"])
+    assert by_default.exit_code == 1
+    assert {m.metric for m in read_record(tmp_path / "default.json", CheckResult).failures()} == {"step"}
+    (tmp_path / "pyproject.toml").write_text("[tool.attnprof]\nmodule_limit = '5%'\n")
+    gated = runner.invoke(app, ["compare", a, b, "--result", "gated.json"])
+    assert gated.exit_code == 1
+    failing = {m.metric for m in read_record(tmp_path / "gated.json", CheckResult).failures()}
+    assert {"step", "layers.blocks.0.attn"} <= failing and "layers.blocks.0.mlp" not in failing
+    loose = runner.invoke(app, ["compare", a, b, "--module-limit", "80%", "--result", "loose.json"])
+    loosely = read_record(tmp_path / "loose.json", CheckResult).failures()
+    assert "layers.blocks.0.attn" not in {m.metric for m in loosely}
+    assert loose.exit_code == 1  # the step still fails
+    bad = runner.invoke(app, ["compare", a, b, "--module-limit", "lots"])
+    assert bad.exit_code == 2 and "--module-limit 'lots'" in bad.stderr
+
+
 def test_unknown_pyproject_keys_warn(runner: CliRunner, tmp_path: Path) -> None:
     a, b = save(tmp_path, "a.json", make_profile(seed=1)), save(tmp_path, "b.json", make_profile(seed=2))
     (tmp_path / "pyproject.toml").write_text("[tool.attnprof]\ntreshold = 'median:5%'\n")

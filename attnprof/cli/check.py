@@ -75,7 +75,13 @@ def check_command(
                 config, target, baseline, options, update_baseline
             )
             baseline_label = str(baseline_path)
-    except (AttnprofError, KeyboardInterrupt) as exc:  # nothing measured: the CI files say why, never green
+        if out is not None:
+            write_record(out, current)
+            log(f"saved {out}")
+        if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
+            options = dataclasses.replace(options, allow_machine_mismatch=True)
+        result = compare_profiles(reference, current, options, baseline_label, "this run")
+    except (AttnprofError, KeyboardInterrupt) as exc:  # nothing judged: the CI files say why, never green
         reason = str(exc) if isinstance(exc, AttnprofError) else "interrupted"
         failed = error_result(reason, target or str(config.resolve("target", None, "the default target")), options)
         write_outputs(failed, {"markdown": markdown, "junit": junit})
@@ -83,12 +89,6 @@ def check_command(
             write_record(result_file, failed)
             log(f"wrote {result_file}")
         raise
-    if out is not None:
-        write_record(out, current)
-        log(f"saved {out}")
-    if update_baseline:  # the baseline is being replaced: report against it whatever machine made it
-        options = dataclasses.replace(options, allow_machine_mismatch=True)
-    result = compare_profiles(reference, current, options, baseline_label, "this run")
     report_and_judge(
         result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
     )

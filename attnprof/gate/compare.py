@@ -7,9 +7,10 @@ Three kinds of metric:
   gated only between profiles of the same machine kind (another CPU or GPU runs at another
   speed: reported, not gated). By default only the step is gated and every module is reported;
   when the step regresses, `attribute` names the modules whose own time (not their children's)
-  grew significantly, Holm-corrected over the modules compared, and by how much of the step's
-  growth. Modules gated by opt-in (`module_limit`, or thresholds naming them) are judged the
-  same way, their p-values Holm-corrected over the gated modules.
+  accounts for it, their share of the step significantly larger (Holm-corrected over the
+  modules compared). A step regression no module accounts for is inconclusive: a machine that
+  runs slower slows every module alike. Modules gated by opt-in (`module_limit`, or thresholds
+  naming them) are judged like the step, their p-values Holm-corrected over the gated modules.
 * memory (peak of the step and of every module): relative increase against its threshold.
   attnprof accounts memory from tensor sizes, so it is deterministic and the default limit is
   0% (any growth fails); `memory:N%` tolerates growth where memory is measured otherwise.
@@ -111,7 +112,7 @@ class CheckOptions:
             metrics=tuple(config.resolve("metrics", metrics, ["*"])),
             alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
             allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
-            module_limit=None if limit is None else parse_limit(limit, "module_limit"),
+            module_limit=None if limit is None else parse_limit(limit, "--module-limit"),
         )
 
     def selected(self, metric: str) -> bool:

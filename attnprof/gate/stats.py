@@ -21,8 +21,9 @@ The defaults gate the step's median at 3% and memory exactly, and report every m
 step is one well-sampled number, while dozens of module timings of a few microseconds each would
 raise an alarm on some module in most checks of unchanged code. A step regression is attributed
 to the modules that account for it (gate.compare), their significance Holm-corrected for their
-number; gating modules is an opt-in (`--module-limit`), Holm-corrected the same way. 3% because
-a 5% slowdown must be caught: a limit equal to the slowdown catches it half the time.
+number, and one that no module accounts for is put down to the machine. Gating modules is an
+opt-in (`--module-limit`), Holm-corrected the same way. 3% because a 5% slowdown must be caught:
+a limit equal to the slowdown catches it half the time.
 
 The Mann-Whitney U test is computed here, in plain Python, exactly as scipy.stats.mannwhitneyu
 computes it by default (tests compare the two), so that `attnprof compare` and reports of
