@@ -22,7 +22,8 @@ A check is a false alarm when its verdict is "regression"; a detection when its 
 "regression" and the first module its attribution names is `layers.1.attn` (or inside it).
 Rates come with exact (Clopper-Pearson) 95% bounds: what the sample size can claim.
 
-    python -m benchmarks.check_gate [--runs 24] [--sessions 20] [--modes stored,ref]
+    python -m benchmarks.check_gate [--runs 24] [--sessions 20] [--modes stored,ref] [--save DIR]
+    python -m benchmarks.check_gate --judge DIR     # judge saved profiles again, measuring nothing
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from scipy.stats import beta
 from attnprof.gate.compare import CheckOptions, compare_profiles
 from attnprof.gate.records import CheckResult
 from attnprof.gate.runs import gate_profile, gate_settings, profile_against_ref
-from attnprof.profiling.records import Profile
+from attnprof.profiling.records import Profile, load_profile
 from attnprof.profiling.run import prepare
 from attnprof.settings import ProjectConfig, Settings
+from attnprof.store import write_record
 from attnprof.targets.load import load_workload
 from benchmarks.slowed_demo import ENV, SLOWED_LAYER, model_file
 
@@ -108,9 +110,8 @@ def judge(baseline: Profile, current: Profile) -> CheckResult:
     return compare_profiles(baseline, current, CheckOptions())
 
 
-def stored_mode(settings: Settings, spin: int, runs: int) -> dict[str, Tally]:
-    """A and B alternately, as `baseline` and `check` profile; every earlier A judged against
-    every later run."""
+def stored_runs(settings: Settings, spin: int, runs: int) -> list[tuple[str, Profile]]:
+    """A and B alternately, as `baseline` and `check` profile them."""
     order: list[tuple[str, Profile]] = []
     started = time.perf_counter()
     workload = load_workload(str(SLOWED_DEMO))
@@ -120,6 +121,11 @@ def stored_mode(settings: Settings, spin: int, runs: int) -> dict[str, Tally]:
             order.append((kind, gate_profile(workload, settings)))
     os.environ.pop(ENV)
     print(f"stored: {runs} A + {runs} B profile runs in {time.perf_counter() - started:.0f} s")
+    return order
+
+
+def stored_tallies(order: list[tuple[str, Profile]]) -> dict[str, Tally]:
+    """Every earlier A judged against every later run, and the adjacent pairs apart."""
     tallies = {name: Tally() for name in ("A/A all pairs", "A/B all pairs", "A/A adjacent", "A/B adjacent")}
     for i, (kind, baseline) in enumerate(order):
         if kind != "A":
@@ -157,9 +163,10 @@ def model_repository() -> Iterator[Path]:
         yield models
 
 
-def ref_mode(settings: Settings, spin: int, sessions: int) -> dict[str, Tally]:
-    """check --against-ref HEAD~1 from the repository's models/ folder, A/A and A/B alternating."""
-    tallies = {"A/A": Tally(), "A/B": Tally()}
+def ref_sessions(settings: Settings, spin: int, sessions: int) -> list[tuple[str, Profile, Profile]]:
+    """check --against-ref HEAD~1 from the repository's models/ folder, A/A and A/B alternating:
+    (kind, the ref's profile, the working tree's)."""
+    checks: list[tuple[str, Profile, Profile]] = []
     started = time.perf_counter()
     here = Path.cwd()
     with model_repository() as models:
@@ -170,11 +177,39 @@ def ref_mode(settings: Settings, spin: int, sessions: int) -> dict[str, Tally]:
                 for kind, iterations in (("A/A", 0), ("A/B", spin)):
                     Path("model.py").write_text(model_file(iterations))  # uncommitted on the current side
                     reference, current, _ = profile_against_ref("HEAD~1", workload, settings)
-                    tallies[kind].add(judge(reference, current))
+                    checks.append((kind, reference, current))
         finally:
             os.chdir(here)
     print(f"--against-ref: {sessions} A/A + {sessions} A/B checks in {time.perf_counter() - started:.0f} s")
+    return checks
+
+
+def ref_tallies(checks: list[tuple[str, Profile, Profile]]) -> dict[str, Tally]:
+    tallies = {"A/A": Tally(), "A/B": Tally()}
+    for kind, reference, current in checks:
+        tallies[kind].add(judge(reference, current))
     return tallies
+
+
+def save_runs(folder: Path, order: list[tuple[str, Profile]], checks: list[tuple[str, Profile, Profile]]) -> None:
+    """The profiles, so that a later version of the judgement can be run on the same measurements."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (kind, profile) in enumerate(order):
+        write_record(folder / f"stored-{i:03d}-{kind}.json", profile)
+    for i, (kind, reference, current) in enumerate(checks):
+        tag = kind.replace("/", "")
+        write_record(folder / f"ref-{i:03d}-{tag}-reference.json", reference)
+        write_record(folder / f"ref-{i:03d}-{tag}-current.json", current)
+
+
+def load_runs(folder: Path) -> tuple[list[tuple[str, Profile]], list[tuple[str, Profile, Profile]]]:
+    order = [(path.stem.rsplit("-", 1)[1], load_profile(path)) for path in sorted(folder.glob("stored-*.json"))]
+    checks = []
+    for reference in sorted(folder.glob("ref-*-reference.json")):
+        tag = reference.stem.split("-")[2]
+        current = reference.with_name(reference.name.replace("-reference", "-current"))
+        checks.append((f"{tag[0]}/{tag[1]}", load_profile(reference), load_profile(current)))
+    return order, checks
 
 
 def bounds(hits: int, total: int) -> tuple[float, float]:
@@ -216,22 +251,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=24, help="Stored mode: profile runs of each of A and B.")
     parser.add_argument("--sessions", type=int, default=20, help="--against-ref mode: checks of each of A/A and A/B.")
     parser.add_argument("--modes", default="stored,ref", help="Comma-separated: stored, ref.")
+    parser.add_argument("--save", type=Path, help="Save every profile in this folder.")
+    parser.add_argument("--judge", type=Path, help="Measure nothing: judge the profiles a --save run left here.")
     args = parser.parse_args()
     modes = set(args.modes.split(","))
 
-    settings = gate_settings(load_workload(str(SLOWED_DEMO)), ProjectConfig({}, None, {}), {})
-    spin, injected = calibrate_spin(settings)
-    print(f"load average {_uptime()}; settings: repeats {settings.repeats}, threads {settings.threads}, "
-          f"clock {settings.clock}, reference probe {settings.reference_probe}, warmup {settings.warmup}")
-    print(f"planted: {spin} spin iterations at the end of {SLOWED_LAYER}'s forward = {injected:+.1%} of A's step "
-          "by thread CPU time")
-    if "stored" in modes:
-        print_table("stored baseline (attnprof baseline, then attnprof check --baseline)",
-                    stored_mode(settings, spin, args.runs))
+    if args.judge is not None:
+        order, checks = load_runs(args.judge)
+    else:
+        settings = gate_settings(load_workload(str(SLOWED_DEMO)), ProjectConfig({}, None, {}), {})
+        spin, injected = calibrate_spin(settings)
+        print(f"load average {_uptime()}; settings: repeats {settings.repeats}, threads {settings.threads}, "
+              f"clock {settings.clock}, reference probe {settings.reference_probe}, warmup {settings.warmup}")
+        print(f"planted: {spin} spin iterations at the end of {SLOWED_LAYER}'s forward = {injected:+.1%} of A's "
+              "step by thread CPU time")
+        order = stored_runs(settings, spin, args.runs) if "stored" in modes else []
         print(f"load average {_uptime()}")
-    if "ref" in modes:
-        print_table("attnprof check --against-ref HEAD~1", ref_mode(settings, spin, args.sessions))
+        checks = ref_sessions(settings, spin, args.sessions) if "ref" in modes else []
         print(f"load average {_uptime()}")
+        if args.save is not None:
+            save_runs(args.save, order, checks)
+    if order:
+        print_table("stored baseline (attnprof baseline, then attnprof check --baseline)", stored_tallies(order))
+    if checks:
+        print_table("attnprof check --against-ref HEAD~1", ref_tallies(checks))
 
 
 if __name__ == "__main__":

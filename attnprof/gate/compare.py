@@ -63,6 +63,9 @@ COMPARABLE_SETTINGS: tuple[str, ...] = ("mode", "batch_size", "seq_len", "dtype"
 # A module is named in a step regression's attribution when its own time's growth is at least
 # this share of the step's growth (smaller significant shifts are real but explain nothing).
 MIN_ATTRIBUTED_SHARE = 0.1
+# A step regression counts when the modules named account for at least this share of its growth;
+# less, and the growth is mostly everywhere at once, as a slower machine makes it.
+MIN_ACCOUNTED_SHARE = 0.5
 # A reference probe this much slower or faster than in the baseline: warn that the machine changed.
 MAX_DRIFT = 1.5
 
@@ -571,12 +574,13 @@ def compare_profiles(
     if step is not None and isinstance(step.baseline, float) and isinstance(step.current, float):
         # The growth as judged (relative to the probe when both carry one, in the baseline's ms).
         attribution = attribute(baseline, current, step.current - step.baseline, options.alpha, step.threshold or 0.0)
-        if not attribution:
+        accounted = sum(a.share for a in attribution)
+        if accounted < MIN_ACCOUNTED_SHARE:
             step.status = "inconclusive"
             step.detail = (
                 f"{step.detail.split(' and significant')[0]} and significant, but spread over every module in "
-                "proportion, as when the machine itself runs slower (no module's share of the step grew): "
-                "re-run, or time both sides together with --against-ref"
+                f"proportion (modules whose share of the step grew account for {accounted:.0%} of it), as when "
+                "the machine itself runs slower: re-run, or time both sides together with --against-ref"
             )
     statuses = {m.status for m in metrics}
     verdict = (
