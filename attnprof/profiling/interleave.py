@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from attnprof.errors import AttnprofError, EnvironmentUnsupported, OutOfMemory, UsageError, UserCodeError
-from attnprof.profiling.isolate import IsolatedCall, start_isolated, wait_isolated
+from attnprof.profiling.isolate import IsolatedCall, IsolatedOutcome, start_isolated, wait_isolated
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
@@ -102,6 +102,12 @@ class _Worker:
     grant_fd: int  # the parent writes _GO here
     report_fd: int  # the parent reads _WAITING / _FINISHED here; end of file: the worker exited
     state: State = "starting"
+    collected: bool = False  # waited for: its process reaped, its folder removed
+
+    def collect(self, timeout_s: float) -> IsolatedOutcome:
+        """Wait at most `timeout_s` for the worker's outcome; it is killed if still running."""
+        self.collected = True
+        return wait_isolated(self.call, timeout_s)
 
     def grant(self) -> None:
         with contextlib.suppress(BrokenPipeError):
@@ -129,7 +135,7 @@ def profile_interleaved(
         if gone and len(gone) < len(workers):  # one failed before timing: the rest would wait for it
             for worker in workers:
                 if worker not in gone:
-                    wait_isolated(worker.call, 0)
+                    worker.collect(0)
             _outcome(gone[0], timeout_s)
             raise UserCodeError(f"{gone[0].side.target}: the worker stopped before timing")
         while any(w.state == "waiting" for w in workers):
@@ -144,6 +150,9 @@ def profile_interleaved(
         for worker in workers:
             os.close(worker.grant_fd)
             os.close(worker.report_fd)
+        for worker in workers:  # a side failed, or Ctrl-C: the rest are killed, not left running
+            if not worker.collected:
+                worker.collect(0)
 
 
 def _pooled(stats: Sequence[TimeStats | None]) -> TimeStats | None:
@@ -211,7 +220,7 @@ _ERRORS_BY_CODE: dict[int, type[AttnprofError]] = {2: UsageError, 4: Environment
 
 
 def _outcome(worker: _Worker, timeout_s: float) -> Profile:
-    outcome = wait_isolated(worker.call, timeout_s)
+    outcome = worker.collect(timeout_s)
     if outcome.status == "ok":
         return from_json_dict(Profile, outcome.value)
     message = f"{worker.side.target}: {outcome.reason}"
