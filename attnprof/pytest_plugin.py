@@ -24,7 +24,6 @@ Nothing heavy is imported until a test calls the fixture, so the plugin costs ot
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ def run_check(
     from attnprof.gate.compare import CheckOptions, compare_profiles
     from attnprof.gate.runs import gate_profile, gate_settings, profile_against_ref
     from attnprof.profiling.records import load_profile
+    from attnprof.report.check import check_text
     from attnprof.settings import ProjectConfig
     from attnprof.store import write_record
     from attnprof.targets.load import load_workload
@@ -98,17 +98,7 @@ def run_check(
     else:
         raise AttnprofError("attnprof_check needs baseline=FILE or against_ref=REF (argument or marker)")
     result = compare_profiles(reference, current, options, label, "this test")
-    return result, _rendered(result)
-
-
-def _rendered(result: CheckResult) -> str:
-    from rich.console import Console
-
-    from attnprof.report.check import print_check
-
-    buffer = io.StringIO()
-    print_check(result, Console(file=buffer, width=160, no_color=True, highlight=False))
-    return buffer.getvalue()
+    return result, check_text(result)
 
 
 @pytest.fixture

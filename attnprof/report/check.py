@@ -4,6 +4,7 @@ JSON, and its adapter (the verdict, each metric, and the changes with their inte
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -170,6 +171,13 @@ def print_check(result: CheckResult, console: Console, show_all: bool = False) -
     if result.attribution:
         console.print(attribution_table(result))
     console.print(verdict_line(result), markup=False)
+
+
+def check_text(result: CheckResult, width: int = 160) -> str:
+    """What `print_check` prints, as plain text (a failing test's message, say)."""
+    console = Console(file=io.StringIO(), width=width, no_color=True, highlight=False)
+    print_check(result, console)
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def _md_cell(text: str) -> str:
