@@ -27,7 +27,15 @@ from attnprof.costmodel.records import (
     ValidationPoint,
 )
 from attnprof.doctor.records import DoctorReport, Finding, FindingStatus, MonitorRecording
-from attnprof.gate.records import FAILING_STATUSES, CheckResult, CheckStatus, MetricCheck, MetricKind, Verdict
+from attnprof.gate.records import (
+    FAILING_STATUSES,
+    Attribution,
+    CheckResult,
+    CheckStatus,
+    MetricCheck,
+    MetricKind,
+    Verdict,
+)
 from attnprof.machine import MachineInfo
 from attnprof.measure.records import (
     AttentionInfo,
@@ -77,6 +85,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ApplyReport",
     "AttentionInfo",
+    "Attribution",
     "Bound",
     "Budget",
     "Calibration",

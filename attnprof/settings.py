@@ -159,6 +159,7 @@ KEYS: dict[str, type] = {
     "metrics": list,
     "alpha": float,
     "allow_machine_mismatch": bool,
+    "module_limit": str,  # e.g. "10%": gate every module's timing too (attnprof.gate.compare)
 }
 SETTINGS_KEYS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
 TRUE_WORDS = ("1", "true", "yes", "on")

@@ -1,321 +1,280 @@
-"""CI gate quality: false alarms on A/A and recall on a 5% slowdown, for `attnprof check`'s timing test.
+"""CI gate quality of `attnprof check` with its default settings: false alarms on unchanged code
+(A/A) and recall of a planted 5% slowdown in one block, with the block named.
 
-Two parts, side by side in one process:
+A is examples/check_demo_model.py; B is A with a pure-Python loop at the end of
+`layers.1.attn`'s forward (benchmarks/slowed_demo.py), sized by calibration to 5% of A's step by
+thread CPU time. The loop changes no FLOP count, parameter or tensor, so the exact metrics and
+memory pass and only the timing gate can catch it. Nothing is passed that a user would not pass:
+the settings are those `attnprof baseline` records with no [tool.attnprof] (gate.runs.gate_settings)
+and the judgement is `compare_profiles` with the default CheckOptions (no -t flags).
 
-1. Real runs on this machine, once per way of timing (`--clock wall` or `--clock cpu`, each with
-   and without `--reference-probe`, whose drift correction `check` applies). Workload A is
-   examples/check_demo_model.py; workload B is the same model with extra work (small matrix
-   products in a forward hook on `layers.1.attn`) sized by calibration to 5% of A's step. Full
-   `run_profile` runs alternate A, B, A, B ... for a bounded time; every A/A pair and every A/B
-   pair of runs is judged with `compare_profiles`, counting how often the step's timing verdict
-   (and any module's) is a regression. The injected work also changes FLOPs, which the exact
-   metrics catch every time: only timing verdicts are counted here, because they are what this
-   measures.
-   With `--ways interleaved`, the same for `check --against`: sessions of four workers (A, A,
-   B, B; benchmarks/slowed_demo.py with its extra-work knob off or on) profiled interleaved, each
-   session judged as four A/A and four A/B checks.
-2. A simulation with the noise measured in part 1: within-run noise resampled from the A runs'
-   step samples (each divided by its run's median) and between-run drift resampled from the A
-   runs' medians, shrunk by the scatter a run's median has from sampling alone, at several
-   repeat counts and thresholds, many thousand trials each; the
-   verdict is the gate's rule (slowdown past the limit AND one-sided Mann-Whitney p < alpha),
-   checked against `compare_samples` on the first trials.
+1. Stored baseline (`attnprof baseline` then `attnprof check --baseline`): A and B profiled
+   alternately, each as those commands profile (gate.runs.gate_profile: fresh worker processes,
+   interleaved, samples pooled); every pair of an earlier A (the
+   baseline) and a later A or B (the check) is judged. Pairs share runs, so the adjacent pairs
+   (each run in at most two) are counted apart as the nearly independent sample.
+2. `check --against-ref`: a temporary git repository with two commits of the model file (A);
+   each check is `profile_against_ref("HEAD~1", ...)` exactly as `check --against-ref HEAD~1`
+   runs it, from a subdirectory, with the working tree unchanged (A/A) or with the spin as an
+   uncommitted change (A/B), alternating.
 
-    python -m benchmarks.check_gate [--budget-s 90] [--max-runs 60] [--repeats 100] [--trials 20000]
-                                    [--ways stored,interleaved]
+A check is a false alarm when its verdict is "regression"; a detection when its verdict is
+"regression" and the first module its attribution names is `layers.1.attn` (or inside it).
+Rates come with exact (Clopper-Pearson) 95% bounds: what the sample size can claim.
+
+    python -m benchmarks.check_gate [--runs 24] [--sessions 20] [--modes stored,ref] [--save DIR]
+    python -m benchmarks.check_gate --judge DIR     # judge saved profiles again, measuring nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import itertools
-import math
+import os
 import statistics
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.stats import mannwhitneyu
-from torch import nn
+from scipy.stats import beta
 
-from attnprof.gate.compare import CheckOptions, compare_profiles, drift_correction
-from attnprof.gate.stats import DEFAULT_ALPHA, compare_samples, parse_threshold
-from attnprof.profiling.interleave import Side, profile_interleaved
-from attnprof.profiling.records import Profile
-from attnprof.profiling.run import prepare, run_profile
-from attnprof.settings import Settings, resolve_settings
+from attnprof.gate.compare import CheckOptions, compare_profiles
+from attnprof.gate.records import CheckResult
+from attnprof.gate.runs import gate_profile, gate_settings, profile_against_ref
+from attnprof.profiling.records import Profile, load_profile
+from attnprof.profiling.run import prepare
+from attnprof.settings import ProjectConfig, Settings
+from attnprof.store import write_record
 from attnprof.targets.load import load_workload
-from attnprof.targets.workload import Workload
-from benchmarks.slowed_demo import ENV, UNIT_SIZE, add_extra_work
+from benchmarks.slowed_demo import ENV, SLOWED_LAYER, model_file
 
-DEMO_MODEL = Path(__file__).parents[1] / "examples" / "check_demo_model.py"
 SLOWED_DEMO = Path(__file__).parent / "slowed_demo.py"
 SLOWDOWN = 0.05
-LIMITS = (0.02, 0.03)
-CALIBRATION_UNITS = 60
-Runs = list[list[float]]  # timing samples (ms) of several runs
+CALIBRATION_SPIN = 20_000
 
 
-def slowed_workload(base: Workload, units: int) -> Workload:
-    """The demo workload with `units` of extra work after `layers.1.attn`'s forward."""
-    build = base.build_model
-
-    def build_model(device: torch.device, dtype: torch.dtype) -> nn.Module:
-        return add_extra_work(build(device, dtype), units)
-
-    return dataclasses.replace(base, build_model=build_model)
-
-
-def calibrate_units(base: Workload, settings: Settings) -> tuple[int, float]:
-    """Units of extra work that cost SLOWDOWN of A's step, from thread CPU time (immune to the
-    time slicing a shared machine adds to wall time), A and B steps interleaved."""
-    plain = prepare(base, settings)
-    heavy = prepare(slowed_workload(base, CALIBRATION_UNITS), settings)
+def calibrate_spin(settings: Settings) -> tuple[int, float]:
+    """Spin iterations that cost SLOWDOWN of A's step, from thread CPU time (immune to the time
+    slicing a shared machine adds to wall time), A and B steps interleaved in this process."""
+    torch.set_num_threads(1)
+    os.environ[ENV] = "0"
+    plain = prepare(load_workload(str(SLOWED_DEMO)), settings)
+    os.environ[ENV] = str(CALIBRATION_SPIN)
+    heavy = prepare(load_workload(str(SLOWED_DEMO)), settings)
+    os.environ.pop(ENV)
     cpu: dict[str, list[float]] = {"plain": [], "heavy": []}
     for _ in range(5):
         plain.step()
         heavy.step()
-    for _ in range(60):
+    for _ in range(100):
         for name, prepared in (("plain", plain), ("heavy", heavy)):
             start = time.thread_time()
             prepared.step()
             cpu[name].append(time.thread_time() - start)
     step = statistics.median(cpu["plain"])
-    per_unit = (statistics.median(cpu["heavy"]) - step) / CALIBRATION_UNITS
-    units = max(1, round(SLOWDOWN * step / per_unit))
-    return units, units * per_unit / step
+    per_iteration = (statistics.median(cpu["heavy"]) - step) / CALIBRATION_SPIN
+    spin = max(1, round(SLOWDOWN * step / per_iteration))
+    return spin, spin * per_iteration / step
 
 
-def real_runs(
-    base: Workload, slowed: Workload, settings: Settings, budget_s: float, max_runs: int
-) -> tuple[list[Profile], list[Profile]]:
-    """Alternate A and B profile runs until the time budget is spent or `max_runs` of each are
-    done (at least 6 of each); the pairs to judge grow with the square of the runs."""
-    runs_a: list[Profile] = []
-    runs_b: list[Profile] = []
-    start = time.perf_counter()
-    while len(runs_a) < 6 or (time.perf_counter() - start < budget_s and len(runs_a) < max_runs):
-        runs_a.append(run_profile(base, settings))
-        runs_b.append(run_profile(slowed, settings))
-    return runs_a, runs_b
-
-
-def time_rows(baseline: Profile, current: Profile) -> dict[str, tuple[float, float]]:
-    """metric -> (relative change of the median, one-sided p) for every timing metric of a pair.
-
-    Judged once with a 0% limit; a limit L then flags exactly the rows with change > L and
-    p < alpha, which is the gate's rule for a regression."""
-    options = CheckOptions(thresholds=(parse_threshold("median:0%"),))
-    result = compare_profiles(baseline, current, options)
-    return {
-        m.metric: (m.change, m.p_value)
-        for m in result.metrics
-        if m.kind == "time" and m.change is not None and m.p_value is not None
-    }
-
-
-def flagged(row: tuple[float, float], limit: float) -> bool:
-    return row[0] > limit and row[1] < DEFAULT_ALPHA
-
-
-def alarm_counts(pairs: list[dict[str, tuple[float, float]]], limit: float) -> tuple[int, int]:
-    """(pairs whose step is flagged, pairs where any timing metric is flagged)."""
-    step = sum(flagged(rows["step"], limit) for rows in pairs)
-    anywhere = sum(any(flagged(row, limit) for row in rows.values()) for rows in pairs)
-    return step, anywhere
+def names_the_block(result: CheckResult) -> bool:
+    first = result.attribution[0].layer if result.attribution else ""
+    return first == SLOWED_LAYER or first.startswith(SLOWED_LAYER + ".")
 
 
 @dataclasses.dataclass
-class Noise:
-    """What part 1 measured: per-sample residuals (log of sample / run median) and per-run drift
-    (log of run median / median of run medians)."""
+class Tally:
+    """Checks of one kind and what they said."""
 
-    residuals: np.ndarray
-    drift: np.ndarray
-    step_ms: float
+    checks: int = 0
+    regressions: int = 0
+    named: int = 0
+    inconclusive: int = 0
+    changes: list[float] = dataclasses.field(default_factory=list)
 
-
-def measured_noise(runs: Runs) -> Noise:
-    medians = np.array([statistics.median(samples) for samples in runs])
-    residuals = np.concatenate([np.log(np.array(samples) / m) for samples, m in zip(runs, medians, strict=True)])
-    center = float(np.median(medians))
-    drift = beyond_sampling(np.log(medians / center), median_sampling_variance(runs))
-    return Noise(residuals, drift, center)
-
-
-def median_sampling_variance(runs: Runs, resamples: int = 200) -> float:
-    """Mean bootstrap variance of a run's log median: how far run medians scatter from sampling
-    alone, which the simulation adds again with its own per-sample noise."""
-    rng = np.random.default_rng(1)
-    return float(np.mean([
-        np.var(np.median(np.log(rng.choice(np.array(s), size=(resamples, len(s)))), axis=1)) for s in runs
-    ]))
+    def add(self, result: CheckResult) -> None:
+        self.checks += 1
+        self.regressions += result.verdict == "regression"
+        self.named += result.verdict == "regression" and names_the_block(result)
+        self.inconclusive += result.verdict == "inconclusive"
+        step = next(m for m in result.metrics if m.metric == "step")
+        if step.change is not None:
+            self.changes.append(step.change)
 
 
-def beyond_sampling(drift: np.ndarray, sampling_variance: float) -> np.ndarray:
-    """`drift` shrunk so that its spread (scaled MAD) leaves out what sampling alone explains."""
-    observed = (1.4826 * float(np.median(np.abs(drift)))) ** 2
-    return drift * math.sqrt(max(0.0, 1 - sampling_variance / observed)) if observed > 0 else drift
+def judge(baseline: Profile, current: Profile) -> CheckResult:
+    return compare_profiles(baseline, current, CheckOptions())
 
 
-def simulate(
-    noise: Noise, repeats: int, slowdown: float, trials: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """(relative change of the median, one-sided Mann-Whitney p) for `trials` simulated checks,
-    each a baseline run and a current run with their own drift and per-sample noise, both
-    resampled from what part 1 measured."""
-
-    def runs(factor: float) -> np.ndarray:
-        drift = rng.choice(noise.drift, size=(trials, 1))
-        return noise.step_ms * factor * np.exp(drift + rng.choice(noise.residuals, size=(trials, repeats)))
-
-    baseline, current = runs(1.0), runs(1.0 + slowdown)
-    change = np.median(current, axis=1) / np.median(baseline, axis=1) - 1
-    p_value = mannwhitneyu(current, baseline, alternative="greater", axis=1).pvalue
-    # The gate's own code must agree with this vectorised rule.
-    for i in range(min(200, trials)):
-        verdict = compare_samples(list(baseline[i]), list(current[i]), "median", 0.0, DEFAULT_ALPHA)
-        assert (verdict.status == "regression") == bool(change[i] > 0 and p_value[i] < DEFAULT_ALPHA), i
-    return change, p_value
-
-
-def alarm_rate(change: np.ndarray, p_value: np.ndarray, limit: float) -> tuple[int, float]:
-    alarms = int(np.sum((change > limit) & (p_value < DEFAULT_ALPHA)))
-    return alarms, alarms / len(change)
-
-
-def step_samples(runs: list[Profile]) -> Runs:
-    """Each run's step samples; with the reference probe, each step relative to its probe (scaled
-    by the first run's probe median), as `check` compares them."""
-    if runs[0].totals.reference_time_ms is None:
-        return [p.totals.time_ms.samples for p in runs if p.totals.time_ms]
-    return [drift_correction(runs[0], p).current_step.samples for p in runs]
-
-
-def measure_variant(
-    base: Workload, slowed: Workload, settings: Settings, budget_s: float, max_runs: int
-) -> tuple[str, Noise]:
-    """Part 1 for one way of timing: alternate real runs, judge every pair, print the table;
-    the A runs' noise for the simulation."""
-    label = f"--clock {settings.clock}" + (" --reference-probe" if settings.reference_probe else "")
+def stored_runs(settings: Settings, spin: int, runs: int) -> list[tuple[str, Profile]]:
+    """A and B alternately, as `baseline` and `check` profile them."""
+    order: list[tuple[str, Profile]] = []
     started = time.perf_counter()
-    runs_a, runs_b = real_runs(base, slowed, settings, budget_s, max_runs)
-    spent = time.perf_counter() - started
-    medians_a = [statistics.median(samples) for samples in step_samples(runs_a)]
-    medians_b = [statistics.median(samples) for samples in step_samples(runs_a[:1] + runs_b)[1:]]
-    print(f"\npart 1, {label}: {len(runs_a)} A + {len(runs_b)} B profile runs ({settings.repeats} repeats) "
-          f"in {spent:.0f} s; step median A {statistics.median(medians_a):.3f} ms (run medians "
-          f"{min(medians_a):.2f}-{max(medians_a):.2f}), B/A {_ratio(medians_b, medians_a):+.1%}")
-    print_alarms(
-        [time_rows(a, b) for a, b in itertools.combinations(runs_a, 2)],
-        [time_rows(a, b) for a in runs_a for b in runs_b],
-    )
-    return label, measured_noise(step_samples(runs_a))
+    workload = load_workload(str(SLOWED_DEMO))
+    for _ in range(runs):
+        for kind, iterations in (("A", 0), ("B", spin)):
+            os.environ[ENV] = str(iterations)  # the workers' environment
+            order.append((kind, gate_profile(workload, settings)))
+    os.environ.pop(ENV)
+    print(f"stored: {runs} A + {runs} B profile runs in {time.perf_counter() - started:.0f} s")
+    return order
 
 
-def print_alarms(aa: list[dict[str, tuple[float, float]]], ab: list[dict[str, tuple[float, float]]]) -> None:
-    """The table of alarms on A/A pairs and detections on A/B pairs, per limit."""
-    print("\n| limit | A/A step alarms | A/A any-module alarms | A/B step detections | A/B any-module |")
-    print("| --- | --- | --- | --- | --- |")
-    for limit in LIMITS:
-        aa_step, aa_any = alarm_counts(aa, limit)
-        ab_step, ab_any = alarm_counts(ab, limit)
-        print(f"| median:{100 * limit:g}% | {_rate(aa_step, len(aa))} | {_rate(aa_any, len(aa))} | "
-              f"{_rate(ab_step, len(ab))} | {_rate(ab_any, len(ab))} |")
+def stored_tallies(order: list[tuple[str, Profile]]) -> dict[str, Tally]:
+    """Every earlier A judged against every later run, and the adjacent pairs apart."""
+    tallies = {name: Tally() for name in ("A/A all pairs", "A/B all pairs", "A/A adjacent", "A/B adjacent")}
+    for i, (kind, baseline) in enumerate(order):
+        if kind != "A":
+            continue
+        for j in range(i + 1, len(order)):
+            other_kind, current = order[j]
+            pair = "A/A" if other_kind == "A" else "A/B"
+            result = judge(baseline, current)
+            tallies[f"{pair} all pairs"].add(result)
+            if j in (i + 1, i + 2):  # the next B and the next A
+                tallies[f"{pair} adjacent"].add(result)
+    return tallies
 
 
-def measure_interleaved(units: int, settings: Settings, budget_s: float, max_sessions: int) -> tuple[str, Noise]:
-    """Part 1 for `check --against`: sessions of four workers (A, A, B, B) profiled interleaved,
-    as `check --against` profiles its two sides. Each session gives four A/A checks (each A
-    against the other, each B against the other) and four A/B checks (each B against each A).
-    The noise for the simulation: the A sides' per-sample residuals, and their offsets from
-    their session's mean (what interleaving leaves of the drift)."""
-    label = f"check --against (interleaved), --clock {settings.clock} --reference-probe"
-    sides = [Side(str(SLOWED_DEMO), {ENV: str(n)}) for n in (0, 0, units, units)]
-    sessions: list[list[Profile]] = []
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def model_repository() -> Iterator[Path]:
+    """A git repository with two commits of the A model in models/model.py; yields models/."""
+    with tempfile.TemporaryDirectory(prefix="check-gate-repo-") as folder:
+        repo = Path(folder)
+        _git(repo, "init", "--quiet")
+        _git(repo, "config", "user.email", "bench@example.com")
+        _git(repo, "config", "user.name", "bench")
+        models = repo / "models"
+        models.mkdir()
+        (models / "model.py").write_text(model_file(0))
+        _git(repo, "add", ".")
+        _git(repo, "commit", "--quiet", "-m", "the model")
+        (repo / "README").write_text("a second commit\n")
+        _git(repo, "add", ".")
+        _git(repo, "commit", "--quiet", "-m", "a second commit")
+        yield models
+
+
+def ref_sessions(settings: Settings, spin: int, sessions: int) -> list[tuple[str, Profile, Profile]]:
+    """check --against-ref HEAD~1 from the repository's models/ folder, A/A and A/B alternating:
+    (kind, the ref's profile, the working tree's)."""
+    checks: list[tuple[str, Profile, Profile]] = []
     started = time.perf_counter()
-    while len(sessions) < 3 or (time.perf_counter() - started < budget_s and len(sessions) < max_sessions):
-        sessions.append(profile_interleaved(sides, settings))
-    spent = time.perf_counter() - started
-    aa = [time_rows(x, y) for a, a2, b, b2 in sessions for x, y in ((a, a2), (a2, a), (b, b2), (b2, b))]
-    ab = [time_rows(x, y) for a, a2, b, b2 in sessions for x in (a, a2) for y in (b, b2)]
-    medians = np.array(
-        [[statistics.median(drift_correction(s[0], p).current_step.samples) for p in s] for s in sessions]
-    )
-    print(f"\npart 1, {label}: {len(sessions)} sessions of 4 interleaved workers ({settings.repeats} repeats each) "
-          f"in {spent:.0f} s; B/A {float(np.median(medians[:, 2:]) / np.median(medians[:, :2])) - 1:+.1%}")
-    print_alarms(aa, ab)
-    offsets = np.log(medians[:, :2]) - np.log(medians[:, :2]).mean(axis=1, keepdims=True)
-    runs_a = [drift_correction(p, p).current_step.samples for s in sessions for p in s[:2]]
-    noise = measured_noise(runs_a)
-    # An offset is half the difference of two medians: half the variance of one from sampling.
-    return label, Noise(noise.residuals, beyond_sampling(offsets.ravel(), median_sampling_variance(runs_a) / 2),
-                        noise.step_ms)
+    here = Path.cwd()
+    with model_repository() as models:
+        os.chdir(models)
+        try:
+            workload = load_workload("model.py")
+            for _ in range(sessions):
+                for kind, iterations in (("A/A", 0), ("A/B", spin)):
+                    Path("model.py").write_text(model_file(iterations))  # uncommitted on the current side
+                    reference, current, _ = profile_against_ref("HEAD~1", workload, settings)
+                    checks.append((kind, reference, current))
+        finally:
+            os.chdir(here)
+    print(f"--against-ref: {sessions} A/A + {sessions} A/B checks in {time.perf_counter() - started:.0f} s")
+    return checks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=90.0, help="Time for the real profile runs, per variant.")
-    parser.add_argument("--max-runs", type=int, default=60, help="Most profile runs of each of A and B, per variant.")
-    parser.add_argument("--repeats", type=int, default=100, help="Timed steps per profile run.")
-    parser.add_argument("--trials", type=int, default=20000, help="Simulated checks per configuration.")
-    parser.add_argument(
-        "--ways", default="stored,interleaved",
-        help="Comma-separated: stored (check --baseline FILE: four ways of timing), interleaved (check --against).",
-    )
-    args = parser.parse_args()
-    ways = set(args.ways.split(","))
-    torch.set_num_threads(1)
-
-    base = load_workload(str(DEMO_MODEL))
-    settings = resolve_settings(base, {"threads": 1, "repeats": args.repeats, "warmup": 2})
-    units, injected = calibrate_units(base, settings)
-    slowed = slowed_workload(base, units)
-    print(f"injection: {units} units of {UNIT_SIZE}x{UNIT_SIZE} matmul after layers.1.attn = "
-          f"{injected:+.1%} of A's step by thread CPU time")
-    variants = [
-        dataclasses.replace(settings, clock="wall"),
-        dataclasses.replace(settings, clock="cpu"),
-        dataclasses.replace(settings, clock="wall", reference_probe=True),
-        dataclasses.replace(settings, clock="cpu", reference_probe=True),
-    ]
-    noise = dict(measure_variant(base, slowed, v, args.budget_s, args.max_runs) for v in variants if "stored" in ways)
-    if "interleaved" in ways:
-        label, measured = measure_interleaved(units, variants[-1], args.budget_s, args.max_runs)
-        noise[label] = measured
-
-    rng = np.random.default_rng(0)
-    measured = "; ".join(
-        f"{label}: per sample {_spread(n.residuals)}, between runs beyond sampling {_spread(n.drift)}"
-        for label, n in noise.items()
-    )
-    print(f"\npart 2, simulation ({args.trials} checks per cell) with the measured noise (scaled MADs): {measured}")
-    print("\n| timing (per-sample noise and drift measured) | repeats | limit | A/A false alarms | A/B recall at 5% |")
-    print("| --- | --- | --- | --- | --- |")
-    for label, n in noise.items():
-        for repeats in sorted({args.repeats, 20, 300}):
-            aa_sim = simulate(n, repeats, 0.0, args.trials, rng)
-            ab_sim = simulate(n, repeats, SLOWDOWN, args.trials, rng)
-            for limit in LIMITS:
-                fa, _ = alarm_rate(*aa_sim, limit)
-                hits, _ = alarm_rate(*ab_sim, limit)
-                print(f"| {label} | {repeats} | median:{100 * limit:g}% | {_rate(fa, args.trials)} | "
-                      f"{_rate(hits, args.trials)} |")
+def ref_tallies(checks: list[tuple[str, Profile, Profile]]) -> dict[str, Tally]:
+    tallies = {"A/A": Tally(), "A/B": Tally()}
+    for kind, reference, current in checks:
+        tallies[kind].add(judge(reference, current))
+    return tallies
 
 
-def _spread(logs: np.ndarray) -> str:
-    return f"±{1.4826 * float(np.median(np.abs(logs))):.1%}"
+def save_runs(folder: Path, order: list[tuple[str, Profile]], checks: list[tuple[str, Profile, Profile]]) -> None:
+    """The profiles, so that a later version of the judgement can be run on the same measurements."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (kind, profile) in enumerate(order):
+        write_record(folder / f"stored-{i:03d}-{kind}.json", profile)
+    for i, (kind, reference, current) in enumerate(checks):
+        tag = kind.replace("/", "")
+        write_record(folder / f"ref-{i:03d}-{tag}-reference.json", reference)
+        write_record(folder / f"ref-{i:03d}-{tag}-current.json", current)
 
 
-def _ratio(current: list[float], baseline: list[float]) -> float:
-    """Median of the current runs' medians over the baseline's, minus one."""
-    return statistics.median(current) / statistics.median(baseline) - 1
+def load_runs(folder: Path) -> tuple[list[tuple[str, Profile]], list[tuple[str, Profile, Profile]]]:
+    order = [(path.stem.rsplit("-", 1)[1], load_profile(path)) for path in sorted(folder.glob("stored-*.json"))]
+    checks = []
+    for reference in sorted(folder.glob("ref-*-reference.json")):
+        tag = reference.stem.split("-")[2]
+        current = reference.with_name(reference.name.replace("-reference", "-current"))
+        checks.append((f"{tag[0]}/{tag[1]}", load_profile(reference), load_profile(current)))
+    return order, checks
+
+
+def bounds(hits: int, total: int) -> tuple[float, float]:
+    """Exact 95% (two-sided Clopper-Pearson) interval of a rate."""
+    low = 0.0 if hits == 0 else float(beta.ppf(0.025, hits, total - hits + 1))
+    high = 1.0 if hits == total else float(beta.ppf(0.975, hits + 1, total - hits))
+    return low, high
+
+
+def print_table(mode: str, tallies: dict[str, Tally]) -> None:
+    print(f"\n{mode}\n")
+    print("| checks | n | verdict regression | of which the block named first | inconclusive | 95% interval "
+          "of the rate that counts | step change (median, min–max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, t in tallies.items():
+        if not t.checks:
+            continue
+        counted = t.regressions if name.startswith("A/A") else t.named
+        low, high = bounds(counted, t.checks)
+        what = "false alarms" if name.startswith("A/A") else "recall (named)"
+        spread = (f"{statistics.median(t.changes):+.1%} ({min(t.changes):+.1%}–{max(t.changes):+.1%})"
+                  if t.changes else "-")
+        print(f"| {name} | {t.checks} | {_rate(t.regressions, t.checks)} | {_rate(t.named, t.checks)} | "
+              f"{_rate(t.inconclusive, t.checks)} | {what} {100 * low:.1f}–{100 * high:.1f}% | {spread} |")
 
 
 def _rate(count: int, total: int) -> str:
     return f"{count}/{total} ({count / total:.1%})"
+
+
+def _uptime() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=24, help="Stored mode: profile runs of each of A and B.")
+    parser.add_argument("--sessions", type=int, default=20, help="--against-ref mode: checks of each of A/A and A/B.")
+    parser.add_argument("--modes", default="stored,ref", help="Comma-separated: stored, ref.")
+    parser.add_argument("--save", type=Path, help="Save every profile in this folder.")
+    parser.add_argument("--judge", type=Path, help="Measure nothing: judge the profiles a --save run left here.")
+    args = parser.parse_args()
+    modes = set(args.modes.split(","))
+
+    if args.judge is not None:
+        order, checks = load_runs(args.judge)
+    else:
+        settings = gate_settings(load_workload(str(SLOWED_DEMO)), ProjectConfig({}, None, {}), {})
+        spin, injected = calibrate_spin(settings)
+        print(f"load average {_uptime()}; settings: repeats {settings.repeats}, threads {settings.threads}, "
+              f"clock {settings.clock}, reference probe {settings.reference_probe}, warmup {settings.warmup}")
+        print(f"planted: {spin} spin iterations at the end of {SLOWED_LAYER}'s forward = {injected:+.1%} of A's "
+              "step by thread CPU time")
+        order = stored_runs(settings, spin, args.runs) if "stored" in modes else []
+        print(f"load average {_uptime()}")
+        checks = ref_sessions(settings, spin, args.sessions) if "ref" in modes else []
+        print(f"load average {_uptime()}")
+        if args.save is not None:
+            save_runs(args.save, order, checks)
+    if order:
+        print_table("stored baseline (attnprof baseline, then attnprof check --baseline)", stored_tallies(order))
+    if checks:
+        print_table("attnprof check --against-ref HEAD~1", ref_tallies(checks))
 
 
 if __name__ == "__main__":

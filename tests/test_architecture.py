@@ -36,6 +36,7 @@ LAYERS: tuple[str, ...] = (
     "doctor",
     "api",
     "report",
+    "pytest_plugin",  # the pytest plugin (entry point pytest11): gate, targets and report, below the CLI
     "cli",
     "records",  # the re-export of every record, for other tools; nothing inside attnprof imports it
     "__main__",

@@ -1,7 +1,8 @@
 """`attnprof baseline [TARGET] --out profiles/NAME.json`: record the profile `check` compares against.
 
 Settings not given on the command line come from ATTNPROF_* variables, then
-[tool.attnprof.settings] in pyproject.toml, then the workload's own defaults.
+[tool.attnprof.settings] in pyproject.toml, then the workload's own defaults; a baseline carries
+the reference probe and at least attnprof.gate.runs.GATE_REPEATS repeats unless told otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from attnprof.cli.outputs import record_baseline, refuse_overwriting
 from attnprof.errors import UsageError
 from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.profile import print_profile
-from attnprof.settings import ProjectConfig, resolve_settings
+from attnprof.settings import ProjectConfig
 from attnprof.store import record_json
 
 
@@ -30,7 +31,7 @@ def baseline_command(
     mode: str = options.MODE,
     warmup: int = options.WARMUP,
     repeats: int = options.setting_option(
-        "repeats", "--repeats", help="Timed steps: the samples each check is judged on."
+        "repeats", "--repeats", help="Timed steps: the samples each check is judged on (default: at least 200)."
     ),
     threads: int = options.THREADS,
     reference_probe: bool = typer.Option(
@@ -41,7 +42,7 @@ def baseline_command(
     debug: bool = options.DEBUG,
 ) -> None:
     """Profile TARGET and save it as the baseline for `attnprof check`."""
-    from attnprof.profiling.run import run_profile
+    from attnprof.gate.runs import gate_profile, gate_settings
     from attnprof.targets.load import load_workload, target_source
 
     config = ProjectConfig.load()
@@ -55,10 +56,9 @@ def baseline_command(
         batch_size=batch_size, seq_len=seq_len, dtype=dtype, backend=backend, device=device, mode=mode,
         warmup=warmup, repeats=repeats, threads=threads, clock=clock, reference_probe=reference_probe,
     )
-    # Baselines carry the probe unless told otherwise: it is what keeps checks from drifting.
-    settings = resolve_settings(workload, {"reference_probe": True, **config.settings_overrides(cli)})
+    settings = gate_settings(workload, config, cli)
     log(f"recording a baseline of {workload.target} ({settings.repeats} repeats)")
-    profile = run_profile(workload, settings)
+    profile = gate_profile(workload, settings)
     record_baseline(Path(destination), profile)
     if as_json:
         print_result(record_json(profile))

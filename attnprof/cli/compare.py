@@ -22,6 +22,7 @@ def compare_command(
     threshold: list[str] = shared.THRESHOLD,
     metric: list[str] = shared.METRIC,
     alpha: float = shared.ALPHA,
+    module_limit: str = shared.MODULE_LIMIT,
     allow_machine_mismatch: bool = shared.ALLOW_MACHINE_MISMATCH,
     markdown: Path = output_option("markdown"),
     junit: Path = output_option("junit"),
@@ -36,6 +37,8 @@ def compare_command(
         {"--markdown": markdown, "--junit": junit, "--result": result_file, "--benchmark-json": benchmark_json},
         {"the baseline": baseline, "the profile": current},
     )
-    options = shared.check_options(ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch)
+    options = shared.check_options(
+        ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch, module_limit
+    )
     result = compare_profiles(load_profile(baseline), load_profile(current), options, str(baseline), str(current))
     report_and_judge(result, markdown, junit, result_file, benchmark_json, show_all, as_json)

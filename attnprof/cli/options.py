@@ -18,7 +18,7 @@ import typer
 from attnprof import backends
 from attnprof.errors import UsageError
 from attnprof.gate.compare import CheckOptions
-from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, parse_threshold
+from attnprof.gate.stats import DEFAULT_ALPHA, DEFAULT_THRESHOLDS
 from attnprof.report.console import log
 from attnprof.settings import ATTN_IMPLEMENTATIONS, DTYPES, LIMITS, MODES, ProjectConfig, Settings, canonical_dtype_name
 
@@ -117,6 +117,12 @@ THRESHOLD = typer.Option(
 )
 METRIC = typer.Option(None, "--metric", "-m", help="Glob of metric names to compare, repeatable.")
 ALPHA = typer.Option(None, "--alpha", help=f"Significance level (default {DEFAULT_ALPHA}).")  # gate.compare checks it
+MODULE_LIMIT = typer.Option(
+    None,
+    "--module-limit",
+    help="Also gate every module's median time at this increase, e.g. 10% (Holm-corrected over the modules; "
+    "default: modules are reported, and a step regression is attributed to them).",
+)
 ALLOW_MACHINE_MISMATCH = typer.Option(
     False, "--allow-machine-mismatch", help="Compare with a baseline from another machine (warns)."
 )
@@ -138,16 +144,12 @@ def check_options(
     metrics: list[str] | None,
     alpha: float | None,
     allow_machine_mismatch: bool,
+    module_limit: str | None = None,
 ) -> CheckOptions:
     """CheckOptions from the command line, the environment, pyproject.toml and the defaults."""
     for key in config.unknown_keys():
         log(f"warning: {config.source}: tool.attnprof.{key} is not an attnprof setting; ignored")
-    return CheckOptions(
-        thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
-        metrics=tuple(config.resolve("metrics", metrics, ["*"])),
-        alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
-        allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
-    )
+    return CheckOptions.from_config(config, thresholds, metrics, alpha, allow_machine_mismatch, module_limit)
 
 
 def workload_target(config: ProjectConfig, given: str | None, source: Path, named: str) -> str:

@@ -5,7 +5,12 @@ Three kinds of metric:
 * time (the step and every module, forward and backward): judged on the raw samples by
   `gate.stats.compare_samples` (a slowdown beyond the threshold that is also significant);
   gated only between profiles of the same machine kind (another CPU or GPU runs at another
-  speed: reported, not gated).
+  speed: reported, not gated). By default only the step is gated and every module is reported;
+  when the step regresses, `attribute` names the modules whose own time (not their children's)
+  accounts for it, their share of the step significantly larger (Holm-corrected over the
+  modules compared). A step regression no module accounts for is inconclusive: a machine that
+  runs slower slows every module alike. Modules gated by opt-in (`module_limit`, or thresholds
+  naming them) are judged like the step, their p-values Holm-corrected over the gated modules.
 * memory (peak of the step and of every module): relative increase against its threshold.
   attnprof accounts memory from tensor sizes, so it is deterministic and the default limit is
   0% (any growth fails); `memory:N%` tolerates growth where memory is measured otherwise.
@@ -28,10 +33,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from attnprof.errors import MachineMismatch, UsageError
-from attnprof.gate.records import FAILING_STATUSES, CheckResult, CheckStatus, MetricCheck
+from attnprof.gate.records import FAILING_STATUSES, Attribution, CheckResult, CheckStatus, MetricCheck
 from attnprof.gate.stats import (
     DEFAULT_ALPHA,
     DEFAULT_POWER,
@@ -40,15 +46,26 @@ from attnprof.gate.stats import (
     TIME_STATISTICS,
     Threshold,
     compare_samples,
+    holm_adjusted,
+    mann_whitney_p,
+    min_repeats_for,
+    parse_limit,
     parse_threshold,
 )
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import LayerStats, Profile, TimeStats
+from attnprof.settings import ProjectConfig
 
 # Machine fields that make timings incomparable; the same ones MachineInfo.fingerprint hashes.
 MACHINE_FIELDS: tuple[str, ...] = ("cpu", "gpu_name", "driver", "cuda", "torch", "threads")
 # Settings that change what is computed; warmup and repeats only change how often it is timed.
 COMPARABLE_SETTINGS: tuple[str, ...] = ("mode", "batch_size", "seq_len", "dtype", "backend", "device")
+# A module is named in a step regression's attribution when its own time's growth is at least
+# this share of the step's growth (smaller significant shifts are real but explain nothing).
+MIN_ATTRIBUTED_SHARE = 0.1
+# A step regression counts when the modules named account for at least this share of its growth;
+# less, and the growth is mostly everywhere at once, as a slower machine makes it.
+MIN_ACCOUNTED_SHARE = 0.5
 # A reference probe this much slower or faster than in the baseline: warn that the machine changed.
 MAX_DRIFT = 1.5
 
@@ -66,6 +83,9 @@ class CheckOptions:
     alpha: float = DEFAULT_ALPHA
     power: float = DEFAULT_POWER
     allow_machine_mismatch: bool = False
+    # Gate every module's median time at this relative increase (None: modules are reported);
+    # thresholds that name modules by a glob still refine it.
+    module_limit: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 0.5:
@@ -74,17 +94,47 @@ class CheckOptions:
             raise UsageError(f"power must be between 0 and 1, got {self.power!r}")
         if not self.metrics:
             raise UsageError("--metric: give at least one metric glob")
+        if self.module_limit is not None and not (math.isfinite(self.module_limit) and self.module_limit >= 0):
+            raise UsageError(f"--module-limit must be a non-negative percentage, got {self.module_limit!r}")
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ProjectConfig,
+        thresholds: Sequence[str] | None = None,
+        metrics: Sequence[str] | None = None,
+        alpha: float | None = None,
+        allow_machine_mismatch: bool = False,
+        module_limit: str | None = None,
+    ) -> CheckOptions:
+        """The options given (None: not given), else ATTNPROF_* variables, else [tool.attnprof]
+        in pyproject.toml, else the defaults."""
+        limit = config.resolve("module_limit", module_limit, None)
+        return cls(
+            thresholds=tuple(parse_threshold(t) for t in config.resolve("thresholds", thresholds, DEFAULT_THRESHOLDS)),
+            metrics=tuple(config.resolve("metrics", metrics, ["*"])),
+            alpha=config.resolve("alpha", alpha, DEFAULT_ALPHA),
+            allow_machine_mismatch=allow_machine_mismatch or config.resolve("allow_machine_mismatch", None, False),
+            module_limit=None if limit is None else parse_limit(limit, "--module-limit"),
+        )
 
     def selected(self, metric: str) -> bool:
         return any(fnmatch.fnmatchcase(metric, glob) for glob in self.metrics)
 
     def limits(self, metric: str, kind: str) -> dict[str, float | None]:
-        """statistic -> limit for one metric; the last matching threshold per statistic wins."""
-        chosen: dict[str, float | None] = {}
-        for threshold in self.thresholds:
-            is_time = threshold.statistic in TIME_STATISTICS
-            if (is_time if kind == "time" else not is_time) and threshold.matches(metric):
-                chosen[threshold.statistic] = threshold.limit
+        """statistic -> limit for one metric; the last matching threshold per statistic wins.
+
+        Thresholds over every metric (`median:5%`) apply first, then `module_limit` to module
+        timings, then thresholds naming metrics by a glob. A time metric nothing matches is
+        reported by its median, not gated."""
+        is_time = kind == "time"
+        matching = [t for t in self.thresholds if (t.statistic in TIME_STATISTICS) == is_time and t.matches(metric)]
+        chosen: dict[str, float | None] = {t.statistic: t.limit for t in matching if t.pattern == "*"}
+        if is_time and self.module_limit is not None and metric.startswith("layers."):
+            chosen["median"] = self.module_limit
+        chosen.update({t.statistic: t.limit for t in matching if t.pattern != "*"})
+        if is_time and not chosen:
+            chosen["median"] = None
         return chosen
 
 
@@ -130,7 +180,7 @@ ROOT_LAYER_LABEL = "(model)"  # the root module's path is ""
 
 
 def _layer_metric(layer: LayerStats, suffix: str = "") -> str:
-    return f"layers.{layer.name or ROOT_LAYER_LABEL}{suffix}"
+    return layer_label(layer.name) + suffix
 
 
 @dataclass
@@ -312,7 +362,133 @@ def _compare_time(
                 row.status, row.threshold = "info", None
                 row.detail = "measured on a different machine: reported, not gated"
             rows.append(row)
+    _correct_module_gates(rows, options.alpha)
     return rows
+
+
+def _correct_module_gates(rows: list[MetricCheck], alpha: float) -> None:
+    """Holm-correct the p-values of gated module timings over their number: with dozens of
+    modules, some module of unchanged code is otherwise significant in most checks. A slowdown
+    significant alone but not after the correction is inconclusive."""
+    gated = [r for r in rows if r.layer is not None and r.threshold is not None and r.p_value is not None]
+    if len(gated) < 2:
+        return
+    for row, adjusted in zip(gated, holm_adjusted([r.p_value or 0.0 for r in gated]), strict=True):
+        raw, row.p_value = row.p_value, adjusted
+        if row.status == "regression" and adjusted >= alpha:
+            row.status = "inconclusive"
+            row.detail = (
+                f"{row.detail.split(' and significant')[0]} but not significant after correcting for the "
+                f"{len(gated)} gated module timings (p={raw:.2g}, Holm {adjusted:.2g} >= {alpha:g})"
+            )
+        elif row.status in ("regression", "improved"):
+            row.detail += f"; Holm-corrected over {len(gated)} module timings: p={adjusted:.2g}"
+
+
+def _timed_samples(profile: Profile, phase: str) -> dict[str, list[float]]:
+    """Module path -> its per-repeat times (children included) in one phase; empty unless every
+    timed module has one sample per repeat."""
+    timed: dict[str, list[float]] = {}
+    for layer in profile.layers:
+        stats = layer.time_ms if phase == "forward" else layer.backward_time_ms
+        if stats is not None and stats.samples:
+            timed[layer.name] = stats.samples
+    return timed if len({len(samples) for samples in timed.values()}) == 1 else {}
+
+
+def _own_samples(profile: Profile, phase: str) -> dict[str, list[float]]:
+    """Module path -> per-repeat time spent in the module itself, not in its child modules (its
+    samples minus its children's, repeat by repeat)."""
+    timed = _timed_samples(profile, phase)
+    own = {name: list(samples) for name, samples in timed.items()}
+    for name, samples in timed.items():
+        parent = _timed_parent(name, timed)
+        if parent is not None:
+            own[parent] = [total - child for total, child in zip(own[parent], samples, strict=True)]
+    return own
+
+
+def _timed_parent(name: str, timed: dict[str, list[float]]) -> str | None:
+    """The nearest enclosing module that has timings ("" is the root), or None."""
+    while name:
+        name = name.rpartition(".")[0]
+        if name in timed:
+            return name
+    return None
+
+
+def _phase_totals(profile: Profile, phase: str, own: dict[str, list[float]]) -> list[float] | None:
+    """Per-repeat time of the whole phase the modules' own times add up to: the root module's,
+    else (forward only) the plain step's when it has as many samples."""
+    root = _timed_samples(profile, phase).get("")
+    if root is not None:
+        return root
+    step = profile.totals.time_ms
+    counts = {len(samples) for samples in own.values()}
+    if phase == "forward" and step is not None and counts == {len(step.samples)}:
+        return step.samples
+    return None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    layer: str
+    phase: str
+    base_own: list[float]
+    cur_own: list[float]
+    base_total: list[float]
+    cur_total: list[float]
+
+    def share_p(self) -> float:
+        """One-sided Mann-Whitney p that the module's share of its phase grew."""
+        base = [own / total for own, total in zip(self.base_own, self.base_total, strict=True) if total > 0]
+        cur = [own / total for own, total in zip(self.cur_own, self.cur_total, strict=True) if total > 0]
+        return mann_whitney_p(cur, base, "greater") if base and cur else 1.0
+
+    def excess(self) -> float:
+        """Relative growth of the module's own time beyond the rest of its phase's."""
+        b_own, c_own = TimeStats.from_samples(self.base_own).median, TimeStats.from_samples(self.cur_own).median
+        b_total, c_total = TimeStats.from_samples(self.base_total).median, TimeStats.from_samples(self.cur_total).median
+        if b_own <= 0 or b_total - b_own <= 0:
+            return 0.0
+        return (c_own / b_own - 1) - ((c_total - c_own) / (b_total - b_own) - 1)
+
+
+def attribute(
+    baseline: Profile, current: Profile, step_growth_ms: float, alpha: float, min_excess: float
+) -> list[Attribution]:
+    """The modules that account for a step's growth of `step_growth_ms`, largest first.
+
+    A module is named when its own time (not its children's) grew by at least
+    MIN_ATTRIBUTED_SHARE of the step's growth, faster than the rest of the step by more than
+    `min_excess` (relative), and its share of the step grew significantly (one-sided
+    Mann-Whitney on the per-repeat shares, Holm-corrected over every module and phase
+    compared). Shares, not times, because a machine that runs slower slows every module alike
+    and leaves their shares as they were: only a change in some module moves its share."""
+    candidates: list[_Candidate] = []
+    needed = min_repeats_for(alpha)
+    for phase in ("forward", "backward"):
+        base, cur = _own_samples(baseline, phase), _own_samples(current, phase)
+        base_total, cur_total = _phase_totals(baseline, phase, base), _phase_totals(current, phase, cur)
+        if base_total is None or cur_total is None:
+            continue
+        candidates += [
+            _Candidate(name, phase, base[name], cur[name], base_total, cur_total)
+            for name in base
+            if name in cur and min(len(base[name]), len(cur[name])) >= needed
+        ]
+    if not candidates or step_growth_ms <= 0:
+        return []
+    p_values = holm_adjusted([c.share_p() for c in candidates])
+    found = []
+    for candidate, p_value in zip(candidates, p_values, strict=True):
+        b_ms = TimeStats.from_samples(candidate.base_own).median
+        c_ms = TimeStats.from_samples(candidate.cur_own).median
+        share = (c_ms - b_ms) / step_growth_ms
+        if p_value < alpha and share >= MIN_ATTRIBUTED_SHARE and (excess := candidate.excess()) > min_excess:
+            found.append(Attribution(candidate.layer, candidate.phase, b_ms, c_ms, c_ms - b_ms, share,  # type: ignore[arg-type]
+                                     p_value, excess))
+    return sorted(found, key=lambda a: -a.delta_ms)
 
 
 def _time_row(
@@ -393,6 +569,19 @@ def compare_profiles(
             f"no metric matches {', '.join(options.metrics)}; metric names look like step, flops, "
             "peak_memory, layers.<module path>, layers.<module path>.flops"
         )
+    step = next((m for m in metrics if m.metric == "step" and m.status == "regression"), None)
+    attribution = []
+    if step is not None and isinstance(step.baseline, float) and isinstance(step.current, float):
+        # The growth as judged (relative to the probe when both carry one, in the baseline's ms).
+        attribution = attribute(baseline, current, step.current - step.baseline, options.alpha, step.threshold or 0.0)
+        accounted = sum(a.share for a in attribution)
+        if accounted < MIN_ACCOUNTED_SHARE:
+            step.status = "inconclusive"
+            step.detail = (
+                f"{step.detail.split(' and significant')[0]} and significant, but spread over every module in "
+                f"proportion (modules whose share of the step grew account for {accounted:.0%} of it), as when "
+                "the machine itself runs slower: re-run, or time both sides together with --against-ref"
+            )
     statuses = {m.status for m in metrics}
     verdict = (
         "regression"
@@ -414,19 +603,59 @@ def compare_profiles(
         machine_differences=differences,
         warnings=warnings,
         drift_factor=None if drift is None else drift.factor,
+        attribution=attribution,
     )
+
+
+def error_result(reason: str, workload: str, options: CheckOptions) -> CheckResult:
+    """The result of a check that measured nothing (verdict "error"), saying why."""
+    return CheckResult(
+        verdict="error",
+        baseline="",
+        current="",
+        workload=workload,
+        baseline_commit=None,
+        current_commit=None,
+        alpha=options.alpha,
+        thresholds=[t.text for t in options.thresholds],
+        metrics=[],
+        error=reason,
+    )
+
+
+def layer_label(layer: str) -> str:
+    """A module path as metric names write it (the root is `(model)`)."""
+    return f"layers.{layer or ROOT_LAYER_LABEL}"
+
+
+def attribution_line(result: CheckResult) -> str:
+    """Which modules a step regression comes from."""
+    named = [
+        f"{layer_label(a.layer)}{' backward' if a.phase == 'backward' else ''} "
+        f"(+{a.delta_ms:.3g} ms, {a.share:.0%} of the step's growth, p={a.p_value:.2g})"
+        for a in result.attribution[:3]
+    ]
+    more = len(result.attribution) - len(named)
+    return "accounted for by " + ", ".join(named) + (f" and {more} more" if more else "")
 
 
 def summary(result: CheckResult) -> str:
     """One line naming what failed (innermost modules first) or why the verdict is what it is."""
+    if result.verdict == "error":
+        return f"nothing was checked: {result.error}"
     if result.verdict == "regression":
         failures = result.failures()
         culprits = result.culprit_layers()
         named = [m for m in failures if m.layer in culprits] or failures
-        shown = named[:3]
+        step = [m for m in failures if m.metric == "step"]
+        shown = [*step, *[m for m in named if m.metric != "step"]][:3]
         rest = len(failures) - len(shown)
         more = f" (+{rest} more failing metrics)" if rest else ""
-        listed = "; ".join(f"{m.metric} ({m.detail.split(';')[0]})" for m in shown)
+        listed = "; ".join(
+            f"{m.metric} ({m.detail.split(';')[0]}"
+            + (f"; {attribution_line(result)})" if m.metric == "step" and result.attribution else ")")
+            for m in shown
+        )
         return f"performance regression: {listed}{more}"
     if result.verdict == "inconclusive":
         return (

@@ -9,7 +9,9 @@ from attnprof.store import SCHEMA_VERSION
 
 CheckStatus = Literal["pass", "improved", "regression", "changed", "inconclusive", "info"]
 MetricKind = Literal["time", "memory", "exact"]
-Verdict = Literal["pass", "regression", "inconclusive"]
+# "error": nothing was judged because the run failed (the user's code exited, a bad input...);
+# `CheckResult.error` says why. Never a passing verdict.
+Verdict = Literal["pass", "regression", "inconclusive", "error"]
 FAILING_STATUSES: tuple[str, ...] = ("regression", "changed")
 
 
@@ -44,6 +46,25 @@ class MetricCheck:
 
 
 @dataclass
+class Attribution:
+    """One module's part in a step regression: how much its own time (not its children's) grew.
+
+    `share` is its growth over the step's growth; `excess` its relative growth beyond the rest
+    of the step's; `p_value` the one-sided Mann-Whitney p that its share of the step grew,
+    Holm-corrected for the number of modules compared.
+    """
+
+    layer: str
+    phase: Literal["forward", "backward"]
+    baseline_ms: float
+    current_ms: float
+    delta_ms: float
+    share: float
+    p_value: float
+    excess: float = 0.0
+
+
+@dataclass
 class CheckResult:
     """The verdict of `attnprof check` / `attnprof compare` and every metric behind it."""
 
@@ -61,6 +82,10 @@ class CheckResult:
     # How much slower (>1) the machine ran the reference probe than when the baseline was
     # recorded; timings were compared relative to it. None: no probe in one of the profiles.
     drift_factor: float | None = None
+    # The modules a step regression is attributed to, largest first (empty when the step did not
+    # regress, or when no module's growth is significant after correcting for their number).
+    attribution: list[Attribution] = field(default_factory=list)
+    error: str | None = None  # why nothing was judged, with verdict "error"
     schema_version: int = SCHEMA_VERSION
 
     def failures(self) -> list[MetricCheck]:
@@ -70,9 +95,12 @@ class CheckResult:
         return [m for m in self.metrics if m.status == "inconclusive"]
 
     def culprit_layers(self) -> list[str]:
-        """Innermost modules with a failing metric: a slower module also slows its parents."""
+        """Innermost modules with a failing metric (a slower module also slows its parents),
+        then the modules a step regression is attributed to (by their own time, so a parent
+        named there slowed itself)."""
         failing = list(dict.fromkeys(m.layer for m in self.failures() if m.layer is not None))
-        return [layer for layer in failing if not any(_is_inside(other, layer) for other in failing)]
+        innermost = [layer for layer in failing if not any(_is_inside(other, layer) for other in failing)]
+        return list(dict.fromkeys([*innermost, *(a.layer for a in self.attribution)]))
 
 
 def _is_inside(inner: str, outer: str) -> bool:

@@ -13,8 +13,17 @@ Threshold strings: [GLOB:]STAT:LIMIT, e.g. `median:5%`, `p90:10%`, `memory:2%`,
   STAT   median | mean | p10 | p90 for time metrics, memory for memory metrics
   LIMIT  the relative increase allowed, as a percentage, or `off` (reported, not gated)
   GLOB   an fnmatch pattern over metric names (gate.compare names them); `*` when left out
-For each metric and statistic the last matching threshold wins, so narrower thresholds listed
-after broader ones refine them.
+For each metric and statistic the last matching threshold wins, thresholds naming metrics by a
+glob after those over every metric, so narrower thresholds refine broader ones. A time metric
+no threshold matches is reported, not gated.
+
+The defaults gate the step's median at 3% and memory exactly, and report every module's time: a
+step is one well-sampled number, while dozens of module timings of a few microseconds each would
+raise an alarm on some module in most checks of unchanged code. A step regression is attributed
+to the modules that account for it (gate.compare), their significance Holm-corrected for their
+number, and one that no module accounts for is put down to the machine. Gating modules is an
+opt-in (`--module-limit`), Holm-corrected the same way. 3% because a 5% slowdown must be caught:
+a limit equal to the slowdown catches it half the time.
 
 The Mann-Whitney U test is computed here, in plain Python, exactly as scipy.stats.mannwhitneyu
 computes it by default (tests compare the two), so that `attnprof compare` and reports of
@@ -41,7 +50,7 @@ TIME_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {
     "p90": lambda s: TimeStats.from_samples(list(s)).p90,
 }
 MEMORY_STATISTIC = "memory"
-DEFAULT_THRESHOLDS: tuple[str, ...] = ("median:5%", "memory:0%")
+DEFAULT_THRESHOLDS: tuple[str, ...] = ("step:median:3%", "memory:0%")
 DEFAULT_ALPHA = 0.002
 DEFAULT_POWER = 0.8
 # Past this many repeats, repeating is not a practical way to settle a comparison.
@@ -59,6 +68,18 @@ class Threshold:
 
     def matches(self, metric: str) -> bool:
         return fnmatch.fnmatchcase(metric, self.pattern)
+
+
+def parse_limit(text: str, what: str) -> float:
+    """`10%` -> 0.10; a clear UsageError (exit 2) otherwise."""
+    stripped = text.strip()
+    try:
+        percent = float(stripped[:-1]) if stripped.endswith("%") else math.nan
+    except ValueError:
+        percent = math.nan
+    if not math.isfinite(percent) or percent < 0:
+        raise UsageError(f"{what} {text!r}: expected a non-negative percentage such as 10%")
+    return percent / 100
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -99,6 +120,18 @@ class SampleComparison:
     p_value: float | None
     noise: float | None
     detail: str
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given: rejecting those below alpha keeps
+    the chance of any false rejection among them at most alpha, whatever their dependence."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def min_repeats_for(alpha: float) -> int:

@@ -18,16 +18,18 @@ finished timing, all are released to finish their profiles.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from attnprof.errors import AttnprofError, OutOfMemory, UsageError, UserCodeError
-from attnprof.profiling.isolate import IsolatedCall, start_isolated, wait_isolated
-from attnprof.profiling.records import Profile
+from attnprof.errors import AttnprofError, EnvironmentUnsupported, OutOfMemory, UsageError, UserCodeError
+from attnprof.profiling.isolate import IsolatedCall, IsolatedOutcome, start_isolated, wait_isolated
+from attnprof.profiling.records import Profile, TimeStats
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import from_json_dict, to_json_dict
@@ -42,11 +44,14 @@ _WAITING, _FINISHED, _GO = b"w", b"f", b"g"
 
 @dataclass(frozen=True)
 class Side:
-    """One workload of an interleaved run: a target string, and environment variables its
-    worker sets before loading it (a knob, a feature flag)."""
+    """One workload of an interleaved run: a target string, environment variables its worker
+    sets before loading it (a knob, a feature flag), and where it loads from: the folder it
+    runs in (None: this one) and folders put first on its sys.path (another checkout's)."""
 
     target: str
     environment: dict[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+    python_path: tuple[str, ...] = ()
 
 
 class Turns:
@@ -66,10 +71,19 @@ class Turns:
 
 
 def profile_in_turns(
-    target: str, settings: dict[str, object], environment: dict[str, str], grant_fd: int, report_fd: int
+    target: str,
+    settings: dict[str, object],
+    environment: dict[str, str],
+    grant_fd: int,
+    report_fd: int,
+    working_directory: str | None = None,
+    python_path: Sequence[str] = (),
 ) -> Profile:
     """A worker: profile `target` with its timed repeats paced by the parent's turns."""
     os.environ.update(environment)
+    if working_directory is not None:
+        os.chdir(working_directory)
+    sys.path[:0] = python_path
     turns = Turns(grant_fd, report_fd)
     profile = run_profile(load_workload(target), from_json_dict(Settings, settings), pace=turns.pace)
     profile.notes.append(
@@ -88,6 +102,12 @@ class _Worker:
     grant_fd: int  # the parent writes _GO here
     report_fd: int  # the parent reads _WAITING / _FINISHED here; end of file: the worker exited
     state: State = "starting"
+    collected: bool = False  # waited for: its process reaped, its folder removed
+
+    def collect(self, timeout_s: float) -> IsolatedOutcome:
+        """Wait at most `timeout_s` for the worker's outcome; it is killed if still running."""
+        self.collected = True
+        return wait_isolated(self.call, timeout_s)
 
     def grant(self) -> None:
         with contextlib.suppress(BrokenPipeError):
@@ -115,7 +135,7 @@ def profile_interleaved(
         if gone and len(gone) < len(workers):  # one failed before timing: the rest would wait for it
             for worker in workers:
                 if worker not in gone:
-                    wait_isolated(worker.call, 0)
+                    worker.collect(0)
             _outcome(gone[0], timeout_s)
             raise UserCodeError(f"{gone[0].side.target}: the worker stopped before timing")
         while any(w.state == "waiting" for w in workers):
@@ -130,6 +150,47 @@ def profile_interleaved(
         for worker in workers:
             os.close(worker.grant_fd)
             os.close(worker.report_fd)
+        for worker in workers:  # a side failed, or Ctrl-C: the rest are killed, not left running
+            if not worker.collected:
+                worker.collect(0)
+
+
+def _pooled(stats: Sequence[TimeStats | None]) -> TimeStats | None:
+    """One TimeStats of every worker's samples, in worker order (so that samples paired across
+    two fields, the step and its probe, stay paired); None if any worker has none."""
+    if any(s is None or not s.samples for s in stats):
+        return None
+    return TimeStats.from_samples([x for s in stats if s is not None for x in s.samples])
+
+
+def pooled_profile(profiles: Sequence[Profile]) -> Profile:
+    """Profiles of one workload by several workers as one: the first's counts, layout and
+    memory (deterministic, the same in each), every worker's timing samples pooled. A worker
+    process has a speed of its own (where its memory landed, which core it ran on: a few percent
+    on a small model), so a comparison of pooled samples averages it out."""
+    first = profiles[0]
+    if len(profiles) == 1:
+        return first
+    by_name = [{layer.name: layer for layer in p.layers} for p in profiles]
+    layers = []
+    for layer in first.layers:
+        same = [names.get(layer.name) for names in by_name]
+        if any(other is None for other in same):
+            layers.append(layer)
+            continue
+        forward = _pooled([other.time_ms for other in same if other is not None])
+        backward = _pooled([other.backward_time_ms for other in same if other is not None])
+        layers.append(dataclasses.replace(layer, time_ms=forward or layer.time_ms,
+                                          backward_time_ms=backward or layer.backward_time_ms))
+    totals = dataclasses.replace(
+        first.totals,
+        time_ms=_pooled([p.totals.time_ms for p in profiles]) or first.totals.time_ms,
+        reference_time_ms=_pooled([p.totals.reference_time_ms for p in profiles]) if all(
+            p.totals.reference_time_ms is not None for p in profiles) else first.totals.reference_time_ms,
+    )
+    notes = [*first.notes, f"timings pooled from {len(profiles)} worker processes, interleaved"]
+    settings = dataclasses.replace(first.settings, repeats=sum(p.settings.repeats for p in profiles))
+    return dataclasses.replace(first, settings=settings, totals=totals, layers=layers, notes=notes)
 
 
 def _start(side: Side, settings: Settings) -> _Worker:
@@ -143,6 +204,8 @@ def _start(side: Side, settings: Settings) -> _Worker:
             "environment": side.environment,
             "grant_fd": grant_read,
             "report_fd": report_write,
+            "working_directory": side.working_directory,
+            "python_path": list(side.python_path),
         },
         pass_fds=(grant_read, report_write),
     )
@@ -151,9 +214,19 @@ def _start(side: Side, settings: Settings) -> _Worker:
     return _Worker(side, call, grant_write, report_read)
 
 
+# A worker's error by its exit code; anything else that stops a worker (a crash, os._exit in the
+# user's code, a timeout) happened while it ran the user's code: exit 3.
+_ERRORS_BY_CODE: dict[int, type[AttnprofError]] = {2: UsageError, 4: EnvironmentUnsupported}
+
+
 def _outcome(worker: _Worker, timeout_s: float) -> Profile:
-    outcome = wait_isolated(worker.call, timeout_s)
+    outcome = worker.collect(timeout_s)
     if outcome.status == "ok":
         return from_json_dict(Profile, outcome.value)
-    error: type[AttnprofError] = OutOfMemory if outcome.status == "oom" else UserCodeError
-    raise error(f"{worker.side.target}: {outcome.reason}")
+    message = f"{worker.side.target}: {outcome.reason}"
+    if outcome.status == "oom":
+        raise OutOfMemory(message)
+    error = _ERRORS_BY_CODE.get(outcome.exit_code or 3)
+    if error is not None:
+        raise error(message)
+    raise UserCodeError(message, outcome.user_traceback)

@@ -37,6 +37,8 @@ class IsolatedOutcome:
     status: Status
     value: Any = None  # the function's result as JSON data, when status is "ok"
     reason: str = ""  # one line, when it is not
+    exit_code: int | None = None  # an AttnprofError's exit code, when the child raised one
+    user_traceback: str = ""  # the user's frames, when the child's error was in their code
 
 
 @dataclass
@@ -80,7 +82,10 @@ def wait_isolated(call: IsolatedCall, timeout_s: float) -> IsolatedOutcome:
             _kill_group(call.child)
         if call.result.exists():
             data = json.loads(call.result.read_text(encoding="utf-8"))
-            return IsolatedOutcome(data["status"], data.get("value"), data.get("reason", ""))
+            return IsolatedOutcome(
+                data["status"], data.get("value"), data.get("reason", ""), data.get("exit_code"),
+                data.get("user_traceback", ""),
+            )
         return IsolatedOutcome("crashed", reason=_crash_reason(returncode, call.log))
     finally:
         call.folder.cleanup()
@@ -104,7 +109,7 @@ def _crash_reason(returncode: int, log: Path) -> str:
             how = f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             how = f"killed by signal {-returncode}"
-    else:
+    else:  # the child's own code never exits early: something it ran did (os._exit, a C abort)
         how = f"exited with status {returncode} before reporting a result"
     lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
     last = next((line for line in reversed(lines) if line), "")
@@ -137,11 +142,14 @@ def _child(request_path: Path, result_path: Path) -> None:
     try:
         function = getattr(importlib.import_module(module_name), name)
         outcome: dict[str, Any] = {"status": "ok", "value": to_json_dict(function(**request["arguments"]))}
-    except Exception as exc:
-        if out_of_memory(exc) is not None:
+    except BaseException as exc:  # SystemExit and the like too: the parent must hear how it ended
+        if isinstance(exc, Exception) and out_of_memory(exc) is not None:
             outcome = {"status": "oom", "reason": out_of_memory_reason(exc)}
         elif isinstance(exc, AttnprofError):
-            outcome = {"status": "error", "reason": str(exc)}
+            outcome = {
+                "status": "error", "reason": str(exc), "exit_code": exc.exit_code,
+                "user_traceback": getattr(exc, "user_traceback", ""),
+            }
         else:
             traceback.print_exc()  # into the log, for whoever investigates
             outcome = {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}

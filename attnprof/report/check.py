@@ -4,6 +4,7 @@ JSON, and its adapter (the verdict, each metric, and the changes with their inte
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -13,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from attnprof.gate.compare import layer_label
 from attnprof.gate.compare import summary as verdict_line
-from attnprof.gate.records import CheckResult, MetricCheck
+from attnprof.gate.records import Attribution, CheckResult, MetricCheck
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes, human_count
 from attnprof.report.console import xml_text
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
@@ -37,7 +39,12 @@ STATUS_MARK = {
     "pass": "✅",
     "info": "ℹ️",
 }
-VERDICT_MARK = {"pass": "✅ pass", "regression": "❌ regression", "inconclusive": "⚠️ inconclusive"}
+VERDICT_MARK = {
+    "pass": "✅ pass",
+    "regression": "❌ regression",
+    "inconclusive": "⚠️ inconclusive",
+    "error": "⛔ error: nothing was checked",
+}
 # Shown even when they pass: the headline numbers of the workload.
 HEADLINE_METRICS = ("step", "peak_memory", "flops", "attention_flops", "parameter_count")
 
@@ -125,14 +132,53 @@ def check_table(result: CheckResult, show_all: bool = False) -> Table:
     return table
 
 
+ATTRIBUTION_HEADERS = (
+    "module", "phase", "own time before", "own time now", "growth", "share of step growth", "p (Holm)",
+)
+
+
+def _attribution_cells(a: Attribution) -> list[str]:
+    return [
+        layer_label(a.layer),
+        a.phase,
+        format_value(a.baseline_ms, "ms"),
+        format_value(a.current_ms, "ms"),
+        f"+{a.delta_ms:.3f} ms",
+        f"{a.share:.0%}",
+        f"{a.p_value:.2g}",
+    ]
+
+
+def attribution_table(result: CheckResult) -> Table:
+    table = Table(title="where the step's growth comes from", title_justify="left", pad_edge=False)
+    for header in ATTRIBUTION_HEADERS:
+        table.add_column(header, justify="left" if header in ("module", "phase") else "right", overflow="fold")
+    for attribution in result.attribution:
+        table.add_row(*_attribution_cells(attribution))
+    return table
+
+
 def print_check(result: CheckResult, console: Console, show_all: bool = False) -> None:
+    if result.verdict == "error":
+        console.print(f"attnprof check: {VERDICT_MARK['error']}", markup=False)
+        console.print(verdict_line(result), markup=False)
+        return
     for line in _header_lines(result):
         console.print(line, markup=False)
     console.print(check_table(result, show_all))
     hidden = len(result.metrics) - len(shown_metrics(result, show_all))
     if hidden:
         console.print(f"{hidden} more metrics pass or are not gated (--all shows them)")
+    if result.attribution:
+        console.print(attribution_table(result))
     console.print(verdict_line(result), markup=False)
+
+
+def check_text(result: CheckResult, width: int = 160) -> str:
+    """What `print_check` prints, as plain text (a failing test's message, say)."""
+    console = Console(file=io.StringIO(), width=width, no_color=True, highlight=False)
+    print_check(result, console)
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def _md_cell(text: str) -> str:
@@ -162,10 +208,16 @@ def _md_rows(metrics: list[MetricCheck]) -> list[str]:
 
 def check_markdown(result: CheckResult) -> str:
     """GitHub-flavoured Markdown: verdict, what failed, and every metric folded away."""
-    lines = [f"## attnprof check: {VERDICT_MARK[result.verdict]}", "", verdict_line(result), ""]
+    lines = [f"## attnprof check: {VERDICT_MARK[result.verdict]}", "", _md_cell(verdict_line(result)), ""]
+    if result.verdict == "error":
+        return "\n".join(lines)
     lines += [f"- {_md_cell(line)}" for line in _header_lines(result)]
     lines.append("")
     lines += _md_rows(shown_metrics(result, show_all=False))
+    if result.attribution:
+        lines += ["", "Where the step's growth comes from:", ""]
+        lines += ["| " + " | ".join(ATTRIBUTION_HEADERS) + " |", "|---|---|--:|--:|--:|--:|--:|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in _attribution_cells(a)) + " |" for a in result.attribution]
     lines += [
         "",
         f"<details><summary>All {len(result.metrics)} metrics</summary>",
@@ -187,11 +239,14 @@ def check_junit(result: CheckResult) -> str:
         suites,
         "testsuite",
         name=f"attnprof check {result.workload}",
-        tests=str(len(result.metrics)),
+        tests=str(len(result.metrics) or 1),
         failures=str(failures),
-        errors="0",
+        errors="1" if result.verdict == "error" else "0",
         skipped=str(skipped),
     )
+    if result.verdict == "error":  # nothing measured: one erroring case, never an empty green suite
+        case = ET.SubElement(suite, "testcase", classname="attnprof.check", name="attnprof check", time="0")
+        ET.SubElement(case, "error", message=result.error or "nothing was checked", type="error")
     for m in result.metrics:
         case = ET.SubElement(
             suite, "testcase", classname=f"attnprof.{m.kind}", name=f"{m.metric} [{m.statistic}]", time="0"
@@ -312,8 +367,15 @@ def summary(result: CheckResult) -> list[tuple[str, str]]:
         ("thresholds", ", ".join(result.thresholds) or "defaults"),
         ("significance", f"p < {result.alpha:g}"),
     ]
+    if result.error:
+        facts.append(("error", result.error))
     if result.culprit_layers():
         facts.append(("culprit layers", ", ".join(result.culprit_layers())))
+    facts += [
+        (f"step growth from {layer_label(a.layer)} ({a.phase})",
+         f"+{a.delta_ms:.3g} ms, {a.share:.0%}, p={a.p_value:.2g}")
+        for a in result.attribution
+    ]
     if result.drift_factor is not None:
         facts.append(("drift correction", f"reference probe x{result.drift_factor:.3f} of the baseline's time"))
     facts += [("machine difference", d) for d in result.machine_differences]

@@ -7,6 +7,8 @@ Loading a target string is attnprof.targets.load; the zoo and hf: loaders build 
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from attnprof.errors import AttnprofError, UsageError, UserCodeError
+from attnprof.errors import AttnprofError, Terminated, UsageError, UserCodeError
 from attnprof.settings import Settings
 from attnprof.store import short_hash
 
@@ -80,13 +82,56 @@ def normalize_inputs(raw: Any, refusal: str) -> Inputs:
     )
 
 
+class _Interrupts:
+    """Tells a real Ctrl-C from user code raising KeyboardInterrupt itself: SIGINT's handler is
+    wrapped (once, from the main thread, when it is Python's default) to count the signals that
+    arrived before it raises."""
+
+    watching = False
+    received = 0
+
+    @classmethod
+    def watch(cls) -> None:
+        if cls.watching or threading.current_thread() is not threading.main_thread():
+            return
+        cls.watching = True
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls._on_sigint)
+
+    @classmethod
+    def _on_sigint(cls, signum: int, frame: Any) -> None:
+        cls.received += 1
+        signal.default_int_handler(signum, frame)
+
+    @classmethod
+    def from_user(cls, exc: KeyboardInterrupt, received_before: int) -> bool:
+        """Whether user code raised `exc` itself: no SIGINT came while it ran, and it is not
+        attnprof's own interruption (SIGTERM arrives as Terminated, a KeyboardInterrupt
+        subclass). Unknown (the handler could not be watched): a real interruption."""
+        watched = signal.getsignal(signal.SIGINT) == cls._on_sigint
+        return watched and cls.received == received_before and not isinstance(exc, Terminated)
+
+
 def call_user(fn: Callable[..., T], *args: Any, what: str, **kwargs: Any) -> T:
-    """Run user code; its exceptions become UserCodeError carrying the user's own frames."""
+    """Run user code; every way it leaves other than returning becomes UserCodeError (exit 3)
+    carrying the user's own frames: an exception, `sys.exit()` (whatever its code: a model that
+    exits 0 must not pass a check it never ran), GeneratorExit, a KeyboardInterrupt it raised
+    itself. A real Ctrl-C or SIGTERM goes on as an interruption."""
+    _Interrupts.watch()
+    received = _Interrupts.received
     try:
         return fn(*args, **kwargs)
     except AttnprofError:
         raise
-    except Exception as exc:
+    except SystemExit as exc:
+        raise UserCodeError(
+            f"{what} called sys.exit({exc.code!r}): attnprof cannot measure code that exits", user_traceback(exc)
+        ) from exc
+    except KeyboardInterrupt as exc:
+        if not _Interrupts.from_user(exc, received):
+            raise
+        raise UserCodeError(f"{what} raised KeyboardInterrupt itself (no Ctrl-C came)", user_traceback(exc)) from exc
+    except BaseException as exc:
         raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}", user_traceback(exc)) from exc
 
 
