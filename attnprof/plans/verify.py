@@ -52,7 +52,8 @@ def _logit_kl(reference: Any, applied: Any, reference_model: nn.Module) -> float
 
 def hold_to_budget(verification: Verification, budgets: Budget, choices: PlanChoices) -> Verification:
     """Fail the verification when the error exceeds the plan's bound: max_quality_loss for
-    plans that change heads (the output is meant to move), max_error otherwise."""
+    plans that change heads (the output is meant to move), max_error otherwise. Tune writes
+    the bounds it accepted the plan within, defaults included."""
     bound, name = budgets.max_error, "max_error"
     if choices.changes_heads() and budgets.max_quality_loss is not None:
         bound, name = budgets.max_quality_loss, "max_quality_loss"
@@ -74,6 +75,29 @@ def verify_model(
         reference = example.run(reference_model)
         applied = example.run(applied_model)
     return hold_to_budget(compare_outputs(reference, applied, reference_model), budgets, choices)
+
+
+def hold_to_limits(verification: Verification, budgets: Budget, profile: Profile, micro_steps: int) -> Verification:
+    """Fail the verification when the applied model's own measurement breaks a budget of the plan:
+    memory per device, latency and energy of a whole step (`micro_steps` micro-batches)."""
+    totals = profile.totals
+    verification.micro_steps = micro_steps
+    verification.measured_memory_bytes = float(totals.peak_memory_bytes)
+    if totals.time_ms is not None:
+        verification.measured_latency_ms = micro_steps * totals.time_ms.median
+    if totals.energy_j is not None:
+        verification.measured_energy_j = micro_steps * totals.energy_j
+    for metric, limit in budgets.limits().items():
+        value = getattr(verification, f"measured_{metric}")
+        if value is None:
+            reason = totals.energy_reason if metric == "energy_j" else "no timing"
+            verification.reasons.append(f"the {metric} budget could not be checked: {reason}")
+        elif value > limit:
+            verification.reasons.append(f"measured {metric} {value:.4g} exceeds the plan's budget {limit:.4g}")
+        else:
+            continue
+        verification.passed = False
+    return verification
 
 
 def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:

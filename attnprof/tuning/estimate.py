@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +24,6 @@ from attnprof.costmodel.fit import predict_config
 from attnprof.costmodel.knobs import config_of, memory_group
 from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
-from attnprof.errors import PlanRejected
 from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
 from attnprof.profiling.records import Profile
@@ -75,20 +74,8 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
-
-
-def profile_choice(
-    workload: Workload, settings: Settings, choice: GlobalChoice, transform: ModelTransform | None = None
-) -> Profile:
-    """Profile one micro-step of `choice`; `transform` changes each freshly built fp32 model first."""
-    if transform is not None:
-        build = workload.build_model
-
-        def build_transformed(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-            return transform(build(device, torch.float32)).to(dtype)
-
-        workload = dataclasses.replace(workload, build_model=build_transformed)
+def profile_choice(workload: Workload, settings: Settings, choice: GlobalChoice) -> Profile:
+    """Profile one micro-step of `choice` (a probe: the model built in the choice's dtype)."""
     with tf32_matmuls(choice.dtype == "tf32"):
         return run_profile(workload, measured_settings(settings, choice))
 
@@ -98,24 +85,9 @@ def layer_part(choices: PlanChoices) -> PlanChoices:
     return PlanChoices(**{name: getattr(choices, name) for name in knob_fields("layer")})
 
 
-def layer_transform(workload: Workload, settings: Settings, choices: PlanChoices) -> ModelTransform | None:
-    """The per-layer part of a plan as a model transform, via plan application; heads to prune
-    are scored on the example inputs. None when there is none."""
-    layer_only = layer_part(choices)
-    if layer_only == PlanChoices():
-        return None
-    from attnprof.plans.engine import Example, apply_plan
-
-    def transform(model: torch.nn.Module) -> torch.nn.Module:
-        device = next(model.parameters()).device
-        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
-        model, report = apply_plan(model, layer_only, Example(args, kwargs), workload.loss_fn)
-        if report.not_applied:
-            missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
-            raise PlanRejected(f"the plan could not be applied: {missed}")
-        return model
-
-    return transform
+def global_part(choices: PlanChoices) -> PlanChoices:
+    """A plan without its per-layer part: what precision, backend, micro-batch and threads do alone."""
+    return dataclasses.replace(choices, **{name: getattr(PlanChoices(), name) for name in knob_fields("layer")})
 
 
 def sigma_of(profile: Profile) -> float:
