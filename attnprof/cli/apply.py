@@ -94,7 +94,8 @@ def run_plan(
     if reference is not None:
         check = verify_model(reference, model.eval(), example, plan.budgets, plan.choices)
         check.predicted_latency_ms = plan.predicted.latency_ms
-        micro_steps = plan.settings.batch_size // settings.batch_size  # the plan's micro-batches make one step
+        # One step of the plan: its micro-batches, on each data-parallel replica's share of the batch.
+        micro_steps = max(plan.settings.batch_size // plan.choices.data_parallel // settings.batch_size, 1)
         if report.world_size > 1:
             check.measured_latency_ms = micro_steps * step_time(model, example, settings, device).median
         else:
