@@ -116,9 +116,9 @@ def interleave(
                 side.prepared.step()
         started = time.perf_counter()
         rounds = 0
-        for rounds in track(range(1, max_rounds + 1), f"verifying {len(sides) - 1} candidate(s) in rounds", max_rounds):
+        for rounds in range(1, max_rounds + 1):
             shuffle(order)
-            for side in order:
+            for side in track(order, f"verifying {len(sides) - 1} candidate(s), round {rounds}", len(order)):
                 side.samples_ms.append(side.turn(clock))
             if rounds >= min_rounds and (stop(sides) or time.perf_counter() - started > budget_s):
                 break

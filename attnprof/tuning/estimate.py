@@ -26,6 +26,7 @@ from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
 from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
+from attnprof.profiling.progress import track
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings, with_plan_choices
@@ -154,8 +155,11 @@ class ProbeEstimator:
         return self.profiles[single]
 
     def _fit(self) -> None:
-        for probe in self.probes():
-            self.measure(probe)
+        probes = self.probes()
+        for i, probe in enumerate(probes, 1):
+            label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
+            for _ in track([probe], f"probe {i}/{len(probes)}: {label}", 1):
+                self.measure(probe)
         ref = self._figures(self.reference)
         self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
         for knob, values in self.values.items():
