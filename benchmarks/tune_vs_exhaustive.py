@@ -253,8 +253,17 @@ def _trust_one(target: str, runs: int, verify_seconds: float) -> None:
         within += gap <= 0.02
         fractions.append(outcome.measurements / len(space.globals))
         noop_contains_one += _noop_contains_one(workload, settings, verify_seconds)
-        print(f"  run {run + 1}: {tuned} gap {gap:+.1%}, {outcome.measurements} measured "
-              f"({fractions[-1]:.0%}), speed-up {outcome.plan.speedup}, {tune_s:.0f} s", flush=True)
+        ratio = outcome.plan.speedup
+        print(f"  run {run + 1}: {tuned.as_config()} gap {gap:+.1%}, {outcome.measurements} measured "
+              f"({fractions[-1]:.0%}), {outcome.rounds} rounds, speed-up "
+              f"{f'x{ratio.value:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]' if ratio else '-'}, {tune_s:.0f} s",
+              flush=True)
+        for v in outcome.verifications:
+            c = v.choices
+            key = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
+            measured = v.measured.latency_ms if v.measured else None
+            print(f"    {key.as_config()}: predicted {v.predicted.latency_ms:.2f} measured {measured} "
+                  f"table {table.get(key, math.nan):.2f} {'tied' if v.tied else ''} {v.reason}", flush=True)
     print(f"| {target} | {len(space.globals)} | {runs} | {within}/{runs} | {max(fractions):.0%} | "
           f"{noop_contains_one}/{runs} |", flush=True)
 

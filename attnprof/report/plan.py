@@ -93,6 +93,12 @@ def _print_figures(outcome: TuneOutcome, console: Console) -> None:
         console.print("plan: " + ", ".join(f"{k}={v}" for k, v in changed.items()), markup=False)
         if plan.speedup is not None:
             console.print(f"speed-up over the baseline: {speedup_text(plan)} ({outcome.rounds} interleaved rounds)")
+        calibration = outcome.calibration
+        if calibration.points:
+            console.print(
+                f"predictions: the stated 1σ covered {calibration.covered} of {calibration.points} measured "
+                f"candidate(s) (errors {calibration.scale:.2g}σ rms; honest σ: ~68%, 1σ)"
+            )
         for note in plan.notes:
             console.print(f"note: {note}", markup=False)
 

@@ -144,8 +144,10 @@ class ProbeEstimator:
         return probes
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
-        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates."""
+        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates:
+        the model is fitted again with it before the next prediction."""
         self.profiles[choice.single_device()] = profile
+        self._fitted = False
 
     def measure(self, choice: GlobalChoice) -> Profile:
         single = choice.single_device()

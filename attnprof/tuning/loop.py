@@ -63,6 +63,7 @@ from attnprof.tuning.space import (
     build_space,
 )
 from attnprof.tuning.verify import (
+    Calibration,
     CandidateMeasurement,
     OutputChecker,
     Verifier,
@@ -106,6 +107,7 @@ class TuneOutcome:
     estimator_source: str
     winner: CandidateMeasurement | None = None
     rounds: int = 0  # interleaved rounds the comparison of the survivors took
+    calibration: Calibration = field(default_factory=Calibration)  # the predictions' σ against measurements
     contributions: list[Contribution] = field(default_factory=list)
 
 
@@ -179,6 +181,7 @@ def tune(
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications: list[CandidateMeasurement] = []
     feedback = rounds = 0
+    calibration = Calibration()
     if result.ranked and request.verify:
         verifier = Verifier(
             workload,
@@ -193,7 +196,9 @@ def tune(
             profiles_dir=request.profiles_dir,
             budget_s=request.verify_seconds,
         )
-        candidates = result.ranked
+        # The plan that changes nothing is always in the running: no candidate wins by merely
+        # being measured when it is no faster than the workload as it is.
+        candidates = [*result.ranked, *_unchanged_candidate(pricing, settings, space, result.ranked)]
         for _ in range(VERIFY_ROUNDS):
             verifications += [verifier.measure(candidate) for candidate in candidates]
             if any(v.accepted or not v.can_run for v in verifications):
@@ -204,7 +209,7 @@ def tune(
             if not candidates:
                 break
         verifier.compare(baseline_figures, verifications)
-        feedback, rounds = verifier.feedback, verifier.rounds
+        feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
     verified = sum(v.profile is not None for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
@@ -221,6 +226,7 @@ def tune(
         estimator_source=estimator.source,
         winner=winner,
         rounds=rounds,
+        calibration=calibration,
         contributions=knob_contributions(pricing, winner.candidate) if winner else [],
     )
 
@@ -296,6 +302,26 @@ def _screen_precisions(
         if verdicts[key] is None:
             kept.append(choice)
     return kept
+
+
+def _unchanged_candidate(
+    pricing: Pricing, settings: Settings, space: PlanSpace, ranked: Sequence[Candidate]
+) -> list[Candidate]:
+    """The candidate of the reference choice with no per-layer change, unless already ranked
+    (or not in the space)."""
+    reference = reference_choice(settings, space.globals)
+    if reference not in space.globals or any(
+        c.problem.value[0] == reference and all(o.value == LayerOption() for o in c.options()) for c in ranked
+    ):
+        return []
+    problem = pricing.problem(reference)
+    if problem is None:
+        return []
+    unchanged = [[i for i, o in enumerate(g.options) if o.value == LayerOption()] for g in problem.groups]
+    if not all(unchanged):
+        return []
+    choice = tuple(indices[0] for indices in unchanged)
+    return [Candidate(problem, choice, problem.totals(choice), "reference")]
 
 
 def _untried(

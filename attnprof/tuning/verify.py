@@ -183,6 +183,33 @@ def _feed_back(
     return 1
 
 
+def _z_score(v: CandidateMeasurement, drift: float) -> float | None:
+    """(measured - predicted) / predicted σ, the prediction scaled by the machine's drift."""
+    measured, predicted = v.measured, v.predicted
+    if measured is None or measured.latency_ms is None or predicted.latency_ms is None:
+        return None
+    sigma = (predicted.latency_sigma_ms or 0.0) * drift
+    return (measured.latency_ms - predicted.latency_ms * drift) / sigma if sigma > 0 else None
+
+
+@dataclass
+class Calibration:
+    """How well the predictions' stated 1σ covered the measurements of candidates they were not
+    fitted on (each verified candidate is held out until it is measured): about 68% when σ is
+    honest. `scale` is the root-mean-square of the standardised errors (1 when σ is right)."""
+
+    points: int = 0
+    covered: int = 0
+    scale: float = math.nan
+
+    @classmethod
+    def of(cls, z_scores: list[float]) -> Calibration:
+        if not z_scores:
+            return cls()
+        covered = sum(abs(z) <= 1.0 for z in z_scores)
+        return cls(len(z_scores), covered, math.sqrt(statistics.fmean(z * z for z in z_scores)))
+
+
 @dataclass
 class Verifier:
     """Applies and measures candidates, then times the baseline and the survivors side by side.
@@ -205,6 +232,7 @@ class Verifier:
     budget_s: float  # time the interleaved comparison may take
     feedback: int = 0  # measurements fed back into the store
     rounds: int = 0  # interleaved rounds run
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
     def measure(self, candidate: Candidate) -> CandidateMeasurement:
         """Apply `candidate` as `attnprof apply` would, profile it, and judge its outputs and memory."""
@@ -276,6 +304,7 @@ class Verifier:
             if reasons:
                 v.accepted, v.reason = False, "; ".join(reasons)
             self._judge_prediction(v, drift)
+        self.calibration = Calibration.of([z for v in accepted if (z := _z_score(v, drift)) is not None])
         timed = [(v, side) for v, side in zip(accepted, sides[1:], strict=True) if v.accepted]
         if timed:
             fastest = min((side for _, side in timed), key=lambda side: side.median_ms)
