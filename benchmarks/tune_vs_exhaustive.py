@@ -12,7 +12,15 @@ quality limit is judged the same way. Needs plan application (attnprof.apply).
 
 Part 3: wall time of `python -m attnprof tune zoo:decoder` with its defaults. Target: <= 2 min.
 
-Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3] [--quick]
+Part 4 (trust under load): for hf:llama, hf:gpt2 and a Qwen2 model file built from a small config,
+every configuration of tune's default space is applied as `attnprof apply` builds it and all are
+timed together in interleaved, shuffled rounds (the exhaustive table); `tune` with its defaults
+then runs `--runs` times while a second process keeps one core busy. Per workload: how many runs
+land within 2% of the table's optimum (target: 9 of 10), the share of the space tune measured
+(target: <= 15%), and how often a plan that changes nothing, timed against the baseline as tune
+times its candidates, reports a speed-up interval containing 1.
+
+Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3|4] [--quick] [--runs N]
 """
 
 from __future__ import annotations

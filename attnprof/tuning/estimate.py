@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,11 @@ from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
 from attnprof.profiling.progress import track
 from attnprof.profiling.records import Profile
-from attnprof.profiling.run import run_profile
+from attnprof.profiling.run import prepare, run_profile
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Workload
+from attnprof.tuning.compare import TimedSide, interleave
 from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
 
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
@@ -96,6 +98,7 @@ def sigma_of(profile: Profile) -> float:
     return 0.0 if stats is None else max(stats.p90 - stats.p10, 0.0) / _NORMAL_P10_P90
 
 
+PROBE_ROUNDS = 5  # interleaved rounds that time the probes side by side
 MODEL_FORM_SIGMA = 0.05  # relative: what a separable model misses of the knobs' interactions
 
 
@@ -130,6 +133,7 @@ class ProbeEstimator:
         self.batches = sorted({c.batch_size for c in singles})
         self.reference = reference_choice(settings, singles)
         self.profiles: dict[GlobalChoice, Profile] = {}
+        self.timed: dict[GlobalChoice, tuple[float, float]] = {}  # (median, sigma) ms from interleaved rounds
         self.measurements = 0
         self._fitted = False
 
@@ -162,6 +166,7 @@ class ProbeEstimator:
             label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
             for _ in track([probe], f"probe {i}/{len(probes)}: {label}", 1):
                 self.measure(probe)
+        self._time_together(probes)
         ref = self._figures(self.reference)
         self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
         for knob, values in self.values.items():
@@ -182,12 +187,27 @@ class ProbeEstimator:
         self._batch_sigma = max(s / t for t, s, _, _ in batch_points)
         self._fitted = True
 
+    def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
+        """The probes' step times, from PROBE_ROUNDS interleaved rounds: the model's ratios
+        compare probes timed in the same stretch of the machine's time, not one after another
+        while a neighbour's load comes and goes. (TF32 keeps its profile's time: it needs its
+        matmul mode switched around every step.)"""
+        todo = [p for p in probes if p not in self.timed and p.dtype != "tf32"]
+        if len(todo) < 2:
+            return
+        settings = self.settings
+        sides = [TimedSide(str(p), prepare(self.workload, measured_settings(settings, p)), p.threads) for p in todo]
+        interleave(sides, settings.clock, 0.0, settings.warmup, min_rounds=PROBE_ROUNDS, max_rounds=PROBE_ROUNDS)
+        for probe, side in zip(todo, sides, strict=True):
+            self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))
+
     def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
         """(latency, latency sigma, activation bytes) of a measured choice."""
         profile = self.profiles[choice]
         assert profile.totals.time_ms is not None
         activations = profile.totals.peak_memory_bytes - profile.totals.param_bytes
-        return profile.totals.time_ms.median, sigma_of(profile), float(activations)
+        latency, sigma = self.timed.get(choice, (profile.totals.time_ms.median, sigma_of(profile)))
+        return latency, sigma, float(activations)
 
     def estimate(self, choice: GlobalChoice) -> StepEstimate:
         single = choice.single_device()
