@@ -156,3 +156,15 @@ def test_simpler_plans_change_fewer_things() -> None:
     assert change_count(PlanChoices(backend="flash", threads=1), settings) == 0
     assert change_count(PlanChoices(backend="flash", batch_size=2, threads=1), settings) == 1
     assert change_count(PlanChoices(dtype="bf16", backend="math", prune_heads={"a": [0], "b": [1]}), settings) == 4
+
+
+def test_pruning_one_transformers_model_leaves_the_next_one_built_unchanged() -> None:
+    workload = load_workload("hf:llama")  # its factory hands one config object to every model
+    cpu = torch.device("cpu")
+    args, kwargs = workload.make_inputs(2, 16, cpu, torch.float32)
+    pruned, _ = apply_plan(workload.build_model(cpu, torch.float32), PlanChoices(prune_heads={"*": [1, 3]}),
+                           Example(args, kwargs))
+    fresh = workload.build_model(cpu, torch.float32)
+    assert pruned.config.num_attention_heads == 2 and fresh.config.num_attention_heads == 4
+    with torch.no_grad():
+        assert torch.isfinite(fresh(*args, **kwargs).logits).all()

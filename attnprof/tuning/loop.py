@@ -24,9 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.machine import machine_info
+from attnprof.plans.discover import discover
 from attnprof.plans.records import (
+    ALL_LAYERS,
     DEFAULT_MAX_ERROR,
     DEFAULT_MAX_QUALITY_LOSS,
     Budget,
@@ -213,6 +217,12 @@ def tune(
     verified = sum(v.profile is not None for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
+    if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
+        plan.notes.append(
+            "heads differ per layer: the pruned model works, but save_pretrained/from_pretrained cannot "
+            "reload it (transformers builds every layer from one head count); save the unmodified "
+            "weights and apply the plan after loading"
+        )
     return TuneOutcome(
         baseline=baseline,
         baseline_figures=baseline_figures,
@@ -302,6 +312,14 @@ def _screen_precisions(
         if verdicts[key] is None:
             kept.append(choice)
     return kept
+
+
+def _reload_breaks(model: torch.nn.Module, choices: PlanChoices) -> bool:
+    """A transformers model whose attention layers the plan leaves with different head counts."""
+    if not choices.prune_heads or not hasattr(model, "save_pretrained") or ALL_LAYERS in choices.prune_heads:
+        return False
+    counts = {len(v) if isinstance(v, list) else v for v in choices.prune_heads.values()}
+    return len(counts) > 1 or len(choices.prune_heads) < len(discover(model).sites)
 
 
 def _unchanged_candidate(
