@@ -42,7 +42,7 @@ import torch
 
 from attnprof.measure.timing import time_call
 from attnprof.plans.records import DEFAULT_MAX_ERROR, PlanChoices
-from attnprof.plans.verify import applied_settings
+from attnprof.plans.verify import applied_settings, applied_workload
 from attnprof.profiling.run import prepare
 from attnprof.settings import Settings, resolve_settings
 from attnprof.targets.load import load_workload
@@ -54,7 +54,7 @@ from attnprof.tuning.compare import TimedSide, interleave, paired_ratio
 from attnprof.tuning.estimate import profile_choice
 from attnprof.tuning.loop import TuneRequest, tune
 from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space, default_plan_knobs, knob_names
-from attnprof.tuning.verify import OutputChecker, applied_workload
+from attnprof.tuning.verify import OutputChecker
 
 GLOBAL_KNOBS = list(knob_names("choice", "micro_batch"))  # the one-device global knobs
 ROUNDS = 5

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnprof.plans.engine import Example
+from attnprof.errors import PlanRejected
+from attnprof.plans.engine import Example, apply_plan
 from attnprof.plans.outputs import logits_of, main_tensor, output_difference
-from attnprof.plans.records import Budget, PlanChoices, Verification
+from attnprof.plans.records import ApplyReport, Budget, PlanChoices, Verification
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.targets.workload import Workload
@@ -104,6 +105,28 @@ def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:
     """The settings an applied plan runs with: the plan's, with its batch size, threads and backend
     (the applied model already holds the plan's precision)."""
     return with_plan_choices(plan_settings, choices.backend, choices.batch_size, choices.threads)
+
+
+def raise_not_applied(report: ApplyReport) -> None:
+    """A plan measured or compared only as a whole: a part that did not apply rejects it."""
+    if report.not_applied:
+        missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
+        raise PlanRejected(f"the plan could not be applied: {missed}")
+
+
+def applied_workload(workload: Workload, settings: Settings, choices: PlanChoices) -> Workload:
+    """The workload whose model is built as `attnprof apply` builds it: the unmodified model,
+    then `choices` applied by plans.engine.apply_plan with the workload's inputs and loss."""
+    build = workload.build_model
+
+    def build_applied(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        model = build(device, dtype).to(device)
+        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+        model, report = apply_plan(model, choices, Example(args, kwargs), workload.loss_fn)
+        raise_not_applied(report)
+        return model
+
+    return dataclasses.replace(workload, build_model=build_applied)
 
 
 def reprofile(workload: Workload, applied_model: nn.Module, settings: Settings) -> Profile:

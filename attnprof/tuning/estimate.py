@@ -7,11 +7,10 @@ threads) on one device: `ProbeEstimator` measures a few probes and fits a separa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +26,7 @@ from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
 from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
+from attnprof.plans.verify import applied_settings, applied_workload
 from attnprof.profiling.progress import track
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import prepare, run_profile
@@ -67,20 +67,20 @@ def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
     return with_plan_choices(settings, choice.backend, choice.batch_size, choice.threads, choice.dtype)
 
 
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled or before
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+def choice_plan(settings: Settings, choice: GlobalChoice) -> PlanChoices:
+    """The plan that runs one device's global choice as `attnprof apply` would (precision by
+    casting the weights, norms kept in fp32)."""
+    batch = None if choice.batch_size == settings.batch_size else choice.batch_size
+    return PlanChoices(
+        dtype=choice.dtype, precision="cast", backend=choice.backend, batch_size=batch, threads=choice.threads
+    )
 
 
 def profile_choice(workload: Workload, settings: Settings, choice: GlobalChoice) -> Profile:
-    """Profile one micro-step of `choice` (a probe: the model built in the choice's dtype)."""
-    with tf32_matmuls(choice.dtype == "tf32"):
-        return run_profile(workload, measured_settings(settings, choice))
+    """Profile one micro-step of `choice`, its model built as `attnprof apply` builds it."""
+    plan = choice_plan(settings, choice)
+    run_settings = applied_settings(settings, plan)
+    return run_profile(applied_workload(workload, run_settings, plan), run_settings)
 
 
 def layer_part(choices: PlanChoices) -> PlanChoices:
@@ -190,13 +190,17 @@ class ProbeEstimator:
     def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
         """The probes' step times, from PROBE_ROUNDS interleaved rounds: the model's ratios
         compare probes timed in the same stretch of the machine's time, not one after another
-        while a neighbour's load comes and goes. (TF32 keeps its profile's time: it needs its
-        matmul mode switched around every step.)"""
-        todo = [p for p in probes if p not in self.timed and p.dtype != "tf32"]
+        while a neighbour's load comes and goes."""
+        todo = [p for p in probes if p not in self.timed]
         if len(todo) < 2:
             return
         settings = self.settings
-        sides = [TimedSide(str(p), prepare(self.workload, measured_settings(settings, p)), p.threads) for p in todo]
+        sides = []
+        for probe in todo:
+            plan = choice_plan(settings, probe)
+            run_settings = applied_settings(settings, plan)
+            prepared = prepare(applied_workload(self.workload, run_settings, plan), run_settings)
+            sides.append(TimedSide(str(probe), prepared, probe.threads))
         interleave(sides, settings.clock, 0.0, settings.warmup, min_rounds=PROBE_ROUNDS, max_rounds=PROBE_ROUNDS)
         for probe, side in zip(todo, sides, strict=True):
             self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))

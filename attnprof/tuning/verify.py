@@ -28,8 +28,8 @@ from attnprof.machine import machine_info
 from attnprof.measure.device import resolve_device
 from attnprof.plans.engine import Example, apply_plan, with_pruned_indices
 from attnprof.plans.outputs import output_difference
-from attnprof.plans.records import ApplyReport, PlanChoices, PlanFigures, TimeRatio
-from attnprof.plans.verify import applied_settings
+from attnprof.plans.records import PlanChoices, PlanFigures, TimeRatio
+from attnprof.plans.verify import applied_settings, applied_workload, raise_not_applied
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import prepare, restored_threads, run_profile
 from attnprof.settings import Settings
@@ -69,17 +69,11 @@ class OutputChecker:
         example = Example(*self.inputs)
         changes = dataclasses.replace(choices, batch_size=None, threads=0)
         model, report = apply_plan(copy.deepcopy(self.reference_model), changes, example, self.workload.loss_fn)
-        _raise_not_applied(report)
+        raise_not_applied(report)
         with torch.no_grad():
             output = example.run(model.eval())
         difference = output_difference(self.reference, output)
         return difference.finite, difference.max_rel
-
-
-def _raise_not_applied(report: ApplyReport) -> None:
-    if report.not_applied:
-        missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
-        raise PlanRejected(f"the plan could not be applied: {missed}")
 
 
 def pin_heads(workload: Workload, settings: Settings, choices: PlanChoices) -> PlanChoices:
@@ -93,23 +87,8 @@ def pin_heads(workload: Workload, settings: Settings, choices: PlanChoices) -> P
     args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
     heads_only = PlanChoices(prune_heads=choices.prune_heads)
     _, report = apply_plan(model, heads_only, Example(args, kwargs), workload.loss_fn)
-    _raise_not_applied(report)
+    raise_not_applied(report)
     return with_pruned_indices(choices, report)
-
-
-def applied_workload(workload: Workload, settings: Settings, choices: PlanChoices) -> Workload:
-    """The workload whose model is built as `attnprof apply` builds it: the unmodified model,
-    then `choices` applied by plans.engine.apply_plan with the workload's inputs and loss."""
-    build = workload.build_model
-
-    def build_applied(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-        model = build(device, dtype).to(device)
-        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
-        model, report = apply_plan(model, choices, Example(args, kwargs), workload.loss_fn)
-        _raise_not_applied(report)
-        return model
-
-    return dataclasses.replace(workload, build_model=build_applied)
 
 
 @dataclass
