@@ -49,7 +49,8 @@ def tune_command(
     uncertainty: float = typer.Option(
         CONTRADICTION_SIGMAS,
         "--uncertainty",
-        help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
+        help="Standard deviations a measurement may fall behind its prediction before it counts as refuting "
+        "it (noted, and fed back to the estimates; it never rejects the plan).",
     ),
     pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report (with the frontier)."),
