@@ -90,16 +90,6 @@ def test_a_plan_that_measures_over_the_memory_budget_is_rejected() -> None:
     assert plan.measured.memory_bytes <= limit and plan.choices.batch_size in (1, 2)
 
 
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "160")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
-
-
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 
 
