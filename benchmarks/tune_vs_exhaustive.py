@@ -12,7 +12,15 @@ quality limit is judged the same way. Needs plan application (attnprof.apply).
 
 Part 3: wall time of `python -m attnprof tune zoo:decoder` with its defaults. Target: <= 2 min.
 
-Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3] [--quick]
+Part 4 (trust under load): for hf:llama, hf:gpt2 and a Qwen2 model file built from a small config,
+every configuration of tune's default space is applied as `attnprof apply` builds it and all are
+timed together in interleaved, shuffled rounds (the exhaustive table); `tune` with its defaults
+then runs `--runs` times while a second process keeps one core busy. Per workload: how many runs
+land within 2% of the table's optimum (target: 9 of 10), the share of the space tune measured
+(target: <= 15%), and how often a plan that changes nothing, timed against the baseline as tune
+times its candidates, reports a speed-up interval containing 1.
+
+Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3|4] [--quick] [--runs N]
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -32,17 +41,19 @@ from pathlib import Path
 import torch
 
 from attnprof.measure.timing import time_call
-from attnprof.plans.records import PlanChoices
+from attnprof.plans.records import DEFAULT_MAX_ERROR, PlanChoices
+from attnprof.plans.verify import applied_settings, applied_workload
 from attnprof.profiling.run import prepare
-from attnprof.settings import resolve_settings
+from attnprof.settings import Settings, resolve_settings
 from attnprof.targets.load import load_workload
 from attnprof.targets.workload import Inputs, Workload
 from attnprof.targets.zoo import random_token_ids
 from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from attnprof.tuning.budget import parse_budget
-from attnprof.tuning.estimate import layer_transform, profile_choice
+from attnprof.tuning.compare import TimedSide, interleave, paired_ratio
+from attnprof.tuning.estimate import profile_choice
 from attnprof.tuning.loop import TuneRequest, tune
-from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space, knob_names
+from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space, default_plan_knobs, knob_names
 from attnprof.tuning.verify import OutputChecker
 
 GLOBAL_KNOBS = list(knob_names("choice", "micro_batch"))  # the one-device global knobs
@@ -132,13 +143,8 @@ def part_heads(quick: bool) -> None:
     errors = {}
     for kept in itertools.product(kept_values, repeat=len(names)):
         choices = PlanChoices(prune_heads={n: 8 - k for n, k in zip(names, kept, strict=True) if k < 8})
-        transform = layer_transform(workload, settings, choices)
-        assert transform is not None or kept == (8, 8)
-        pruned = dataclasses.replace(
-            workload, build_model=lambda d, t, f=transform: f(build_model(d, t)) if f else build_model(d, t)
-        )
-        steps[kept] = prepare(pruned, settings).step
-        errors[kept] = checker.check("fp32", "flash", transform)[1]
+        steps[kept] = prepare(applied_workload(workload, settings, choices), settings).step
+        errors[kept] = checker.check(dataclasses.replace(choices, backend="flash"))[1]
     # Every configuration is timed in each of ROUNDS interleaved rounds; contention on a shared
     # machine only ever slows a step down, so the fastest round's median is the table's figure.
     samples: dict[tuple[int, ...], list[float]] = {k: [] for k in steps}
@@ -156,8 +162,8 @@ def part_heads(quick: bool) -> None:
     outcome = tune(workload, settings, TuneRequest(budget, "latency", ["heads"], top_k=3))
     tune_s = time.perf_counter() - started
     assert outcome.plan is not None, [v.reason for v in outcome.verifications]
-    prune = outcome.plan.choices.prune_heads
-    tuned = tuple(8 - int(prune.get(n, 0)) for n in names)
+    prune = outcome.plan.choices.prune_heads  # the removed heads' indices, per layer
+    tuned = tuple(8 - len(prune.get(n, [])) for n in names)  # type: ignore[arg-type]
     gap = table[tuned][0] / table[optimum][0] - 1
     print(f"exhaustive optimum (kept heads per layer): {optimum} {table[optimum]}")
     print(f"tuned plan: {tuned} {table[tuned]}")
@@ -186,9 +192,109 @@ def part_end_to_end() -> None:
     print(f"| {command} | exit {result.returncode} | {elapsed:.0f} s |")
 
 
+TRUST_TARGETS = ("hf:llama", "hf:gpt2", str(Path(__file__).resolve().parent / "models" / "qwen2_small.py"))
+TABLE_ROUNDS = 8
+
+
+def _plan_of(choice: GlobalChoice, batch: int) -> PlanChoices:
+    fields = dataclasses.asdict(choice)
+    return PlanChoices(**{**fields, "batch_size": None if choice.batch_size == batch else choice.batch_size},
+                       precision="cast")
+
+
+def _busy() -> subprocess.Popen[bytes]:
+    """The load: a second process keeping one core busy for the whole part."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float) -> None:
+    """Per workload: the whole default tune space applied as apply builds it and timed in
+    interleaved rounds (the exhaustive table), then `tune` `runs` times, under a busy core."""
+    load = _busy()
+    try:
+        for target in targets:
+            _trust_one(target, runs, verify_seconds)
+    finally:
+        load.kill()
+        load.wait()
+
+
+def _trust_one(target: str, runs: int, verify_seconds: float) -> None:
+    workload = load_workload(target)
+    settings = resolve_settings(workload, {"repeats": 3, "warmup": 1})
+    knobs = default_plan_knobs(settings.mode, 1)
+    space = build_space(DeviceFacts.probe(settings.device), [], settings, knobs)
+    checker = OutputChecker(workload, settings)
+    started = time.perf_counter()
+    sides, choices = [], []
+    errors: dict[tuple[str, str], float] = {}
+    for choice in space.globals:
+        plan = _plan_of(choice, settings.batch_size)
+        key = (choice.dtype, choice.backend)
+        if key not in errors:
+            cast = PlanChoices(choice.dtype, "cast", choice.backend)
+            errors[key] = 0.0 if choice.dtype == "fp32" else checker.check(cast)[1]
+        if not errors[key] <= DEFAULT_MAX_ERROR:
+            continue  # tune screens these out too: not in the optimum's running
+        run_settings = applied_settings(settings, plan)
+        prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
+        sides.append(TimedSide(str(choice.as_config()), prepared, run_settings.threads,
+                               settings.batch_size // run_settings.batch_size))
+        choices.append(choice)
+    interleave(sides, settings.clock, math.inf, settings.warmup, min_rounds=TABLE_ROUNDS, max_rounds=TABLE_ROUNDS)
+    table = {c: side.median_ms for c, side in zip(choices, sides, strict=True)}
+    exhaustive_s = time.perf_counter() - started
+    del sides
+    optimum = min(table, key=table.__getitem__)
+    print(f"{target}: {len(space.globals)} configurations, {len(table)} within the default max error; "
+          f"optimum {optimum} {table[optimum]:.2f} ms; table {exhaustive_s:.0f} s", flush=True)
+    within, fractions, noop_contains_one = 0, [], 0
+    for run in range(runs):
+        started = time.perf_counter()
+        request = TuneRequest(parse_budget([]), "latency", knobs, verify_seconds=verify_seconds)
+        outcome = tune(workload, settings, request)
+        tune_s = time.perf_counter() - started
+        assert outcome.plan is not None, [v.reason for v in outcome.verifications]
+        c = outcome.plan.choices
+        tuned = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
+        gap = table[tuned] / table[optimum] - 1
+        within += gap <= 0.02
+        fractions.append(outcome.measurements / len(space.globals))
+        noop_contains_one += _noop_contains_one(workload, settings, verify_seconds)
+        ratio = outcome.plan.speedup
+        print(f"  run {run + 1}: {tuned.as_config()} gap {gap:+.1%}, {outcome.measurements} measured "
+              f"({fractions[-1]:.0%}), {outcome.rounds} rounds, speed-up "
+              f"{f'x{ratio.value:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]' if ratio else '-'}, {tune_s:.0f} s",
+              flush=True)
+        for v in outcome.verifications:
+            c = v.choices
+            key = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
+            measured = v.measured.latency_ms if v.measured else None
+            print(f"    {key.as_config()}: predicted {v.predicted.latency_ms:.2f} measured {measured} "
+                  f"table {table.get(key, math.nan):.2f} {'tied' if v.tied else ''} {v.reason}", flush=True)
+    print(f"| {target} | {len(space.globals)} | {runs} | {within}/{runs} | {max(fractions):.0%} | "
+          f"{noop_contains_one}/{runs} |", flush=True)
+
+
+def _noop_contains_one(workload: Workload, settings: Settings, verify_seconds: float) -> bool:
+    """A plan that changes nothing, timed against the baseline as tune times candidates: its
+    speed-up interval must contain 1."""
+    noop = PlanChoices()
+    run_settings = applied_settings(settings, noop)
+    applied = applied_workload(workload, run_settings, noop)
+    sides = [TimedSide("baseline", prepare(workload, settings), settings.threads),
+             TimedSide("no-op", prepare(applied, run_settings), settings.threads)]
+    interleave(sides, settings.clock, verify_seconds, settings.warmup)
+    ratio = paired_ratio(sides[0].samples_ms, sides[1].samples_ms)
+    return ratio.low <= 1.0 <= ratio.high
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", type=int, choices=(1, 2, 3))
+    parser.add_argument("--part", type=int, choices=(1, 2, 3, 4))
+    parser.add_argument("--runs", type=int, default=10, help="part 4: tune runs per workload")
+    parser.add_argument("--target", action="append", help="part 4: workloads (default: hf:llama, hf:gpt2, Qwen2)")
+    parser.add_argument("--verify-seconds", type=float, default=20.0, help="part 4: tune's comparison budget")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table", type=Path, help="JSON file caching part 1's exhaustive measurements")
     parser.add_argument("--measure-only", action="store_true", help="part 1: only the exhaustive table")
@@ -200,6 +306,8 @@ def main() -> None:
         part_heads(args.quick)
     if args.part in (None, 3):
         part_end_to_end()
+    if args.part in (None, 4):
+        part_trust(args.runs, tuple(args.target or TRUST_TARGETS), args.verify_seconds)
 
 
 if __name__ == "__main__":

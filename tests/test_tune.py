@@ -13,17 +13,15 @@ from typer.testing import CliRunner
 
 from attnprof.cli.app import app
 from attnprof.plans.outputs import output_difference
-from attnprof.plans.records import Plan
-from attnprof.profiling.records import Profile
+from attnprof.plans.records import Plan, PlanChoices
 from attnprof.profiling.run import run_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import read_record
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
-from attnprof.tuning.estimate import ProbeEstimator, StepEstimate
 from attnprof.tuning.loop import TuneRequest, tune
 from attnprof.tuning.price import LayerBasis, layer_option_costs
-from attnprof.tuning.space import AttentionLayout, GlobalChoice, LayerOption
+from attnprof.tuning.space import AttentionLayout, LayerOption
 from attnprof.tuning.verify import OutputChecker, contradiction
 
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
@@ -98,9 +96,9 @@ def test_precision_with_non_finite_outputs_is_rejected(models_dir: Path) -> None
     workload = load_workload(str(models_dir / "overflow_model.py"))
     settings = resolve_settings(workload, {"threads": 1})
     checker = OutputChecker(workload, settings)
-    finite, _ = checker.check("fp16", "math")
+    finite, _ = checker.check(PlanChoices(dtype="fp16", precision="cast", backend="math"))
     assert not finite  # 1e6-scaled outputs overflow fp16
-    finite, error = checker.check("bf16", "math")
+    finite, error = checker.check(PlanChoices(dtype="bf16", precision="cast", backend="math"))
     assert finite and error < 0.05
     outcome = tune(
         workload, settings, TuneRequest(parse_budget([]), "latency", ["dtype"], top_k=3, contradiction_sigmas=LENIENT)
@@ -174,22 +172,21 @@ def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits()
     assert plan.measured.finite and (plan.measured.max_error or 0.0) <= 1e-2
 
 
-def test_sharded_plans_are_predicted_with_the_interconnect_and_marked_unverified(
-    runner: CliRunner, tmp_path: Path
-) -> None:
-    flags = ["--gpus", "4", "--interconnect", "nvlink4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel"]
+def test_sharded_plans_on_a_cpu_are_priced_over_gloo_and_marked_unverified(runner: CliRunner, tmp_path: Path) -> None:
+    flags = ["--gpus", "4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel"]
     result = runner.invoke(app, ["tune", *flags, "--batch-size", "4", *FAST[2:]])
     assert result.exit_code == 0, result.output
     plan = read_record(tmp_path / "plan.json", Plan)
-    assert plan.choices.world_size == 4
+    assert plan.choices.world_size == 4 and plan.choices.pipeline_stages == 1
     assert not plan.verified and plan.measured is None
     assert "not verified on this machine: needs 4 devices" in plan.notes
     assert plan.budgets.gpus == 4
+    assert "attnprof apply does not run pipeline stages" in result.stdout
 
 
-def test_sharding_without_a_known_link_is_a_usage_error(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["tune", "--gpus", "2", *FAST])
-    assert result.exit_code == 2 and "--interconnect nvlink4" in result.stderr
+def test_a_gpu_link_for_cpu_ranks_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["tune", "--gpus", "2", "--interconnect", "nvlink4", *FAST])
+    assert result.exit_code == 2 and "is a GPU link" in result.stderr and "gloo" in result.stderr
     result = runner.invoke(app, ["tune", "--gpus", "2", "--interconnect", "carrier-pigeon", *FAST])
     assert result.exit_code == 2 and "must be one of" in result.stderr
 
@@ -215,12 +212,16 @@ def test_head_plans_are_verified_within_the_quality_limit_and_apply_to_a_fresh_m
     )
     plan = outcome.plan
     assert plan is not None and plan.verified, [v.reason for v in outcome.verifications]
-    assert plan.choices.changes_heads()
-    assert plan.measured is not None and plan.measured.quality_loss is not None
-    assert plan.measured.quality_loss <= 0.5
+    # The winner may be the model as it is when no head change measures faster: judge the head
+    # candidates themselves.
+    pruned = [v for v in outcome.verifications if v.choices.changes_heads() and v.accepted]
+    assert pruned, [v.reason for v in outcome.verifications]
+    measured, predicted = pruned[0].measured, pruned[0].predicted
+    assert measured is not None and measured.quality_loss is not None and measured.quality_loss <= 0.5
     # Every layer option was scored alone before the search; the search adds them up.
-    assert plan.predicted.quality_loss is not None and 0 < plan.predicted.quality_loss <= 0.5
+    assert predicted.quality_loss is not None and 0 < predicted.quality_loss <= 0.5
     # The plan file is what the apply side consumes: it must apply to an unmodified model.
+    plan.choices = pruned[0].choices
     write_record(tmp_path / "plan.json", plan)
     model = workload.build_model(torch.device("cpu"), torch.float32).eval()
     (ids,), _ = workload.make_inputs(2, 16, torch.device("cpu"), torch.float32)
@@ -238,16 +239,6 @@ def test_head_changes_beyond_the_quality_limit_are_left_out_with_the_reason() ->
     reasons = [e.reason for e in outcome.excluded if e.knob == "heads" and "heads 8->4" in e.value]
     assert reasons and all("> --max-quality-loss 1e-09" in r for r in reasons)
     assert outcome.plan is not None and not outcome.plan.choices.changes_heads()
-
-
-@pytest.mark.slow
-def test_pipelined_head_plans_are_not_additive_and_are_enumerated(runner: CliRunner, tmp_path: Path) -> None:
-    flags = ["--gpus", "2", "--interconnect", "pcie4", "--knobs", "pipeline_stages,heads", "--max-quality-loss", "50%"]
-    result = runner.invoke(app, ["tune", *flags, *FAST])
-    assert result.exit_code == 0, result.output
-    plan = read_record(tmp_path / "plan.json", Plan)
-    assert "enumeration" in plan.solver
-    assert "enumeration" in result.stdout
 
 
 @pytest.mark.slow
@@ -285,42 +276,3 @@ def test_a_measurement_worse_than_predicted_beyond_the_uncertainty_refutes_the_p
     # Faster than predicted never refutes a plan; the noise floor covers tiny sigmas.
     assert not contradiction(10.0, 1.0, 2.0)
     assert not contradiction(10.0, 0.0, 10.9) and contradiction(10.0, 0.0, 11.1)
-
-
-class _Optimist:
-    """Probe estimates, except that micro-batches of 2 are promised 10x faster than anything until
-    measured (the probes measure micro-batches of 4 and 1 only): verification must refute the
-    promise and the next round must find another plan."""
-
-    def __init__(self, probes: ProbeEstimator) -> None:
-        self.probes = probes
-        self.source = "an optimist"
-
-    @property
-    def measurements(self) -> int:
-        return self.probes.measurements
-
-    def estimate(self, choice: GlobalChoice) -> StepEstimate:
-        estimate = self.probes.estimate(choice)
-        if choice.batch_size == 2 and estimate.source != "measured":
-            return dataclasses.replace(estimate, latency_ms=estimate.latency_ms / 10, latency_sigma_ms=0.0)
-        # Honest estimates get a wide uncertainty, so timing noise alone never refutes them.
-        return dataclasses.replace(estimate, latency_sigma_ms=estimate.latency_ms)
-
-    def add(self, choice: GlobalChoice, profile: Profile) -> None:
-        self.probes.add(choice, profile)
-
-
-def test_a_refuted_round_is_searched_again_with_what_it_measured() -> None:
-    workload = load_workload("zoo:decoder")
-    settings = resolve_settings(
-        workload, {"batch_size": 4, "seq_len": 64, "repeats": 3, "warmup": 1, "threads": 1, "backend": "flash"}
-    )
-    choices = [GlobalChoice("flash", "fp32", micro_batch, 1) for micro_batch in (1, 2, 4)]
-    estimator = _Optimist(ProbeEstimator(workload, settings, choices))
-    request = TuneRequest(parse_budget([]), "latency", ["batch_size"], top_k=1)
-    outcome = tune(workload, settings, request, estimator)
-    first, second = outcome.verifications
-    assert first.choices.batch_size == 2 and first.contradicted and not first.accepted
-    assert second.choices.batch_size != 2 and second.accepted
-    assert outcome.plan is not None and outcome.plan.verified and outcome.plan.choices.batch_size != 2

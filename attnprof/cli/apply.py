@@ -91,7 +91,7 @@ def run_plan(
 ) -> None:
     from attnprof.measure.dtypes import parse_dtype
     from attnprof.plans.engine import Example, apply_plan
-    from attnprof.plans.verify import applied_settings, reprofile, step_time, verify_model
+    from attnprof.plans.verify import applied_settings, hold_to_limits, reprofile, step_time, verify_model
     from attnprof.report.apply import print_apply_report
 
     settings = applied_settings(plan.settings, plan.choices)
@@ -104,15 +104,16 @@ def run_plan(
     if reference is not None:
         check = verify_model(reference, model.eval(), example, plan.budgets, plan.choices)
         check.predicted_latency_ms = plan.predicted.latency_ms
+        # One step of the plan: its micro-batches, on each data-parallel replica's share of the batch.
+        micro_steps = max(plan.settings.batch_size // plan.choices.data_parallel // settings.batch_size, 1)
         if report.world_size > 1:
-            check.measured_latency_ms = step_time(model, example, settings, device).median
+            check.measured_latency_ms = micro_steps * step_time(model, example, settings, device).median
         else:
             profile = reprofile(workload, model, settings)
             path = profile_out or applied_profile_path(plan_path)
             write_record(path, profile)
             check.profile_path = str(path)
-            if profile.totals.time_ms is not None:
-                check.measured_latency_ms = profile.totals.time_ms.median
+            hold_to_limits(check, plan.budgets, profile, micro_steps)
         report.verification = check
     if report.rank == 0:
         if out is not None:

@@ -55,7 +55,8 @@ def tune_command(
         low=0.0,
         high=1e12,
         above_low=True,
-        help="Standard deviations a measurement may fall behind its prediction before the plan is rejected.",
+        help="Standard deviations a measurement may fall behind its prediction before it counts as refuting "
+        "it (noted, and fed back to the estimates; it never rejects the plan).",
     ),
     pareto: bool = typer.Option(False, "--pareto", help="Also show the Pareto frontier."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report (with the frontier)."),
@@ -130,19 +131,27 @@ def tune_command(
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:
-    """The interconnect of a sharding plan: the one asked for, else the GPU's usual board link."""
+    """The interconnect of a sharding plan: the one asked for, else the GPU's usual board link;
+    CPU ranks talk over gloo on the host, whatever GPU link is named."""
     if name is None and gpus == 1:
         return None
     from attnprof.measure.hardware import INTERCONNECTS, find_spec
+    from attnprof.tuning.sharding import GLOO_LOOPBACK
 
+    if name is not None and name not in INTERCONNECTS:
+        raise UsageError(f"--interconnect {name!r}: must be one of {', '.join(INTERCONNECTS)}, e.g. nvlink4")
+    if not device.startswith("cuda"):
+        if name is not None:
+            raise UsageError(
+                f"--interconnect {name} is a GPU link; on {device} the ranks talk over gloo on this host, "
+                "which tune prices itself: drop --interconnect, e.g. --gpus 2"
+            )
+        return GLOO_LOOPBACK
     if name is not None:
-        if name not in INTERCONNECTS:
-            raise UsageError(f"--interconnect {name!r}: must be one of {', '.join(INTERCONNECTS)}, e.g. nvlink4")
         return INTERCONNECTS[name]
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
-        spec = find_spec(torch.cuda.get_device_name(torch.device(device)))
-        if spec is not None:
-            return INTERCONNECTS[spec.interconnect]
+    spec = find_spec(torch.cuda.get_device_name(torch.device(device)))
+    if spec is not None:
+        return INTERCONNECTS[spec.interconnect]
     raise UsageError(f"--gpus {gpus} on {device}: name the link with --interconnect, e.g. --interconnect nvlink4")

@@ -4,6 +4,7 @@ and sharding last (it turns parameters into DTensors)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,14 @@ def apply_plan(
 
         report.rank, report.world_size = dist.get_rank(), dist.get_world_size()
     return model, report
+
+
+def with_pruned_indices(choices: PlanChoices, report: ApplyReport) -> PlanChoices:
+    """`choices` with every head count replaced by the indices the application removed, per
+    layer: a plan that removes the same heads wherever, and with whatever inputs, it is applied."""
+    sites = report.sites
+    pruned: dict[str, int | list[int]] = {site.name: list(site.pruned_heads) for site in sites if site.pruned_heads}
+    return dataclasses.replace(choices, prune_heads=pruned)
 
 
 def _apply_heads(

@@ -8,6 +8,7 @@ so one backward pass over the example inputs scores every head of every layer, w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -209,6 +210,13 @@ def update_config(model: nn.Module, sites: Sequence[AttentionSite], pruned: dict
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_attention_heads"):
         return []
+    # The model's own copy: a factory may hand one config object to every model it builds, and
+    # the unmodified models built after this one must keep their head counts.
+    config = copy.deepcopy(config)
+    model.config = config
+    for site in sites:
+        if getattr(site.attention_module, "config", None) is not None:
+            site.attention_module.config = config
     changes = []
     by_layer = {getattr(s.attention_module, "layer_idx", None): pruned[s.name] for s in sites if pruned.get(s.name)}
     if by_layer and all(isinstance(k, int) for k in by_layer):

@@ -14,6 +14,9 @@ OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "energy", "memory")
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 PRECISION_MODES: tuple[str, ...] = ("autocast", "cast")
 DATA_PARALLEL_MODES: tuple[str, ...] = ("fsdp", "ddp")
+# The bounds tune holds a plan to when its budget names none (and writes into the plan, for apply --verify).
+DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change
+DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes
 ALL_LAYERS = "*"  # a key of PlanChoices.prune_heads / kv_heads that stands for every attention layer
 
 
@@ -120,6 +123,23 @@ class PlanFigures:
 
 
 @dataclass
+class TimeRatio:
+    """time(baseline) / time(plan) from paired, interleaved rounds: the geometric mean of the
+    per-round ratios, and its two-sided confidence interval. Above 1: the plan is faster."""
+
+    value: float
+    low: float
+    high: float
+    rounds: int
+    confidence: float = 0.95
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 1: the two differ."""
+        return self.high < 1.0 or self.low > 1.0
+
+
+@dataclass
 class Plan:
     """A tuned configuration for one workload: the choices, and the figures that justify them."""
 
@@ -132,6 +152,7 @@ class Plan:
     predicted: PlanFigures = field(default_factory=PlanFigures)
     measured: PlanFigures | None = None  # None: not verified on this machine
     baseline: PlanFigures = field(default_factory=PlanFigures)
+    speedup: TimeRatio | None = None  # measured against the baseline in interleaved rounds
     verified: bool = False
     knobs: list[str] = field(default_factory=list)  # the knobs the optimizer was allowed to change
     solver: str = ""  # milp, enumeration, or a heuristic (named as such)
@@ -188,8 +209,11 @@ class Verification:
     finite: bool
     passed: bool
     reasons: list[str] = field(default_factory=list)  # why it failed, one line each
-    measured_latency_ms: float | None = None
+    measured_latency_ms: float | None = None  # a whole step: every micro-batch of the plan
     predicted_latency_ms: float | None = None
+    measured_memory_bytes: float | None = None  # peak per device
+    measured_energy_j: float | None = None
+    micro_steps: int = 1  # micro-batches per step the measurement ran
     profile_path: str | None = None
 
 

@@ -27,7 +27,7 @@ from torch.distributed.tensor.parallel import (
 
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.plans.adapters.base import HeadLayout, Unsupported
-from attnprof.plans.discover import AttentionSite, Discovery, is_projection, projection_paths
+from attnprof.plans.discover import AttentionSite, Discovery, discover, is_projection, projection_paths
 from attnprof.plans.records import NotApplied, PlanChoices
 
 
@@ -124,6 +124,21 @@ def apply_sharding(
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         applied.append(f"DistributedDataParallel over {dp} ranks")
     return model, applied, missed
+
+
+def tensor_parallel_blocker(model: nn.Module) -> str | None:
+    """Why tensor parallelism would leave this model's attention unsharded, or None when every
+    attention layer can be split: a plan that shards nothing is no plan to offer."""
+    found = discover(model)
+    if found.unknown:
+        path, type_name = found.unknown[0]
+        return f"{path} ({type_name}): no adapter understands this attention module"
+    for site in found.sites:
+        try:
+            site.adapter.shard_names(site.module_path, site.module)
+        except Unsupported as exc:
+            return f"{site.name} ({type(site.attention_module).__name__}): {exc}"
+    return None if found.sites else "no attention layer was found to split"
 
 
 def tensor_parallel(model: nn.Module, found: Discovery, mesh: DeviceMesh) -> tuple[list[str], list[NotApplied]]:

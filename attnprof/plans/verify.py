@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnprof.plans.engine import Example
+from attnprof.errors import PlanRejected
+from attnprof.plans.engine import Example, apply_plan
 from attnprof.plans.outputs import logits_of, main_tensor, output_difference
-from attnprof.plans.records import Budget, PlanChoices, Verification
+from attnprof.plans.records import ApplyReport, Budget, PlanChoices, Verification
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.targets.workload import Workload
@@ -52,7 +53,8 @@ def _logit_kl(reference: Any, applied: Any, reference_model: nn.Module) -> float
 
 def hold_to_budget(verification: Verification, budgets: Budget, choices: PlanChoices) -> Verification:
     """Fail the verification when the error exceeds the plan's bound: max_quality_loss for
-    plans that change heads (the output is meant to move), max_error otherwise."""
+    plans that change heads (the output is meant to move), max_error otherwise. Tune writes
+    the bounds it accepted the plan within, defaults included."""
     bound, name = budgets.max_error, "max_error"
     if choices.changes_heads() and budgets.max_quality_loss is not None:
         bound, name = budgets.max_quality_loss, "max_quality_loss"
@@ -76,10 +78,55 @@ def verify_model(
     return hold_to_budget(compare_outputs(reference, applied, reference_model), budgets, choices)
 
 
+def hold_to_limits(verification: Verification, budgets: Budget, profile: Profile, micro_steps: int) -> Verification:
+    """Fail the verification when the applied model's own measurement breaks a budget of the plan:
+    memory per device, latency and energy of a whole step (`micro_steps` micro-batches)."""
+    totals = profile.totals
+    verification.micro_steps = micro_steps
+    verification.measured_memory_bytes = float(totals.peak_memory_bytes)
+    if totals.time_ms is not None:
+        verification.measured_latency_ms = micro_steps * totals.time_ms.median
+    if totals.energy_j is not None:
+        verification.measured_energy_j = micro_steps * totals.energy_j
+    for metric, limit in budgets.limits().items():
+        value = getattr(verification, f"measured_{metric}")
+        if value is None:
+            reason = totals.energy_reason if metric == "energy_j" else "no timing"
+            verification.reasons.append(f"the {metric} budget could not be checked: {reason}")
+        elif value > limit:
+            verification.reasons.append(f"measured {metric} {value:.4g} exceeds the plan's budget {limit:.4g}")
+        else:
+            continue
+        verification.passed = False
+    return verification
+
+
 def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:
     """The settings an applied plan runs with: the plan's, with its batch size, threads and backend
     (the applied model already holds the plan's precision)."""
     return with_plan_choices(plan_settings, choices.backend, choices.batch_size, choices.threads)
+
+
+def raise_not_applied(report: ApplyReport) -> None:
+    """A plan measured or compared only as a whole: a part that did not apply rejects it."""
+    if report.not_applied:
+        missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
+        raise PlanRejected(f"the plan could not be applied: {missed}")
+
+
+def applied_workload(workload: Workload, settings: Settings, choices: PlanChoices) -> Workload:
+    """The workload whose model is built as `attnprof apply` builds it: the unmodified model,
+    then `choices` applied by plans.engine.apply_plan with the workload's inputs and loss."""
+    build = workload.build_model
+
+    def build_applied(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        model = build(device, dtype).to(device)
+        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, dtype)
+        model, report = apply_plan(model, choices, Example(args, kwargs), workload.loss_fn)
+        raise_not_applied(report)
+        return model
+
+    return dataclasses.replace(workload, build_model=build_applied)
 
 
 def reprofile(workload: Workload, applied_model: nn.Module, settings: Settings) -> Profile:

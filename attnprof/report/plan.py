@@ -91,6 +91,14 @@ def _print_figures(outcome: TuneOutcome, console: Console) -> None:
         defaults = type(plan.choices)()
         changed = {k: v for k, v in vars(plan.choices).items() if v != getattr(defaults, k) or k == "dtype"}
         console.print("plan: " + ", ".join(f"{k}={v}" for k, v in changed.items()), markup=False)
+        if plan.speedup is not None:
+            console.print(f"speed-up over the baseline: {speedup_text(plan)} ({outcome.rounds} interleaved rounds)")
+        calibration = outcome.calibration
+        if calibration.points:
+            console.print(
+                f"predictions: the stated 1σ covered {calibration.covered} of {calibration.points} measured "
+                f"candidate(s) (errors {calibration.scale:.2g}σ rms; honest σ: ~68%, 1σ)"
+            )
         for note in plan.notes:
             console.print(f"note: {note}", markup=False)
 
@@ -187,7 +195,7 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
         predicted = v.predicted
         measured = v.measured
         sigma = predicted.latency_sigma_ms or 0.0
-        status = "accepted" if v.accepted else ("rejected" if v.can_run else "predicted only")
+        status = ("tied" if v.tied else "accepted") if v.accepted else ("rejected" if v.can_run else "predicted only")
         verdict = status + (f": {v.reason}" if v.reason else "")
         if v is outcome.winner and v.accepted:
             verdict = "winner"
@@ -325,6 +333,14 @@ def sections(plan: Plan) -> list[Section]:
     ]
 
 
+def speedup_text(plan: Plan) -> str:
+    """The measured speed-up with its interval, e.g. "x1.42 [1.38, 1.47] (95%)"."""
+    ratio = plan.speedup
+    if ratio is None:
+        return "—"
+    return f"x{ratio.value:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] ({ratio.confidence:.0%})"
+
+
 def summary(plan: Plan) -> list[tuple[str, str]]:
     changed = [r for r in choices_rows(plan.choices) if r["changed"]]
     budgets = ", ".join(_limit(k, v) for k, v in plan.budgets.limits().items()) or "none"
@@ -335,6 +351,7 @@ def summary(plan: Plan) -> list[tuple[str, str]]:
         ("budgets", budgets + (f", {plan.budgets.gpus} GPUs" if plan.budgets.gpus > 1 else "")),
         ("plan", "; ".join(f"{r['knob']} = {r['value']}" for r in changed) or "the baseline as it is"),
         ("verified", "yes, by measurement" if plan.verified else "no"),
+        ("speed-up", speedup_text(plan)),
         ("solver", plan.solver or "—"),
         ("created", plan.created or "—"),
     ]

@@ -7,10 +7,10 @@ threads) on one device: `ProbeEstimator` measures a few probes and fits a separa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,14 +24,16 @@ from attnprof.costmodel.fit import predict_config
 from attnprof.costmodel.knobs import config_of, memory_group
 from attnprof.costmodel.measurements import architecture_key, model_path
 from attnprof.costmodel.records import CostModel
-from attnprof.errors import PlanRejected
 from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
+from attnprof.plans.verify import applied_settings, applied_workload
+from attnprof.profiling.progress import track
 from attnprof.profiling.records import Profile
-from attnprof.profiling.run import run_profile
+from attnprof.profiling.run import prepare, run_profile
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Workload
+from attnprof.tuning.compare import TimedSide, interleave
 from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
 
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
@@ -65,32 +67,20 @@ def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
     return with_plan_choices(settings, choice.backend, choice.batch_size, choice.threads, choice.dtype)
 
 
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled or before
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+def choice_plan(settings: Settings, choice: GlobalChoice) -> PlanChoices:
+    """The plan that runs one device's global choice as `attnprof apply` would (precision by
+    casting the weights, norms kept in fp32)."""
+    batch = None if choice.batch_size == settings.batch_size else choice.batch_size
+    return PlanChoices(
+        dtype=choice.dtype, precision="cast", backend=choice.backend, batch_size=batch, threads=choice.threads
+    )
 
 
-ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
-
-
-def profile_choice(
-    workload: Workload, settings: Settings, choice: GlobalChoice, transform: ModelTransform | None = None
-) -> Profile:
-    """Profile one micro-step of `choice`; `transform` changes each freshly built fp32 model first."""
-    if transform is not None:
-        build = workload.build_model
-
-        def build_transformed(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-            return transform(build(device, torch.float32)).to(dtype)
-
-        workload = dataclasses.replace(workload, build_model=build_transformed)
-    with tf32_matmuls(choice.dtype == "tf32"):
-        return run_profile(workload, measured_settings(settings, choice))
+def profile_choice(workload: Workload, settings: Settings, choice: GlobalChoice) -> Profile:
+    """Profile one micro-step of `choice`, its model built as `attnprof apply` builds it."""
+    plan = choice_plan(settings, choice)
+    run_settings = applied_settings(settings, plan)
+    return run_profile(applied_workload(workload, run_settings, plan), run_settings)
 
 
 def layer_part(choices: PlanChoices) -> PlanChoices:
@@ -98,24 +88,9 @@ def layer_part(choices: PlanChoices) -> PlanChoices:
     return PlanChoices(**{name: getattr(choices, name) for name in knob_fields("layer")})
 
 
-def layer_transform(workload: Workload, settings: Settings, choices: PlanChoices) -> ModelTransform | None:
-    """The per-layer part of a plan as a model transform, via plan application; heads to prune
-    are scored on the example inputs. None when there is none."""
-    layer_only = layer_part(choices)
-    if layer_only == PlanChoices():
-        return None
-    from attnprof.plans.engine import Example, apply_plan
-
-    def transform(model: torch.nn.Module) -> torch.nn.Module:
-        device = next(model.parameters()).device
-        args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
-        model, report = apply_plan(model, layer_only, Example(args, kwargs), workload.loss_fn)
-        if report.not_applied:
-            missed = "; ".join(f"{n.module}: {n.what}: {n.reason}" for n in report.not_applied)
-            raise PlanRejected(f"the plan could not be applied: {missed}")
-        return model
-
-    return transform
+def global_part(choices: PlanChoices) -> PlanChoices:
+    """A plan without its per-layer part: what precision, backend, micro-batch and threads do alone."""
+    return dataclasses.replace(choices, **{name: getattr(PlanChoices(), name) for name in knob_fields("layer")})
 
 
 def sigma_of(profile: Profile) -> float:
@@ -123,6 +98,7 @@ def sigma_of(profile: Profile) -> float:
     return 0.0 if stats is None else max(stats.p90 - stats.p10, 0.0) / _NORMAL_P10_P90
 
 
+PROBE_ROUNDS = 5  # interleaved rounds that time the probes side by side
 MODEL_FORM_SIGMA = 0.05  # relative: what a separable model misses of the knobs' interactions
 
 
@@ -157,6 +133,7 @@ class ProbeEstimator:
         self.batches = sorted({c.batch_size for c in singles})
         self.reference = reference_choice(settings, singles)
         self.profiles: dict[GlobalChoice, Profile] = {}
+        self.timed: dict[GlobalChoice, tuple[float, float]] = {}  # (median, sigma) ms from interleaved rounds
         self.measurements = 0
         self._fitted = False
 
@@ -171,8 +148,10 @@ class ProbeEstimator:
         return probes
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
-        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates."""
+        """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates:
+        the model is fitted again with it before the next prediction."""
         self.profiles[choice.single_device()] = profile
+        self._fitted = False
 
     def measure(self, choice: GlobalChoice) -> Profile:
         single = choice.single_device()
@@ -182,8 +161,12 @@ class ProbeEstimator:
         return self.profiles[single]
 
     def _fit(self) -> None:
-        for probe in self.probes():
-            self.measure(probe)
+        probes = self.probes()
+        for i, probe in enumerate(probes, 1):
+            label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
+            for _ in track([probe], f"probe {i}/{len(probes)}: {label}", 1):
+                self.measure(probe)
+        self._time_together(probes)
         ref = self._figures(self.reference)
         self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
         for knob, values in self.values.items():
@@ -204,12 +187,31 @@ class ProbeEstimator:
         self._batch_sigma = max(s / t for t, s, _, _ in batch_points)
         self._fitted = True
 
+    def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
+        """The probes' step times, from PROBE_ROUNDS interleaved rounds: the model's ratios
+        compare probes timed in the same stretch of the machine's time, not one after another
+        while a neighbour's load comes and goes."""
+        todo = [p for p in probes if p not in self.timed]
+        if len(todo) < 2:
+            return
+        settings = self.settings
+        sides = []
+        for probe in todo:
+            plan = choice_plan(settings, probe)
+            run_settings = applied_settings(settings, plan)
+            prepared = prepare(applied_workload(self.workload, run_settings, plan), run_settings)
+            sides.append(TimedSide(str(probe), prepared, probe.threads))
+        interleave(sides, settings.clock, 0.0, settings.warmup, min_rounds=PROBE_ROUNDS, max_rounds=PROBE_ROUNDS)
+        for probe, side in zip(todo, sides, strict=True):
+            self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))
+
     def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
         """(latency, latency sigma, activation bytes) of a measured choice."""
         profile = self.profiles[choice]
         assert profile.totals.time_ms is not None
         activations = profile.totals.peak_memory_bytes - profile.totals.param_bytes
-        return profile.totals.time_ms.median, sigma_of(profile), float(activations)
+        latency, sigma = self.timed.get(choice, (profile.totals.time_ms.median, sigma_of(profile)))
+        return latency, sigma, float(activations)
 
     def estimate(self, choice: GlobalChoice) -> StepEstimate:
         single = choice.single_device()

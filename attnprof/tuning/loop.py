@@ -8,21 +8,38 @@
    micro-batch, threads); `price.Pricing` turns the predictions into the optimizer's problems,
    with the per-layer knobs and sharding.
 4. `optimize.search` ranks the plans under the budget (exit 5 with the binding limit when none fits).
-5. `verify.Verifier` measures the top candidates that can run here for real; the winner is the
-   best *measured* plan that keeps its promises. When every candidate of a round is refuted,
-   the search runs again with what was measured.
+5. `verify.Verifier` applies the top candidates as `attnprof apply` would and measures them;
+   a candidate is rejected only by its own measurement (a budget broken, non-finite outputs, an
+   error or quality loss beyond its bound). What is measured re-prices the estimates; when every
+   candidate of a round is rejected, the search runs again with it. The survivors and the
+   baseline are then timed in interleaved rounds: the winner is the fastest measured plan, or,
+   among plans that measure the same within the noise, the one that changes least.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from attnprof.errors import EnvironmentUnsupported, NoFeasiblePlan, PlanRejected
 from attnprof.machine import machine_info
-from attnprof.plans.records import Budget, ParetoPoint, Plan, PlanChoices, PlanFigures
+from attnprof.plans.discover import discover
+from attnprof.plans.records import (
+    ALL_LAYERS,
+    DEFAULT_MAX_ERROR,
+    DEFAULT_MAX_QUALITY_LOSS,
+    Budget,
+    ParetoPoint,
+    Plan,
+    PlanChoices,
+    PlanFigures,
+)
+from attnprof.plans.sharding import tensor_parallel_blocker
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
@@ -33,7 +50,6 @@ from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
     ProbeEstimator,
-    layer_transform,
     measured_settings,
     reference_choice,
     saved_cost_model,
@@ -51,19 +67,19 @@ from attnprof.tuning.space import (
     build_space,
 )
 from attnprof.tuning.verify import (
+    Calibration,
     CandidateMeasurement,
     OutputChecker,
     Verifier,
+    change_count,
     figures_of,
-    measure_drift,
 )
 from attnprof.version import __version__
 
-DEFAULT_MAX_ERROR = 1e-2  # relative output error allowed for a precision change when none is given
-DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head changes when none is given
-# Search-and-verify rounds: when every candidate of a round is refuted, the search runs again with
-# the refuting measurements in the estimates and verifies the next best untried candidates.
+# Search-and-verify rounds: when every candidate of a round is rejected, the search runs again with
+# the rejected measurements in the estimates and verifies the next best untried candidates.
 VERIFY_ROUNDS = 3
+VERIFY_SECONDS = 20.0  # the interleaved comparison's time budget, when the ranking stays unresolved
 
 
 @dataclass
@@ -77,6 +93,7 @@ class TuneRequest:
     link: LinkLike | None = None
     use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
     contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
+    verify_seconds: float = VERIFY_SECONDS  # time the interleaved comparison may take
     profiles_dir: Path = DEFAULT_PROFILE_DIR
 
 
@@ -93,6 +110,8 @@ class TuneOutcome:
     measurements: int  # configurations profiled, the baseline included
     estimator_source: str
     winner: CandidateMeasurement | None = None
+    rounds: int = 0  # interleaved rounds the comparison of the survivors took
+    calibration: Calibration = field(default_factory=Calibration)  # the predictions' σ against measurements
     contributions: list[Contribution] = field(default_factory=list)
 
 
@@ -121,9 +140,17 @@ def tune(
         if layer.attention is not None
     ]
     facts = DeviceFacts.probe(settings.device)
-    space = build_space(facts, layouts, settings, request.knobs, gpus=budget.gpus, blocks=max(len(layouts), 1))
-    excluded = list(space.excluded)
     checker = OutputChecker(workload, settings)
+    space = build_space(
+        facts,
+        layouts,
+        settings,
+        request.knobs,
+        gpus=budget.gpus,
+        blocks=max(len(layouts), 1),
+        tensor_parallel_blocker=tensor_parallel_blocker(checker.reference_model) if budget.gpus > 1 else None,
+    )
+    excluded = list(space.excluded)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR
     space.globals = _screen_precisions(space.globals, checker, max_error, excluded)
 
@@ -150,50 +177,52 @@ def tune(
     limits = budget.limits()
     if any(o.prune or o.kv_heads is not None for options in space.layer_options.values() for o in options):
         limits["quality_loss"] = budget.max_quality_loss or DEFAULT_MAX_QUALITY_LOSS
-        pricing.quality = _layer_quality(workload, settings, space, checker, estimator_backend(space, settings))
+        pricing.quality = _layer_quality(space, checker, estimator_backend(space, settings))
         _drop_lossy_options(space, pricing.quality, limits["quality_loss"], excluded)
     problems = pricing.problems()
     excluded.extend(pricing.excluded)
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
-    verifications = []
-    drift_measurements = feedback = 0
+    verifications: list[CandidateMeasurement] = []
+    feedback = rounds = 0
+    calibration = Calibration()
     if result.ranked and request.verify:
-        drift = 1.0
-        # Estimates from a saved cost model are as old as the model: measure how the machine's
-        # speed moved since. Probes were measured moments ago, in this run.
-        if isinstance(estimator, CostModelEstimator) and any(c.problem.value[0].world_size == 1 for c in result.ranked):
-            drift = measure_drift(workload, settings, estimator, reference_choice(settings, space.globals))
-            drift_measurements = 1
         verifier = Verifier(
             workload,
             settings,
             checker,
             max_error,
+            limits.get("quality_loss", budget.max_quality_loss or DEFAULT_MAX_QUALITY_LOSS),
             limits,
             power,
-            drift,
             estimator,
             contradiction_sigmas=request.contradiction_sigmas,
             profiles_dir=request.profiles_dir,
+            budget_s=request.verify_seconds,
         )
-        candidates = result.ranked
+        # The plan that changes nothing is always in the running: no candidate wins by merely
+        # being measured when it is no faster than the workload as it is.
+        candidates = [*result.ranked, *_unchanged_candidate(pricing, settings, space, result.ranked)]
         for _ in range(VERIFY_ROUNDS):
-            for candidate in candidates:
-                if not _could_win(candidate, verifications, objective, drift):
-                    continue
-                verifications.append(verifier.verify(candidate))
+            verifications += [verifier.measure(candidate) for candidate in candidates]
             if any(v.accepted or not v.can_run for v in verifications):
                 break
-            # Every candidate was refuted: search again, priced with what was just measured.
+            # Every candidate was rejected: search again, priced with what was just measured.
             again = search(pricing.problems(), limits, objective, k=request.top_k + len(verifications))
             candidates = _untried(again, verifications, settings)[: request.top_k]
             if not candidates:
                 break
-        feedback = verifier.feedback
+        verifier.compare(baseline_figures, verifications)
+        feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
     verified = sum(v.profile is not None for v in verifications)
-    measurements = 1 + estimator.measurements + drift_measurements + feedback + verified
+    measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
+    if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
+        plan.notes.append(
+            "heads differ per layer: the pruned model works, but save_pretrained/from_pretrained cannot "
+            "reload it (transformers builds every layer from one head count); save the unmodified "
+            "weights and apply the plan after loading"
+        )
     return TuneOutcome(
         baseline=baseline,
         baseline_figures=baseline_figures,
@@ -206,6 +235,8 @@ def tune(
         measurements=measurements,
         estimator_source=estimator.source,
         winner=winner,
+        rounds=rounds,
+        calibration=calibration,
         contributions=knob_contributions(pricing, winner.candidate) if winner else [],
     )
 
@@ -215,7 +246,7 @@ def estimator_backend(space: PlanSpace, settings: Settings) -> str:
 
 
 def _layer_quality(
-    workload: Workload, settings: Settings, space: PlanSpace, checker: OutputChecker, backend: str
+    space: PlanSpace, checker: OutputChecker, backend: str
 ) -> dict[tuple[str, LayerOption], float]:
     """Relative output change of each head option applied to its layer alone (fp32, example inputs).
 
@@ -230,9 +261,8 @@ def _layer_quality(
                 prune_heads={layout.name: option.prune} if option.prune else {},
                 kv_heads={layout.name: option.kv_heads} if option.kv_heads is not None else {},
             )
-            transform = layer_transform(workload, settings, alone)
             try:
-                finite, error = checker.check("fp32", backend, transform)
+                finite, error = checker.check(dataclasses.replace(alone, backend=backend))
             except PlanRejected:
                 finite, error = False, math.inf
             quality[(layout.name, option)] = error if finite else math.inf
@@ -272,7 +302,7 @@ def _screen_precisions(
         if key not in verdicts:
             verdicts[key] = None
             if choice.dtype != "fp32" and choice.world_size == 1:
-                finite, error = checker.check(choice.dtype, choice.backend)
+                finite, error = checker.check(PlanChoices(dtype=choice.dtype, precision="cast", backend=choice.backend))
                 if not finite:
                     verdicts[key] = f"{choice.dtype} outputs are not finite on the example inputs"
                 elif error > max_error:
@@ -284,18 +314,32 @@ def _screen_precisions(
     return kept
 
 
-def _could_win(
-    candidate: Candidate, verifications: Sequence[CandidateMeasurement], objective: str, drift: float
-) -> bool:
-    """False when a latency-bound candidate's prediction, even one standard deviation better,
-    is slower than a plan already measured and accepted: measuring it cannot change the winner."""
-    accepted = [v.measured.latency_ms for v in verifications if v.accepted and v.measured and v.measured.latency_ms]
-    if objective not in ("latency", "throughput") or not accepted:
-        return True
-    predicted = predicted_figures(candidate)
-    if predicted.latency_ms is None:
-        return True
-    return (predicted.latency_ms - (predicted.latency_sigma_ms or 0.0)) * drift < min(accepted)
+def _reload_breaks(model: torch.nn.Module, choices: PlanChoices) -> bool:
+    """A transformers model whose attention layers the plan leaves with different head counts."""
+    if not choices.prune_heads or not hasattr(model, "save_pretrained") or ALL_LAYERS in choices.prune_heads:
+        return False
+    counts = {len(v) if isinstance(v, list) else v for v in choices.prune_heads.values()}
+    return len(counts) > 1 or len(choices.prune_heads) < len(discover(model).sites)
+
+
+def _unchanged_candidate(
+    pricing: Pricing, settings: Settings, space: PlanSpace, ranked: Sequence[Candidate]
+) -> list[Candidate]:
+    """The candidate of the reference choice with no per-layer change, unless already ranked
+    (or not in the space)."""
+    reference = reference_choice(settings, space.globals)
+    if reference not in space.globals or any(
+        c.problem.value[0] == reference and all(o.value == LayerOption() for o in c.options()) for c in ranked
+    ):
+        return []
+    problem = pricing.problem(reference)
+    if problem is None:
+        return []
+    unchanged = [[i for i, o in enumerate(g.options) if o.value == LayerOption()] for g in problem.groups]
+    if not all(unchanged):
+        return []
+    choice = tuple(indices[0] for indices in unchanged)
+    return [Candidate(problem, choice, problem.totals(choice), "reference")]
 
 
 def _untried(
@@ -320,7 +364,12 @@ def _choose(
     if verifications:
         accepted = [v for v in verifications if v.accepted and v.measured is not None]
         if accepted:
-            winner = min(accepted, key=lambda v: objective_value(v.measured, request.objective))
+            winner = _best_measured(accepted, request.objective, settings)
+            if winner.speedup is not None and not winner.speedup.significant:
+                notes.append(
+                    f"no significant speed-up over the baseline: x{winner.speedup.value:.3f} "
+                    f"[{winner.speedup.low:.3f}, {winner.speedup.high:.3f}] over {winner.speedup.rounds} rounds"
+                )
         else:
             unverifiable = [v for v in verifications if not v.can_run]
             if not unverifiable:
@@ -341,10 +390,15 @@ def _choose(
         device=settings.device,
         objective=request.objective,
         choices=winner.choices,
-        budgets=request.budget,
+        budgets=dataclasses.replace(  # the bounds it was accepted within, for apply --verify to hold it to
+            request.budget,
+            max_error=request.budget.max_error or DEFAULT_MAX_ERROR,
+            max_quality_loss=request.budget.max_quality_loss or DEFAULT_MAX_QUALITY_LOSS,
+        ),
         predicted=winner.predicted,
         measured=winner.measured,
         baseline=baseline_figures,
+        speedup=winner.speedup,
         verified=winner.accepted and winner.measured is not None,
         knobs=list(request.knobs),
         solver=", ".join(result.solvers),
@@ -354,6 +408,20 @@ def _choose(
         notes=notes,
     )
     return plan, winner
+
+
+def _best_measured(accepted: list[CandidateMeasurement], objective: str, settings: Settings) -> CandidateMeasurement:
+    """The best measured plan; among plans whose timings do not differ significantly (tied, from
+    the interleaved rounds), the one that changes least, so noise never picks a needless change."""
+
+    def measured(v: CandidateMeasurement) -> float:
+        assert v.measured is not None
+        return objective_value(v.measured, objective)
+
+    if objective == "memory":
+        return min(accepted, key=measured)
+    tied = [v for v in accepted if v.tied] or accepted
+    return min(tied, key=lambda v: (change_count(v.choices, settings), measured(v)))
 
 
 def pareto_points(outcome: TuneOutcome) -> list[ParetoPoint]:

@@ -321,6 +321,11 @@ def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str
     return None
 
 
+# Sharding apply does not run (plans.sharding.check_shardable refuses it): never in a plan.
+PIPELINE_UNSUPPORTED = "attnprof apply does not run pipeline stages (tensor parallel, FSDP2 and DDP only)"
+DDP_WITH_TP_UNSUPPORTED = "DDP cannot wrap tensor-parallel DTensors: tensor parallel replicas use FSDP2"
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -334,11 +339,14 @@ def build_space(
     blocks: int = 1,
     backends: Sequence[str] | None = None,
     dtypes: Sequence[str] | None = None,
+    tensor_parallel_blocker: str | None = None,
 ) -> PlanSpace:
-    """All valid plans for the allowed knobs; every left-out value is recorded with its reason.
+    """All valid plans for the allowed knobs that `attnprof apply` can run; every left-out value
+    is recorded with its reason.
 
     `blocks` is the number of repeated blocks a pipeline can split; `backends`/`dtypes` narrow the
-    candidate values (e.g. to those the cost model has measured).
+    candidate values (e.g. to those the cost model has measured); `tensor_parallel_blocker` is why
+    apply could not shard this model's layers (plans.sharding.tensor_parallel_blocker), if so.
     """
     knobs = set(knobs)
     excluded: list[Exclusion] = []
@@ -357,7 +365,7 @@ def build_space(
         exclude("threads", "*", "threads apply to CPU execution only")
 
     dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
-    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude)
+    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker)
     globals_: list[GlobalChoice] = []
     for backend, dtype in itertools.product(backend_values, dtype_values):
         if backend != "auto" and exclude("backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)):
@@ -381,6 +389,7 @@ def _sharding_choices(
     blocks: int,
     settings_batch: int,
     exclude: Excluder,
+    tensor_parallel_blocker: str | None,
 ) -> list[tuple[int, int, int, str]]:
     if gpus == 1:
         return [(1, 1, 1, "fsdp")]
@@ -391,11 +400,15 @@ def _sharding_choices(
         return [(1, 1, gpus, "ddp")]
     choices = []
     for tp in divisors(gpus) if "tensor_parallel" in knobs else [1]:
+        if tp > 1 and exclude("tensor_parallel", tp, tensor_parallel_blocker):
+            continue
         if exclude("tensor_parallel", tp, tensor_parallel_rule(layouts, tp)):
             continue
         for pp in divisors(gpus // tp) if "pipeline_stages" in knobs else [1]:
             if pp > blocks:
                 exclude("pipeline_stages", pp, f"the model has {blocks} block(s) to split into stages")
+                continue
+            if pp > 1 and exclude("pipeline_stages", pp, PIPELINE_UNSUPPORTED):
                 continue
             dp = gpus // (tp * pp)
             if settings_batch % dp:
@@ -405,6 +418,8 @@ def _sharding_choices(
                 exclude("data_parallel", dp, "data parallelism was not allowed by --knobs")
                 continue
             modes = ["ddp", "fsdp"] if dp > 1 else ["fsdp"]
+            if dp > 1 and tp > 1 and exclude("data_parallel_mode", f"ddp with tp={tp}", DDP_WITH_TP_UNSUPPORTED):
+                modes = ["fsdp"]
             choices.extend((tp, pp, dp, mode) for mode in modes)
     return choices
 

@@ -1,19 +1,22 @@
-"""The top candidates measured for real, and judged against their predictions and the limits.
+"""The top candidates measured for real, as `attnprof apply` builds them, then compared side by side.
 
-The reference choice is measured again first, to correct the predictions for the machine's
-drift; a candidate is accepted with finite outputs, error and quality within bounds, limits
-met, and a measurement no worse than predicted beyond the stated uncertainty. What is measured
-refines the estimates of the rest; a refuted cost-model prediction is fed back into the sweep's
-store.
+Each candidate is applied to a freshly built model through plans.engine.apply_plan (the code
+`attnprof apply` runs) and profiled: its outputs, error, quality loss and memory are judged
+there. The survivors and the baseline are then timed in interleaved rounds (tuning.compare), so
+their latencies, speed-ups and ties come from the same stretch of the machine's time. A
+candidate is rejected only by its own measurement, never because its prediction was off: what
+is measured re-prices the estimates instead, and a refuted cost-model prediction is fed back
+into the sweep's store.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,66 +26,69 @@ from attnprof.costmodel.measurements import MeasurementStore, architecture_key, 
 from attnprof.errors import PlanRejected
 from attnprof.machine import machine_info
 from attnprof.measure.device import resolve_device
-from attnprof.measure.dtypes import parse_dtype
+from attnprof.plans.engine import Example, apply_plan, with_pruned_indices
 from attnprof.plans.outputs import output_difference
-from attnprof.plans.records import PlanChoices, PlanFigures
+from attnprof.plans.records import PlanChoices, PlanFigures, TimeRatio
+from attnprof.plans.verify import applied_settings, applied_workload, raise_not_applied
 from attnprof.profiling.records import Profile
+from attnprof.profiling.run import prepare, restored_threads, run_profile
 from attnprof.settings import Settings
-from attnprof.targets.workload import Inputs, Workload
+from attnprof.targets.workload import Workload
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS
+from attnprof.tuning.compare import TimedSide, interleave, paired_ratio
 from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
-    ModelTransform,
+    global_part,
     layer_part,
-    layer_transform,
     measured_settings,
-    profile_choice,
     sigma_of,
-    tf32_matmuls,
 )
 from attnprof.tuning.optimize import Candidate
 from attnprof.tuning.price import plan_choices, predicted_figures
-from attnprof.tuning.space import GlobalChoice
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 
 
-def _cast_inputs(inputs: Inputs, dtype: torch.dtype) -> Inputs:
-    args, kwargs = inputs
-
-    def cast(value: Any) -> Any:
-        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
-
-
 class OutputChecker:
-    """Compares a changed model's outputs with the fp32 reference on the example inputs."""
+    """Compares a changed model's outputs with the fp32 reference on the example inputs; the
+    change is applied as `attnprof apply` applies it (plans.engine.apply_plan)."""
 
     def __init__(self, workload: Workload, settings: Settings):
+        self.workload = workload
+        self.settings = settings
         self.device = resolve_device(settings.device)
-        self.reference_model = workload.build_model(self.device, torch.float32).eval()
+        self.reference_model = workload.build_model(self.device, torch.float32).to(self.device).eval()
         self.inputs = workload.make_inputs(settings.batch_size, settings.seq_len, self.device, torch.float32)
         with torch.no_grad():
-            self.reference = self._run(self.reference_model, backends.REFERENCE, torch.float32)
+            self.reference = Example(*self.inputs).run(self.reference_model)
 
-    def _run(self, model: torch.nn.Module, backend: str, dtype: torch.dtype) -> Any:
-        args, kwargs = _cast_inputs(self.inputs, dtype)
-        with torch.no_grad(), backends.kernel_scope(backend)():
-            return model(*args, **kwargs)
-
-    def check(self, dtype: str, backend: str, transform: ModelTransform | None = None) -> tuple[bool, float]:
-        """(finite, relative error) of the model cast to `dtype`, run with `backend`, after `transform`."""
-        torch_dtype = torch.float32 if dtype == "tf32" else parse_dtype(dtype)
-        model = copy.deepcopy(self.reference_model)
-        if transform is not None:
-            model = transform(model)
-        model = model.to(torch_dtype)
-        with tf32_matmuls(dtype == "tf32"):
-            output = self._run(model, backend, torch_dtype)
+    def check(self, choices: PlanChoices) -> tuple[bool, float]:
+        """(finite, relative error) of the outputs once `choices` (their model changes: precision,
+        backend, heads, checkpointing) are applied to a copy of the reference model."""
+        example = Example(*self.inputs)
+        changes = dataclasses.replace(choices, batch_size=None, threads=0)
+        model, report = apply_plan(copy.deepcopy(self.reference_model), changes, example, self.workload.loss_fn)
+        raise_not_applied(report)
+        with torch.no_grad():
+            output = example.run(model.eval())
         difference = output_difference(self.reference, output)
         return difference.finite, difference.max_rel
+
+
+def pin_heads(workload: Workload, settings: Settings, choices: PlanChoices) -> PlanChoices:
+    """`choices` with heads to prune by importance replaced by the heads importance picks: scored
+    once, on the workload's own inputs (the whole batch) and loss, on a fresh fp32 model, so that
+    every later application of the plan removes the same heads."""
+    if not any(isinstance(v, int) for v in choices.prune_heads.values()):
+        return choices
+    device = resolve_device(settings.device)
+    model = workload.build_model(device, torch.float32).to(device)
+    args, kwargs = workload.make_inputs(settings.batch_size, settings.seq_len, device, torch.float32)
+    heads_only = PlanChoices(prune_heads=choices.prune_heads)
+    _, report = apply_plan(model, heads_only, Example(args, kwargs), workload.loss_fn)
+    raise_not_applied(report)
+    return with_pruned_indices(choices, report)
 
 
 @dataclass
@@ -90,7 +96,7 @@ class CandidateMeasurement:
     """A candidate as verification left it: measured (or why not), accepted or rejected, and why."""
 
     candidate: Candidate
-    choices: PlanChoices
+    choices: PlanChoices  # as applied: heads to prune by importance pinned to the heads removed
     predicted: PlanFigures
     measured: PlanFigures | None
     accepted: bool
@@ -98,6 +104,8 @@ class CandidateMeasurement:
     profile: Profile | None = None
     can_run: bool = True  # False: the plan needs devices this machine does not have
     contradicted: bool = False  # measured worse than predicted beyond the stated uncertainty
+    speedup: TimeRatio | None = None  # baseline time / this plan's time, from the interleaved rounds
+    tied: bool = False  # not significantly different from the fastest measured plan
 
 
 def figures_of(profile: Profile, micro_steps: int, samples: int, power_w: float | None) -> PlanFigures:
@@ -116,6 +124,22 @@ def contradiction(predicted: float, sigma: float, measured: float, sigmas: float
     """True when `measured` is worse than `predicted` beyond `sigmas` standard deviations (and the noise floor)."""
     allowance = max(sigmas * sigma, NOISE_FLOOR * abs(predicted))
     return measured - predicted > allowance
+
+
+def change_count(choices: PlanChoices, settings: Settings) -> int:
+    """How many things a plan changes about the workload as it runs: what "simpler" means when
+    measured plans tie (each layer's head or checkpoint change counts once)."""
+    count = sum(
+        [
+            choices.dtype != settings.dtype,
+            choices.backend not in (backends.AUTO, settings.backend),
+            choices.batch_size not in (None, settings.batch_size),
+            choices.threads not in (0, settings.threads),
+            choices.tensor_parallel > 1,
+            choices.data_parallel > 1,
+        ]
+    )
+    return count + len(choices.prune_heads) + len(choices.kv_heads) + len(choices.checkpoint)
 
 
 def _feed_back(
@@ -138,87 +162,145 @@ def _feed_back(
     return 1
 
 
-def measure_drift(workload: Workload, settings: Settings, estimator: Estimator, reference: GlobalChoice) -> float:
-    """How much slower (>1) or faster the machine runs now than when the estimates were made.
+def _z_score(v: CandidateMeasurement, drift: float) -> float | None:
+    """(measured - predicted) / predicted σ, the prediction scaled by the machine's drift."""
+    measured, predicted = v.measured, v.predicted
+    if measured is None or measured.latency_ms is None or predicted.latency_ms is None:
+        return None
+    sigma = (predicted.latency_sigma_ms or 0.0) * drift
+    return (measured.latency_ms - predicted.latency_ms * drift) / sigma if sigma > 0 else None
 
-    The reference choice is measured again just before the candidates, so that a machine that
-    got busier (or quieter) in between does not pass for a wrong prediction (ratios, not times).
-    """
-    before = estimator.estimate(reference).latency_ms
-    now = profile_choice(workload, settings, reference).totals.time_ms
-    return now.median / before if now is not None and before > 0 else 1.0
+
+@dataclass
+class Calibration:
+    """How well the predictions' stated 1σ covered the measurements of candidates they were not
+    fitted on (each verified candidate is held out until it is measured): about 68% when σ is
+    honest. `scale` is the root-mean-square of the standardised errors (1 when σ is right)."""
+
+    points: int = 0
+    covered: int = 0
+    scale: float = math.nan
+
+    @classmethod
+    def of(cls, z_scores: list[float]) -> Calibration:
+        if not z_scores:
+            return cls()
+        covered = sum(abs(z) <= 1.0 for z in z_scores)
+        return cls(len(z_scores), covered, math.sqrt(statistics.fmean(z * z for z in z_scores)))
 
 
 @dataclass
 class Verifier:
-    """Applies and measures candidates; what it measures refines the estimates, and a refuted
-    cost-model prediction is fed back into the sweep's store."""
+    """Applies and measures candidates, then times the baseline and the survivors side by side.
+
+    A candidate is rejected only by its own measurement: non-finite outputs, an output error or
+    quality loss beyond its bound, or a measured figure over a budget. A measurement that
+    contradicts its prediction only re-prices the estimates (and, for a cost-model prediction,
+    is fed back into the sweep's store)."""
 
     workload: Workload
     settings: Settings
     checker: OutputChecker
     max_error: float
+    max_quality_loss: float
     limits: dict[str, float]
     power: float | None
-    drift: float
     estimator: Estimator
     contradiction_sigmas: float  # how far a measurement may fall behind its prediction
     profiles_dir: Path  # where the sweep's store is, for refuted cost-model predictions
+    budget_s: float  # time the interleaved comparison may take
     feedback: int = 0  # measurements fed back into the store
+    rounds: int = 0  # interleaved rounds run
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
-    def verify(self, candidate: Candidate) -> CandidateMeasurement:
-        result = self._measure(candidate)
-        if result.profile is not None and layer_part(result.choices) == PlanChoices():  # it refines later estimates
-            self.estimator.add(candidate.problem.value[0], result.profile)
-        if result.contradicted and isinstance(self.estimator, CostModelEstimator):
-            self.feedback += _feed_back(self.workload, self.settings, self.estimator, result, self.profiles_dir)
-        return result
-
-    def _measure(self, candidate: Candidate) -> CandidateMeasurement:
-        """Apply, measure and judge one candidate against its prediction and the limits."""
-        workload, settings, checker, drift = self.workload, self.settings, self.checker, self.drift
+    def measure(self, candidate: Candidate) -> CandidateMeasurement:
+        """Apply `candidate` as `attnprof apply` would, profile it, and judge its outputs and memory."""
         choice, _ = candidate.problem.value
-        choices = plan_choices(candidate, settings)
         predicted = predicted_figures(candidate)
+        choices = plan_choices(candidate, self.settings)
         if choice.world_size > 1:
             reason = f"needs {choice.world_size} devices"
             return CandidateMeasurement(candidate, choices, predicted, None, False, reason, can_run=False)
-        transform = layer_transform(workload, settings, choices)
         try:
-            profile = profile_choice(workload, settings, choice, transform)
-            finite, error = checker.check(choice.dtype, choice.backend)
-            quality = checker.check("fp32", choice.backend, transform)[1] if choices.changes_heads() else None
+            choices = pin_heads(self.workload, self.settings, choices)
+            settings = applied_settings(self.settings, choices)
+            profile = run_profile(applied_workload(self.workload, settings, choices), settings)
+            finite, error = self.checker.check(global_part(choices))
+            quality = self.checker.check(layer_part(choices))[1] if choices.changes_heads() else None
         except PlanRejected as exc:
             return CandidateMeasurement(candidate, choices, predicted, None, False, str(exc))
-        micro_steps = settings.batch_size // choice.batch_size
-        measured = figures_of(profile, micro_steps, settings.batch_size, self.power)
+        micro_steps = self.settings.batch_size // (choices.batch_size or self.settings.batch_size)
+        measured = figures_of(profile, micro_steps, self.settings.batch_size, self.power)
         measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
         reasons = []
-        if not finite:
+        if not finite or not all(math.isfinite(v) for v in (measured.latency_ms or 0.0, measured.memory_bytes or 0.0)):
             reasons.append("outputs are not finite")
         elif error > self.max_error and choice.dtype != "fp32":
             reasons.append(f"output error {error:.2g} exceeds {self.max_error:g}")
-        for metric, limit in self.limits.items():
-            value = getattr(measured, metric)
-            if value is not None and value > limit:
+        if quality is not None and not quality <= self.max_quality_loss:
+            reasons.append(f"quality loss {quality:.2g} exceeds {self.max_quality_loss:g}")
+        reasons += self._over_budget(measured, ("memory_bytes",))
+        result = CandidateMeasurement(candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile)
+        if layer_part(choices) == PlanChoices():  # a global choice alone: its measurement re-prices the rest
+            self.estimator.add(choice, profile)
+        return result
+
+    def _over_budget(self, measured: PlanFigures, metrics: tuple[str, ...]) -> list[str]:
+        reasons = []
+        for metric in metrics:
+            limit, value = self.limits.get(metric), getattr(measured, metric)
+            if limit is not None and value is not None and value > limit:
                 reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
-        assert measured.latency_ms is not None and predicted.latency_ms is not None
+        return reasons
+
+    def compare(self, baseline: PlanFigures, verifications: list[CandidateMeasurement]) -> None:
+        """Time the baseline and every accepted candidate in interleaved rounds; their latency
+        becomes the interleaved median, their speed-up the paired ratio to the baseline, and
+        the latency and energy budgets are judged on those."""
+        accepted = [v for v in verifications if v.accepted and v.measured is not None]
+        if not accepted:
+            return
+        sides = [TimedSide("baseline", prepare(self.workload, self.settings), self.settings.threads)]
+        for v in accepted:
+            settings = applied_settings(self.settings, v.choices)
+            workload = applied_workload(self.workload, settings, v.choices)
+            micro_steps = self.settings.batch_size // settings.batch_size
+            sides.append(TimedSide(v.candidate.describe(), prepare(workload, settings), settings.threads, micro_steps))
+        with restored_threads():
+            self.rounds = interleave(sides, self.settings.clock, self.budget_s, self.settings.warmup)
+        base = sides[0]
+        drift = base.median_ms / baseline.latency_ms if baseline.latency_ms else 1.0  # since the probes
+        baseline.latency_ms = base.median_ms
+        for v, side in zip(accepted, sides[1:], strict=True):
+            measured = v.measured
+            assert measured is not None
+            measured.latency_ms = side.median_ms
+            measured.latency_sigma_ms = statistics.stdev(side.samples_ms) if len(side.samples_ms) > 1 else 0.0
+            measured.throughput = self.settings.batch_size * 1e3 / side.median_ms
+            measured.energy_j = None if self.power is None else self.power * side.median_ms * 1e-3
+            v.speedup = paired_ratio(base.samples_ms, side.samples_ms)
+            reasons = self._over_budget(measured, ("latency_ms", "energy_j"))
+            if reasons:
+                v.accepted, v.reason = False, "; ".join(reasons)
+            self._judge_prediction(v, drift)
+        self.calibration = Calibration.of([z for v in accepted if (z := _z_score(v, drift)) is not None])
+        timed = [(v, side) for v, side in zip(accepted, sides[1:], strict=True) if v.accepted]
+        if timed:
+            fastest = min((side for _, side in timed), key=lambda side: side.median_ms)
+            for v, side in timed:
+                v.tied = side is fastest or not paired_ratio(fastest.samples_ms, side.samples_ms).significant
+
+    def _judge_prediction(self, v: CandidateMeasurement, drift: float) -> None:
+        """A measurement worse than its prediction (scaled by the machine's drift since the
+        baseline was profiled) beyond the uncertainty: noted, and fed back to the estimates."""
+        measured, predicted = v.measured, v.predicted
+        if measured is None or measured.latency_ms is None or predicted.latency_ms is None:
+            return
         expected = predicted.latency_ms * drift
         sigma = math.hypot((predicted.latency_sigma_ms or 0.0) * drift, measured.latency_sigma_ms or 0.0)
-        sigmas = self.contradiction_sigmas
-        contradicted = contradiction(expected, sigma, measured.latency_ms, sigmas)
-        if contradicted:
-            reasons.append(
-                f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms "
-                f"(x{drift:.2f} for the machine's drift) ± {sigma:.2g} ms"
-            )
-        memory_sigma = predicted.memory_sigma_bytes or 0.0
-        if (
-            predicted.memory_bytes
-            and measured.memory_bytes is not None
-            and contradiction(predicted.memory_bytes, memory_sigma, measured.memory_bytes, sigmas)
-        ):
-            reasons.append(f"measured memory {measured.memory_bytes:.4g} B vs predicted {predicted.memory_bytes:.4g} B")
-        return CandidateMeasurement(
-            candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, contradicted=contradicted
-        )
+        v.contradicted = contradiction(expected, sigma, measured.latency_ms, self.contradiction_sigmas)
+        if v.contradicted:
+            note = f"measured {measured.latency_ms:.3g} ms vs predicted {predicted.latency_ms:.3g} ms ± {sigma:.2g}"
+            v.reason = "; ".join(r for r in (v.reason, note) if r)
+            if isinstance(self.estimator, CostModelEstimator):
+                self.feedback += _feed_back(self.workload, self.settings, self.estimator, v, self.profiles_dir)

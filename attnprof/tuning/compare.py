@@ -1,0 +1,125 @@
+"""Candidates timed side by side: the baseline and each candidate in alternating, shuffled turns.
+
+A shared machine's speed wanders by several percent over seconds; plans measured one after the
+other therefore differ by drift as much as by what they change. Here every side has been built
+and warmed up first (`profiling.run.prepare`), then each round gives every side one short turn
+(TURN_SECONDS of steps) in a fresh random order, so whatever the machine does in a round it does
+to all sides. A side's sample of a round is its median step time in that turn; two sides are
+compared by the per-round ratios of their samples (paired), with a Student-t interval on the
+log-ratio. Rounds go on until the best side is resolved against every other (significantly
+better, or equivalent within EQUIVALENCE) or the time budget is spent.
+
+The turns run in this process, not in `profiling.interleave`'s worker processes: a candidate is
+the in-memory workload (possibly a Python factory handed to the API, which a worker could not
+load by name) transformed by a plan, and a worker per candidate would pay a fresh interpreter,
+torch import and model build each, more than the comparison itself on small models.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from scipy import stats
+
+from attnprof.measure.timing import time_call
+from attnprof.plans.records import TimeRatio
+from attnprof.profiling.interleave import TURN_SECONDS
+from attnprof.profiling.progress import track
+from attnprof.profiling.run import Prepared, restored_threads
+
+CONFIDENCE = 0.95  # two-sided, for the speed-up intervals and for "significantly better"
+EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rounds would not split it
+MIN_ROUNDS = 5
+MAX_ROUNDS = 60
+
+
+@dataclass
+class TimedSide:
+    """One side of the comparison: a prepared step, the CPU threads it runs with, and how many
+    such steps make one step of the workload's batch (micro-batches)."""
+
+    label: str
+    prepared: Prepared
+    threads: int = 0  # 0: the process's
+    micro_steps: int = 1
+    samples_ms: list[float] = field(default_factory=list)  # one per round, for the whole batch
+
+    def turn(self, clock: str) -> float:
+        """One turn: steps until TURN_SECONDS have passed (at least one); their median, in ms."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        steps: list[float] = []
+        started = time.perf_counter()
+        while not steps or time.perf_counter() - started < TURN_SECONDS:
+            steps.append(1e3 * time_call(self.prepared.step, self.prepared.device, clock))
+        return statistics.median(steps) * self.micro_steps
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+
+def equivalent(ratio: TimeRatio) -> bool:
+    """The interval lies within ±EQUIVALENCE of 1: the two are the same for practical purposes."""
+    return ratio.low >= 1.0 - EQUIVALENCE and ratio.high <= 1.0 + EQUIVALENCE
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> TimeRatio:
+    """numerator / denominator: the geometric mean of the per-round ratios, with a Student-t
+    interval on their logs."""
+    logs = [math.log(a / b) for a, b in zip(numerator, denominator, strict=True) if a > 0 and b > 0]
+    if not logs:
+        return TimeRatio(math.nan, 0.0, math.inf, 0)
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return TimeRatio(math.exp(mean), 0.0, math.inf, len(logs))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return TimeRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs), CONFIDENCE)
+
+
+def resolved(sides: Sequence[TimedSide]) -> bool:
+    """The fastest side (by median) is significantly faster than, or equivalent to, every other."""
+    best = min(sides, key=lambda s: s.median_ms)
+    for other in sides:
+        if other is not best:
+            ratio = paired_ratio(other.samples_ms, best.samples_ms)
+            if not (ratio.significant or equivalent(ratio)):
+                return False
+    return True
+
+
+def interleave(
+    sides: Sequence[TimedSide],
+    clock: str,
+    budget_s: float,
+    warmup: int,
+    seed: int = 0,
+    min_rounds: int = MIN_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
+    stop: Callable[[Sequence[TimedSide]], bool] = resolved,
+) -> int:
+    """Time `sides` in shuffled rounds until `stop` says the ranking is settled (after at least
+    `min_rounds`) or `budget_s` is spent; fills each side's samples and returns the rounds run."""
+    order = list(sides)
+    shuffle = random.Random(seed).shuffle
+    with restored_threads():
+        for side in order:  # warm every side before the first timed round
+            if side.threads:
+                torch.set_num_threads(side.threads)
+            for _ in range(max(warmup, 1)):
+                side.prepared.step()
+        started = time.perf_counter()
+        rounds = 0
+        for rounds in range(1, max_rounds + 1):
+            shuffle(order)
+            for side in track(order, f"verifying {len(sides) - 1} candidate(s), round {rounds}", len(order)):
+                side.samples_ms.append(side.turn(clock))
+            if rounds >= min_rounds and (stop(sides) or time.perf_counter() - started > budget_s):
+                break
+    return rounds
