@@ -14,42 +14,8 @@ from attnprof.cli.app import app
 from attnprof.gate.records import CheckResult
 from attnprof.gate.refs import ref_checkout
 from attnprof.store import read_record
+from tests.model_sources import slowable_model
 
-MODEL = '''
-import torch
-from torch import nn
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(16, 16)
-
-    def forward(self, x):
-        y = self.lin(x)
-        for _ in range({extra}):
-            y = y + 1e-6 * (y @ self.lin.weight)
-        return y
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.first = Block()
-        self.second = nn.Linear(16, 16)
-
-    def forward(self, x):
-        return self.second(self.first(x))
-
-
-def build_model(device, dtype):
-    torch.manual_seed(0)
-    return Net().to(device=device, dtype=dtype)
-
-
-def example_inputs(batch_size, seq_len, device, dtype):
-    return (torch.randn(batch_size, 16, device=device, dtype=dtype),)
-'''
 # Timing gated with a margin no load eats: these tests are about what is compared, not speed.
 PYPROJECT = "[tool.attnprof]\nthresholds = ['step:median:100%', 'memory:0%']\n[tool.attnprof.settings]\nrepeats = 6\n"
 
@@ -73,10 +39,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     git(root, "config", "user.name", "test")
     (root / "pyproject.toml").write_text(PYPROJECT)
     model = root / "pkg" / "models" / "model.py"
-    model.write_text(MODEL.format(extra=0))
+    model.write_text(slowable_model("0"))
     git(root, "add", ".")
     git(root, "commit", "--quiet", "-m", "the model")
-    model.write_text(MODEL.format(extra=3))
+    model.write_text(slowable_model("3"))
     git(root, "commit", "--quiet", "-am", "extra work in first")
     monkeypatch.chdir(root / "pkg")
     monkeypatch.setenv("NO_COLOR", "1")
@@ -98,7 +64,7 @@ def test_against_ref_judges_the_working_tree_against_the_ref(repo: Path) -> None
     assert worktrees(repo) == 1  # the temporary worktree is gone
 
     # An uncommitted change is the current side: back to no extra products, against HEAD's three.
-    (repo / "pkg" / "models" / "model.py").write_text(MODEL.format(extra=0))
+    (repo / "pkg" / "models" / "model.py").write_text(slowable_model("0"))
     faster = runner.invoke(app, ["check", "models/model.py", "--against-ref", "HEAD", "--result", "r.json"])
     assert faster.exit_code == 1, faster.output  # exact metrics gate both ways: re-record when intended
     flops = next(m for m in read_record(repo / "pkg" / "r.json", CheckResult).metrics if m.metric == "flops")
@@ -127,7 +93,7 @@ def test_against_ref_outside_a_repository_or_with_an_unknown_ref_is_exit_2(
 
     outside = tmp_path / "not-a-repo"
     outside.mkdir()
-    (outside / "model.py").write_text(MODEL.format(extra=0))
+    (outside / "model.py").write_text(slowable_model("0"))
     monkeypatch.chdir(outside)
     result = runner.invoke(app, ["check", "model.py", "--against-ref", "HEAD"])
     assert result.exit_code == 2 and "is not inside a git repository" in result.stderr
@@ -137,7 +103,7 @@ def test_against_ref_outside_a_repository_or_with_an_unknown_ref_is_exit_2(
 
 def test_the_worktree_is_removed_when_the_check_is_interrupted(repo: Path) -> None:
     with pytest.raises(KeyboardInterrupt), ref_checkout("HEAD~1") as checkout:
-        assert (checkout.tree / "pkg" / "models" / "model.py").read_text() == MODEL.format(extra=0)
+        assert (checkout.tree / "pkg" / "models" / "model.py").read_text() == slowable_model("0")
         assert checkout.working_directory() == checkout.tree / "pkg"  # the same subdirectory
         assert worktrees(repo) == 2
         raise KeyboardInterrupt
@@ -147,7 +113,7 @@ def test_the_worktree_is_removed_when_the_check_is_interrupted(repo: Path) -> No
 
 
 def test_a_target_missing_at_the_ref_is_a_clear_error(repo: Path) -> None:
-    (repo / "pkg" / "models" / "new.py").write_text(MODEL.format(extra=0))
+    (repo / "pkg" / "models" / "new.py").write_text(slowable_model("0"))
     result = CliRunner().invoke(app, ["check", "models/new.py", "--against-ref", "HEAD", "--result", "r.json"])
     assert result.exit_code == 2 and "models/new.py does not exist at HEAD" in result.stderr
     assert read_record(repo / "pkg" / "r.json", CheckResult).verdict == "error"

@@ -6,13 +6,11 @@ as they would on a GPU); the model itself runs for real on the CPU.
 
 from __future__ import annotations
 
-import itertools
 from unittest import mock
 
 import pynvml
 import pytest
 import torch
-from torch import nn
 
 from attnprof.machine import machine_info
 from attnprof.measure import hardware, nvml
@@ -25,39 +23,14 @@ from attnprof.profiling.records import Profile
 from attnprof.settings import resolve_settings
 from attnprof.store import from_json_dict, to_json_dict
 from attnprof.targets.load import load_workload
+from tests.fake_cuda import Pair, fake_cuda_events
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 CUDA = torch.device("cuda:0")
 
 
-def _fake_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.cuda.Event whose record() reads a clock ticking 1 ms per recorded event."""
-    ticks = itertools.count()
-    real_event = torch.cuda.Event
-
-    def make(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False,
-             external: bool = False) -> mock.NonCallableMagicMock:
-        event = mock.create_autospec(real_event, instance=True)
-        event.record.side_effect = lambda stream=None: setattr(event, "t_ms", float(next(ticks)))
-        event.elapsed_time.side_effect = lambda end: end.t_ms - event.t_ms
-        return event
-
-    monkeypatch.setattr(torch.cuda, "Event", mock.create_autospec(real_event, side_effect=make))
-    monkeypatch.setattr(torch.cuda, "current_stream", mock.create_autospec(torch.cuda.current_stream))
-
-
-class Pair(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.a(x))
-
-
 def test_cuda_event_timer_inclusive_and_self_times(monkeypatch):
-    _fake_events(monkeypatch)
+    fake_cuda_events(monkeypatch)
     model = Pair()
     timer = CudaEventLayerTimer(CUDA)
     with ModuleScopes(model, backward=False) as scopes:
@@ -192,7 +165,7 @@ def test_cpu_profile_without_calibration_says_why():
 
 
 def test_step_time_on_a_gpu_comes_from_events(monkeypatch):
-    _fake_events(monkeypatch)
+    fake_cuda_events(monkeypatch)
     monkeypatch.setattr(torch.cuda, "synchronize", mock.create_autospec(torch.cuda.synchronize))
     from attnprof.measure.timing import time_call
 

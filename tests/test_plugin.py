@@ -7,45 +7,11 @@ from importlib.metadata import entry_points
 
 import pytest
 
+from tests.model_sources import slowable_model
+
 pytest_plugins = ["pytester"]
 
-MODEL = '''
-import os
-
-import torch
-from torch import nn
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(16, 16)
-
-    def forward(self, x):
-        y = self.lin(x)
-        for _ in range(int(os.environ.get("PLUGIN_TEST_EXTRA", "0"))):
-            y = y + 1e-6 * (y @ self.lin.weight)
-        return y
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.first = Block()
-        self.second = nn.Linear(16, 16)
-
-    def forward(self, x):
-        return self.second(self.first(x))
-
-
-def build_model(device, dtype):
-    torch.manual_seed(0)
-    return Net().to(device=device, dtype=dtype)
-
-
-def example_inputs(batch_size, seq_len, device, dtype):
-    return (torch.randn(batch_size, 16, device=device, dtype=dtype),)
-'''
+MODEL = slowable_model('int(os.environ.get("PLUGIN_TEST_EXTRA", "0"))')
 SUITE = '''
 import pytest
 

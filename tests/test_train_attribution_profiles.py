@@ -4,10 +4,8 @@ meta device; and whole profiles of real models."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
-from unittest import mock
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.targets.load import load_workload
 from attnprof.targets.workload import Inputs, Workload
+from tests.fake_cuda import Pair, fake_cuda_events
 from tests.test_train_attribution import TinyLM
 
 HIDDEN = 32
@@ -117,35 +116,8 @@ def test_recompute_time_is_the_recomputed_module_not_the_child_that_asked(monkey
     assert times[("slow", "backward")] < SLOW_S  # its gradient work alone; the profile adds the recompute
 
 
-def _fake_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.cuda.Event whose record() reads a clock ticking 1 ms per recorded event (as in
-    tests/test_gpu_paths.py)."""
-    ticks = itertools.count()
-    real_event = torch.cuda.Event
-
-    def make(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False,
-             external: bool = False) -> mock.NonCallableMagicMock:
-        event = mock.create_autospec(real_event, instance=True)
-        event.record.side_effect = lambda stream=None: setattr(event, "t_ms", float(next(ticks)))
-        event.elapsed_time.side_effect = lambda end: end.t_ms - event.t_ms
-        return event
-
-    monkeypatch.setattr(torch.cuda, "Event", mock.create_autospec(real_event, side_effect=make))
-    monkeypatch.setattr(torch.cuda, "current_stream", mock.create_autospec(torch.cuda.current_stream))
-
-
-class Pair(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.a(x))
-
-
 def test_cuda_event_timer_times_backward_scopes_on_the_current_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_events(monkeypatch)
+    fake_cuda_events(monkeypatch)
     model = Pair()
     timer = CudaEventLayerTimer(torch.device("cuda:0"))
     with ModuleScopes(model) as scopes:
