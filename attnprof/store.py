@@ -607,7 +607,7 @@ def _confined(path: Path, inside: Path | None) -> Path:
 
 
 class ScratchFolder:
-    """A temporary folder, attnprof-KIND-XXXX in the system's temp folder, removed on cleanup().
+    """A temporary folder, attnprof-KIND-<random suffix> in the system's temp folder, removed on cleanup().
 
     Its owner holds a lock on the folder's .owner file for as long as it lives, so a folder
     left by a process that was killed (SIGKILL, the OOM killer) is recognised, unlocked, and

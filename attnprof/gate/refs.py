@@ -10,15 +10,14 @@ repository's folders on sys.path swapped for their copies in the worktree.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from attnprof.errors import EnvironmentUnsupported, UsageError
+from attnprof.store import ScratchFolder
 
 GIT_TIMEOUT_S = 300.0
 
@@ -95,22 +94,22 @@ def resolve_ref(ref: str, start: Path | None = None) -> tuple[Path, str]:
 def ref_checkout(ref: str, start: Path | None = None) -> Iterator[RefCheckout]:
     """A temporary detached worktree of REF, removed (and pruned from git's list) on exit."""
     repo, commit = resolve_ref(ref, start)
-    folder = Path(tempfile.mkdtemp(prefix="attnprof-ref-"))
-    tree = folder / "tree"
+    scratch = ScratchFolder("ref")  # a worktree a killed check leaves is removed by the next check
+    tree = scratch.path / "tree"
     try:
         added = _git(["worktree", "add", "--detach", "--quiet", str(tree), commit], repo)
         if added.returncode != 0:
             raise EnvironmentUnsupported(f"--against-ref {ref}: git worktree add failed: {_first_line(added)}")
         yield RefCheckout(ref, commit, repo, tree)
     finally:
-        _remove(repo, tree, folder)
+        _remove(repo, tree, scratch)
 
 
-def _remove(repo: Path, tree: Path, folder: Path) -> None:
+def _remove(repo: Path, tree: Path, scratch: ScratchFolder) -> None:
     """Remove the worktree and its folder; tell git it is gone even if the folder went first.
     Runs while an interruption unwinds too, so it is quick and never raises."""
     if tree.exists():
         _git(["worktree", "remove", "--force", str(tree)], repo)
-    shutil.rmtree(folder, ignore_errors=True)
+    scratch.cleanup()
     _git(["worktree", "prune"], repo)
 

@@ -14,7 +14,6 @@ profiler) the summary says so and per-layer times stay on CUDA events: a trace n
 from __future__ import annotations
 
 import gzip
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from attnprof import backends
 from attnprof.errors import UsageError
 from attnprof.measure.records import ModuleTrace, TraceSummary
 from attnprof.measure.scopes import LABEL_PREFIX
-from attnprof.store import atomic_write_bytes
+from attnprof.store import ScratchFolder, atomic_write_bytes
 
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step
 TOP_NAMES = 3
@@ -235,8 +234,8 @@ def run_trace(
 
 def export_chrome_trace(prof: profile, path: Path) -> None:
     """Write the window as gzipped Chrome-trace JSON, atomically (temp file + rename)."""
-    with tempfile.TemporaryDirectory(prefix="attnprof-trace-") as scratch:
-        raw = Path(scratch) / "trace.json"
+    with ScratchFolder("trace") as scratch:  # a folder a killed run leaves is removed by the next
+        raw = scratch / "trace.json"
         prof.export_chrome_trace(str(raw))
         atomic_write_bytes(Path(path), gzip.compress(raw.read_bytes()))
 
