@@ -8,12 +8,14 @@ import signal
 import sys
 from types import FrameType
 
+INTERRUPTED = (130, 143)  # 128 + SIGINT, 128 + SIGTERM
+
 
 def main() -> None:
-    from attnprof.profiling.faults import raise_on_sigterm
-
-    raise_on_sigterm()  # before the seconds of imports below
     try:
+        from attnprof.profiling.faults import raise_on_sigterm
+
+        raise_on_sigterm()  # before the seconds of imports below
         from attnprof.cli.app import main as run_cli
 
         code = run_cli()
@@ -21,6 +23,13 @@ def main() -> None:
         sys.stderr.write("attnprof: error: interrupted\n")
         code = getattr(exc, "exit_code", 130)
     exit_at_once_on_signals()
+    if code in INTERRUPTED:
+        # A Ctrl-C that lands while C code runs Python (an extension module's initialisation)
+        # leaves the interpreter's "unhandled KeyboardInterrupt" mark set although it was handled
+        # here, and the interpreter would then end itself by SIGINT (status -2, not 130).
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
     sys.exit(code)
 
 
