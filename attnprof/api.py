@@ -146,8 +146,9 @@ class StepProfiler:
 
     Steps 1..warmup run untouched (compilation, allocator and cache warm-up); the next step runs
     under the FLOP, attention and memory accountant (slower: never timed); one more runs with the
-    timing hooks to warm them, and the `repeats` after it are timed, per layer and whole: a step's time is the device-synchronised time from one
-    `step()` to the next, so it is everything the loop does (data loading included). After them
+    timing hooks to warm them, and the `repeats` after it are timed, per layer and whole: a step's
+    time is the device-synchronised time from one `step()` to the next, so it is everything the
+    loop does (data loading included). After them
     every hook is removed and the loop runs as it would without attnprof. Train mode (backward
     scopes per layer) is the model's own `model.training` when the profiler is entered.
 
@@ -426,7 +427,9 @@ def check(
     )
     labels = [str(side) if isinstance(side, (str, Path)) else label
               for side, label in ((baseline, "baseline"), (current, "current"))]
-    return compare_profiles(_as_profile(baseline), _as_profile(current), options, *labels)
+    result = compare_profiles(_as_profile(baseline), _as_profile(current), options, *labels)
+    result.command = "compare"
+    return result
 
 
 def _as_profile(profile: records.Profile | str | Path) -> records.Profile:
