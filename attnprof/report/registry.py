@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attnprof.errors import InputFileError
+from attnprof.errors import InputFileError, UsageError
 from attnprof.report import check, fit, plan, profile
 from attnprof.report.adapter import RecordAdapter
-from attnprof.errors import UsageError
 from attnprof.store import from_json_dict, json_schema, read_json
 
 ADAPTERS: tuple[RecordAdapter[Any], ...] = (
