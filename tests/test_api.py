@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from apply_models import VOCAB, llama
+from apply_models import VOCAB, Block, llama
 from torch import nn
 
 import attnprof
@@ -28,36 +28,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = {"warmup": 1, "repeats": 3}
 
 
-class Attention(nn.Module):
-    """Causal self-attention over 4 heads of 8, written with SDPA."""
-
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = Attention()
-        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
-
-
-def _block() -> Block:
+def _block() -> nn.Module:
+    """Pre-norm block: causal SDPA attention, 4 query heads of 8 and 2 K/V heads, and an MLP."""
     torch.manual_seed(0)
-    return Block()
+    return Block(manual=False, kv_heads=2)
 
 
 def test_profile_of_a_plain_module_is_the_record_the_cli_saves(tmp_path):
@@ -68,10 +42,10 @@ def test_profile_of_a_plain_module_is_the_record_the_cli_saves(tmp_path):
     assert (profile.settings.batch_size, profile.settings.seq_len, profile.settings.mode) == (2, 16, "infer")
     (attention,) = profile.attention_layers()
     assert attention.name == "attn" and attention.attention is not None
-    # Causal attention, 4 heads of 8 over 16 positions: 4·B·H·D·S(S+1)/2 useful FLOPs.
+    # Causal attention, 4 query heads of 8 over 16 positions: 4·B·H·D·S(S+1)/2 useful FLOPs.
     assert attention.attention.flops == 4 * 2 * 4 * 8 * 16 * 17 // 2
     assert profile.totals.time_ms is not None and len(profile.totals.time_ms.samples) == 3
-    assert profile.workload.target == f"python:{__name__}.Block"
+    assert profile.workload.target == "python:apply_models.Block"
     path = tmp_path / "profile.json"
     profile.save(path)
     assert to_json_dict(load_profile(path)) == to_json_dict(profile)
@@ -91,7 +65,8 @@ def test_to_dataframe_has_the_csv_columns_with_attention_filled_in():
     assert list(frame.columns) == list(LAYER_COLUMNS)
     assert {"attention_flops", "num_heads", "num_kv_heads", "head_dim", "attention_backend"} <= set(frame.columns)
     rows = frame.set_index("name")
-    assert rows.loc["attn", "num_heads"] == 4 and rows.loc["attn", "head_dim"] == 8
+    assert rows.loc["attn", "num_heads"] == 4 and rows.loc["attn", "num_kv_heads"] == 2
+    assert rows.loc["attn", "head_dim"] == 8
     assert rows.loc["attn", "attention_flops"] == profile.layer("attn").attention.flops
     assert rows["attention_flops"].isna().sum() == len(frame) - 1  # only the attention layer has them
 
@@ -108,8 +83,8 @@ def test_train_mode_runs_backward_and_leaves_the_gradients_as_they_were():
     model = _block()
     x = torch.randn(2, 8, 32)
     target = torch.randn(2, 8, 32)
-    kept = torch.ones_like(model.attn.out.weight)
-    model.attn.out.weight.grad = kept
+    kept = torch.ones_like(model.attn.o_proj.weight)
+    model.attn.o_proj.weight.grad = kept
     calls = []
 
     def loss_fn(output, inputs):
@@ -120,7 +95,7 @@ def test_train_mode_runs_backward_and_leaves_the_gradients_as_they_were():
     assert profile.settings.mode == "train" and calls and all(calls)
     assert profile.totals.backward_flops > 0
     assert profile.layer("attn").backward_time_ms is not None
-    assert model.attn.out.weight.grad is kept and model.attn.qkv.weight.grad is None
+    assert model.attn.o_proj.weight.grad is kept and model.attn.q_proj.weight.grad is None
 
 
 def test_profile_of_a_transformers_model():
@@ -233,6 +208,7 @@ def _readme_python_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
+@pytest.mark.slow
 def test_the_readme_python_api_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     examples = _readme_python_examples()
