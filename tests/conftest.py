@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
 MODELS = Path(__file__).parent / "models"
+pytest_plugins = ["pytester"]  # tests/test_schema.py runs a small suite of its own
 
 # "ci" (the default) derandomizes: the same examples on every run, a bounded number of them.
 # HYPOTHESIS_PROFILE=explore searches with fresh random examples, many more of them.

@@ -43,3 +43,25 @@ def test_a_field_of_the_wrong_type_is_refused():
     data["layers"][0]["flops"] = "many"
     with pytest.raises(jsonschema.ValidationError, match="'many' is not of type 'integer'"):
         jsonschema.validate(data, record_schema("profile"), cls=jsonschema.Draft202012Validator)
+
+
+def test_the_suite_fails_a_test_that_writes_a_record_its_schema_refuses(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text(encoding="utf-8"))
+    pytester.makepyfile(f"""
+        from pathlib import Path
+        from attnprof.profiling.records import load_profile
+        from attnprof.store import write_record
+
+        def test_writes_a_damaged_profile(tmp_path):
+            profile = load_profile(Path({str(SAVED / "profile.json")!r}))
+            profile.layers[0].flops = "many"  # a dataclass does not check, the schema does
+            write_record(tmp_path / "p.json", profile)
+
+        def test_writes_a_sound_profile(tmp_path):
+            write_record(tmp_path / "p.json", load_profile(Path({str(SAVED / "profile.json")!r})))
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # its own store module to watch
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*does not match its JSON Schema*", "*profile: /layers/0/flops: 'many' is not of type*"]
+    )
