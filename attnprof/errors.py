@@ -63,6 +63,12 @@ class PlanRejected(AttnprofError):
     exit_code = 1
 
 
+class FitRejected(AttnprofError):
+    """A fitted cost model whose own cross-validation says its predictions are unusable (exit 1)."""
+
+    exit_code = 1
+
+
 class NoFeasiblePlan(AttnprofError):
     """No plan satisfies the budget (exit 5)."""
 

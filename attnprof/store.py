@@ -137,6 +137,60 @@ def _build(tp: Any, data: Any, where: str) -> Any:
     raise InputFileError(f"{where}: cannot read a value of type {tp}")
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema(cls: type, title: str) -> dict[str, Any]:
+    """The JSON Schema of a top-level record file, derived from its dataclasses as `_build`
+    reads them: what `to_json_dict` writes validates, and what validates is what loads (a
+    number may be null: a non-finite figure is written as null)."""
+    definitions: dict[str, Any] = {}
+    root = _schema_of(cls, definitions)
+    top = definitions[cls.__name__]
+    top["properties"].setdefault("schema_version", {"type": "integer", "minimum": 1})
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": title, **root, "$defs": dict(sorted(definitions.items()))}
+
+
+def _schema_of(tp: Any, definitions: dict[str, Any]) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return {}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema_of(option, definitions) for option in typing.get_args(tp)]}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(tp))}
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return {"type": "array", "items": _schema_of(item, definitions)}
+    if origin is dict:
+        _, value_type = typing.get_args(tp) or (str, Any)
+        return {"type": "object", "additionalProperties": _schema_of(value_type, definitions)}
+    if dataclasses.is_dataclass(tp):
+        name = tp.__name__
+        if name not in definitions:
+            definitions[name] = {}  # a placeholder, so a record that contains itself terminates
+            hints = typing.get_type_hints(tp)
+            fields = dataclasses.fields(tp)
+            definitions[name] = {
+                "type": "object",
+                "description": " ".join((tp.__doc__ or "").split()),
+                "properties": {f.name: _schema_of(hints[f.name], definitions) for f in fields},
+                "required": [f.name for f in fields
+                             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING],
+                "additionalProperties": False,
+            }
+        return {"$ref": f"#/$defs/{name}"}
+    if tp is float:
+        return {"type": ["number", "null"]}
+    if tp is int:
+        return {"type": "integer", "minimum": -INT64_MAX, "maximum": INT64_MAX}
+    if tp in (str, bool):
+        return {"type": "string" if tp is str else "boolean"}
+    raise TypeError(f"no JSON Schema for a value of type {tp}")
+
+
 def _short(value: Any) -> str:
     """A value's repr cut short (length and nesting) for a one-line error message."""
     return reprlib.repr(value)

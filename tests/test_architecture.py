@@ -34,8 +34,8 @@ LAYERS: tuple[str, ...] = (
     "tuning",
     "gate",
     "doctor",
-    "api",
     "report",
+    "api",  # the public Python API: it returns records with their reports (report/) at hand
     "pytest_plugin",  # the pytest plugin (entry point pytest11): gate, targets and report, below the CLI
     "cli",
     "records",  # the re-export of every record, for other tools; nothing inside attnprof imports it

@@ -38,7 +38,7 @@ def test_compare_equal_profiles_passes(runner: CliRunner, tmp_path: Path) -> Non
     a, b = save(tmp_path, "a.json", make_profile(seed=1)), save(tmp_path, "b.json", make_profile(seed=2))
     result = runner.invoke(app, ["compare", a, b])
     assert result.exit_code == 0, result.output
-    assert "attnprof check: pass" in result.stdout and "no regression in" in result.stdout
+    assert "attnprof compare: pass" in result.stdout and "no regression in" in result.stdout
 
 
 def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner: CliRunner, tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner:
     assert "Traceback" not in result.output
 
     markdown = (tmp_path / "summary.md").read_text()
-    assert markdown.startswith("## attnprof check: ❌ regression")
+    assert markdown.startswith("## attnprof compare: ❌ regression")
     assert "`layers.blocks.0.attn`" in markdown and "<details>" in markdown
     assert "| layers.blocks.0.attn | forward |" in markdown  # the attribution table
 

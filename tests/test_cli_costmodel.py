@@ -140,3 +140,17 @@ def test_corrupt_model_file_exits_2(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"schema_version": 1, "target": 3}')
     result = runner.invoke(app, ["predict", "zoo:decoder", "--model", "bad.json"])
     assert result.exit_code == 2 and "bad.json" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_fit_its_own_cross_validation_rejects_exits_1(runner: CliRunner, models_dir: Path, tmp_path: Path) -> None:
+    target = str(models_dir / "erratic_model.py")
+    result = runner.invoke(app, ["fit", target, "--batch-size", "1:4", "--seq-len", "4:13", "--dtype", "fp32",
+                                 "--backend", "math", "--threads", "1", "--repeats", "2", "--warmup", "1", "-n", "8"])
+    assert result.exit_code == 1, result.output
+    (line,) = [row for row in result.stderr.splitlines() if "not usable" in row]
+    assert "latency" in line and "MAPE" in line and "above 50%" in line and "8 measurements" in line
+    (saved,) = (tmp_path / "profiles").rglob("costmodel-*.json")  # still saved, for a look at what went wrong
+    model = read_record(saved, CostModel)
+    assert model.validation is not None and model.validation.latency_mape > 50
+    assert model.unusable_reason() is not None

@@ -61,7 +61,7 @@ def test_profile_trace_saves_chrome_trace_next_to_profile(runner, tmp_path):
     trace = data["trace"]
     assert trace["timing_source"] == "cpu_ops" and trace["active_steps"] == 3
     assert set(trace["backends"].values()) == {"flash"}
-    assert tmp_path / trace["trace_file"] == saved.with_name(saved.stem + ".trace.json.gz")
+    assert tmp_path / trace["trace_file"] == saved.with_name(saved.stem + ".pt.trace.json.gz")
     events = json.loads(gzip.decompress((tmp_path / trace["trace_file"]).read_bytes()))["traceEvents"]
     assert any(e.get("name") == "attnprof::layers.0.attn" for e in events)
     assert "Chrome trace:" in result.stderr

@@ -17,6 +17,7 @@ from attnprof.cli.app import app
 from attnprof.store import write_record
 from tests.samples import sample_plan, sample_profile
 
+MODELS = Path(__file__).parent / "models"
 FAST = ["--batch-size", "1", "--seq-len", "8", "--repeats", "1", "--warmup", "0"]
 
 TUNE_FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--out", "plan.json"]
@@ -36,8 +37,9 @@ INVOCATIONS: dict[str, tuple[list[str], int]] = {
     "baseline": (["zoo:decoder", "--out", "baseline.json", *FAST], 0),
     # the sample profile comes from another machine: refused before anything is printed
     "check": (["--baseline", "{profile}"], 4),
-    "fit": (["--batch-size", "1:2", "--seq-len", "8:16", "--dtype", "fp32", "--backend", "flash", "--threads", "1",
-             "-n", "4", "--repeats", "1", "--warmup", "0"], 0),
+    # layers that sleep a fixed time: a fit that predicts well whatever the machine's load
+    "fit": ([str(MODELS / "sleepy_model.py"), "--batch-size", "1:2", "--seq-len", "8:16", "--dtype", "fp32",
+             "--backend", "flash", "--threads", "1", "-n", "4", "--repeats", "1", "--warmup", "0"], 0),
     "predict": (["--batch-size", "2"], 2),  # no model fitted in this folder: a one-line error
 }
 SLOW = {"tune"}  # measures several configurations
@@ -47,6 +49,7 @@ SLOW = {"tune"}  # measures several configurations
 # it moves to INVOCATIONS.
 WITHOUT_JSON: dict[str, str] = {
     "monitor": "a live view; samples are saved with --record",
+    "schema": "its output is a JSON Schema, JSON already",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,12 @@ def test_profile_json_has_the_design_fields_and_round_trips() -> None:
     assert set(data["settings"]) >= {"mode", "batch_size", "seq_len", "dtype", "backend", "device", "warmup",
                                      "repeats"}
     assert set(data["totals"]) >= {"time_ms", "flops", "attention_flops", "peak_memory_bytes", "energy_j"}
-    assert set(data["totals"]["time_ms"]) == {"median", "p10", "p90", "samples"}
+    step = data["totals"]["time_ms"]
+    assert set(step) == {"median", "p10", "p90", "samples", "mean", "stddev", "min", "max"}
+    samples = step["samples"]
+    assert (step["min"], step["max"]) == (min(samples), max(samples))
+    assert step["mean"] == pytest.approx(sum(samples) / len(samples))
+    assert step["stddev"] == pytest.approx(statistics.stdev(samples))
     layer = next(item for item in data["layers"] if item["kind"] == "attention")
     assert set(layer) >= {"name", "type", "kind", "time_ms", "backward_time_ms", "flops", "bytes", "memory_bytes",
                           "achieved_tflops", "bound", "attention"}

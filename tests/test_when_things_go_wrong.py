@@ -192,13 +192,13 @@ def test_two_runs_saved_under_one_name_keep_their_own_traces(
     folder = tmp_path / "profiles" / "w"
     assert sorted(p.name for p in folder.iterdir()) == [
         "profile-1.json",
-        "profile-1.trace.json.gz",
+        "profile-1.pt.trace.json.gz",
         "profile.json",
-        "profile.trace.json.gz",
+        "profile.pt.trace.json.gz",
     ]
     for name in ("profile", "profile-1"):
         trace_file = read_json(folder / f"{name}.json")["trace"]["trace_file"]
-        assert Path(trace_file).name == f"{name}.trace.json.gz"
+        assert Path(trace_file).name == f"{name}.pt.trace.json.gz"
         assert json.loads(gzip.decompress((tmp_path / trace_file).read_bytes()))["traceEvents"]
 
 

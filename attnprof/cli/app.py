@@ -150,6 +150,7 @@ def _register_commands() -> None:
     from attnprof.cli.predict import predict_command
     from attnprof.cli.profile import profile_command
     from attnprof.cli.report import report_command
+    from attnprof.cli.schema import schema_command
     from attnprof.cli.tune import tune_command
 
     register("profile", profile_command)
@@ -160,6 +161,7 @@ def _register_commands() -> None:
     register("apply", apply_command)
     register("fit", fit_command)
     register("predict", predict_command)
+    register("schema", schema_command)
 
     from attnprof.cli.baseline import baseline_command
     from attnprof.cli.check import check_command

@@ -16,6 +16,7 @@ in pyproject.toml (attnprof.settings).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import typer
@@ -60,6 +61,7 @@ def check_command(
     debug: bool = shared.DEBUG,
 ) -> None:
     """Re-profile TARGET with the baseline's settings and fail (exit 1) on a significant regression."""
+    started = time.monotonic()
     config = ProjectConfig.load()
     options = shared.check_options(config, threshold, metric, alpha, allow_machine_mismatch, module_limit)
     named_baseline = config.resolve("baseline", str(baseline) if baseline else None, None)
@@ -91,11 +93,13 @@ def check_command(
     except (AttnprofError, KeyboardInterrupt) as exc:  # nothing judged: the CI files say why, never green
         reason = str(exc) if isinstance(exc, AttnprofError) else "interrupted"
         failed = error_result(reason, target or str(config.resolve("target", None, "the default target")), options)
+        failed.duration_s = time.monotonic() - started
         write_outputs(failed, {"markdown": markdown, "junit": junit})
         if result_file is not None:
             write_record(result_file, failed)
             log(f"wrote {result_file}")
         raise
+    result.duration_s = time.monotonic() - started
     report_and_judge(
         result, markdown, junit, result_file, benchmark_json, show_all, as_json, fail_on_regression=not update_baseline
     )

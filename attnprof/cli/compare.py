@@ -5,6 +5,7 @@ Same statistics, thresholds, outputs and exit codes as `attnprof check`, without
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -33,6 +34,7 @@ def compare_command(
     debug: bool = shared.DEBUG,
 ) -> None:
     """Compare two saved profiles; exit 1 when B regressed significantly against A."""
+    started = time.monotonic()
     refuse_overwriting(
         {"--markdown": markdown, "--junit": junit, "--result": result_file, "--benchmark-json": benchmark_json},
         {"the baseline": baseline, "the profile": current},
@@ -41,4 +43,6 @@ def compare_command(
         ProjectConfig.load(), threshold, metric, alpha, allow_machine_mismatch, module_limit
     )
     result = compare_profiles(load_profile(baseline), load_profile(current), options, str(baseline), str(current))
+    result.command = "compare"
+    result.duration_s = time.monotonic() - started
     report_and_judge(result, markdown, junit, result_file, benchmark_json, show_all, as_json)

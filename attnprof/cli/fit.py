@@ -11,7 +11,7 @@ from attnprof.cli import options
 from attnprof.cli.outputs import refuse_overwriting
 from attnprof.costmodel.knobs import default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
-from attnprof.errors import UsageError
+from attnprof.errors import FitRejected, UsageError
 from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.progress import progress as progress_bar
 from attnprof.settings import LIMITS, resolve_settings
@@ -124,7 +124,13 @@ def fit_command(
     path = out if out is not None else run.model_path
     write_record(path, run.model)
     log(f"saved {path}")
-    if as_json:
-        print_result(record_json(run.model))
-    else:
+    rejected = run.model.unusable_reason()
+    if not as_json:
         print_fit(run.model, stdout_console())
+    elif rejected is None:  # a failing command leaves stdout empty: the saved file is there to read
+        print_result(record_json(run.model))
+    if rejected is not None:
+        raise FitRejected(
+            f"the cost model is not usable: {rejected}; measure more configurations (--max-measurements, "
+            "--time-budget) or narrower ranges, and fit again (the sweep resumes)"
+        )

@@ -54,7 +54,7 @@ def profile_command(
     debug: bool = options.DEBUG,
 ) -> None:
     """Profile a workload: per-layer time, memory, FLOPs and exact attention FLOPs."""
-    from attnprof.measure.trace import move_next_to
+    from attnprof.measure.trace import TRACE_SUFFIX, move_next_to
     from attnprof.profiling.run import run_profile
     from attnprof.targets.load import load_workload, target_source
 
@@ -76,7 +76,7 @@ def profile_command(
     beside = not no_save and (out is None or file_identity(out) is not None)
     scratch = ScratchFolder("trace") if trace and trace_file is None and beside else None
     with scratch or contextlib.nullcontext():
-        pending = scratch.path / "trace.json.gz" if scratch is not None else None
+        pending = scratch.path / f"trace{TRACE_SUFFIX}" if scratch is not None else None
         profile = run_profile(workload, settings, trace=trace, trace_file=trace_file or pending)
         if not no_save:
             # Under profiles/ a name of its own first, never over another run's profile (or its

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from attnprof import backends
+from attnprof.api import winning_plan
 from attnprof.cli import options
 from attnprof.cli.outputs import refuse_overwriting
-from attnprof.errors import NoFeasiblePlan, PlanRejected, UsageError
+from attnprof.errors import UsageError
 from attnprof.report.console import log, print_result, stdout_console
 from attnprof.report.html import render_html
-from attnprof.report.plan import format_metric, print_tune
+from attnprof.report.plan import print_tune
 from attnprof.settings import DTYPES, resolve_settings
 from attnprof.store import atomic_write_text, file_identity, record_json, write_record
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
@@ -106,15 +107,7 @@ def tune_command(
     outcome = tune(workload, settings, request)
     if not as_json:
         print_tune(outcome, stdout_console(), pareto=pareto)
-    if outcome.plan is None:
-        if outcome.search.infeasibility is not None:
-            raise NoFeasiblePlan(
-                "no plan satisfies the budget: " + outcome.search.infeasibility.describe(outcome.limits, format_metric)
-            )
-        raise PlanRejected(
-            f"none of the {len(outcome.verifications)} candidate(s) survived verification by measurement"
-        )
-    plan = outcome.plan
+    plan = winning_plan(outcome)
     # The winner's profile goes beside a plan file; a plan written into a device or stdout has no beside.
     if apply and outcome.winner is not None and outcome.winner.profile is not None and file_identity(out) is not None:
         profile_file = out.with_name(out.stem + ".profile.json")

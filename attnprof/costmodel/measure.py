@@ -47,7 +47,7 @@ def count_features(workload: Workload, settings: Settings) -> PointFeatures:
     with restored_threads():
         prepared = prepare(workload, settings)
         counting = counting_pass(prepared)
-    layers = build_layers(prepared, counting, None, settings.mode == "train")
+    layers = build_layers(prepared.model, counting, None, settings.mode == "train")
     return _features(prepared, counting, layers, settings)
 
 
@@ -92,7 +92,7 @@ def measure_settings(
         return failed
     if timing is None:
         return record(status="non_finite", reason=f"the model's output contains NaN or inf under {settings.dtype}")
-    layers = build_layers(prepared, counting, timing, settings.mode == "train")
+    layers = build_layers(prepared.model, counting, timing, settings.mode == "train")
     features = _features(prepared, counting, layers, settings)
     step = TimeStats.from_samples(timing.step_ms)
     return record(

@@ -146,6 +146,11 @@ class Validation:
     details: list[ValidationPoint] = field(default_factory=list)
 
 
+# A cross-validated error above this (in %) means the model predicts nothing useful: `fit` says
+# so and exits 1 (the performance targets, far below it, are only reported as met or missed).
+UNUSABLE_MAPE = 50.0
+
+
 @dataclass
 class CostModel:
     """Fitted latency (per cost kind) and memory models of one workload on one machine."""
@@ -162,6 +167,19 @@ class CostModel:
     feature_laws: dict[str, FeatureLaw] = field(default_factory=dict)  # group key -> law
     validation: Validation | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def unusable_reason(self) -> str | None:
+        """Why the model's own cross-validation rejects it; None when it is usable."""
+        v = self.validation
+        if v is None:
+            return f"it could not be cross-validated ({self.measurements} measurements)"
+        errors = [(name, mape) for name, mape in (("latency", v.latency_mape), ("memory", v.memory_mape))
+                  if not mape <= UNUSABLE_MAPE]  # NaN too: nothing could be predicted
+        if not errors:
+            return None
+        shown = " and ".join(f"{name} {mape:,.0f}%" for name, mape in errors)
+        return (f"its cross-validated error ({shown} MAPE over {v.points} predictions from {self.measurements} "
+                f"measurements) is above {UNUSABLE_MAPE:.0f}%")
 
 
 @dataclass

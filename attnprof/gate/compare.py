@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ from attnprof.gate.stats import (
 from attnprof.machine import MachineInfo
 from attnprof.profiling.records import LayerStats, Profile, TimeStats
 from attnprof.settings import ProjectConfig
+from attnprof.store import timestamp
 
 # Machine fields that make timings incomparable; the same ones MachineInfo.fingerprint hashes.
 MACHINE_FIELDS: tuple[str, ...] = ("cpu", "gpu_name", "driver", "cuda", "torch", "threads")
@@ -604,6 +606,8 @@ def compare_profiles(
         warnings=warnings,
         drift_factor=None if drift is None else drift.factor,
         attribution=attribution,
+        created=timestamp(),
+        hostname=current.machine.hostname,
     )
 
 
@@ -620,6 +624,8 @@ def error_result(reason: str, workload: str, options: CheckOptions) -> CheckResu
         thresholds=[t.text for t in options.thresholds],
         metrics=[],
         error=reason,
+        created=timestamp(),
+        hostname=socket.gethostname(),
     )
 
 

@@ -87,6 +87,10 @@ class CheckResult:
     attribution: list[Attribution] = field(default_factory=list)
     error: str | None = None  # why nothing was judged, with verdict "error"
     schema_version: int = SCHEMA_VERSION
+    command: Literal["check", "compare"] = "check"  # what judged: re-profiled now, or two saved profiles
+    created: str = ""  # when it was judged (store.timestamp); "" in files written before it was recorded
+    hostname: str = ""  # the machine the current profile ran on
+    duration_s: float | None = None  # the whole command's time, profiling included (JUnit's `time`)
 
     def failures(self) -> list[MetricCheck]:
         return [m for m in self.metrics if m.failed]

@@ -3,8 +3,8 @@
 Every op (and, on a GPU, every kernel it launched) is attributed to the innermost module whose
 `record_function` label `attnprof::<module path>` encloses it; the module scopes push those
 labels. The SDPA backend that actually ran is read from kernel names (flash / efficient / cudnn)
-or, without kernels, from the ATen op names. The Chrome trace is saved as .json.gz (Perfetto
-and chrome://tracing open it).
+or, without kernels, from the ATen op names. The Chrome trace is saved as .pt.trace.json.gz
+(Perfetto, chrome://tracing, TensorBoard's profiler plugin and Holistic Trace Analysis open it).
 
 When the GPU window records no kernel (CUPTI missing, not permitted, or held by another
 profiler) the summary says so and per-layer times stay on CUDA events: a trace never turns into
@@ -14,6 +14,7 @@ profiler) the summary says so and per-layer times stay on CUDA events: a trace n
 from __future__ import annotations
 
 import gzip
+import json
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -33,6 +34,8 @@ from attnprof.store import ScratchFolder, atomic_write_bytes
 
 OUTSIDE = "(outside modules)"  # ops not under any module label, e.g. the loss or optimizer step
 TOP_NAMES = 3
+# The name TensorBoard's profiler plugin lists (it finds no other); Perfetto opens any.
+TRACE_SUFFIX = ".pt.trace.json.gz"
 
 NO_KERNELS_NOTE = (
     "the GPU trace recorded no kernels (CUPTI unavailable, not permitted, or in use by another "
@@ -233,17 +236,29 @@ def run_trace(
 
 
 def export_chrome_trace(prof: profile, path: Path) -> None:
-    """Write the window as gzipped Chrome-trace JSON, atomically (temp file + rename)."""
+    """Write the window as gzipped Chrome-trace JSON, atomically (temp file + rename), with the
+    `distributedInfo` Holistic Trace Analysis reads (torch writes it only in a process group)."""
     with ScratchFolder("trace") as scratch:  # a folder a killed run leaves is removed by the next
         raw = scratch / "trace.json"
         prof.export_chrome_trace(str(raw))
-        atomic_write_bytes(Path(path), gzip.compress(raw.read_bytes()))
+        trace = json.loads(raw.read_text(encoding="utf-8"))
+        trace.setdefault("distributedInfo", distributed_info())
+        atomic_write_bytes(Path(path), gzip.compress(json.dumps(trace).encode()))
+
+
+def distributed_info() -> dict[str, Any]:
+    """This process's rank, world size and backend; rank 0 of 1 (backend "none") outside a group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return {"backend": str(dist.get_backend()), "rank": dist.get_rank(), "world_size": dist.get_world_size()}
+    return {"backend": "none", "rank": 0, "world_size": 1}
 
 
 def move_next_to(trace_file: Path, profile_file: Path) -> Path:
-    """Move a saved trace beside its profile: <profile stem>.trace.json.gz, written atomically
+    """Move a saved trace beside its profile: <profile stem>.pt.trace.json.gz, written atomically
     (the scratch folder may be on another file system, where a move is a copy)."""
-    target = Path(profile_file).with_name(Path(profile_file).stem + ".trace.json.gz")
+    target = Path(profile_file).with_name(Path(profile_file).stem + TRACE_SUFFIX)
     atomic_write_bytes(target, Path(trace_file).read_bytes())
     Path(trace_file).unlink()
     return target

@@ -19,12 +19,26 @@ LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
 
 @dataclass
 class TimeStats:
-    """Spread of repeated timings in milliseconds; `samples` are the raw per-repeat values."""
+    """Spread of repeated timings in milliseconds; `samples` are the raw per-repeat values.
+
+    mean, stddev (of the samples, n - 1), min and max are named as pytest-benchmark names them;
+    files written before they were stored get them from their samples when read."""
 
     median: float
     p10: float
     p90: float
     samples: list[float] = field(default_factory=list)
+    mean: float | None = None
+    stddev: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        finite = [s for s in self.samples if math.isfinite(s)]
+        if self.mean is None and finite:
+            self.mean = math.fsum(finite) / len(finite)
+            self.stddev = statistics.stdev(finite) if len(finite) > 1 else 0.0
+            self.min, self.max = min(finite), max(finite)
 
     @classmethod
     def from_samples(cls, samples: list[float]) -> TimeStats:

@@ -152,15 +152,37 @@ class CountingResult:
     coverage: Coverage | None = None  # time in ops without a FLOP formula
 
 
+class CountingStep(contextlib.AbstractContextManager["CountingStep"]):
+    """The accountant and the memory tracker around one step: entered before it, left after it
+    (by `counting_pass`, or by the Python API's step profiler around a step the user runs)."""
+
+    def __init__(self, model: nn.Module, meta_values: MetaValues | None = None) -> None:
+        self._model = model
+        self._meta_values = meta_values
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> CountingStep:
+        self.scopes = self._stack.enter_context(ModuleScopes(self._model))
+        self.tracker = LiveMemoryTracker()
+        self.scopes.add_listener(self.tracker)
+        self._stack.enter_context(self.tracker)
+        self.counter = self._stack.enter_context(CostCounter(self.scopes, self._meta_values))
+        self._stack.enter_context(flex_attention_uncompiled())
+        return self
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        return self._stack.__exit__(*exc_info)
+
+    def result(self, finite: bool) -> CountingResult:
+        return CountingResult(self.scopes.order, dict(self.counter.per_module), dict(self.tracker.module_peak),
+                              self.tracker.peak_bytes, finite, self.counter.unknown_masks, self.counter.coverage)
+
+
 def counting_pass(prepared: Prepared) -> CountingResult:
     """One step under the accountant and the memory tracker."""
-    with ModuleScopes(prepared.model) as scopes:
-        tracker = LiveMemoryTracker()
-        scopes.add_listener(tracker)
-        with tracker, CostCounter(scopes, prepared.meta_values) as counter, flex_attention_uncompiled():
-            output = prepared.step()
-    return CountingResult(scopes.order, dict(counter.per_module), dict(tracker.module_peak),
-                          tracker.peak_bytes, outputs_finite(output), counter.unknown_masks, counter.coverage)
+    with CountingStep(prepared.model, prepared.meta_values) as counting:
+        output = prepared.step()
+    return counting.result(outputs_finite(output))
 
 
 @dataclass
@@ -203,7 +225,7 @@ def timing_pass(
         timer.reset()
         with scopes:
             time_call(prepared.step, prepared.device, settings.clock)
-        _add_step_times(result, timer.times)
+        add_step_times(result, timer.times)
     if pace is not None:
         pace(True)
     if telemetry is not None:
@@ -211,7 +233,7 @@ def timing_pass(
     return result
 
 
-def _add_step_times(result: TimingResult, times: LayerTimes) -> None:
+def add_step_times(result: TimingResult, times: LayerTimes) -> None:
     """One hooked step's per-layer times. A layer's backward time includes the recompute of its
     forward that activation checkpointing runs inside backward: both are what its backward costs."""
     backward: dict[str, float] = defaultdict(float)
@@ -286,9 +308,9 @@ def _stats(samples: list[float] | None) -> TimeStats | None:
     return TimeStats.from_samples(samples) if samples else None
 
 
-def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingResult | None,
+def build_layers(model: nn.Module, counting: CountingResult, timing: TimingResult | None,
                  train: bool) -> list[LayerStats]:
-    modules = dict(prepared.model.named_modules())
+    modules = dict(model.named_modules())
     layers = []
     for name in counting.order:
         module = modules[name]
@@ -323,14 +345,14 @@ def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingRes
     return layers
 
 
-def build_totals(prepared: Prepared, counting: CountingResult, timing: TimingResult | None,
+def build_totals(model: nn.Module, counting: CountingResult, timing: TimingResult | None,
                  layers: list[LayerStats]) -> Totals:
     flops = sum(c.flops for c in counting.costs.values())
     attention = [layer.attention for layer in layers if layer.attention is not None]
     attention_flops = sum(a.flops for a in attention)
     step = TimeStats.from_samples(timing.step_ms) if timing else None
     attention_time = sum(layer.self_time_ms or 0.0 for layer in layers if layer.kind == "attention")
-    param_bytes = tensor_bytes(prepared.model)
+    param_bytes = tensor_bytes(model)
     return Totals(
         time_ms=step,
         flops=flops,
@@ -397,20 +419,47 @@ def run_profile(
         allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
         if allocator is not None:
             counting.memory = dict(allocator.module_peak)
-        layers = build_layers(prepared, counting, timing, train)
-        layout_notes = declared_layouts(prepared.model, layers)
-        totals = build_totals(prepared, counting, timing, layers)
-        if allocator is not None:
-            totals.peak_memory_bytes = allocator.step_peak
-        record = telemetry.record()
-        energy = telemetry.energy()
-        totals.energy_j, totals.energy_reason = energy.energy_j, energy.reason
-        totals.power_w = record.power_w if record is not None else None
-        machine = machine_info()
-        peak = hardware.peak_for(prepared.device, settings.dtype, _calibration(machine))
+
+        def traced(layers: list[LayerStats]) -> TraceSummary | None:
+            return trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
+
+        profile = profile_record(workload, settings, prepared.model, prepared.device, counting, timing, telemetry,
+                                 traced, allocator.step_peak if allocator is not None else None)
+    if trace and timing is None:
+        profile.notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
+    return profile
+
+
+def profile_record(
+    workload: Workload,
+    settings: Settings,
+    model: nn.Module,
+    device: torch.device,
+    counting: CountingResult,
+    timing: TimingResult | None,
+    telemetry: Telemetry,
+    trace: Callable[[list[LayerStats]], TraceSummary | None] | None = None,
+    allocator_peak: int | None = None,
+) -> Profile:
+    """The Profile of a counting step and timed steps (`timing` None: a dry run). `trace`, given
+    the layers, runs a trace window over them; `allocator_peak` is the CUDA allocator's step peak."""
+    train = settings.mode == "train"
+    layers = build_layers(model, counting, timing, train)
+    layout_notes = declared_layouts(model, layers)
+    totals = build_totals(model, counting, timing, layers)
+    if allocator_peak is not None:
+        totals.peak_memory_bytes = allocator_peak
+    record = telemetry.record()
+    energy = telemetry.energy()
+    totals.energy_j, totals.energy_reason = energy.energy_j, energy.reason
+    totals.power_w = record.power_w if record is not None else None
+    machine = machine_info()
+    # A dry run times nothing, so no % of peak or roofline bound refers to anything.
+    peak = None if device.type == "meta" else hardware.peak_for(device, settings.dtype, _calibration(machine))
+    if peak is not None:
         for layer in layers:
             layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
-        summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
+    summary = trace(layers) if trace is not None else None
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
     if counting.unknown_masks:
         notes.append(f"{counting.unknown_masks} attention mask(s) on the meta device depend on weights or on "
@@ -419,9 +468,7 @@ def run_profile(
     notes += layout_notes
     if summary is not None:
         notes += summary.notes
-    elif trace:
-        notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
-    if allocator is not None:
+    if allocator_peak is not None:
         notes.append("memory per layer and peak from the CUDA caching allocator")
     return Profile(
         attnprof_version=__version__,
@@ -431,14 +478,14 @@ def run_profile(
         workload=WorkloadInfo(
             target=workload.target,
             fingerprint=workload.fingerprint(settings),
-            parameter_count=sum(p.numel() for p in prepared.model.parameters()),
+            parameter_count=sum(p.numel() for p in model.parameters()),
             name=workload.name,
             architecture_fingerprint=workload.architecture,
         ),
         settings=settings,
         totals=totals,
         layers=layers,
-        timing_source=_timing_source(prepared.device, settings.clock, timing),
+        timing_source=_timing_source(device, settings.clock, timing),
         notes=notes,
         telemetry=record,
         trace=summary,

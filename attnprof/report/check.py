@@ -103,7 +103,7 @@ def _header_lines(result: CheckResult) -> list[str]:
 
 
 def check_table(result: CheckResult, show_all: bool = False) -> Table:
-    table = Table(title=f"attnprof check: {result.verdict}", title_justify="left", pad_edge=False)
+    table = Table(title=f"attnprof {result.command}: {result.verdict}", title_justify="left", pad_edge=False)
     for header, justify, width in [
         ("status", "left", None),
         ("metric", "left", None),
@@ -160,7 +160,7 @@ def attribution_table(result: CheckResult) -> Table:
 
 def print_check(result: CheckResult, console: Console, show_all: bool = False) -> None:
     if result.verdict == "error":
-        console.print(f"attnprof check: {VERDICT_MARK['error']}", markup=False)
+        console.print(f"attnprof {result.command}: {VERDICT_MARK['error']}", markup=False)
         console.print(verdict_line(result), markup=False)
         return
     for line in _header_lines(result):
@@ -208,7 +208,7 @@ def _md_rows(metrics: list[MetricCheck]) -> list[str]:
 
 def check_markdown(result: CheckResult) -> str:
     """GitHub-flavoured Markdown: verdict, what failed, and every metric folded away."""
-    lines = [f"## attnprof check: {VERDICT_MARK[result.verdict]}", "", _md_cell(verdict_line(result)), ""]
+    lines = [f"## attnprof {result.command}: {VERDICT_MARK[result.verdict]}", "", _md_cell(verdict_line(result)), ""]
     if result.verdict == "error":
         return "\n".join(lines)
     lines += [f"- {_md_cell(line)}" for line in _header_lines(result)]
@@ -234,18 +234,25 @@ def check_junit(result: CheckResult) -> str:
     """JUnit XML: one test case per metric; failing metrics fail, inconclusive ones are skipped."""
     failures = len(result.failures())
     skipped = len(result.inconclusive())
-    suites = ET.Element("testsuites", name="attnprof check")
+    command = f"attnprof {result.command}"
+    elapsed = f"{result.duration_s:.3f}" if result.duration_s is not None and math.isfinite(result.duration_s) else "0"
+    suites = ET.Element("testsuites", name=command, time=elapsed)
+    # timestamp and hostname as JUnit's schema has them (ISO 8601 without a zone, UTC here)
+    when = {"timestamp": result.created.removesuffix("+00:00")} if result.created else {}
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name=f"attnprof check {result.workload}",
+        name=f"{command} {result.workload}",
         tests=str(len(result.metrics) or 1),
         failures=str(failures),
         errors="1" if result.verdict == "error" else "0",
         skipped=str(skipped),
+        time=elapsed,
+        hostname=result.hostname or "unknown",
+        **when,
     )
     if result.verdict == "error":  # nothing measured: one erroring case, never an empty green suite
-        case = ET.SubElement(suite, "testcase", classname="attnprof.check", name="attnprof check", time="0")
+        case = ET.SubElement(suite, "testcase", classname="attnprof.check", name=command, time=elapsed)
         ET.SubElement(case, "error", message=result.error or "nothing was checked", type="error")
     for m in result.metrics:
         case = ET.SubElement(
@@ -433,7 +440,7 @@ ADAPTER: RecordAdapter[CheckResult] = RecordAdapter(
     kind="check",
     record_type=CheckResult,
     recognizes=lambda data: "verdict" in data and "metrics" in data,
-    title=lambda result: f"attnprof check: {result.workload} — {result.verdict}",
+    title=lambda result: f"attnprof {result.command}: {result.workload} — {result.verdict}",
     summary=summary,
     sections=sections,
     charts=charts,

@@ -209,6 +209,12 @@ LAYER_COLUMNS = (
     "params",
     "achieved_tflops",
     "bound",
+    # attention layers only (empty elsewhere): their own FLOPs and layout, the kernel that ran
+    "attention_flops",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "attention_backend",
 )
 ATTENTION_COLUMNS = (
     "name",
@@ -233,6 +239,7 @@ def _median(stats: TimeStats | None) -> float | None:
 
 
 def _layer_row(layer: LayerStats) -> dict[str, Any]:
+    attention = layer.attention
     return {
         "name": layer.name or "(model)",
         "type": layer.type,
@@ -249,6 +256,11 @@ def _layer_row(layer: LayerStats) -> dict[str, Any]:
         "params": layer.params,
         "achieved_tflops": layer.achieved_tflops,
         "bound": layer.bound,
+        "attention_flops": None if attention is None else attention.flops,
+        "num_heads": None if attention is None else attention.num_heads,
+        "num_kv_heads": None if attention is None else attention.num_kv_heads,
+        "head_dim": None if attention is None else attention.head_dim,
+        "attention_backend": None if attention is None else attention.backend,
     }
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attnprof.errors import InputFileError
+from attnprof.errors import InputFileError, UsageError
 from attnprof.report import check, fit, plan, profile
 from attnprof.report.adapter import RecordAdapter
-from attnprof.store import from_json_dict, read_json
+from attnprof.store import from_json_dict, json_schema, read_json
 
 ADAPTERS: tuple[RecordAdapter[Any], ...] = (
     profile.ADAPTER,
@@ -36,3 +36,11 @@ def load_report_record(path: Path) -> tuple[RecordAdapter[Any], Any]:
             return adapter, from_json_dict(adapter.record_type, data, where=str(path))
     kinds = ", ".join(adapter.kind for adapter in ADAPTERS)
     raise InputFileError(f"{path}: not a record attnprof can report on (expected one of: {kinds})")
+
+
+def record_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one kind's files (`attnprof schema KIND`; docs/schema/KIND.schema.json)."""
+    for adapter in ADAPTERS:
+        if adapter.kind == kind:
+            return json_schema(adapter.record_type, f"attnprof {kind} file")
+    raise UsageError(f"no record kind {kind!r}: one of {', '.join(adapter.kind for adapter in ADAPTERS)}")
