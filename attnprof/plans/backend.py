@@ -46,11 +46,12 @@ def apply_backend(
     if entry.hf_only and not hasattr(model, "set_attn_implementation"):
         reason = f"{entry.label} is an implementation of transformers models; this is not one"
         return [], [NotApplied("", type(model).__name__, "backend", reason)]
-    if hasattr(model, "set_attn_implementation") and current != implementation:
-        previous = config._attn_implementation
-        model.set_attn_implementation(implementation)
-        applied.append(f"transformers attention implementation: {implementation} (was {previous})")
-        calls = {}  # recorded under the old implementation
+    if hasattr(model, "set_attn_implementation"):
+        if current != implementation:
+            previous = config._attn_implementation
+            model.set_attn_implementation(implementation)
+            applied.append(f"transformers attention implementation: {implementation} (was {previous})")
+        calls = {}  # transformers' implementation is the attention: nothing hand-written to replace
     for site in found.sites:
         call = calls.get(site.name)
         if call is None or call.sdpa_calls:
