@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from attnprof import backends
 from attnprof.errors import UsageError
+from attnprof.measure.attention_ops import SdpaCall
 
 FLEX = "flex"
 ScopeFactory = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -91,25 +92,17 @@ def _keep_matrix(mask: torch.Tensor) -> torch.Tensor | None:
     return flat[0] if bool((flat == flat[0]).all()) else None
 
 
-def sdpa_as_flex(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+def sdpa_as_flex(call: SdpaCall) -> torch.Tensor:
     """What F.scaled_dot_product_attention computes, computed by flex_attention."""
-    if dropout_p:
-        raise UsageError(f"--backend flex: flex_attention has no dropout (an SDPA call asks for p={dropout_p})")
+    query, key, value, attn_mask = call.query, call.key, call.value, call.attn_mask
+    if call.dropout_p:
+        raise UsageError(f"--backend flex: flex_attention has no dropout (an SDPA call asks for p={call.dropout_p})")
     if query.dim() != 4:
-        raise UsageError(f"--backend flex: needs (batch, heads, seq, dim) inputs, not {query.dim()} dims")
+        raise UsageError(f"--backend flex: flex needs (batch, heads, seq, dim) inputs, not {query.dim()} dims")
     batch, heads, q_len, _ = query.shape
     kv_len = key.shape[-2]
     block_mask = score_mod = None
-    if is_causal:
+    if call.is_causal:
         block_mask = structured_block_mask(None, q_len, kv_len, query.device)
     elif attn_mask is not None:
         keep = _keep_matrix(attn_mask)
@@ -119,8 +112,8 @@ def sdpa_as_flex(
         else:
             block_mask, score_mod = _mask_as_mods(attn_mask, batch, heads, q_len, kv_len)
     return compiled_flex_attention()(
-        query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale,
-        enable_gqa=enable_gqa or key.shape[-3] != heads,
+        query, key, value, score_mod=score_mod, block_mask=block_mask, scale=call.scale,
+        enable_gqa=call.enable_gqa or key.shape[-3] != heads,
     )
 
 
@@ -150,7 +143,7 @@ class FlexSdpa(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func is F.scaled_dot_product_attention:
-            return sdpa_as_flex(*args, **(kwargs or {}))
+            return sdpa_as_flex(SdpaCall(*args, **(kwargs or {})))
         return func(*args, **(kwargs or {}))
 
 
