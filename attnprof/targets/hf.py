@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,11 @@ def model_class(config: Any, name: str) -> tuple[type, str | None]:
                   f"the base model of type {config.model_type!r}")
 
 
+# A config's attention implementation as loaded (by id: configs are unhashable), kept while a
+# run has chosen another one; forgotten with the config.
+_LOADED_IMPLEMENTATION: dict[int, str | None] = {}
+
+
 def select_attn_implementation(workload: Workload, implementation: str, backend: str = backends.AUTO) -> None:
     """Build the workload's transformers model with this attention implementation ("auto": the
     implementation the backend runs through where it is not an SDPA kernel, else the class's own
@@ -161,14 +167,19 @@ def select_attn_implementation(workload: Workload, implementation: str, backend:
         implementation = entry.hf_attn_implementation
     if not is_hf:
         return
+    config = workload.config
     if implementation == "auto":
-        workload.config._attn_implementation = None
+        if id(config) in _LOADED_IMPLEMENTATION:  # an earlier run chose one: back to the config's own
+            config._attn_implementation = _LOADED_IMPLEMENTATION.pop(id(config))
         return
     cls, _ = model_class(workload.config, workload.target.removeprefix("hf:"))
     supported = getattr(cls, _SUPPORT_FLAGS.get(implementation, ""), True)
     if supported is False:
         raise UsageError(f"{workload.target}: {cls.__name__} does not support --attn-implementation {implementation}")
-    workload.config._attn_implementation = implementation
+    if id(config) not in _LOADED_IMPLEMENTATION:
+        _LOADED_IMPLEMENTATION[id(config)] = config._attn_implementation
+        weakref.finalize(config, _LOADED_IMPLEMENTATION.pop, id(config), None)
+    config._attn_implementation = implementation
 
 
 def attn_implementations(workload: Workload) -> tuple[str, ...]:
