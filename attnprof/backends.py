@@ -1,6 +1,8 @@
 """The attention backends attnprof knows: one table, read by every part that chooses, checks or recognises one.
 
-A backend is one of PyTorch's scaled_dot_product_attention kernels. Each entry says what the
+A backend is one of PyTorch's scaled_dot_product_attention kernels, or a way of running attention
+instead of SDPA: FlexAttention (SDPA calls run as compiled `flex_attention` with block masks,
+measure/flex.py) and transformers' eager attention (hf: targets only). Each entry says what the
 settings, plans, sweeps, the doctor, the trace reader and the cost model need to know about it.
 To add one, add an entry here and nothing else, unless it needs code that is genuinely new (a
 kernel-argument reader in measure/attention_ops.py for a new aten op). docs/architecture.md,
@@ -24,7 +26,7 @@ AUTO = "auto"  # let PyTorch choose the kernel: no backend is forced
 @dataclass(frozen=True)
 class Backend:
     name: str  # as written in settings, plans, profiles and on the command line
-    sdp_backend: str  # the member of torch.nn.attention.SDPBackend that forces it
+    sdp_backend: str | None  # the member of torch.nn.attention.SDPBackend that forces it; None: not an SDPA kernel
     devices: tuple[str, ...]  # device types PyTorch implements it on ("cpu", "cuda")
     materialises_scores: bool  # holds the (q_len, kv_len) score matrix: memory grows with S²
     kernel_patterns: tuple[str, ...]  # lower-case substrings of its kernel / aten op names in traces
@@ -33,6 +35,8 @@ class Backend:
     label: str = ""  # how messages name it
     min_capability: tuple[int, int] | None = None  # the CUDA compute capability it needs
     cuda_dtypes: tuple[str, ...] = ()  # the input precisions it takes on a GPU (empty: any)
+    cpu_backward: bool = True  # runs backward (train mode) on a CPU
+    hf_only: bool = False  # exists only as a transformers attention implementation
 
 
 # Order matters for trace matching: cuDNN's SDPA kernels are named
@@ -77,6 +81,28 @@ BACKENDS: tuple[Backend, ...] = (
         kernel_patterns=("_scaled_dot_product_attention_math",),
         hf_attn_implementation="sdpa",
     ),
+    Backend(
+        name="flex",
+        sdp_backend=None,
+        devices=("cpu", "cuda"),
+        materialises_scores=False,
+        kernel_patterns=("flex_attention",),
+        hf_attn_implementation="flex_attention",
+        swept_on_gpu=False,
+        label="FlexAttention",
+        cpu_backward=False,  # torch: "FlexAttention does not support backward on CPU"
+    ),
+    Backend(
+        name="eager",
+        sdp_backend=None,
+        devices=("cpu", "cuda"),
+        materialises_scores=True,
+        kernel_patterns=(),
+        hf_attn_implementation="eager",
+        swept_on_gpu=False,
+        label="transformers eager attention",
+        hf_only=True,
+    ),
 )
 
 BY_NAME: dict[str, Backend] = {backend.name: backend for backend in BACKENDS}
@@ -85,9 +111,11 @@ CPU_DEFAULT = "flash"
 # The reference kernel every other backend falls back to (the doctor treats its failure as fatal).
 REFERENCE = "math"
 # Names a setting or plan may hold, in the order help texts list them.
-NAMES: tuple[str, ...] = (AUTO, "math", "flash", "efficient", "cudnn")
+NAMES: tuple[str, ...] = (AUTO, "math", "flash", "efficient", "cudnn", "flex", "eager")
 assert set(NAMES) == {AUTO, *BY_NAME}, "NAMES must list every backend of BACKENDS"
-SDPA_NAMES: tuple[str, ...] = tuple(name for name in NAMES if name != AUTO)
+# The SDPA kernels (sdpa_kernel forces them), and every backend a plan may choose.
+SDPA_NAMES: tuple[str, ...] = tuple(name for name in NAMES if name != AUTO and BY_NAME[name].sdp_backend)
+PLAN_NAMES: tuple[str, ...] = tuple(name for name in NAMES if name != AUTO)
 
 
 def get(name: str) -> Backend:
@@ -113,8 +141,11 @@ def default_sweep(device_type: str) -> tuple[str, ...]:
     return tuple(name for name in names_on(device_type) if device_type == "cpu" or BY_NAME[name].swept_on_gpu)
 
 
-def unsupported_reason(name: str, device_type: str, capability: tuple[int, int] | None, dtype: str) -> str | None:
-    """Why backend `name` cannot run at `dtype` on this device, or None when it can."""
+def unsupported_reason(
+    name: str, device_type: str, capability: tuple[int, int] | None, dtype: str, train: bool = False
+) -> str | None:
+    """Why backend `name` cannot run at `dtype` on this device (in train mode: backward too), or
+    None when it can."""
     if name == AUTO:
         return None
     backend = get(name)
@@ -128,6 +159,8 @@ def unsupported_reason(name: str, device_type: str, capability: tuple[int, int] 
                 f"{backend.label} needs compute capability >= {major}.{minor} and "
                 f"{'/'.join(backend.cuda_dtypes)} inputs"
             )
+    if train and device_type == "cpu" and not backend.cpu_backward:
+        return f"{backend.label} has no backward on CPU (train mode)"
     return None
 
 
@@ -147,15 +180,19 @@ def backend_of_kernel(kernel_name: str) -> str | None:
 
 
 def sdp_backend(name: str) -> Any:
-    """The torch.nn.attention.SDPBackend member that forces backend `name`."""
+    """The torch.nn.attention.SDPBackend member that forces SDPA kernel `name`."""
     from torch.nn.attention import SDPBackend
 
-    return getattr(SDPBackend, get(name).sdp_backend)
+    member = get(name).sdp_backend
+    if member is None:
+        raise UsageError(f"{name} is not an SDPA kernel")
+    return getattr(SDPBackend, member)
 
 
 def kernel_scope(name: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """A factory of context managers that force backend `name` (nothing for "auto")."""
-    if name == AUTO:
+    """A factory of context managers that force SDPA kernel `name` (nothing for "auto" and the
+    backends that are not SDPA kernels: measure/flex.attention_scope runs those)."""
+    if name == AUTO or get(name).sdp_backend is None:
         return contextlib.nullcontext
     from torch.nn.attention import sdpa_kernel
 

@@ -18,7 +18,7 @@ from attnprof.report.plan import print_tune
 from attnprof.settings import DTYPES, resolve_settings
 from attnprof.store import atomic_write_text, file_identity, record_json, write_record
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS, parse_budget, parse_objective
-from attnprof.tuning.space import knobs_help, parse_plan_knobs
+from attnprof.tuning.space import knobs_help, parse_backend_values, parse_plan_knobs
 
 if TYPE_CHECKING:
     from attnprof.tuning.sharding import LinkLike
@@ -73,6 +73,11 @@ def tune_command(
     seq_len: int = options.SEQ_LEN,
     dtype: str = typer.Option(None, "--dtype", help=f"Baseline dtype: {', '.join(DTYPES)}."),
     backend: str = typer.Option(None, "--backend", help=f"Baseline SDPA backend: {', '.join(backends.NAMES)}."),
+    backend_values: str = typer.Option(
+        None, "--backends",
+        help=f"Values of the backend knob (default: the SDPA kernels): any of {', '.join(backends.PLAN_NAMES)}; "
+        "flex runs SDPA calls as compiled flex_attention, eager is transformers' eager attention (hf: targets).",
+    ),
     device: str = options.GPU_DEVICE,
     mode: str = options.MODE,
     warmup: int = options.setting_option("warmup", "--warmup", help="Warm-up steps per measurement."),
@@ -102,6 +107,7 @@ def tune_command(
         verify=apply,
         link=_link(interconnect, settings.device, gpus),
         contradiction_sigmas=uncertainty,
+        backends=parse_backend_values(backend_values),
     )
     log(f"tuning {workload.target} for {goal} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len})")
     outcome = tune(workload, settings, request)

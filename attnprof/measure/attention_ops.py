@@ -62,6 +62,21 @@ def bind(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, 
     return bound
 
 
+@dataclass
+class SdpaCall:
+    """The arguments of one `F.scaled_dot_product_attention` call, as its signature names them:
+    `SdpaCall(*args, **kwargs)` binds a call seen by a torch-function mode."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    attn_mask: torch.Tensor | None = None
+    dropout_p: float = 0.0
+    is_causal: bool = False
+    scale: float | None = None
+    enable_gqa: bool = False
+
+
 Causality = Literal["top_left", "bottom_right", "mask_type"]
 
 

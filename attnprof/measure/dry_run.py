@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnprof.measure.attention_ops import SdpaCall
 from attnprof.measure.meta_values import MetaConstants
 
 aten = torch.ops.aten
@@ -28,29 +29,21 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-def flash_on_meta(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor | None:
+def flash_on_meta(call: SdpaCall) -> torch.Tensor | None:
     """The flash kernel's output for an SDPA call on meta tensors; None when SDPA itself should run
     (other devices, or arguments it would reject, so that its own error is raised)."""
+    query, key, value, attn_mask = call.query, call.key, call.value, call.attn_mask
     if query.device.type != "meta" or query.dim() != 4:
         return None
-    if dropout_p > 0:  # with dropout (training) a CPU runs SDPA's math path, not the flash kernel
+    if call.dropout_p > 0:  # with dropout (training) a CPU runs SDPA's math path, not the flash kernel
         return None
-    if key.size(-3) != query.size(-3) and not enable_gqa:
+    if key.size(-3) != query.size(-3) and not call.enable_gqa:
         return None
-    if attn_mask is not None and is_causal:
+    if attn_mask is not None and call.is_causal:
         return None
     mask = _additive(attn_mask, query.dtype) if attn_mask is not None else None
     output, _ = aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, dropout_p, is_causal, attn_mask=mask, scale=scale
+        query, key, value, call.dropout_p, call.is_causal, attn_mask=mask, scale=call.scale
     )
     return output
 
@@ -62,7 +55,7 @@ class FlashOnMeta(MetaConstants):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            output = flash_on_meta(*args, **kwargs)
+            output = flash_on_meta(SdpaCall(*args, **kwargs))
             if output is not None:
                 return output
         return super().__torch_function__(func, types, args, kwargs)

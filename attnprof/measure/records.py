@@ -138,3 +138,20 @@ class GpuInfo:
     name: str
     memory_total_bytes: int | None
     mig: bool = False
+
+
+@dataclass
+class CompileStats:
+    """What torch.compile did during one profile run, kept apart from the step times.
+
+    Counted from dynamo's compile callbacks, each compile timed from its start to its end: a
+    frame's first compile, and its recompiles (a guard failed: new shapes, dtypes, a changed
+    hook). The step-time samples never include a compile: a timed step during which one ran is
+    timed again (`retimed_steps`)."""
+
+    frames: int  # distinct code frames compiled
+    compiles: int  # every compile, first compiles and recompiles
+    recompiles: int
+    compile_time_s: float  # wall time inside the compiles, warm-up and counting included
+    timed_compiles: int = 0  # compiles that landed in a timed step (the step was timed again)
+    retimed_steps: int = 0

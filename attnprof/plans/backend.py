@@ -1,6 +1,7 @@
-"""Attention backend plans: an `sdpa_kernel` scope around forward, transformers switched to its
-SDPA implementation, and hand-written matmul-softmax-matmul attention replaced by its adapter's
-SDPA forward where that reproduces the module's own outputs on the example inputs."""
+"""Attention backend plans: an `sdpa_kernel` scope around forward (or, for flex, a scope that runs
+SDPA calls as flex_attention), transformers switched to the backend's attention implementation
+(sdpa, flex_attention or eager), and hand-written matmul-softmax-matmul attention replaced by its
+adapter's SDPA forward where that reproduces the module's own outputs on the example inputs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from attnprof import backends
 from attnprof.errors import EnvironmentUnsupported
+from attnprof.measure.flex import attention_scope
 from attnprof.plans.calls import ModuleCall
 from attnprof.plans.discover import AttentionSite, Discovery
 from attnprof.plans.records import NotApplied
@@ -19,7 +21,10 @@ from attnprof.plans.scope import add_forward_scope
 
 
 def check_backend_runs(backend: str, device: torch.device, dtype: torch.dtype) -> None:
-    """Run a tiny SDPA under the backend; a backend this device lacks is exit 4, not a crash later."""
+    """Run a tiny SDPA under an SDPA kernel; a kernel this device lacks is exit 4, not a crash later.
+    (flex and eager are not probed: flex would pay a compile for it, eager is transformers' code.)"""
+    if backends.get(backend).sdp_backend is None:
+        return
     q = torch.zeros(1, 1, 8, 64, device=device, dtype=dtype)
     try:
         with backends.kernel_scope(backend)():
@@ -35,13 +40,18 @@ def apply_backend(
     applied: list[str] = []
     missed: list[NotApplied] = []
     config = getattr(model, "config", None)
-    implementation = backends.get(backend).hf_attn_implementation
+    entry = backends.get(backend)
+    implementation = entry.hf_attn_implementation
     current = getattr(config, "_attn_implementation", implementation)
-    if hasattr(model, "set_attn_implementation") and current != implementation:
-        previous = config._attn_implementation
-        model.set_attn_implementation(implementation)
-        applied.append(f"transformers attention implementation: {implementation} (was {previous})")
-        calls = {}  # recorded under the old implementation; the layers now call SDPA
+    if entry.hf_only and not hasattr(model, "set_attn_implementation"):
+        reason = f"{entry.label} is an implementation of transformers models; this is not one"
+        return [], [NotApplied("", type(model).__name__, "backend", reason)]
+    if hasattr(model, "set_attn_implementation"):
+        if current != implementation:
+            previous = config._attn_implementation
+            model.set_attn_implementation(implementation)
+            applied.append(f"transformers attention implementation: {implementation} (was {previous})")
+        calls = {}  # transformers' implementation is the attention: nothing hand-written to replace
     for site in found.sites:
         call = calls.get(site.name)
         if call is None or call.sdpa_calls:
@@ -55,8 +65,12 @@ def apply_backend(
         call = calls.get(path)
         if call is not None and not call.sdpa_calls:
             missed.append(NotApplied(path, type_name, "backend", "unrecognised attention that does not call SDPA"))
-    add_forward_scope(model, backends.kernel_scope(backend))
-    applied.append(f"attention backend {backend}: sdpa_kernel scope around forward")
+    if entry.sdp_backend is not None:
+        add_forward_scope(model, backends.kernel_scope(backend))
+        applied.append(f"attention backend {backend}: sdpa_kernel scope around forward")
+    elif backend == "flex":
+        add_forward_scope(model, attention_scope(backend))
+        applied.append("attention backend flex: SDPA calls run as compiled flex_attention with block masks")
     return applied, missed
 
 

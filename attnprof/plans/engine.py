@@ -1,6 +1,7 @@
 """Apply a plan's choices to an unmodified model, in an order where each step sees real weights:
 backend (needs the original forward), heads (needs fp32 gradients), precision, checkpointing,
-and sharding last (it turns parameters into DTensors)."""
+compilation (of the blocks as every other choice left them), and sharding last (it turns
+parameters into DTensors)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from attnprof.plans.adapters.base import Unsupported
 from attnprof.plans.backend import apply_backend, check_backend_runs
 from attnprof.plans.calls import Recording, record_calls
 from attnprof.plans.checkpointing import checkpoint_modules
+from attnprof.plans.compile import compile_blocks
 from attnprof.plans.discover import AttentionSite, Discovery, discover, note_sdpa_callers
 from attnprof.plans.heads import choose_heads, convert_to_gqa, head_importance, prune_heads, update_config
 from attnprof.plans.outputs import logits_of, main_tensor
@@ -78,6 +80,8 @@ def apply_plan(
     report.applied += apply_precision(model, choices.dtype, choices.precision, device)
     checkpointed = found.blocks() if choices.checkpoint == [ALL_LAYERS] else choices.checkpoint
     report.applied += checkpoint_modules(model, checkpointed)
+    if choices.compile:
+        report.applied += compile_blocks(model, found)
     model, applied, missed = apply_sharding(model, found, choices, device)
     report.applied += applied
     report.not_applied += missed

@@ -74,6 +74,7 @@ class PlanChoices:
     data_parallel: int = 1
     data_parallel_mode: str = "fsdp"  # fsdp (FSDP2 fully_shard) | ddp
     pipeline_stages: int = 1
+    compile: bool = False  # transformer blocks compiled by torch.compile (inductor)
 
     def __post_init__(self) -> None:
         if self.dtype not in PRECISIONS:
@@ -93,6 +94,13 @@ class PlanChoices:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"plan {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise UsageError(f"plan compile must be true or false, got {self.compile!r}")
+        if self.compile and self.world_size > 1:
+            raise UsageError("plan compile: compiled plans run on one device (no sharding)")
+        if self.compile and self.backend == "flex":
+            raise UsageError("plan compile: the flex backend compiles flex_attention itself; "
+                             "blocks are not compiled around it")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise UsageError(f"plan threads must be a non-negative integer, got {self.threads!r}")
         for layer, kv in self.kv_heads.items():

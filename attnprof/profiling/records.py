@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from attnprof.machine import MachineInfo
-from attnprof.measure.records import AttentionInfo, Bound, DevicePeak, DeviceTelemetry, TraceSummary
+from attnprof.measure.records import AttentionInfo, Bound, CompileStats, DevicePeak, DeviceTelemetry, TraceSummary
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, SCHEMA_VERSION, read_record, slug
 from attnprof.targets.records import WorkloadInfo
@@ -138,6 +138,7 @@ class Profile:
     telemetry: DeviceTelemetry | None = None  # NVML power, clocks, utilization (NVIDIA GPUs)
     trace: TraceSummary | None = None  # `profile --trace`
     peak: DevicePeak | None = None  # what % of peak and each layer's `bound` refer to
+    compilation: CompileStats | None = None  # torch.compile's compiles in this run (None: nothing compiled)
 
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:

@@ -28,15 +28,17 @@ from attnprof.machine import MachineInfo, git_commit, machine_info
 from attnprof.measure import hardware
 from attnprof.measure.accounting import CostCounter, ModuleCost, merge_attention
 from attnprof.measure.attention_ops import flex_attention_uncompiled
+from attnprof.measure.compilation import CompileWatch
 from attnprof.measure.device import resolve_device, synchronize
 from attnprof.measure.dry_run import FlashOnMeta
 from attnprof.measure.dtypes import parse_dtype
+from attnprof.measure.flex import attention_scope
 from attnprof.measure.flop_formulas import Coverage
 from attnprof.measure.layout import declared_layout, reconcile
 from attnprof.measure.memory import CudaAllocatorTracker, LiveMemoryTracker, tensor_bytes
 from attnprof.measure.meta_values import MetaValues, ValueRecorder
 from attnprof.measure.nvml import Telemetry
-from attnprof.measure.records import Calibration, TraceSummary
+from attnprof.measure.records import Calibration, CompileStats, TraceSummary
 from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
@@ -88,6 +90,9 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
             f"--backend {settings.backend} does not run on a CPU; "
             f"CPU backends: {', '.join((backends.AUTO, *backends.names_on('cpu')))}"
         )
+    reason = backends.unsupported_reason(settings.backend, device.type, None, settings.dtype, settings.mode == "train")
+    if device.type == "cpu" and reason is not None:
+        raise EnvironmentUnsupported(f"--backend {settings.backend}: {reason}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = parse_dtype(settings.dtype)
@@ -95,7 +100,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     # padding masks), so that masks are counted exactly without any real data.
     meta_values = MetaValues() if device.type == "meta" else None
     recording = ValueRecorder(meta_values) if meta_values is not None else contextlib.nullcontext()
-    select_attn_implementation(workload, settings.attn_implementation)
+    select_attn_implementation(workload, settings.attn_implementation, settings.backend)
     with recording:
         model = workload.build_model(device, dtype)
     model.to(device=device)  # a factory that ignores `device` still runs where asked
@@ -106,7 +111,7 @@ def prepare(workload: Workload, settings: Settings) -> Prepared:
     if meta_values is not None:
         inputs = meta_values.adopt(inputs)  # masks given as CPU tensors: on meta, values known
     args, kwargs = inputs
-    scope = backends.kernel_scope(settings.backend)
+    scope = attention_scope(settings.backend)
     if meta_values is not None and settings.backend in (backends.AUTO, backends.CPU_DEFAULT):
         # A dry run stands for a CPU run, whose SDPA runs the flash kernel.
         scope = functools.partial(FlashOnMeta, meta_values)
@@ -196,13 +201,20 @@ class TimingResult:
 
 
 def timing_pass(
-    prepared: Prepared, settings: Settings, telemetry: Telemetry | None = None, pace: Pace | None = None
+    prepared: Prepared,
+    settings: Settings,
+    telemetry: Telemetry | None = None,
+    pace: Pace | None = None,
+    compiles: CompileWatch | None = None,
 ) -> TimingResult:
     """Warm-up, then interleaved plain (step time) and hooked (per-layer time) steps.
 
     NVML telemetry, when given, covers the timed steps (plain and hooked alike). `pace`, when
     given, is called before each timed repeat and once after the last (done=True); it may block,
-    so that another process can take its turn on the machine (attnprof.profiling.interleave)."""
+    so that another process can take its turn on the machine (attnprof.profiling.interleave).
+    A timed step during which torch.compile compiled (a recompile, or a compile the warm-up did
+    not reach) is timed again: compile time is reported by the watch, never as step time."""
+    watch = compiles or CompileWatch()
     for _ in range(settings.warmup):
         prepared.step()
     timer = layer_timer(prepared.device, settings.clock)
@@ -219,12 +231,17 @@ def timing_pass(
     for _ in track(range(settings.repeats), "timing repeats"):  # a bar with time left, on a terminal only
         if pace is not None:
             pace(False)
-        result.step_ms.append(1e3 * time_call(prepared.step, prepared.device, settings.clock))
+        seconds = watch.without_compiles(lambda: time_call(prepared.step, prepared.device, settings.clock))
+        result.step_ms.append(1e3 * seconds)
         if probe is not None:
             result.reference_ms.append(1e3 * time_call(probe, prepared.device, settings.clock))
-        timer.reset()
-        with scopes:
-            time_call(prepared.step, prepared.device, settings.clock)
+
+        def hooked_step() -> None:
+            timer.reset()
+            with scopes:
+                time_call(prepared.step, prepared.device, settings.clock)
+
+        watch.without_compiles(hooked_step)
         add_step_times(result, timer.times)
     if pace is not None:
         pace(True)
@@ -410,12 +427,14 @@ def run_profile(
     """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
     backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
     repeats (see timing_pass)."""
-    with restored_threads():
+    with restored_threads(), CompileWatch() as compiles:
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
         counting = counting_pass(prepared)
         with Telemetry(prepared.device) as telemetry:
-            timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace)
+            timing = (
+                None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace, compiles)
+            )
         allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None
         if allocator is not None:
             counting.memory = dict(allocator.module_peak)
@@ -424,7 +443,7 @@ def run_profile(
             return trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
 
         profile = profile_record(workload, settings, prepared.model, prepared.device, counting, timing, telemetry,
-                                 traced, allocator.step_peak if allocator is not None else None)
+                                 traced, allocator.step_peak if allocator is not None else None, compiles.stats())
     if trace and timing is None:
         profile.notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
     return profile
@@ -440,9 +459,11 @@ def profile_record(
     telemetry: Telemetry,
     trace: Callable[[list[LayerStats]], TraceSummary | None] | None = None,
     allocator_peak: int | None = None,
+    compilation: CompileStats | None = None,
 ) -> Profile:
     """The Profile of a counting step and timed steps (`timing` None: a dry run). `trace`, given
-    the layers, runs a trace window over them; `allocator_peak` is the CUDA allocator's step peak."""
+    the layers, runs a trace window over them; `allocator_peak` is the CUDA allocator's step peak;
+    `compilation`, what torch.compile spent while the steps ran."""
     train = settings.mode == "train"
     layers = build_layers(model, counting, timing, train)
     layout_notes = declared_layouts(model, layers)
@@ -490,6 +511,7 @@ def profile_record(
         telemetry=record,
         trace=summary,
         peak=peak,
+        compilation=compilation,
     )
 
 

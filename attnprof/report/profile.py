@@ -166,6 +166,8 @@ def profile_view(profile: Profile, sort: str = "order") -> Group:
     uncounted = uncounted_line(profile)
     if uncounted is not None:
         lines.append(uncounted)
+    if profile.compilation is not None:
+        lines.append(f"torch.compile: {compile_fact(profile)}")
     lines += [f"note: {note}" for note in profile.notes]
     return Group(profile_table(profile, sort), *(Text(line) for line in lines))
 
@@ -286,6 +288,16 @@ def sections(profile: Profile) -> list[Section]:
     return shown
 
 
+def compile_fact(profile: Profile) -> str:
+    """Compiles, recompiles and their time, which the step time leaves out."""
+    c = profile.compilation
+    if c is None:
+        return "nothing compiled"
+    retimed = f"; {c.retimed_steps} timed step(s) that compiled were timed again" if c.retimed_steps else ""
+    return (f"{c.compiles} compile(s) of {c.frames} frame(s), {c.recompiles} recompile(s), "
+            f"{c.compile_time_s:.3g} s, not in the step time{retimed}")
+
+
 def summary(profile: Profile) -> list[tuple[str, str]]:
     s, t, m = profile.settings, profile.totals, profile.machine
     step = (
@@ -310,6 +322,7 @@ def summary(profile: Profile) -> list[tuple[str, str]]:
         ("FLOPs", f"{t.flops:,}"),
         ("attention FLOPs", f"{t.attention_flops:,}{share}"),
         ("not counted", _uncounted_fact(t)),
+        ("torch.compile", compile_fact(profile)),
         ("peak memory", f"{t.peak_memory_bytes / 2**20:.4g} MiB"),
         ("energy", energy),
         ("commit", profile.commit or "—"),

@@ -16,10 +16,12 @@ config fixes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnprof import backends
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.targets.workload import Inputs, Workload, call_user
 from attnprof.targets.zoo import next_token_loss, random_token_ids
@@ -143,18 +146,49 @@ def model_class(config: Any, name: str) -> tuple[type, str | None]:
                   f"the base model of type {config.model_type!r}")
 
 
-def select_attn_implementation(workload: Workload, implementation: str) -> None:
+# A config's attention implementation as loaded (by id: configs are unhashable), kept while a
+# run has chosen another one; forgotten with the config.
+_LOADED_IMPLEMENTATION: dict[int, str | None] = {}
+
+
+def select_attn_implementation(workload: Workload, implementation: str, backend: str = backends.AUTO) -> None:
     """Build the workload's transformers model with this attention implementation ("auto": the
-    class's own default). The choice lives on the config, where transformers keeps it."""
-    if implementation == "auto":
-        return
-    if not workload.target.startswith("hf:") or workload.config is None:
+    implementation the backend runs through where it is not an SDPA kernel, else the class's own
+    default). The choice lives on the config, where transformers keeps it; each build copies the
+    config, so the choice of one run never leaks into the next."""
+    entry = backends.get(backend) if backend != backends.AUTO else None
+    is_hf = workload.target.startswith("hf:") and workload.config is not None
+    if implementation != "auto" and not is_hf:
         raise UsageError(f"--attn-implementation {implementation} applies to hf: targets only")
+    if entry is not None and entry.hf_only and not is_hf:
+        raise UsageError(f"--backend {backend} is transformers' {entry.hf_attn_implementation} attention: "
+                         "hf: targets only")
+    if implementation == "auto" and entry is not None and entry.sdp_backend is None:
+        implementation = entry.hf_attn_implementation
+    if not is_hf:
+        return
+    config = workload.config
+    if implementation == "auto":
+        if id(config) in _LOADED_IMPLEMENTATION:  # an earlier run chose one: back to the config's own
+            config._attn_implementation = _LOADED_IMPLEMENTATION.pop(id(config))
+        return
     cls, _ = model_class(workload.config, workload.target.removeprefix("hf:"))
     supported = getattr(cls, _SUPPORT_FLAGS.get(implementation, ""), True)
     if supported is False:
         raise UsageError(f"{workload.target}: {cls.__name__} does not support --attn-implementation {implementation}")
-    workload.config._attn_implementation = implementation
+    if id(config) not in _LOADED_IMPLEMENTATION:
+        _LOADED_IMPLEMENTATION[id(config)] = config._attn_implementation
+        weakref.finalize(config, _LOADED_IMPLEMENTATION.pop, id(config), None)
+    config._attn_implementation = implementation
+
+
+def attn_implementations(workload: Workload) -> tuple[str, ...]:
+    """The transformers attention implementations an hf: target's class supports; () for other targets."""
+    if not workload.target.startswith("hf:") or workload.config is None:
+        return ()
+    cls, _ = model_class(workload.config, workload.target.removeprefix("hf:"))
+    return tuple(name for name in ("eager", "sdpa", "flex_attention")
+                 if getattr(cls, _SUPPORT_FLAGS.get(name, ""), True) is not False)
 
 
 def _forward_parameters(cls: type) -> set[str]:
@@ -265,7 +299,8 @@ def load_hf(target: str) -> Workload:
     def build_model(device: torch.device, dtype: torch.dtype) -> nn.Module:
         with torch.device(device), _quiet_stdout():
             torch.manual_seed(0)
-            model = call_user(cls._from_config, config, what=f"building hf:{name}")
+            # A copy: transformers' set_attn_implementation writes into the model's config.
+            model = call_user(cls._from_config, copy.deepcopy(config), what=f"building hf:{name}")
         return model.to(dtype=dtype)
 
     loss_fn = None

@@ -38,13 +38,16 @@ class Workload:
     architecture: str = ""  # structure fingerprint, set once a model has been built
 
     def fingerprint(self, settings: Settings) -> str:
-        """Architecture + the settings that change what runs (not warm-up or repeats)."""
+        """Architecture + the settings that change what runs (not warm-up or repeats). A chosen
+        transformers attention implementation is part of it (left out at "auto", so fingerprints
+        taken before it existed still match)."""
         if not self.architecture:
             self.architecture = self._architecture_from_meta_build()
-        return short_hash(
-            [self.architecture, settings.mode, settings.batch_size, settings.seq_len, settings.dtype,
-             settings.backend, torch.device(settings.device).type]
-        )
+        parts: list[object] = [self.architecture, settings.mode, settings.batch_size, settings.seq_len,
+                               settings.dtype, settings.backend, torch.device(settings.device).type]
+        if settings.attn_implementation != "auto":
+            parts.append(f"attn_implementation={settings.attn_implementation}")
+        return short_hash(parts)
 
     def _architecture_from_meta_build(self) -> str:
         try:
@@ -55,11 +58,18 @@ class Workload:
 
 
 def architecture_fingerprint(model: nn.Module) -> str:
-    """Module tree, classes and parameter shapes: equal for equal architectures."""
+    """Module tree, classes and parameter shapes: equal for equal architectures. A module whose
+    forward torch.compile wraps is marked: compiled and eager runs are not the same workload."""
     return short_hash(
-        [(name, type(m).__name__) for name, m in model.named_modules()]
+        [(name, type(m).__name__, *(("compiled",) if compiled_forward(m) else ())) for name, m in model.named_modules()]
         + [(name, list(p.shape), str(p.dtype)) for name, p in model.named_parameters()]
     )
+
+
+def compiled_forward(module: nn.Module) -> bool:
+    """The instance's forward is a torch.compile wrapper (it keeps the function it compiled)."""
+    forward = module.__dict__.get("forward")
+    return forward is not None and hasattr(forward, "_torchdynamo_orig_callable")
 
 
 def normalize_inputs(raw: Any, refusal: str) -> Inputs:

@@ -72,7 +72,8 @@ def choice_plan(settings: Settings, choice: GlobalChoice) -> PlanChoices:
     casting the weights, norms kept in fp32)."""
     batch = None if choice.batch_size == settings.batch_size else choice.batch_size
     return PlanChoices(
-        dtype=choice.dtype, precision="cast", backend=choice.backend, batch_size=batch, threads=choice.threads
+        dtype=choice.dtype, precision="cast", backend=choice.backend, batch_size=batch, threads=choice.threads,
+        compile=choice.compile,
     )
 
 

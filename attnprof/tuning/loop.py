@@ -44,6 +44,7 @@ from attnprof.profiling.records import Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, timestamp
+from attnprof.targets.hf import attn_implementations
 from attnprof.targets.workload import Workload
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS
 from attnprof.tuning.estimate import (
@@ -95,6 +96,7 @@ class TuneRequest:
     contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
     verify_seconds: float = VERIFY_SECONDS  # time the interleaved comparison may take
     profiles_dir: Path = DEFAULT_PROFILE_DIR
+    backends: tuple[str, ...] | None = None  # the backend knob's values (None: the SDPA kernels)
 
 
 @dataclass
@@ -149,6 +151,8 @@ def tune(
         gpus=budget.gpus,
         blocks=max(len(layouts), 1),
         tensor_parallel_blocker=tensor_parallel_blocker(checker.reference_model) if budget.gpus > 1 else None,
+        backends=request.backends,
+        attn_implementations=attn_implementations(workload),
     )
     excluded = list(space.excluded)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR

@@ -4,7 +4,7 @@
 PlanChoices fields it sets, how it is priced, and when it is on by default; the knob lists of
 the tuning loop and the `--knobs` help are read from it. Every value left out of the space is
 left out by a named rule with a reason, so `tune` can say why a plan the user expected was never
-considered. Global knobs (backend, precision, micro-batch, threads, sharding) form
+considered. Global knobs (backend, precision, micro-batch, threads, compile, sharding) form
 `GlobalChoice`s; per-layer knobs (heads pruned, K/V heads, activation checkpointing) form one
 list of `LayerOption`s per attention layer.
 """
@@ -60,6 +60,8 @@ PLAN_KNOBS: tuple[PlanKnob, ...] = (
     PlanKnob("dtype", "the precision", ("dtype", "precision"), "choice"),
     PlanKnob("batch_size", "the micro-batch", ("batch_size",), "micro_batch"),
     PlanKnob("threads", "CPU threads", ("threads",), "choice"),
+    # Compiling costs tens of seconds per graph on a CPU: only when named.
+    PlanKnob("compile", "transformer blocks compiled by torch.compile", ("compile",), "choice", default_modes=()),
     # Knobs that change the model's architecture: off unless asked for with --knobs.
     PlanKnob("heads", "attention heads pruned", ("prune_heads",), "layer", default_modes=()),
     PlanKnob("kv_heads", "K/V heads merged, as in GQA", ("kv_heads",), "layer", default_modes=()),
@@ -154,6 +156,7 @@ class GlobalChoice:
     pipeline_stages: int = 1
     data_parallel: int = 1
     data_parallel_mode: str = "fsdp"
+    compile: bool = False
 
     def as_config(self) -> dict[str, object]:
         config: dict[str, object] = {
@@ -162,6 +165,8 @@ class GlobalChoice:
             "batch_size": self.batch_size,
             "threads": self.threads,
         }
+        if self.compile:
+            config["compile"] = True
         if self.world_size > 1:
             config.update(tp=self.tensor_parallel, pp=self.pipeline_stages, dp=self.data_parallel)
             if self.data_parallel > 1:
@@ -252,11 +257,40 @@ def parse_plan_knobs(text: str | None, mode: str, gpus: int) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_backend_values(text: str | None) -> tuple[str, ...] | None:
+    """`--backends math,flash,flex,eager` -> the backend knob's values; None keeps the SDPA kernels."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in known_backends.PLAN_NAMES]
+    if not names or unknown:
+        raise UsageError(
+            f"--backends: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'empty list'} "
+            f"(known: {', '.join(known_backends.PLAN_NAMES)}); e.g. --backends math,flash,flex"
+        )
+    return names
+
+
 # --- rules: each returns the reason a value is invalid, or None ----------------------------------
 
 
-def backend_rule(facts: DeviceFacts, backend: str, dtype: str) -> str | None:
-    return known_backends.unsupported_reason(backend, facts.type, facts.capability, dtype)
+def backend_rule(
+    facts: DeviceFacts, backend: str, dtype: str, train: bool = False, attn_implementations: Sequence[str] = ()
+) -> str | None:
+    """`attn_implementations`: those the transformers model offers; () for a model of other code."""
+    reason = known_backends.unsupported_reason(backend, facts.type, facts.capability, dtype, train)
+    if reason is not None or backend == known_backends.AUTO:
+        return reason
+    entry = known_backends.get(backend)
+    if entry.hf_only and not attn_implementations:
+        return f"{entry.label} is an implementation of transformers models (hf: targets) only"
+    if attn_implementations and entry.hf_attn_implementation not in attn_implementations:
+        return f"the model's class has no {entry.hf_attn_implementation} attention implementation"
+    return None
+
+
+COMPILE_UNSHARDED = "compiled plans run on one device"
+COMPILE_WITH_FLEX = "the flex backend compiles flex_attention itself; blocks are not compiled around it"
 
 
 def dtype_rule(facts: DeviceFacts, dtype: str) -> str | None:
@@ -340,6 +374,7 @@ def build_space(
     backends: Sequence[str] | None = None,
     dtypes: Sequence[str] | None = None,
     tensor_parallel_blocker: str | None = None,
+    attn_implementations: Sequence[str] = (),
 ) -> PlanSpace:
     """All valid plans for the allowed knobs that `attnprof apply` can run; every left-out value
     is recorded with its reason.
@@ -347,6 +382,8 @@ def build_space(
     `blocks` is the number of repeated blocks a pipeline can split; `backends`/`dtypes` narrow the
     candidate values (e.g. to those the cost model has measured); `tensor_parallel_blocker` is why
     apply could not shard this model's layers (plans.sharding.tensor_parallel_blocker), if so.
+    The backend knob's values are the SDPA kernels unless `backends` names others (flex, and for
+    transformers models eager: their `attn_implementations`, targets.hf.attn_implementations).
     """
     knobs = set(knobs)
     excluded: list[Exclusion] = []
@@ -361,20 +398,30 @@ def build_space(
     backend_values = list(backends or known_backends.SDPA_NAMES) if "backend" in knobs else [base_backend]
     dtype_values = list(dtypes or PLAN_PRECISIONS) if "dtype" in knobs else [settings.dtype]
     threads_values = thread_values(facts) if "threads" in knobs and facts.type == "cpu" else [settings.threads]
+    compile_values = [False, True] if "compile" in knobs else [False]
     if "threads" in knobs and facts.type != "cpu":
         exclude("threads", "*", "threads apply to CPU execution only")
 
     dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
     sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker)
     globals_: list[GlobalChoice] = []
+    train = settings.mode == "train"
     for backend, dtype in itertools.product(backend_values, dtype_values):
-        if backend != "auto" and exclude("backend", f"{backend} with {dtype}", backend_rule(facts, backend, dtype)):
+        reason = backend_rule(facts, backend, dtype, train, attn_implementations)
+        if backend != "auto" and exclude("backend", f"{backend} with {dtype}", reason):
             continue
-        for threads, (tp, pp, dp, mode) in itertools.product(threads_values, sharding):
+        for threads, (tp, pp, dp, mode), compiled in itertools.product(threads_values, sharding, compile_values):
+            if compiled and (
+                exclude("compile", f"with tp={tp} pp={pp} dp={dp}", COMPILE_UNSHARDED if tp * pp * dp > 1 else None)
+                or exclude("compile", "with backend flex", COMPILE_WITH_FLEX if backend == "flex" else None)
+            ):
+                continue
             # Each data-parallel replica takes an equal share of the batch, in equal micro-batches.
             replica_batch = settings.batch_size // dp
             batches = micro_batch_values(replica_batch) if "batch_size" in knobs else [replica_batch]
-            globals_.extend(GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode) for batch in batches)
+            globals_.extend(
+                GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode, compiled) for batch in batches
+            )
 
     layer_options = {layout.name: _layer_options(layout, knobs, settings.mode, exclude) for layout in layouts}
     if "checkpoint" in knobs and settings.mode != "train":

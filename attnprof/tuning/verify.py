@@ -137,6 +137,7 @@ def change_count(choices: PlanChoices, settings: Settings) -> int:
             choices.threads not in (0, settings.threads),
             choices.tensor_parallel > 1,
             choices.data_parallel > 1,
+            choices.compile,
         ]
     )
     return count + len(choices.prune_heads) + len(choices.kv_heads) + len(choices.checkpoint)
