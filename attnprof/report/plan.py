@@ -10,11 +10,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from attnprof.plans.records import ParetoPoint, Plan, PlanChoices, PlanFigures
-from attnprof.profiling.records import Profile
+from attnprof.profiling.records import BLOCK_KINDS, Profile
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.svg import (
     Chart,
     IntervalChart,
@@ -75,18 +75,18 @@ def print_tune(outcome: TuneOutcome, console: Console, pareto: bool = False) -> 
 
 def _print_figures(outcome: TuneOutcome, console: Console) -> None:
     plan = outcome.plan
-    table = Table(title="baseline vs plan", title_justify="left")
-    table.add_column("")
-    for name in ("baseline (measured)", "plan (predicted)", "plan (measured)"):
-        table.add_column(name, justify="right")
-    rows: list[tuple[str, PlanFigures | None]] = [("baseline", outcome.baseline_figures)]
+    figures: list[PlanFigures | None] = [outcome.baseline_figures]
     if plan is not None:
-        rows += [("predicted", plan.predicted), ("measured", plan.measured)]
-    for metric in ("latency_ms", "memory_bytes", "throughput", "energy_j"):
-        table.add_row(metric, *(format_metric(metric, getattr(f, metric)) if f else "-" for _, f in rows))
+        figures += [plan.predicted, plan.measured]
+    columns = [Column("", "left"), *(Column(name) for name in ("baseline\n(measured)", "plan\n(predicted)",
+                                                                "plan\n(measured)")[: len(figures)])]
+    rows = [
+        Row((metric, *(format_metric(metric, getattr(f, metric)) if f else "-" for f in figures)))
+        for metric in ("latency_ms", "memory_bytes", "throughput", "energy_j")
+    ]
     if plan is not None and plan.measured is not None:
-        table.add_row("max_error", "-", "-", format_metric("max_error", plan.measured.max_error))
-    console.print(table)
+        rows.append(Row(("max_error", "-", "-", format_metric("max_error", plan.measured.max_error))))
+    console.print(FittedTable(columns, rows, title="baseline vs plan"))
     if plan is not None:
         defaults = type(plan.choices)()
         changed = {k: v for k, v in vars(plan.choices).items() if v != getattr(defaults, k) or k == "dtype"}
@@ -106,9 +106,6 @@ def _print_figures(outcome: TuneOutcome, console: Console) -> None:
 def _print_constraints(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.limits or outcome.plan is None:
         return
-    table = Table(title="budget", title_justify="left")
-    for name in ("limit", "value", "predicted", "measured", "used", ""):
-        table.add_column(name, justify="right")
     plan = outcome.plan
     used = {}
     for metric, limit in outcome.limits.items():
@@ -117,18 +114,25 @@ def _print_constraints(outcome: TuneOutcome, console: Console) -> None:
         value = measured if measured is not None else predicted
         used[metric] = value / limit if value is not None and limit else 0.0
     binding = max(used, key=lambda m: used[m])
+    rows = []
     for metric, limit in outcome.limits.items():
         measured = getattr(plan.measured, metric) if plan.measured else None
         mark = "binding" if metric == binding and used[metric] >= BINDING_UTILISATION else ""
-        table.add_row(
-            metric,
-            format_metric(metric, limit),
-            format_metric(metric, getattr(plan.predicted, metric)),
-            format_metric(metric, measured),
-            f"{used[metric]:.0%}",
-            mark,
+        rows.append(
+            Row(
+                (
+                    metric,
+                    format_metric(metric, limit),
+                    format_metric(metric, getattr(plan.predicted, metric)),
+                    format_metric(metric, measured),
+                    f"{used[metric]:.0%}",
+                    mark,
+                )
+            )
         )
-    console.print(table)
+    columns = [Column("limit", "left"), *(Column(name) for name in ("value", "predicted", "measured", "used")),
+               Column("", "left")]
+    console.print(FittedTable(columns, rows, title="budget"))
     if used[binding] < BINDING_UTILISATION:
         console.print(f"no limit binds: the most used is {binding} at {used[binding]:.0%}")
 
@@ -137,12 +141,12 @@ def _print_contributions(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.contributions:
         console.print("knobs: the plan keeps every knob at its reference value")
         return
-    table = Table(title="what each knob contributes (predicted, alone, vs the reference)", title_justify="left")
-    for name in ("knob", "change", "latency", "memory"):
-        table.add_column(name, justify="right" if name in ("latency", "memory") else "left")
-    for c in outcome.contributions:
-        table.add_row(c.knob, c.change, _signed("latency_ms", c.latency_ms), _signed("memory_bytes", c.memory_bytes))
-    console.print(table)
+    columns = [Column("knob", "left"), Column("change", "left", wraps=True), Column("latency"), Column("memory")]
+    rows = [
+        Row((c.knob, c.change, _signed("latency_ms", c.latency_ms), _signed("memory_bytes", c.memory_bytes)))
+        for c in outcome.contributions
+    ]
+    console.print(FittedTable(columns, rows, title="what each knob contributes (predicted, alone, vs the reference)"))
 
 
 def _layer_times(profile: Profile | None) -> dict[str, float]:
@@ -157,14 +161,12 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
     plan_times = _layer_times(winner.profile if winner else None)
     base_times = _layer_times(outcome.baseline)
     choices = outcome.plan.choices if outcome.plan else None
-    table = Table(title="per layer: baseline vs plan", title_justify="left")
-    for name in ("layer", "kind", "baseline ms", "plan ms", "change"):
-        table.add_column(name, justify="right" if name.endswith("ms") else "left")
     micro_steps = 1
     if winner is not None and choices is not None and choices.batch_size:
         micro_steps = outcome.baseline.settings.batch_size // choices.batch_size
+    rows = []
     for layer in outcome.baseline.layers:
-        if layer.kind not in ("attention", "mlp"):
+        if layer.kind not in BLOCK_KINDS:
             continue
         change = []
         if choices is not None:
@@ -175,22 +177,31 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
             if layer.name in choices.checkpoint:
                 change.append("checkpoint")
         plan_ms = plan_times.get(layer.name)
-        table.add_row(
-            layer.name,
-            layer.kind,
-            f"{base_times.get(layer.name, math.nan):.3f}",
-            "-" if plan_ms is None else f"{micro_steps * plan_ms:.3f}",
-            ", ".join(change),
+        rows.append(
+            Row(
+                (
+                    layer.name,
+                    layer.kind,
+                    f"{base_times.get(layer.name, math.nan):.3f}",
+                    "-" if plan_ms is None else f"{micro_steps * plan_ms:.3f}",
+                    ", ".join(change),
+                )
+            )
         )
-    console.print(table)
+    columns = [
+        Column("layer", "left", wraps=True),
+        Column("block", "left", priority=2),
+        Column("baseline\nms incl."),
+        Column("plan\nms incl."),
+        Column("change", "left", priority=1, wraps=True),
+    ]
+    console.print(FittedTable(columns, rows, title="per layer: baseline vs plan"))
 
 
 def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.verifications:
         return
-    table = Table(title="candidates: predicted vs measured", title_justify="left")
-    for name in ("#", "plan", "predicted", "measured", "memory pred", "memory meas", "verdict"):
-        table.add_column(name, justify="left" if name in ("plan", "verdict") else "right")
+    rows = []
     for i, v in enumerate(outcome.verifications, 1):
         predicted = v.predicted
         measured = v.measured
@@ -199,16 +210,29 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
         verdict = status + (f": {v.reason}" if v.reason else "")
         if v is outcome.winner and v.accepted:
             verdict = "winner"
-        table.add_row(
-            str(i),
-            v.candidate.describe(),
-            f"{format_metric('latency_ms', predicted.latency_ms)} ± {sigma:.2g}",
-            format_metric("latency_ms", measured.latency_ms if measured else None),
-            format_metric("memory_bytes", predicted.memory_bytes),
-            format_metric("memory_bytes", measured.memory_bytes if measured else None),
-            verdict,
+        rows.append(
+            Row(
+                (
+                    str(i),
+                    v.candidate.describe(),
+                    f"{format_metric('latency_ms', predicted.latency_ms)} ± {sigma:.2g}",
+                    format_metric("latency_ms", measured.latency_ms if measured else None),
+                    format_metric("memory_bytes", predicted.memory_bytes),
+                    format_metric("memory_bytes", measured.memory_bytes if measured else None),
+                    verdict,
+                )
+            )
         )
-    console.print(table)
+    columns = [
+        Column("#"),
+        Column("plan", "left", wraps=True),
+        Column("latency\npredicted"),
+        Column("latency\nmeasured"),
+        Column("memory\npredicted", priority=2),
+        Column("memory\nmeasured", priority=1),
+        Column("verdict", "left", wraps=True),
+    ]
+    console.print(FittedTable(columns, rows, title="candidates: predicted vs measured"))
 
 
 def _print_frontier(outcome: TuneOutcome, console: Console) -> None:
@@ -216,18 +240,13 @@ def _print_frontier(outcome: TuneOutcome, console: Console) -> None:
     if not frontier:
         return
     metrics = sorted({m for c in frontier for m in c.totals if m != "quality_loss"})
-    table = Table(title="Pareto frontier (predicted)", title_justify="left")
-    table.add_column("plan")
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    table.add_column("fits")
-    for c in frontier:
-        table.add_row(
-            c.describe(),
-            *(format_metric(m, c.totals.get(m)) for m in metrics),
-            "yes" if c.feasible(outcome.limits) else "no",
-        )
-    console.print(table)
+    columns = [Column("plan", "left", wraps=True), *(Column(m) for m in metrics), Column("fits", "left")]
+    rows = [
+        Row((c.describe(), *(format_metric(m, c.totals.get(m)) for m in metrics),
+             "yes" if c.feasible(outcome.limits) else "no"))
+        for c in frontier
+    ]
+    console.print(FittedTable(columns, rows, title="Pareto frontier (predicted)"))
 
 
 def _print_excluded(outcome: TuneOutcome, console: Console) -> None:
