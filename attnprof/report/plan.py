@@ -21,8 +21,8 @@ from attnprof.report.svg import (
     IntervalRow,
     LinearScale,
     LineSeries,
+    OffScale,
     Point,
-    ReferenceLine,
     ScatterSeries,
     XYChart,
 )
@@ -45,6 +45,11 @@ def format_metric(metric: str, value: float | None) -> str:
     if metric == "throughput":
         return f"{value:.1f} samples/s"
     return f"{value:.3g}"
+
+
+def _plain(value: float) -> str:
+    """A spread in a figure's unit, two significant digits and never an exponent: 0.42, 4.2, 420."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2g}"
 
 
 def _signed(metric: str, value: float) -> str:
@@ -215,7 +220,7 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
                 (
                     str(i),
                     v.candidate.describe(),
-                    f"{format_metric('latency_ms', predicted.latency_ms)} ± {sigma:.2g}",
+                    f"{format_metric('latency_ms', predicted.latency_ms)} ± {_plain(sigma)}",
                     format_metric("latency_ms", measured.latency_ms if measured else None),
                     format_metric("memory_bytes", predicted.memory_bytes),
                     format_metric("memory_bytes", measured.memory_bytes if measured else None),
@@ -275,6 +280,8 @@ PREDICTED_COLOR = "#1f77b4"
 MEASURED_COLOR = "#d62728"
 FITS_COLOR = "#2ca02c"
 OVER_BUDGET_COLOR = "#ff7f0e"
+REJECTED_COLOR = "#7f7f7f"
+BASELINE_COLOR = "#555555"
 CHOSEN_COLOR = "#d62728"
 FRONTIER_LINE_COLOR = "#999999"
 BUDGET_COLOR = "#555555"
@@ -386,6 +393,17 @@ def frontier_axes(plan: Plan) -> tuple[str, str] | None:
     return (x, y) if x in present and y is not None else None
 
 
+# A budget within this share of the plans' range beyond them is drawn to scale; one farther is
+# marked by an arrow at the edge, so the plans are not squeezed into a corner by it.
+BUDGET_IN_SCALE = 0.5
+
+
+def _in_scale(values: list[float], limit: float) -> bool:
+    lo, hi = min(values), max(values)
+    reach = BUDGET_IN_SCALE * max(hi - lo, abs(hi) * 0.1)
+    return lo - reach <= limit <= hi + reach
+
+
 def pareto_chart(plan: Plan) -> XYChart | None:
     axes = frontier_axes(plan)
     if axes is None:
@@ -393,14 +411,32 @@ def pareto_chart(plan: Plan) -> XYChart | None:
     (x, y), limits = axes, plan.budgets.limits()
     (x_label, x_scale), (y_label, y_scale) = METRIC_AXES[x], METRIC_AXES[y]
     drawn = [p for p in plan.frontier if x in p.totals and y in p.totals]
+    if not drawn:
+        return None
 
     def point(p: ParetoPoint) -> Point:
-        fits = "fits the budget" if p.feasible else "over budget"
-        return Point(p.totals[x] * x_scale, p.totals[y] * y_scale, f"{p.label} ({fits})")
+        status = f"rejected after measurement: {p.rejected}" if p.rejected else (
+            "fits the budget" if p.feasible else "over budget")
+        return Point(
+            p.totals[x] * x_scale,
+            p.totals[y] * y_scale,
+            f"{p.label}: {format_metric(x, p.totals[x])}, {format_metric(y, p.totals[y])} (predicted; "
+            f"{'the chosen plan; ' if p.chosen else ''}{status})",
+        )
 
-    xs = [p.totals[x] * x_scale for p in drawn] + ([limits[x] * x_scale] if x in limits else [])
-    ys = [p.totals[y] * y_scale for p in drawn] + ([limits[y] * y_scale] if y in limits else [])
-    x_axis, y_axis = LinearScale.covering(xs, pad=0.05), LinearScale.covering(ys, pad=0.05)
+    xs = [p.totals[x] * x_scale for p in drawn]
+    ys = [p.totals[y] * y_scale for p in drawn]
+    off_scale: list[OffScale] = []
+    budget_x = limits[x] * x_scale if x in limits else None
+    budget_y = limits[y] * y_scale if y in limits else None
+    if budget_x is not None and not _in_scale(xs, budget_x):
+        off_scale.append(OffScale("x", f"budget {_limit(x, limits[x])}: right of the chart"))
+        budget_x = None
+    if budget_y is not None and not _in_scale(ys, budget_y):
+        off_scale.append(OffScale("y", f"budget {_limit(y, limits[y])}: above the chart"))
+        budget_y = None
+    x_axis = LinearScale.covering(xs + ([budget_x] if budget_x is not None else []), include_zero=False, pad=0.08)
+    y_axis = LinearScale.covering(ys + ([budget_y] if budget_y is not None else []), include_zero=False, pad=0.08)
     frontier = sorted((p for p in drawn if p.on_frontier), key=lambda p: p.totals[x])
     series: list[ScatterSeries | LineSeries] = [
         LineSeries(
@@ -410,19 +446,15 @@ def pareto_chart(plan: Plan) -> XYChart | None:
             in_legend=False,
         )
     ]
-    if y in limits:
-        level = limits[y] * y_scale
-        series.append(LineSeries("budget", BUDGET_COLOR, ((x_axis.lo, level), (x_axis.hi, level)), dashed=True))
-    if x in limits:
-        level = limits[x] * x_scale
-        series.append(
-            LineSeries(
-                "budget", BUDGET_COLOR, ((level, y_axis.lo), (level, y_axis.hi)), dashed=True, in_legend=y not in limits
-            )
-        )
+    if budget_y is not None:
+        series.append(LineSeries("budget", BUDGET_COLOR, ((x_axis.lo, budget_y), (x_axis.hi, budget_y)), dashed=True))
+    if budget_x is not None:
+        series.append(LineSeries("budget", BUDGET_COLOR, ((budget_x, y_axis.lo), (budget_x, y_axis.hi)), dashed=True,
+                                 in_legend=budget_y is None))
     for name, color, keep in (
-        ("fits the budget", FITS_COLOR, lambda p: p.feasible and not p.chosen),
-        ("over budget", OVER_BUDGET_COLOR, lambda p: not p.feasible and not p.chosen),
+        ("fits the budget", FITS_COLOR, lambda p: p.feasible and not p.rejected and not p.chosen),
+        ("over budget", OVER_BUDGET_COLOR, lambda p: not p.feasible and not p.rejected and not p.chosen),
+        ("rejected after measurement", REJECTED_COLOR, lambda p: p.rejected is not None and not p.chosen),
     ):
         points = tuple(point(p) for p in drawn if keep(p))
         if points:
@@ -430,6 +462,7 @@ def pareto_chart(plan: Plan) -> XYChart | None:
     chosen = tuple(point(p) for p in drawn if p.chosen)
     if chosen:
         series.append(ScatterSeries("chosen plan", CHOSEN_COLOR, chosen, shape="diamond"))
+    rejected = sum(1 for p in drawn if p.rejected)
     return XYChart(
         title=f"Pareto frontier: {x_label.split(' (')[0]} against {y_label.split(' (')[0]} (predicted)",
         x_label=x_label,
@@ -437,7 +470,10 @@ def pareto_chart(plan: Plan) -> XYChart | None:
         x_scale=x_axis,
         y_scale=y_axis,
         series=tuple(series),
-        note=f"{len(drawn)} plans; lower and to the left is better",
+        note=f"{len(drawn)} plans{f', {rejected} rejected after measurement' if rejected else ''}; budget "
+        f"{', '.join(_limit(m, v) for m, v in limits.items() if m in (x, y)) or 'on neither axis'}; "
+        "lower left is better",
+        off_scale=tuple(off_scale),
     )
 
 
@@ -446,38 +482,52 @@ def charts(plan: Plan, options: ReportOptions) -> list[Chart]:
     return [*comparison_charts(plan), *([frontier] if frontier is not None else [])]
 
 
+# Each figure's chart: its name, whether more is better, and how a value in its unit is written.
+FIGURE_CHARTS = {
+    "latency_ms": ("latency per step", False, "{:.4g} ms"),
+    "memory_bytes": ("peak memory", False, "{:.4g} MiB"),
+    "energy_j": ("energy per step", False, "{:.4g} J"),
+    "throughput": ("throughput", True, "{:.4g} samples/s"),
+}
+
+
 def comparison_charts(plan: Plan) -> list[Chart]:
-    """Relative change against the baseline, predicted (± one sigma) next to measured."""
-    rows = []
+    """One chart per figure, on an axis of its own unit: the baseline, the plan as predicted
+    (± one sigma) and as measured."""
+    charts: list[Chart] = []
     for row in figure_rows(plan):
-        baseline = row["baseline"]
-        if not baseline:
+        if row["predicted"] is None and row["measured"] is None:
             continue
+        name, higher_is_better, written = FIGURE_CHARTS[row["metric"]]
+        baseline = row["baseline"]
+
+        def versus(value: float, baseline: float | None = baseline) -> str:
+            return f" ({value / baseline - 1:+.1%} vs the baseline)" if baseline else ""
+
+        rows = []
+        if baseline is not None:
+            rows.append(IntervalRow("baseline, measured", baseline, baseline, baseline, "baseline",
+                                    f"baseline, measured: {written.format(baseline)}"))
         if row["predicted"] is not None:
-            sigma = row["predicted_sigma"] or 0.0
-            rows.append(
-                IntervalRow(
-                    f"{row['metric']} predicted",
-                    100 * (row["predicted"] / baseline - 1),
-                    100 * ((row["predicted"] - sigma) / baseline - 1),
-                    100 * ((row["predicted"] + sigma) / baseline - 1),
-                    "predicted ± 1σ",
-                )
-            )
+            value, sigma = row["predicted"], row["predicted_sigma"] or 0.0
+            rows.append(IntervalRow(
+                "plan, predicted", value, value - sigma, value + sigma, "predicted ± 1σ",
+                f"plan, predicted: {written.format(value)} ± {written.format(sigma)}{versus(value)}",
+            ))
         if row["measured"] is not None:
-            change = 100 * (row["measured"] / baseline - 1)
-            rows.append(IntervalRow(f"{row['metric']} measured", change, change, change, "measured"))
-    if not rows:
-        return []
-    return [
-        IntervalChart(
-            title="Plan against the baseline: predicted vs measured",
-            x_label="change from the baseline (%)",
-            rows=tuple(rows),
-            statuses={"predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
-            reference_lines=(ReferenceLine(0.0, "baseline", side="left"),),
+            value = row["measured"]
+            rows.append(IntervalRow("plan, measured", value, value, value, "measured",
+                                    f"plan, measured: {written.format(value)}{versus(value)}"))
+        charts.append(
+            IntervalChart(
+                title=f"{name[0].upper()}{name[1:]}: the baseline, and the plan predicted and measured",
+                x_label=f"{name} ({row['unit']})",
+                rows=tuple(rows),
+                statuses={"baseline": BASELINE_COLOR, "predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
+                note=("higher" if higher_is_better else "lower") + " is better; hover a mark for its value",
+            )
         )
-    ]
+    return charts
 
 
 ADAPTER: RecordAdapter[Plan] = RecordAdapter(

@@ -171,6 +171,15 @@ class LineSeries:
 
 
 @dataclass(frozen=True)
+class OffScale:
+    """A value beyond an axis's range (a budget far above every plan): an arrow at that edge, labelled."""
+
+    axis: Literal["x", "y"]
+    label: str
+    color: str = "#555555"
+
+
+@dataclass(frozen=True)
 class XYChart:
     """Numeric x and y axes (linear or log) carrying scatter and line series."""
 
@@ -183,6 +192,7 @@ class XYChart:
     width: int = 720
     height: int = 440
     note: str = ""
+    off_scale: tuple[OffScale, ...] = ()  # values past the high end of an axis, each marked by an arrow
 
 
 @dataclass(frozen=True)
@@ -407,8 +417,30 @@ def _render_xy(chart: XYChart) -> str:
                 )
         legend.append((series.name, series.color, "diamond" if series.shape == "diamond" else "dot"))
     svg.add("</g>")
+    for i, beyond in enumerate(chart.off_scale):
+        _off_scale_arrow(svg, beyond, left, top, plot_w, plot_h, i)
     _legend(svg, legend, left, top - 10)
     return svg.render(chart.title)
+
+
+def _off_scale_arrow(svg: _Svg, beyond: OffScale, left: float, top: float, plot_w: float, plot_h: float,
+                     index: int) -> None:
+    """An arrow inside the plot at the high end of the axis, pointing off it, with its label."""
+    tip = _tooltip(beyond.label)
+    if beyond.axis == "y":  # top edge, pointing up; label to its left
+        x, y = left + plot_w - 12, top + 6 + 16 * index
+        svg.add(
+            f'<g class="off-scale">{tip}<polygon points="{x - 5:.1f},{y + 9:.1f} {x + 5:.1f},{y + 9:.1f} '
+            f'{x:.1f},{y:.1f}" fill="{beyond.color}"/></g>'
+        )
+        svg.text(x - 9, y + 9, beyond.label, size=10, anchor="end", color=beyond.color)
+    else:  # right edge, pointing right; label above it
+        x, y = left + plot_w - 6, top + plot_h - 12 - 16 * index
+        svg.add(
+            f'<g class="off-scale">{tip}<polygon points="{x - 9:.1f},{y - 5:.1f} {x - 9:.1f},{y + 5:.1f} '
+            f'{x:.1f},{y:.1f}" fill="{beyond.color}"/></g>'
+        )
+        svg.text(x - 13, y + 4, beyond.label, size=10, anchor="end", color=beyond.color)
 
 
 def _render_category_frame(
