@@ -80,7 +80,7 @@ class FittedTable:
     def fitted(self, console: Console, options: ConsoleOptions) -> tuple[Table, list[str]]:
         """The table drawn with the columns that fit `options.max_width`, and the headers left out."""
         shown = self.wanted()
-        dropped: list[str] = []
+        dropped: list[int] = []
         while True:
             table = self._table(shown)
             if self._needed(console, options, table, shown) <= options.max_width:
@@ -90,8 +90,8 @@ class FittedTable:
                 break  # only the columns that are always shown: rich wraps what it must
             lowest = max(droppable, key=lambda i: (self.columns[i].priority, i))
             shown.remove(lowest)
-            dropped.append(self.columns[lowest].header.replace("\n", " "))
-        return table, dropped
+            dropped.append(lowest)
+        return table, [self.columns[i].header.replace("\n", " ") for i in sorted(dropped)]
 
     def _needed(self, console: Console, options: ConsoleOptions, table: Table, shown: list[int]) -> int:
         """The width the table needs with its text columns wrapped down to WRAP_MIN."""
