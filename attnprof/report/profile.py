@@ -54,7 +54,8 @@ def _relative_name(name: str, shown: set[str]) -> tuple[str, int]:
 
 BOTTLENECK_MARK = "◀"
 LEGEND = (
-    "incl.: a module with everything it calls; self: its own ops, children excluded. FLOPs are self; "
+    "incl.: a module with everything it calls; self: its own ops, children excluded (forward and "
+    "backward timed apart). FLOPs are self; "
     "memory is the activation memory a module adds (incl.), and the step's peak (parameters included) "
     f"on the total row; {BOTTLENECK_MARK}N: the N-th most self time."
 )
@@ -63,9 +64,9 @@ PROFILE_COLUMNS = (
     Column("layer", "left", priority=0, wraps=True),
     Column("module", "left", priority=9),
     Column("block", "left", priority=6),
-    Column("incl.\nms", priority=0),
-    Column("self\nms", priority=0),
-    Column("bwd\nms", priority=2),
+    Column("incl.\nfwd ms", priority=0),
+    Column("self\nfwd ms", priority=0),
+    Column("incl.\nbwd ms", priority=2),
     Column("self\nFLOPs", priority=0),
     Column("attn\nFLOPs", priority=3),
     Column("memory", priority=4),
