@@ -25,6 +25,7 @@ CHAR_WIDTH = 6.6  # average glyph width in px of the 11 px label font, for layou
 AXIS_COLOR = "#444444"
 GRID_COLOR = "#e3e3e3"
 TEXT_COLOR = "#222222"
+LINEAR_LIMIT = 1e300  # the largest magnitude a linear axis spans
 
 
 # --------------------------------------------------------------------------- scales
@@ -54,7 +55,8 @@ class LinearScale:
     def covering(cls, values: Sequence[float], include_zero: bool = True, pad: float = 0.0) -> LinearScale:
         """A scale with nice round ends that contains every finite value, with `pad` (a share of
         the range) of room beyond the data's extremes so marks drawn there are not cut by the axes."""
-        finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+        # Room for the padding and the ticks: a value beyond ±1e300 is drawn at that edge.
+        finite = [min(max(v, -LINEAR_LIMIT), LINEAR_LIMIT) for v in values if math.isfinite(v)] or [0.0, 1.0]
         lo, hi = min(finite), max(finite)
         if hi <= lo:  # a single value: centre it
             margin = abs(lo) / 2 or 1.0
