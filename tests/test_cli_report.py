@@ -49,7 +49,7 @@ def test_profile_html_has_every_chart_with_a_mark_per_layer(profiled: tuple[Path
 def test_report_default_is_the_profile_table(runner: CliRunner, profiled: tuple[Path, Path]) -> None:
     result = runner.invoke(app, ["report", str(profiled[0])])
     assert result.exit_code == 0, result.output
-    assert "attn · SelfAttention" in result.stdout and "total (step)" in result.stdout
+    assert re.search(r"\battn +SelfAttention +attention\b", result.stdout) and "total (step)" in result.stdout
     assert "\x1b[" not in result.stdout
 
 
@@ -142,9 +142,12 @@ def test_tune_writes_the_plan_report_with_its_frontier(runner: CliRunner, tmp_pa
     assert sum(point["chosen"] for point in plan["frontier"]) == 1
     html = (tmp_path / "plan.html").read_text()
     figures = re.findall(r"<figure.*?</figure>", html, re.DOTALL)
-    assert len(figures) == 2 and "Pareto frontier" in figures[1]
-    assert count_marks(figures[1], "chosen plan") == 1
-    assert count_marks(figures[1]) == len(plan["frontier"])
+    # one chart per figure in its own unit (latency, memory, throughput), then the frontier
+    assert [re.search(r'aria-label="(\w+)', f).group(1) for f in figures] == [  # type: ignore[union-attr]
+        "Latency", "Peak", "Throughput", "Pareto"
+    ]
+    assert count_marks(figures[-1], "chosen plan") == 1
+    assert count_marks(figures[-1]) == len(plan["frontier"])
     assert not re.search(r"https?://|//cdn", html)
 
 

@@ -76,27 +76,41 @@ def number_option(
     return typer.Option(default, *flags, parser=parse, metavar="NUMBER", help=help)
 
 
+def builtin_default(name: str) -> str:
+    """How help names a run setting's default: the built-in value, which ATTNPROF_*, [tool.attnprof]
+    and the model's own ATTNPROF defaults override (attnprof.settings.resolve_settings)."""
+    return f"(built-in default: {getattr(Settings(), name)})"
+
+
 def setting_option(name: str, *flags: str, help: str) -> Any:
     """The flag of the whole-number setting `name`, bounded as attnprof.settings.LIMITS says."""
     low, high = LIMITS[name]
-    return count_option(None, *flags, low=low, high=high, help=help, example=getattr(Settings(), name))
+    return count_option(None, *flags, low=low, high=high, help=f"{help.rstrip('.')} {builtin_default(name)}.",
+                        example=getattr(Settings(), name))
 
 
 # --- run settings (attnprof.settings.Settings): None leaves a setting to the lower precedences ---
-BATCH_SIZE = setting_option("batch_size", "--batch-size", "-b", help="Batch size.")
-SEQ_LEN = setting_option("seq_len", "--seq-len", "-s", help="Sequence length.")
-DTYPE = typer.Option(None, "--dtype", help=f"{', '.join(DTYPES)}.")
-BACKEND = typer.Option(None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)}.")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only).")
-GPU_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N.")
-MODE = typer.Option(None, "--mode", help=f"{' or '.join(MODES)}: a no_grad forward, or forward + backward.")
-WARMUP = setting_option("warmup", "--warmup", help="Warm-up steps, discarded.")
-REPEATS = setting_option("repeats", "--repeats", help="Timed steps.")
-THREADS = setting_option("threads", "--threads", help="CPU threads for torch (default: leave as is).")
+BATCH_SIZE = setting_option("batch_size", "--batch-size", "-b", help="Batch size")
+SEQ_LEN = setting_option("seq_len", "--seq-len", "-s", help="Sequence length")
+DTYPE = typer.Option(None, "--dtype", help=f"{', '.join(DTYPES)} {builtin_default('dtype')}.")
+BACKEND = typer.Option(
+    None, "--backend", help=f"SDPA backend: {', '.join(backends.NAMES)} {builtin_default('backend')}."
+)
+DEVICE = typer.Option(
+    None, "--device", help=f"cpu, cuda, cuda:N, or meta (dry run: FLOPs and memory only) {builtin_default('device')}."
+)
+GPU_DEVICE = typer.Option(None, "--device", help=f"cpu, cuda or cuda:N {builtin_default('device')}.")
+MODE = typer.Option(
+    None, "--mode", help=f"{' or '.join(MODES)}: a no_grad forward, or forward + backward {builtin_default('mode')}."
+)
+WARMUP = setting_option("warmup", "--warmup", help="Warm-up steps, discarded")
+REPEATS = setting_option("repeats", "--repeats", help="Timed steps")
+THREADS = setting_option("threads", "--threads", help="CPU threads for torch (0: leave as is)")
 CLOCK = typer.Option(
     None,
     "--clock",
-    help="CPU step timing: wall, or cpu (process CPU time, which other load on a shared machine does not inflate).",
+    help="CPU step timing: wall, or cpu (process CPU time, which other load on a shared machine does not inflate) "
+    f"{builtin_default('clock')}.",
 )
 ATTN_IMPLEMENTATION = typer.Option(
     None, "--attn-implementation",

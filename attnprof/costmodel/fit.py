@@ -42,7 +42,7 @@ from attnprof.costmodel.records import (
 )
 from attnprof.errors import UsageError
 from attnprof.machine import MachineInfo
-from attnprof.profiling.records import LayerStats
+from attnprof.profiling.records import LayerStats, block_kind
 from attnprof.settings import Settings
 from attnprof.store import timestamp
 
@@ -53,7 +53,6 @@ LATENCY_FEATURES: dict[str, tuple[str, ...]] = {
 }
 # Parameters are known exactly and added as they are; the fit covers the activations.
 MEMORY_FEATURES: tuple[str, ...] = ("activation_bytes", "attention_matrix_bytes", "constant")
-_ATTENTION_WORDS = ("attention", "attn")
 # A residual this large (relative) counts as an outlier for the robust loss.
 ROBUST_SCALE = 0.05
 # The smallest share of the step attributed to a kind, so relative errors stay defined.
@@ -100,22 +99,10 @@ def split_step_time(step_ms: float, layers: Sequence[LayerStats]) -> dict[str, f
 
 
 def cost_kind(name: str, by_name: Mapping[str, LayerStats]) -> str:
-    """attention or mlp when the layer or an enclosing module is one (a q_proj counts as
-    attention, an MLP's Linear as mlp); other otherwise. A module the profile calls `other`
-    but whose class or name says attention (attention code whose ops the accountant does not
-    recognise as attention) counts as attention."""
-    path = name
-    while True:
-        layer = by_name.get(path)
-        if layer is not None:
-            if layer.kind in ("attention", "mlp"):
-                return layer.kind
-            words = f"{layer.type} {path.rsplit('.', 1)[-1]}".lower()
-            if layer.kind == "other" and any(word in words for word in _ATTENTION_WORDS):
-                return "attention"
-        if not path:
-            return "other"
-        path = path.rpartition(".")[0]
+    """The cost group of a layer: the block it is part of (profiling.records.block_kind), with
+    norms and embeddings outside attention and MLP blocks priced as other."""
+    kind = block_kind(name, by_name)
+    return kind if kind in COST_KINDS else "other"
 
 
 def _outermost_attention(name: str, by_name: Mapping[str, LayerStats]) -> bool:

@@ -246,3 +246,4 @@ class ParetoPoint:
     feasible: bool  # within every budget
     chosen: bool = False  # the plan tune chose (by measurement among the best predicted)
     on_frontier: bool = True  # False for a chosen plan that measurement picked off the frontier
+    rejected: str | None = None  # why its measurement rejected it (None: not measured, or it passed)

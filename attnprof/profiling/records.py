@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,8 @@ from attnprof.store import DEFAULT_PROFILE_DIR, SCHEMA_VERSION, read_record, slu
 from attnprof.targets.records import WorkloadInfo
 
 LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
+BLOCK_KINDS: tuple[LayerKind, ...] = ("attention", "mlp")  # the blocks a module's children belong to
+_ATTENTION_WORDS = ("attention", "attn")
 
 
 @dataclass
@@ -148,6 +151,27 @@ class Profile:
 
     def attention_layers(self) -> list[LayerStats]:
         return [layer for layer in self.layers if layer.attention is not None]
+
+
+def block_kind(name: str, by_name: Mapping[str, LayerStats]) -> LayerKind:
+    """The kind of the block a module is part of, the one classification every command shows: an
+    attention or MLP module, or the nearest one around it (a q_proj is attention, an MLP's Linear
+    mlp); otherwise the module's own kind (`LayerStats.kind`: what the module itself is). A module
+    the profile calls `other` whose class or name says attention (attention code whose ops the
+    accountant does not recognise as attention) is attention too."""
+    path = name
+    while True:
+        layer = by_name.get(path)
+        if layer is not None:
+            if layer.kind in BLOCK_KINDS:
+                return layer.kind
+            words = f"{layer.type} {path.rsplit('.', 1)[-1]}".lower()
+            if layer.kind == "other" and any(word in words for word in _ATTENTION_WORDS):
+                return "attention"
+        if not path:
+            own = by_name.get(name)
+            return own.kind if own is not None else "other"
+        path = path.rpartition(".")[0]
 
 
 def load_profile(path: Path) -> Profile:

@@ -10,8 +10,7 @@ import math
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from attnprof.gate.compare import layer_label
@@ -19,6 +18,7 @@ from attnprof.gate.compare import summary as verdict_line
 from attnprof.gate.records import Attribution, CheckResult, MetricCheck
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes, human_count
 from attnprof.report.console import xml_text
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.svg import Chart, IntervalChart, IntervalRow, ReferenceLine
 
 # Most alarming first; the order rows are listed in.
@@ -63,6 +63,16 @@ def format_value(value: int | float | str | None, unit: str) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
+def shown_values(metric: MetricCheck) -> tuple[str, str]:
+    """Baseline and current as the tables show them; in full when rounding would hide a difference."""
+    baseline, current = format_value(metric.baseline, metric.unit), format_value(metric.current, metric.unit)
+    if baseline == current and metric.baseline != metric.current and all(
+        isinstance(v, int) for v in (metric.baseline, metric.current)
+    ):
+        return f"{metric.baseline:,}", f"{metric.current:,}"
+    return baseline, current
+
+
 def format_change(metric: MetricCheck) -> str:
     if metric.change is not None and math.isfinite(metric.change):
         return f"{metric.change:+.1%}"
@@ -102,34 +112,37 @@ def _header_lines(result: CheckResult) -> list[str]:
     return lines + [f"warning: {w}" for w in result.warnings]
 
 
-def check_table(result: CheckResult, show_all: bool = False) -> Table:
-    table = Table(title=f"attnprof {result.command}: {result.verdict}", title_justify="left", pad_edge=False)
-    for header, justify, width in [
-        ("status", "left", None),
-        ("metric", "left", None),
-        ("stat", "left", None),
-        ("baseline", "right", 24),
-        ("current", "right", 24),
-        ("change", "right", None),
-        ("limit", "right", None),
-        ("p", "right", None),
-        ("detail", "left", None),
-    ]:
-        wraps = header in ("metric", "baseline", "current", "detail")
-        table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold", max_width=width)
-    for m in shown_metrics(result, show_all):
-        table.add_row(
-            Text(m.status, style=STATUS_STYLE[m.status]),
-            m.metric,
-            m.statistic,
-            format_value(m.baseline, m.unit),
-            format_value(m.current, m.unit),
-            format_change(m),
-            _limit(m),
-            _p_value(m),
-            m.detail if m.status not in ("pass", "info") else "",
+# The check table's columns, by priority: what a narrow terminal leaves out first has the highest.
+CHECK_COLUMNS = (
+    Column("status", "left", priority=0),
+    Column("metric", "left", priority=0, wraps=True),
+    Column("stat", "left", priority=5),
+    Column("baseline", priority=0, wraps=True, max_width=18),  # a layout is a long text; numbers stay whole
+    Column("current", priority=0, wraps=True, max_width=18),
+    Column("change", priority=0),
+    Column("limit", priority=3),
+    Column("p", priority=4),
+    Column("detail", "left", priority=2, wraps=True),
+)
+
+
+def check_table(result: CheckResult, show_all: bool = False) -> FittedTable:
+    rows = [
+        Row(
+            (
+                Text(m.status, style=STATUS_STYLE[m.status]),
+                m.metric,
+                m.statistic,
+                *shown_values(m),
+                format_change(m),
+                _limit(m),
+                _p_value(m),
+                m.detail if m.status not in ("pass", "info") else "",
+            )
         )
-    return table
+        for m in shown_metrics(result, show_all)
+    ]
+    return FittedTable(CHECK_COLUMNS, rows, title=f"attnprof {result.command}: {result.verdict}")
 
 
 ATTRIBUTION_HEADERS = (
@@ -149,29 +162,33 @@ def _attribution_cells(a: Attribution) -> list[str]:
     ]
 
 
-def attribution_table(result: CheckResult) -> Table:
-    table = Table(title="where the step's growth comes from", title_justify="left", pad_edge=False)
-    for header in ATTRIBUTION_HEADERS:
-        table.add_column(header, justify="left" if header in ("module", "phase") else "right", overflow="fold")
-    for attribution in result.attribution:
-        table.add_row(*_attribution_cells(attribution))
-    return table
+def attribution_table(result: CheckResult) -> FittedTable:
+    columns = [
+        Column(header, "left" if header in ("module", "phase") else "right", priority=priority,
+               wraps=header == "module")
+        for header, priority in zip(ATTRIBUTION_HEADERS, (0, 0, 2, 2, 0, 0, 1), strict=True)
+    ]
+    rows = [Row(tuple(_attribution_cells(attribution))) for attribution in result.attribution]
+    return FittedTable(columns, rows, title="where the step's growth comes from")
+
+
+def check_view(result: CheckResult, show_all: bool = False) -> Group:
+    """What `check` prints: the header lines, the table, the attribution and the verdict."""
+    if result.verdict == "error":
+        return Group(Text(f"attnprof {result.command}: {VERDICT_MARK['error']}"), Text(verdict_line(result)))
+    parts: list[RenderableType] = [Text(line) for line in _header_lines(result)]
+    parts.append(check_table(result, show_all))
+    hidden = len(result.metrics) - len(shown_metrics(result, show_all))
+    if hidden:
+        parts.append(Text(f"{hidden} more metrics pass or are not gated (--all shows them)"))
+    if result.attribution:
+        parts.append(attribution_table(result))
+    parts.append(Text(verdict_line(result)))
+    return Group(*parts)
 
 
 def print_check(result: CheckResult, console: Console, show_all: bool = False) -> None:
-    if result.verdict == "error":
-        console.print(f"attnprof {result.command}: {VERDICT_MARK['error']}", markup=False)
-        console.print(verdict_line(result), markup=False)
-        return
-    for line in _header_lines(result):
-        console.print(line, markup=False)
-    console.print(check_table(result, show_all))
-    hidden = len(result.metrics) - len(shown_metrics(result, show_all))
-    if hidden:
-        console.print(f"{hidden} more metrics pass or are not gated (--all shows them)")
-    if result.attribution:
-        console.print(attribution_table(result))
-    console.print(verdict_line(result), markup=False)
+    console.print(check_view(result, show_all))
 
 
 def check_text(result: CheckResult, width: int = 160) -> str:
@@ -195,8 +212,7 @@ def _md_rows(metrics: list[MetricCheck]) -> list[str]:
             STATUS_MARK[m.status],
             f"`{m.metric}`",
             m.statistic,
-            format_value(m.baseline, m.unit),
-            format_value(m.current, m.unit),
+            *shown_values(m),
             format_change(m),
             _limit(m),
             _p_value(m),
@@ -444,6 +460,6 @@ ADAPTER: RecordAdapter[CheckResult] = RecordAdapter(
     summary=summary,
     sections=sections,
     charts=charts,
-    terminal=lambda result: check_table(result, show_all=True),
+    terminal=lambda result: check_view(result, show_all=True),
     renderings={"markdown": check_markdown, "junit": check_junit, "benchmark-json": benchmark_action_json},
 )

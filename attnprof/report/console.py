@@ -107,8 +107,15 @@ def results_only_on_stdout() -> Iterator[None]:
             os.dup2(saved, 1)
             os.close(saved)
 
-# Fixed width when not a terminal, so piped output and tests are stable.
-PLAIN_WIDTH = 160
+# Not a terminal: wide enough that no table is ever cut (a number is never shortened to "…");
+# COLUMNS, when set, is the width asked for instead.
+PLAIN_WIDTH = 10_000
+
+
+def plain_width() -> int:
+    """The width of output that is not a terminal: COLUMNS when it is set to a width, else unlimited."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and 20 <= int(columns) <= PLAIN_WIDTH else PLAIN_WIDTH
 
 
 def _console(stream_is_stderr: bool) -> Console:
@@ -116,7 +123,7 @@ def _console(stream_is_stderr: bool) -> Console:
     tty = stream.isatty()
     return SafeConsole(
         file=stream,
-        width=None if tty else PLAIN_WIDTH,
+        width=None if tty else plain_width(),
         no_color=bool(os.environ.get("NO_COLOR")) or not tty,
         highlight=False,
         soft_wrap=False,

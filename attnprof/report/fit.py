@@ -14,6 +14,7 @@ from rich.text import Text
 from attnprof.costmodel.knobs import latency_group
 from attnprof.costmodel.records import COST_KINDS, CostModel, LinearFit, Prediction
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.svg import Chart, LineSeries, LogScale, Point, ScatterSeries, XYChart
 
 # Performance targets of the cost model on held-out configurations (docs/architecture.md).
@@ -99,25 +100,25 @@ def print_fit(model: CostModel, console: Console) -> None:
     console.print(fit_view(model))
 
 
-def prediction_table(prediction: Prediction, layers: int | None = None) -> Table:
+def prediction_table(prediction: Prediction, layers: int | None = None) -> FittedTable:
     config = prediction.config
     title = " · ".join(f"{key} {value}" for key, value in config.items())
-    table = Table(title=f"predicted · {title}", title_justify="left", pad_edge=False)
-    for header, justify in [("layer", "left"), ("kind", "left"), ("ms", "right"), ("± ms", "right")]:
-        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
-    rows = sorted(prediction.layers, key=lambda layer: -layer.time_ms)
-    for layer in rows if layers is None else rows[:layers]:
-        style = "bold magenta" if layer.kind == "attention" else ""
-        table.add_row(
-            Text(layer.name or "(model)", style=style), layer.kind, f"{layer.time_ms:.3f}", f"{layer.time_sigma_ms:.3f}"
-        )
-    table.add_section()
-    for kind in COST_KINDS:
-        table.add_row(Text(f"all {kind} layers", style="bold"), "", f"{prediction.kind_time_ms[kind]:.3f}", "")
-    table.add_row(
-        Text("total (step)", style="bold"), "", f"{prediction.time_ms:.3f}", f"{prediction.time_sigma_ms:.3f}"
-    )
-    return table
+    columns = [Column("layer", "left", wraps=True), Column("block", "left"), Column("ms"), Column("± ms")]
+    ordered = sorted(prediction.layers, key=lambda layer: -layer.time_ms)
+    rows = [
+        Row((layer.name or "(model)", layer.kind, f"{layer.time_ms:.3f}", f"{layer.time_sigma_ms:.3f}"),
+            style="bold magenta" if layer.kind == "attention" else "")
+        for layer in (ordered if layers is None else ordered[:layers])
+    ]
+    rows += [
+        Row((Text(f"all {kind}", style="bold"), "", f"{prediction.kind_time_ms[kind]:.3f}", ""),
+            section=index == 0)
+        for index, kind in enumerate(COST_KINDS)
+    ]
+    rows.append(Row((Text("total (step)", style="bold"), "", f"{prediction.time_ms:.3f}",
+                     f"{prediction.time_sigma_ms:.3f}")))
+    return FittedTable(columns, rows, title=f"predicted · {title}",
+                       caption="block: the attention or MLP block a layer is part of; other: the rest")
 
 
 def print_prediction(prediction: Prediction, console: Console, layers: int | None = None) -> None:

@@ -20,6 +20,7 @@ from rich.table import Table
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
 from attnprof.report.console import PLAIN_WIDTH, SafeConsole, printable
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.html import html_report
 from attnprof.report.registry import ADAPTERS
 from attnprof.store import record_json
@@ -60,14 +61,23 @@ def render_table(adapter: RecordAdapter[Any], record: Any) -> RenderableType:
         facts.add_row(key, value)
     parts: list[RenderableType] = [facts]
     for section in adapter.sections(record):
-        table = Table(title=section.title, title_justify="left", header_style="bold")
         numeric, rows = section.typed_columns()
-        for column, num in zip(section.columns, numeric, strict=True):
-            table.add_column(str(column), justify="right" if num else "left")
-        for index, values in enumerate(rows):
-            emphasised = index < len(section.highlight) and section.highlight[index]
-            table.add_row(*(format_cell(v) for v in values), style="bold red" if emphasised else None)
-        parts.append(table)
+        # On a narrow terminal the last columns are left out first; text wraps, numbers never do.
+        columns = [
+            Column(str(column), "right" if num else "left", priority=index, wraps=not num)
+            for index, (column, num) in enumerate(zip(section.columns, numeric, strict=True))
+        ]
+        emphasised = [index < len(section.highlight) and section.highlight[index] for index in range(len(rows))]
+        parts.append(
+            FittedTable(
+                columns,
+                [
+                    Row(tuple(format_cell(v) for v in values), style="bold red" if emphasis else "")
+                    for values, emphasis in zip(rows, emphasised, strict=True)
+                ],
+                title=section.title,
+            )
+        )
     return Group(*parts)
 
 

@@ -10,19 +10,19 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from attnprof.plans.records import ParetoPoint, Plan, PlanChoices, PlanFigures
-from attnprof.profiling.records import Profile
+from attnprof.profiling.records import BLOCK_KINDS, Profile
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.svg import (
     Chart,
     IntervalChart,
     IntervalRow,
     LinearScale,
     LineSeries,
+    OffScale,
     Point,
-    ReferenceLine,
     ScatterSeries,
     XYChart,
 )
@@ -45,6 +45,11 @@ def format_metric(metric: str, value: float | None) -> str:
     if metric == "throughput":
         return f"{value:.1f} samples/s"
     return f"{value:.3g}"
+
+
+def _plain(value: float) -> str:
+    """A spread in a figure's unit, two significant digits and never an exponent: 0.42, 4.2, 420."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2g}"
 
 
 def _signed(metric: str, value: float) -> str:
@@ -75,18 +80,18 @@ def print_tune(outcome: TuneOutcome, console: Console, pareto: bool = False) -> 
 
 def _print_figures(outcome: TuneOutcome, console: Console) -> None:
     plan = outcome.plan
-    table = Table(title="baseline vs plan", title_justify="left")
-    table.add_column("")
-    for name in ("baseline (measured)", "plan (predicted)", "plan (measured)"):
-        table.add_column(name, justify="right")
-    rows: list[tuple[str, PlanFigures | None]] = [("baseline", outcome.baseline_figures)]
+    figures: list[PlanFigures | None] = [outcome.baseline_figures]
     if plan is not None:
-        rows += [("predicted", plan.predicted), ("measured", plan.measured)]
-    for metric in ("latency_ms", "memory_bytes", "throughput", "energy_j"):
-        table.add_row(metric, *(format_metric(metric, getattr(f, metric)) if f else "-" for _, f in rows))
+        figures += [plan.predicted, plan.measured]
+    columns = [Column("", "left"), *(Column(name) for name in ("baseline\n(measured)", "plan\n(predicted)",
+                                                                "plan\n(measured)")[: len(figures)])]
+    rows = [
+        Row((metric, *(format_metric(metric, getattr(f, metric)) if f else "-" for f in figures)))
+        for metric in ("latency_ms", "memory_bytes", "throughput", "energy_j")
+    ]
     if plan is not None and plan.measured is not None:
-        table.add_row("max_error", "-", "-", format_metric("max_error", plan.measured.max_error))
-    console.print(table)
+        rows.append(Row(("max_error", "-", "-", format_metric("max_error", plan.measured.max_error))))
+    console.print(FittedTable(columns, rows, title="baseline vs plan"))
     if plan is not None:
         defaults = type(plan.choices)()
         changed = {k: v for k, v in vars(plan.choices).items() if v != getattr(defaults, k) or k == "dtype"}
@@ -106,9 +111,6 @@ def _print_figures(outcome: TuneOutcome, console: Console) -> None:
 def _print_constraints(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.limits or outcome.plan is None:
         return
-    table = Table(title="budget", title_justify="left")
-    for name in ("limit", "value", "predicted", "measured", "used", ""):
-        table.add_column(name, justify="right")
     plan = outcome.plan
     used = {}
     for metric, limit in outcome.limits.items():
@@ -117,18 +119,25 @@ def _print_constraints(outcome: TuneOutcome, console: Console) -> None:
         value = measured if measured is not None else predicted
         used[metric] = value / limit if value is not None and limit else 0.0
     binding = max(used, key=lambda m: used[m])
+    rows = []
     for metric, limit in outcome.limits.items():
         measured = getattr(plan.measured, metric) if plan.measured else None
         mark = "binding" if metric == binding and used[metric] >= BINDING_UTILISATION else ""
-        table.add_row(
-            metric,
-            format_metric(metric, limit),
-            format_metric(metric, getattr(plan.predicted, metric)),
-            format_metric(metric, measured),
-            f"{used[metric]:.0%}",
-            mark,
+        rows.append(
+            Row(
+                (
+                    metric,
+                    format_metric(metric, limit),
+                    format_metric(metric, getattr(plan.predicted, metric)),
+                    format_metric(metric, measured),
+                    f"{used[metric]:.0%}",
+                    mark,
+                )
+            )
         )
-    console.print(table)
+    columns = [Column("limit", "left"), *(Column(name) for name in ("value", "predicted", "measured", "used")),
+               Column("", "left")]
+    console.print(FittedTable(columns, rows, title="budget"))
     if used[binding] < BINDING_UTILISATION:
         console.print(f"no limit binds: the most used is {binding} at {used[binding]:.0%}")
 
@@ -137,12 +146,12 @@ def _print_contributions(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.contributions:
         console.print("knobs: the plan keeps every knob at its reference value")
         return
-    table = Table(title="what each knob contributes (predicted, alone, vs the reference)", title_justify="left")
-    for name in ("knob", "change", "latency", "memory"):
-        table.add_column(name, justify="right" if name in ("latency", "memory") else "left")
-    for c in outcome.contributions:
-        table.add_row(c.knob, c.change, _signed("latency_ms", c.latency_ms), _signed("memory_bytes", c.memory_bytes))
-    console.print(table)
+    columns = [Column("knob", "left"), Column("change", "left", wraps=True), Column("latency"), Column("memory")]
+    rows = [
+        Row((c.knob, c.change, _signed("latency_ms", c.latency_ms), _signed("memory_bytes", c.memory_bytes)))
+        for c in outcome.contributions
+    ]
+    console.print(FittedTable(columns, rows, title="what each knob contributes (predicted, alone, vs the reference)"))
 
 
 def _layer_times(profile: Profile | None) -> dict[str, float]:
@@ -157,14 +166,12 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
     plan_times = _layer_times(winner.profile if winner else None)
     base_times = _layer_times(outcome.baseline)
     choices = outcome.plan.choices if outcome.plan else None
-    table = Table(title="per layer: baseline vs plan", title_justify="left")
-    for name in ("layer", "kind", "baseline ms", "plan ms", "change"):
-        table.add_column(name, justify="right" if name.endswith("ms") else "left")
     micro_steps = 1
     if winner is not None and choices is not None and choices.batch_size:
         micro_steps = outcome.baseline.settings.batch_size // choices.batch_size
+    rows = []
     for layer in outcome.baseline.layers:
-        if layer.kind not in ("attention", "mlp"):
+        if layer.kind not in BLOCK_KINDS:
             continue
         change = []
         if choices is not None:
@@ -175,22 +182,31 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
             if layer.name in choices.checkpoint:
                 change.append("checkpoint")
         plan_ms = plan_times.get(layer.name)
-        table.add_row(
-            layer.name,
-            layer.kind,
-            f"{base_times.get(layer.name, math.nan):.3f}",
-            "-" if plan_ms is None else f"{micro_steps * plan_ms:.3f}",
-            ", ".join(change),
+        rows.append(
+            Row(
+                (
+                    layer.name,
+                    layer.kind,
+                    f"{base_times.get(layer.name, math.nan):.3f}",
+                    "-" if plan_ms is None else f"{micro_steps * plan_ms:.3f}",
+                    ", ".join(change),
+                )
+            )
         )
-    console.print(table)
+    columns = [
+        Column("layer", "left", wraps=True),
+        Column("block", "left", priority=2),
+        Column("baseline\nms incl."),
+        Column("plan\nms incl."),
+        Column("change", "left", priority=1, wraps=True),
+    ]
+    console.print(FittedTable(columns, rows, title="per layer: baseline vs plan"))
 
 
 def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
     if not outcome.verifications:
         return
-    table = Table(title="candidates: predicted vs measured", title_justify="left")
-    for name in ("#", "plan", "predicted", "measured", "memory pred", "memory meas", "verdict"):
-        table.add_column(name, justify="left" if name in ("plan", "verdict") else "right")
+    rows = []
     for i, v in enumerate(outcome.verifications, 1):
         predicted = v.predicted
         measured = v.measured
@@ -199,16 +215,29 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
         verdict = status + (f": {v.reason}" if v.reason else "")
         if v is outcome.winner and v.accepted:
             verdict = "winner"
-        table.add_row(
-            str(i),
-            v.candidate.describe(),
-            f"{format_metric('latency_ms', predicted.latency_ms)} ± {sigma:.2g}",
-            format_metric("latency_ms", measured.latency_ms if measured else None),
-            format_metric("memory_bytes", predicted.memory_bytes),
-            format_metric("memory_bytes", measured.memory_bytes if measured else None),
-            verdict,
+        rows.append(
+            Row(
+                (
+                    str(i),
+                    v.candidate.describe(),
+                    f"{format_metric('latency_ms', predicted.latency_ms)} ± {_plain(sigma)}",
+                    format_metric("latency_ms", measured.latency_ms if measured else None),
+                    format_metric("memory_bytes", predicted.memory_bytes),
+                    format_metric("memory_bytes", measured.memory_bytes if measured else None),
+                    verdict,
+                )
+            )
         )
-    console.print(table)
+    columns = [
+        Column("#"),
+        Column("plan", "left", wraps=True),
+        Column("latency\npredicted"),
+        Column("latency\nmeasured"),
+        Column("memory\npredicted", priority=2),
+        Column("memory\nmeasured", priority=1),
+        Column("verdict", "left", wraps=True),
+    ]
+    console.print(FittedTable(columns, rows, title="candidates: predicted vs measured"))
 
 
 def _print_frontier(outcome: TuneOutcome, console: Console) -> None:
@@ -216,18 +245,13 @@ def _print_frontier(outcome: TuneOutcome, console: Console) -> None:
     if not frontier:
         return
     metrics = sorted({m for c in frontier for m in c.totals if m != "quality_loss"})
-    table = Table(title="Pareto frontier (predicted)", title_justify="left")
-    table.add_column("plan")
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    table.add_column("fits")
-    for c in frontier:
-        table.add_row(
-            c.describe(),
-            *(format_metric(m, c.totals.get(m)) for m in metrics),
-            "yes" if c.feasible(outcome.limits) else "no",
-        )
-    console.print(table)
+    columns = [Column("plan", "left", wraps=True), *(Column(m) for m in metrics), Column("fits", "left")]
+    rows = [
+        Row((c.describe(), *(format_metric(m, c.totals.get(m)) for m in metrics),
+             "yes" if c.feasible(outcome.limits) else "no"))
+        for c in frontier
+    ]
+    console.print(FittedTable(columns, rows, title="Pareto frontier (predicted)"))
 
 
 def _print_excluded(outcome: TuneOutcome, console: Console) -> None:
@@ -256,6 +280,8 @@ PREDICTED_COLOR = "#1f77b4"
 MEASURED_COLOR = "#d62728"
 FITS_COLOR = "#2ca02c"
 OVER_BUDGET_COLOR = "#ff7f0e"
+REJECTED_COLOR = "#7f7f7f"
+BASELINE_COLOR = "#555555"
 CHOSEN_COLOR = "#d62728"
 FRONTIER_LINE_COLOR = "#999999"
 BUDGET_COLOR = "#555555"
@@ -367,6 +393,17 @@ def frontier_axes(plan: Plan) -> tuple[str, str] | None:
     return (x, y) if x in present and y is not None else None
 
 
+# A budget within this share of the plans' range beyond them is drawn to scale; one farther is
+# marked by an arrow at the edge, so the plans are not squeezed into a corner by it.
+BUDGET_IN_SCALE = 0.5
+
+
+def _in_scale(values: list[float], limit: float) -> bool:
+    lo, hi = min(values), max(values)
+    reach = BUDGET_IN_SCALE * max(hi - lo, abs(hi) * 0.1)
+    return lo - reach <= limit <= hi + reach
+
+
 def pareto_chart(plan: Plan) -> XYChart | None:
     axes = frontier_axes(plan)
     if axes is None:
@@ -374,14 +411,32 @@ def pareto_chart(plan: Plan) -> XYChart | None:
     (x, y), limits = axes, plan.budgets.limits()
     (x_label, x_scale), (y_label, y_scale) = METRIC_AXES[x], METRIC_AXES[y]
     drawn = [p for p in plan.frontier if x in p.totals and y in p.totals]
+    if not drawn:
+        return None
 
     def point(p: ParetoPoint) -> Point:
-        fits = "fits the budget" if p.feasible else "over budget"
-        return Point(p.totals[x] * x_scale, p.totals[y] * y_scale, f"{p.label} ({fits})")
+        status = f"rejected after measurement: {p.rejected}" if p.rejected else (
+            "fits the budget" if p.feasible else "over budget")
+        return Point(
+            p.totals[x] * x_scale,
+            p.totals[y] * y_scale,
+            f"{p.label}: {format_metric(x, p.totals[x])}, {format_metric(y, p.totals[y])} (predicted; "
+            f"{'the chosen plan; ' if p.chosen else ''}{status})",
+        )
 
-    xs = [p.totals[x] * x_scale for p in drawn] + ([limits[x] * x_scale] if x in limits else [])
-    ys = [p.totals[y] * y_scale for p in drawn] + ([limits[y] * y_scale] if y in limits else [])
-    x_axis, y_axis = LinearScale.covering(xs, pad=0.05), LinearScale.covering(ys, pad=0.05)
+    xs = [p.totals[x] * x_scale for p in drawn]
+    ys = [p.totals[y] * y_scale for p in drawn]
+    off_scale: list[OffScale] = []
+    budget_x = limits[x] * x_scale if x in limits else None
+    budget_y = limits[y] * y_scale if y in limits else None
+    if budget_x is not None and not _in_scale(xs, budget_x):
+        off_scale.append(OffScale("x", f"budget {_limit(x, limits[x])}: right of the chart"))
+        budget_x = None
+    if budget_y is not None and not _in_scale(ys, budget_y):
+        off_scale.append(OffScale("y", f"budget {_limit(y, limits[y])}: above the chart"))
+        budget_y = None
+    x_axis = LinearScale.covering(xs + ([budget_x] if budget_x is not None else []), include_zero=False, pad=0.08)
+    y_axis = LinearScale.covering(ys + ([budget_y] if budget_y is not None else []), include_zero=False, pad=0.08)
     frontier = sorted((p for p in drawn if p.on_frontier), key=lambda p: p.totals[x])
     series: list[ScatterSeries | LineSeries] = [
         LineSeries(
@@ -391,19 +446,15 @@ def pareto_chart(plan: Plan) -> XYChart | None:
             in_legend=False,
         )
     ]
-    if y in limits:
-        level = limits[y] * y_scale
-        series.append(LineSeries("budget", BUDGET_COLOR, ((x_axis.lo, level), (x_axis.hi, level)), dashed=True))
-    if x in limits:
-        level = limits[x] * x_scale
-        series.append(
-            LineSeries(
-                "budget", BUDGET_COLOR, ((level, y_axis.lo), (level, y_axis.hi)), dashed=True, in_legend=y not in limits
-            )
-        )
+    if budget_y is not None:
+        series.append(LineSeries("budget", BUDGET_COLOR, ((x_axis.lo, budget_y), (x_axis.hi, budget_y)), dashed=True))
+    if budget_x is not None:
+        series.append(LineSeries("budget", BUDGET_COLOR, ((budget_x, y_axis.lo), (budget_x, y_axis.hi)), dashed=True,
+                                 in_legend=budget_y is None))
     for name, color, keep in (
-        ("fits the budget", FITS_COLOR, lambda p: p.feasible and not p.chosen),
-        ("over budget", OVER_BUDGET_COLOR, lambda p: not p.feasible and not p.chosen),
+        ("fits the budget", FITS_COLOR, lambda p: p.feasible and not p.rejected and not p.chosen),
+        ("over budget", OVER_BUDGET_COLOR, lambda p: not p.feasible and not p.rejected and not p.chosen),
+        ("rejected after measurement", REJECTED_COLOR, lambda p: p.rejected is not None and not p.chosen),
     ):
         points = tuple(point(p) for p in drawn if keep(p))
         if points:
@@ -411,6 +462,7 @@ def pareto_chart(plan: Plan) -> XYChart | None:
     chosen = tuple(point(p) for p in drawn if p.chosen)
     if chosen:
         series.append(ScatterSeries("chosen plan", CHOSEN_COLOR, chosen, shape="diamond"))
+    rejected = sum(1 for p in drawn if p.rejected)
     return XYChart(
         title=f"Pareto frontier: {x_label.split(' (')[0]} against {y_label.split(' (')[0]} (predicted)",
         x_label=x_label,
@@ -418,7 +470,10 @@ def pareto_chart(plan: Plan) -> XYChart | None:
         x_scale=x_axis,
         y_scale=y_axis,
         series=tuple(series),
-        note=f"{len(drawn)} plans; lower and to the left is better",
+        note=f"{len(drawn)} plans{f', {rejected} rejected after measurement' if rejected else ''}; budget "
+        f"{', '.join(_limit(m, v) for m, v in limits.items() if m in (x, y)) or 'on neither axis'}; "
+        "lower left is better",
+        off_scale=tuple(off_scale),
     )
 
 
@@ -427,38 +482,52 @@ def charts(plan: Plan, options: ReportOptions) -> list[Chart]:
     return [*comparison_charts(plan), *([frontier] if frontier is not None else [])]
 
 
+# Each figure's chart: its name, whether more is better, and how a value in its unit is written.
+FIGURE_CHARTS = {
+    "latency_ms": ("latency per step", False, "{:.4g} ms"),
+    "memory_bytes": ("peak memory", False, "{:.4g} MiB"),
+    "energy_j": ("energy per step", False, "{:.4g} J"),
+    "throughput": ("throughput", True, "{:.4g} samples/s"),
+}
+
+
 def comparison_charts(plan: Plan) -> list[Chart]:
-    """Relative change against the baseline, predicted (± one sigma) next to measured."""
-    rows = []
+    """One chart per figure, on an axis of its own unit: the baseline, the plan as predicted
+    (± one sigma) and as measured."""
+    charts: list[Chart] = []
     for row in figure_rows(plan):
-        baseline = row["baseline"]
-        if not baseline:
+        if row["predicted"] is None and row["measured"] is None:
             continue
+        name, higher_is_better, written = FIGURE_CHARTS[row["metric"]]
+        baseline = row["baseline"]
+
+        def versus(value: float, baseline: float | None = baseline) -> str:
+            return f" ({value / baseline - 1:+.1%} vs the baseline)" if baseline else ""
+
+        rows = []
+        if baseline is not None:
+            rows.append(IntervalRow("baseline, measured", baseline, baseline, baseline, "baseline",
+                                    f"baseline, measured: {written.format(baseline)}"))
         if row["predicted"] is not None:
-            sigma = row["predicted_sigma"] or 0.0
-            rows.append(
-                IntervalRow(
-                    f"{row['metric']} predicted",
-                    100 * (row["predicted"] / baseline - 1),
-                    100 * ((row["predicted"] - sigma) / baseline - 1),
-                    100 * ((row["predicted"] + sigma) / baseline - 1),
-                    "predicted ± 1σ",
-                )
-            )
+            value, sigma = row["predicted"], row["predicted_sigma"] or 0.0
+            rows.append(IntervalRow(
+                "plan, predicted", value, value - sigma, value + sigma, "predicted ± 1σ",
+                f"plan, predicted: {written.format(value)} ± {written.format(sigma)}{versus(value)}",
+            ))
         if row["measured"] is not None:
-            change = 100 * (row["measured"] / baseline - 1)
-            rows.append(IntervalRow(f"{row['metric']} measured", change, change, change, "measured"))
-    if not rows:
-        return []
-    return [
-        IntervalChart(
-            title="Plan against the baseline: predicted vs measured",
-            x_label="change from the baseline (%)",
-            rows=tuple(rows),
-            statuses={"predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
-            reference_lines=(ReferenceLine(0.0, "baseline", side="left"),),
+            value = row["measured"]
+            rows.append(IntervalRow("plan, measured", value, value, value, "measured",
+                                    f"plan, measured: {written.format(value)}{versus(value)}"))
+        charts.append(
+            IntervalChart(
+                title=f"{name[0].upper()}{name[1:]}: the baseline, and the plan predicted and measured",
+                x_label=f"{name} ({row['unit']})",
+                rows=tuple(rows),
+                statuses={"baseline": BASELINE_COLOR, "predicted ± 1σ": PREDICTED_COLOR, "measured": MEASURED_COLOR},
+                note=("higher" if higher_is_better else "lower") + " is better; hover a mark for its value",
+            )
         )
-    ]
+    return charts
 
 
 ADAPTER: RecordAdapter[Plan] = RecordAdapter(

@@ -99,6 +99,26 @@ def attention_blocks(profile: Profile) -> list[tuple[LayerStats, list[LayerStats
     return blocks
 
 
+@dataclass(frozen=True)
+class AttentionTime:
+    """Attention's share of the step, both ways: inclusive (the outermost attention modules with
+    everything they call: projections, rotary, norms inside) and self (their own ops alone)."""
+
+    inclusive_share: float
+    self_share: float
+
+
+def attention_time(profile: Profile) -> AttentionTime | None:
+    """None when the step was not timed or no attention module was found."""
+    step = _median(profile.totals.time_ms)
+    attention = [layer for layer in profile.layers if _is_attention(layer)]
+    if step <= 0 or not attention:
+        return None
+    inclusive = sum(_median(layer.time_ms) for layer in _outermost(attention))
+    own = sum(layer.self_time_ms or 0.0 for layer in attention)
+    return AttentionTime(inclusive / step, own / step)
+
+
 def _median(stats: TimeStats | None) -> float:
     """The median in ms, 0 when not timed (a dry run) or unknown."""
     return stats.median if stats is not None and math.isfinite(stats.median) else 0.0
@@ -135,12 +155,17 @@ def time_breakdown_chart(profile: Profile) -> BarChart:
         )
     else:
         series = (BarSeries("attention", KIND_COLORS["attention"]), BarSeries("rest", REST_COLOR))
+    share = attention_time(profile)
+    note = f"step median {step:.4g} ms; {len(blocks)} blocks"
+    if share is not None:
+        note += (f"; attention {100 * share.inclusive_share:.1f}% of the step incl., "
+                 f"{100 * share.self_share:.1f}% self (its own ops)")
     return BarChart(
-        title="Time per block: attention vs the rest",
+        title="Time per block: attention (incl. its projections) vs the rest",
         x_label="median time per step (ms)" + (", forward + backward" if train else ""),
         series=series,
         rows=tuple(rows),
-        note=f"step median {step:.4g} ms; {len(blocks)} blocks"
+        note=note
         if profile.totals.time_ms is not None
         else "not timed (a dry run): no times to show",
         value_format="{:.3g} ms",

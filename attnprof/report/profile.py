@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
-from rich.table import Table
 from rich.text import Text
 
-from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals
+from attnprof.profiling.records import LayerStats, Profile, TimeStats, Totals, block_kind
 from attnprof.report import plots
 from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, human_bytes, human_count
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.svg import Chart
 
 SORT_KEYS: dict[str, Callable[[LayerStats], float]] = {
@@ -37,10 +37,11 @@ def sorted_layers(profile: Profile, sort: str) -> list[LayerStats]:
     return sorted(profile.layers, key=SORT_KEYS[sort])  # stable: execution order breaks ties
 
 
-def bottlenecks(profile: Profile) -> set[str]:
+def bottlenecks(profile: Profile) -> list[str]:
+    """The layers with the most self time, most first."""
     timed = [layer for layer in profile.layers if layer.self_time_ms]
     timed.sort(key=lambda layer: -(layer.self_time_ms or 0.0))
-    return {layer.name for layer in timed[:BOTTLENECK_COUNT]}
+    return [layer.name for layer in timed[:BOTTLENECK_COUNT]]
 
 
 def _relative_name(name: str, shown: set[str]) -> tuple[str, int]:
@@ -51,77 +52,93 @@ def _relative_name(name: str, shown: set[str]) -> tuple[str, int]:
     return (".".join(parts[ancestors[-1] :]) if ancestors else name), depth
 
 
-def profile_table(profile: Profile, sort: str = "order") -> Table:
+BOTTLENECK_MARK = "◀"
+LEGEND = (
+    "incl.: a module with everything it calls; self: its own ops, children excluded (forward and "
+    "backward timed apart). FLOPs are self; "
+    "memory is the activation memory a module adds (incl.), and the step's peak (parameters included) "
+    f"on the total row; {BOTTLENECK_MARK}N: the N-th most self time."
+)
+# The profile table's columns, by priority: what a narrow terminal leaves out first has the highest.
+PROFILE_COLUMNS = (
+    Column("layer", "left", priority=0, wraps=True),
+    Column("module", "left", priority=9),
+    Column("block", "left", priority=6),
+    Column("incl.\nfwd ms", priority=0),
+    Column("self\nfwd ms", priority=0),
+    Column("incl.\nbwd ms", priority=2),
+    Column("self\nFLOPs", priority=0),
+    Column("attn\nFLOPs", priority=3),
+    Column("memory", priority=4),
+    Column("", "left", priority=5),
+    Column("p10–p90\nms", priority=7, detail=True),
+    Column("TFLOP/s", priority=8, detail=True),
+    Column("% peak", priority=8, detail=True),
+    Column("bound", "left", priority=8, detail=True),
+)
+
+
+def profile_table(profile: Profile, sort: str = "order") -> FittedTable:
     settings = profile.settings
     title = (
         f"{profile.workload.target} · {settings.mode} · batch {settings.batch_size} · seq {settings.seq_len} · "
         f"{settings.dtype} · {settings.device} · backend {settings.backend}"
     )
-    table = Table(
-        title=title,
-        title_justify="left",
-        show_lines=False,
-        pad_edge=False,
-        caption=device_caption(profile),
-        caption_justify="left",
-    )
     peak = profile.peak.tflops if profile.peak is not None else None
-    roofline = [("% peak", "right"), ("bound", "left")] if peak else []
-    for header, justify in [
-        ("layer", "left"),
-        ("kind", "left"),
-        ("fwd ms", "right"),
-        ("self ms", "right"),
-        ("p10–p90", "right"),
-        ("bwd ms", "right"),
-        ("FLOPs", "right"),
-        ("attn FLOPs", "right"),
-        ("memory", "right"),
-        ("TFLOP/s", "right"),
-        *roofline,
-        ("", "left"),
-    ]:
-        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
     slow = bottlenecks(profile)
     indent = sort == "order"
-    shown = {layer.name for layer in profile.layers}
+    by_name = {layer.name: layer for layer in profile.layers}
+    rows = []
     for layer in sorted_layers(profile, sort):
         # In execution order the tree is shown by indentation: name relative to the shown parent.
-        name, depth = _relative_name(layer.name, shown) if indent else (layer.name, 0)
-        label = "  " * depth + f"{name or '(model)'} · {layer.type}"
+        name, depth = _relative_name(layer.name, set(by_name)) if indent else (layer.name, 0)
         spread = f"{layer.time_ms.p10:.2f}–{layer.time_ms.p90:.2f}" if layer.time_ms else "-"
-        style = "bold magenta" if layer.kind == "attention" else ""
-        table.add_row(
-            Text(label, style=style),
-            layer.kind,
-            _ms(layer.time_ms.median if layer.time_ms else None),
-            _ms(layer.self_time_ms),
-            spread,
-            _ms(layer.backward_time_ms.median if layer.backward_time_ms else None),
-            human_count(layer.flops) if layer.flops else "",
-            human_count(layer.attention.flops) if layer.attention else "",
-            human_bytes(layer.memory_bytes) if layer.memory_bytes else "",
-            f"{layer.achieved_tflops:.3f}" if layer.achieved_tflops else "",
-            *([_percent(layer.achieved_tflops, peak), layer.bound or ""] if peak else []),
-            Text("◀ slowest", style="bold red") if layer.name in slow else "",
+        rank = slow.index(layer.name) + 1 if layer.name in slow else 0
+        rows.append(
+            Row(
+                (
+                    Text("  " * depth + (name or "(model)")),
+                    layer.type,
+                    block_kind(layer.name, by_name),
+                    _ms(layer.time_ms.median if layer.time_ms else None),
+                    _ms(layer.self_time_ms),
+                    _ms(layer.backward_time_ms.median if layer.backward_time_ms else None)
+                    if settings.mode == "train" else "",
+                    human_count(layer.flops) if layer.flops else "",
+                    human_count(layer.attention.flops) if layer.attention else "",
+                    human_bytes(layer.memory_bytes) if layer.memory_bytes else "",
+                    Text(f"{BOTTLENECK_MARK}{rank}", style="bold red") if rank else "",
+                    spread,
+                    f"{layer.achieved_tflops:.3f}" if layer.achieved_tflops else "",
+                    _percent(layer.achieved_tflops, peak) if peak else "",
+                    (layer.bound or "") if peak else "",
+                ),
+                style="bold magenta" if layer.kind == "attention" else "",
+            )
         )
     totals = profile.totals
-    table.add_section()
-    table.add_row(
-        Text("total (step)", style="bold"),
-        "",
-        _ms(totals.time_ms.median if totals.time_ms else None),
-        "",
-        f"{totals.time_ms.p10:.2f}–{totals.time_ms.p90:.2f}" if totals.time_ms else "-",
-        "",
-        human_count(totals.flops),
-        human_count(totals.attention_flops),
-        human_bytes(totals.peak_memory_bytes) + " peak",
-        f"{totals.achieved_tflops:.3f}" if totals.achieved_tflops else "",
-        *([_percent(totals.achieved_tflops, peak), ""] if peak else []),
-        "",
+    rows.append(
+        Row(
+            (
+                Text("total (step)", style="bold"),
+                "",
+                "",
+                _ms(totals.time_ms.median if totals.time_ms else None),
+                "",
+                "",
+                human_count(totals.flops),
+                human_count(totals.attention_flops),
+                human_bytes(totals.peak_memory_bytes),
+                "",
+                f"{totals.time_ms.p10:.2f}–{totals.time_ms.p90:.2f}" if totals.time_ms else "-",
+                f"{totals.achieved_tflops:.3f}" if totals.achieved_tflops else "",
+                _percent(totals.achieved_tflops, peak) if peak else "",
+                "",
+            ),
+            section=True,
+        )
     )
-    return table
+    return FittedTable(PROFILE_COLUMNS, rows, title=title, caption=device_caption(profile))
 
 
 def _percent(achieved: float | None, peak: float) -> str:
@@ -151,13 +168,17 @@ def device_caption(profile: Profile) -> str:
 def profile_view(profile: Profile, sort: str = "order") -> Group:
     """The table and the totals lines under it."""
     totals = profile.totals
-    share = f"{100 * totals.attention_share_flops:.1f}% of FLOPs"
-    if totals.attention_share_time is not None:
-        share += f", {100 * totals.attention_share_time:.1f}% of step time"
     lines = [
+        LEGEND,
         f"attention: {human_count(totals.attention_flops)} FLOPs (useful) of "
-        f"{human_count(totals.attention_flops_dense)} dense; {share}"
+        f"{human_count(totals.attention_flops_dense)} dense, {100 * totals.attention_share_flops:.1f}% of FLOPs",
     ]
+    share = plots.attention_time(profile)
+    if share is not None:
+        lines.append(
+            f"attention time: {100 * share.inclusive_share:.1f}% of the step incl. (attention modules with their "
+            f"projections), {100 * share.self_share:.1f}% self (their own ops)"
+        )
     if totals.backward_flops:
         lines.append(f"backward: {human_count(totals.backward_flops)} FLOPs")
     lines.append(

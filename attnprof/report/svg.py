@@ -25,6 +25,7 @@ CHAR_WIDTH = 6.6  # average glyph width in px of the 11 px label font, for layou
 AXIS_COLOR = "#444444"
 GRID_COLOR = "#e3e3e3"
 TEXT_COLOR = "#222222"
+LINEAR_LIMIT = 1e300  # the largest magnitude a linear axis spans
 
 
 # --------------------------------------------------------------------------- scales
@@ -54,7 +55,8 @@ class LinearScale:
     def covering(cls, values: Sequence[float], include_zero: bool = True, pad: float = 0.0) -> LinearScale:
         """A scale with nice round ends that contains every finite value, with `pad` (a share of
         the range) of room beyond the data's extremes so marks drawn there are not cut by the axes."""
-        finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+        # Room for the padding and the ticks: a value beyond ±1e300 is drawn at that edge.
+        finite = [min(max(v, -LINEAR_LIMIT), LINEAR_LIMIT) for v in values if math.isfinite(v)] or [0.0, 1.0]
         lo, hi = min(finite), max(finite)
         if hi <= lo:  # a single value: centre it
             margin = abs(lo) / 2 or 1.0
@@ -171,6 +173,15 @@ class LineSeries:
 
 
 @dataclass(frozen=True)
+class OffScale:
+    """A value beyond an axis's range (a budget far above every plan): an arrow at that edge, labelled."""
+
+    axis: Literal["x", "y"]
+    label: str
+    color: str = "#555555"
+
+
+@dataclass(frozen=True)
 class XYChart:
     """Numeric x and y axes (linear or log) carrying scatter and line series."""
 
@@ -183,6 +194,7 @@ class XYChart:
     width: int = 720
     height: int = 440
     note: str = ""
+    off_scale: tuple[OffScale, ...] = ()  # values past the high end of an axis, each marked by an arrow
 
 
 @dataclass(frozen=True)
@@ -407,8 +419,30 @@ def _render_xy(chart: XYChart) -> str:
                 )
         legend.append((series.name, series.color, "diamond" if series.shape == "diamond" else "dot"))
     svg.add("</g>")
+    for i, beyond in enumerate(chart.off_scale):
+        _off_scale_arrow(svg, beyond, left, top, plot_w, plot_h, i)
     _legend(svg, legend, left, top - 10)
     return svg.render(chart.title)
+
+
+def _off_scale_arrow(svg: _Svg, beyond: OffScale, left: float, top: float, plot_w: float, plot_h: float,
+                     index: int) -> None:
+    """An arrow inside the plot at the high end of the axis, pointing off it, with its label."""
+    tip = _tooltip(beyond.label)
+    if beyond.axis == "y":  # top edge, pointing up; label to its left
+        x, y = left + plot_w - 12, top + 6 + 16 * index
+        svg.add(
+            f'<g class="off-scale">{tip}<polygon points="{x - 5:.1f},{y + 9:.1f} {x + 5:.1f},{y + 9:.1f} '
+            f'{x:.1f},{y:.1f}" fill="{beyond.color}"/></g>'
+        )
+        svg.text(x - 9, y + 9, beyond.label, size=10, anchor="end", color=beyond.color)
+    else:  # right edge, pointing right; label above it
+        x, y = left + plot_w - 6, top + plot_h - 12 - 16 * index
+        svg.add(
+            f'<g class="off-scale">{tip}<polygon points="{x - 9:.1f},{y - 5:.1f} {x - 9:.1f},{y + 5:.1f} '
+            f'{x:.1f},{y:.1f}" fill="{beyond.color}"/></g>'
+        )
+        svg.text(x - 13, y + 4, beyond.label, size=10, anchor="end", color=beyond.color)
 
 
 def _render_category_frame(

@@ -436,8 +436,16 @@ def pareto_points(outcome: TuneOutcome) -> list[ParetoPoint]:
     def is_chosen(c: Candidate) -> bool:  # the frontier holds equal candidates, not the same objects
         return chosen is not None and (c.describe(), c.totals) == (chosen.describe(), chosen.totals)
 
+    rejected = {
+        (v.candidate.describe(), tuple(sorted(v.candidate.totals.items()))): v.reason or "rejected"
+        for v in outcome.verifications
+        if v.can_run and not v.accepted
+    }
     points = [
-        ParetoPoint(c.describe(), dict(c.totals), c.feasible(outcome.limits), chosen=is_chosen(c))
+        ParetoPoint(
+            c.describe(), dict(c.totals), c.feasible(outcome.limits), chosen=is_chosen(c),
+            rejected=rejected.get((c.describe(), tuple(sorted(c.totals.items())))),
+        )
         for c in outcome.search.frontier
     ]
     if chosen is not None and not any(p.chosen for p in points):
