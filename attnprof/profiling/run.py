@@ -39,9 +39,11 @@ from attnprof.measure.nvml import Telemetry
 from attnprof.measure.records import Calibration, TraceSummary
 from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
+from attnprof.measure.sharded import global_numel, local_numel
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
+from attnprof.profiling.ranks import collective_pass, distributed, rank_info
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
@@ -311,7 +313,7 @@ def build_layers(prepared: Prepared, counting: CountingResult, timing: TimingRes
                 flops=cost.flops,
                 bytes=cost.bytes,
                 memory_bytes=counting.memory.get(name, 0),
-                params=sum(p.numel() for p in module.parameters()),
+                params=local_numel(module),
                 achieved_tflops=achieved,
                 bound=None,
                 attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
@@ -384,10 +386,12 @@ def run_profile(
     trace: bool = False,
     trace_file: Path | None = None,
     pace: Pace | None = None,
+    plan: str | None = None,
 ) -> Profile:
     """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
     backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
-    repeats (see timing_pass)."""
+    repeats (see timing_pass). On a rank of a torch.distributed run the profile also records the
+    rank (`plan`: the sharding the workload's model was built with) and its collectives."""
     with restored_threads():
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
@@ -411,6 +415,13 @@ def run_profile(
         for layer in layers:
             layer.bound = hardware.roofline_bound(layer.flops, layer.bytes, peak)
         summary = trace_pass(prepared, layers, train, trace_file) if trace and timing is not None else None
+        placement = None
+        if timing is not None and distributed():
+            collectives = collective_pass(prepared.model, prepared.step, max(min(settings.repeats, 5), 1), train)
+            for layer in layers:
+                layer.collective_ms = collectives.per_module_ms.get(layer.name, 0.0)
+            totals.collective_ms = collectives.step_ms
+            placement = rank_info(prepared.model, plan, collectives.calls)
     notes = [] if counting.finite else ["the model's output contains NaN or inf"]
     if counting.unknown_masks:
         notes.append(f"{counting.unknown_masks} attention mask(s) on the meta device depend on weights or on "
@@ -431,7 +442,7 @@ def run_profile(
         workload=WorkloadInfo(
             target=workload.target,
             fingerprint=workload.fingerprint(settings),
-            parameter_count=sum(p.numel() for p in prepared.model.parameters()),
+            parameter_count=global_numel(prepared.model),
             name=workload.name,
             architecture_fingerprint=workload.architecture,
         ),
@@ -443,6 +454,7 @@ def run_profile(
         telemetry=record,
         trace=summary,
         peak=peak,
+        rank=placement,
     )
 
 
