@@ -15,6 +15,7 @@ from attnprof.store import DEFAULT_PROFILE_DIR, SCHEMA_VERSION, read_record, slu
 from attnprof.targets.records import WorkloadInfo
 
 LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
+IMBALANCED_ABOVE = 1.10  # a slowest rank more than 10% above the mean step is called imbalanced
 
 
 @dataclass
@@ -191,6 +192,10 @@ class DistributedProfile:
         times = [t for t in self.step_ms() if t is not None]
         mean = sum(times) / len(times) if times else 0.0
         return max(times) / mean if mean > 0 else None
+
+    def imbalanced(self) -> bool:
+        imbalance = self.imbalance()
+        return imbalance is not None and imbalance > IMBALANCED_ABOVE
 
     def layers(self) -> list[LayerAcrossRanks]:
         """Every module any rank ran, in first-seen order over the ranks."""

@@ -10,7 +10,6 @@ from rich.text import Text
 from attnprof.profiling.records import DistributedProfile
 from attnprof.report.adapter import human_bytes, human_count
 
-IMBALANCED_ABOVE = 1.10  # a slowest rank more than 10% above the mean step is flagged
 LAYER_DEPTH_SHOWN = 2  # the per-layer table shows the model's blocks and what they hold, not every leaf
 
 
@@ -43,7 +42,7 @@ def rank_table(merged: DistributedProfile) -> Table:
             f"{index}{marker}",
             _ms(totals.time_ms.median if totals.time_ms else None),
             _ms(totals.collective_ms),
-            human_count(profile.layers[0].params if profile.layers else 0),
+            human_count(next((layer.params for layer in profile.layers if not layer.name), 0)),
             human_bytes(totals.param_bytes),
             human_count(flops),
         )
@@ -74,7 +73,7 @@ def imbalance_line(merged: DistributedProfile) -> Text:
     slowest = merged.slowest_rank()
     if imbalance is None or slowest is None:
         return Text("no step time was measured (dry run)")
-    flagged = imbalance > IMBALANCED_ABOVE
+    flagged = merged.imbalanced()
     verdict = "imbalanced" if flagged else "balanced"
     return Text(
         f"slowest rank {slowest}; imbalance (max/mean step) {imbalance:.2f}: {verdict}",
