@@ -14,10 +14,12 @@ import pytest
 
 from attnprof.plans.records import Plan, PlanChoices
 from attnprof.profiling.records import DistributedProfile
+from attnprof.profiling.run import run_profile
 from attnprof.settings import resolve_settings
 from attnprof.store import read_record, write_record
 from attnprof.targets.load import load_workload
 from attnprof.targets.records import WorkloadInfo
+from attnprof.tuning.price import tensor_parallel_share
 
 # spawning ranks on a busy 2-core machine can take minutes
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -80,6 +82,12 @@ def test_tensor_parallel_profile_records_both_ranks_their_collectives_and_local_
         assert profile.layer("layers.0.attn").collective_ms > 0 and profile.layer("layers.0.mlp").collective_ms > 0
         attention = profile.layer("layers.0.attn").attention
         assert attention is not None and attention.num_heads == 4  # 8 heads, half per rank
+    # The per-rank memory model of tune holds what apply left on the rank.
+    workload = load_workload("zoo:decoder")
+    baseline = run_profile(workload, resolve_settings(workload, {"batch_size": 2, "seq_len": 32, "repeats": 1}))
+    share = tensor_parallel_share(baseline)
+    predicted = baseline.totals.param_bytes * (share / 2 + 1 - share)
+    assert predicted == pytest.approx(merged.ranks[0].totals.param_bytes, rel=0.01)
     # One report on stdout, from rank 0.
     assert run.stdout.count("2 ranks (gloo") == 1, run.stdout
     assert "slowest rank" in run.stdout and "imbalance" in run.stdout

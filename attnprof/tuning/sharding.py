@@ -144,6 +144,9 @@ class StepShape:
     boundary_bytes: float  # one block's output activations for one micro-batch
     micro_batches: int  # micro-batches per replica per step
     train: bool
+    # Of param_bytes, what tensor parallelism leaves whole on every rank: apply splits only the
+    # blocks' attention and MLP projections (embeddings, the head and norms stay replicated).
+    replicated_param_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def sharded_step(
     slot_ms = max(stage_ms[s] + 1e3 * tp_comm_s * blocks_per_stage[s] for s in range(pp))
     p2p_ms = 1e3 * passes * point_to_point_s(shape.boundary_bytes / tp, link) if pp > 1 else 0.0
     pipeline_ms = (m + pp - 1) * (slot_ms + p2p_ms)
-    shard_params = shape.param_bytes / (tp * pp)
+    replicated = min(shape.replicated_param_bytes, shape.param_bytes)
+    shard_params = (shape.param_bytes - replicated) / (tp * pp) + replicated
     if dp > 1 and data_parallel_mode == "fsdp":
         # All-gather before forward (and again before backward), reduce-scatter the gradients.
         dp_ms = 1e3 * passes * all_gather_s(shard_params, dp, link)
