@@ -54,6 +54,7 @@ from attnprof.tuning.estimate import (
     reference_choice,
     saved_cost_model,
 )
+from attnprof.tuning.launch import measure_sharded
 from attnprof.tuning.optimize import OBJECTIVE_METRIC, Candidate, SearchResult, search
 from attnprof.tuning.price import Contribution, LayerBasis, Pricing, knob_contributions, plan_choices, predicted_figures
 from attnprof.tuning.sharding import LinkLike
@@ -212,6 +213,7 @@ def tune(
             candidates = _untried(again, verifications, settings)[: request.top_k]
             if not candidates:
                 break
+        measure_sharded(verifications, baseline.workload, settings, objective)  # under torchrun, where it can
         verifier.compare(baseline_figures, verifications)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
     verified = sum(v.profile is not None for v in verifications)
