@@ -41,7 +41,7 @@ def profile_arguments(plan_path: str, target: str, settings: Settings) -> list[s
         "profile", target, "--plan", plan_path, "--json", "--no-save",
         "--batch-size", str(settings.batch_size), "--seq-len", str(settings.seq_len), "--dtype", settings.dtype,
         "--backend", settings.backend, "--device", settings.device.split(":")[0], "--mode", settings.mode,
-        "--warmup", str(settings.warmup), "--repeats", str(settings.repeats),
+        "--warmup", str(settings.warmup), "--repeats", str(settings.repeats), "--clock", settings.clock,
         *(["--threads", str(settings.threads)] if settings.threads else []),
     ]
 
