@@ -27,18 +27,19 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "2", "--seq-len", "32", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 
-# One rank builds twelve layers, the other one: the heavy rank is the slowest by far.
+# One rank builds sixteen 512-wide layers, the other one (about 1 ms of work against 16 ms):
+# the heavy rank is the slowest by far, whatever the load does to a median of five steps.
 IMBALANCED_MODEL = '''
 import os
 import torch
 from torch import nn
 
 def build_model(device, dtype):
-    layers = 12 if os.environ["RANK"] == "1" else 1
-    return nn.Sequential(*[nn.Linear(128, 128) for _ in range(layers)]).to(device=device, dtype=dtype)
+    layers = 16 if os.environ["RANK"] == "1" else 1
+    return nn.Sequential(*[nn.Linear(512, 512) for _ in range(layers)]).to(device=device, dtype=dtype)
 
 def example_inputs(batch_size, seq_len, device, dtype):
-    return (torch.randn(batch_size * seq_len, 128, device=device, dtype=dtype),)
+    return (torch.randn(batch_size * seq_len, 512, device=device, dtype=dtype),)
 '''
 
 
@@ -95,13 +96,14 @@ def test_tensor_parallel_profile_records_both_ranks_their_collectives_and_local_
 
 def test_an_imbalanced_run_is_reported_as_imbalanced(tmp_path: Path) -> None:
     (tmp_path / "uneven.py").write_text(IMBALANCED_MODEL)
-    run = torchrun(["profile", "uneven.py", "--json", "--no-save", *SMALL], tmp_path)
+    steady = [*SMALL, "--repeats", "5"]  # the last --repeats wins
+    run = torchrun(["profile", "uneven.py", "--json", "--no-save", *steady], tmp_path)
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)  # rank 0's JSON only: the other rank prints nothing
     merged = read_record_data(data)
     assert merged.slowest_rank() == 1
     assert merged.imbalanced()
-    report = torchrun(["profile", "uneven.py", "--no-save", *SMALL], tmp_path)
+    report = torchrun(["profile", "uneven.py", "--no-save", *steady], tmp_path)
     assert report.returncode == 0, report.stderr
     assert "slowest rank 1" in report.stdout and ": imbalanced" in report.stdout, report.stdout
 

@@ -64,6 +64,10 @@ def tune_command(
     apply: bool = typer.Option(
         True, "--apply/--no-apply", help="Measure the candidates and write the winner's profile next to the plan."
     ),
+    launch: bool = typer.Option(
+        True, "--launch/--no-launch", help="Launch sharded candidates under torchrun on this machine and measure "
+        "them (N CPU processes, or N GPUs for --gpus N)."
+    ),
     out: Path = typer.Option(DEFAULT_PLAN, "--out", "-o", help="Where to write the plan JSON."),
     interconnect: str = typer.Option(
         None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
@@ -99,6 +103,7 @@ def tune_command(
         top_k=top_k,
         pareto=pareto or html is not None,  # the report draws the frontier
         verify=apply,
+        launch=launch,
         link=_link(interconnect, settings.device, gpus),
         contradiction_sigmas=uncertainty,
     )

@@ -91,6 +91,7 @@ class TuneRequest:
     top_k: int = 3
     pareto: bool = False
     verify: bool = True
+    launch: bool = True  # measure sharded candidates under torchrun where this machine has the ranks
     link: LinkLike | None = None
     use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
     contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
@@ -213,7 +214,8 @@ def tune(
             candidates = _untried(again, verifications, settings)[: request.top_k]
             if not candidates:
                 break
-        measure_sharded(verifications, baseline.workload, settings, objective)  # under torchrun, where it can
+        if request.launch:
+            measure_sharded(verifications, baseline.workload, settings, objective)  # tuning/launch.py
         verifier.compare(baseline_figures, verifications)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
     verified = sum(v.profile is not None for v in verifications)
