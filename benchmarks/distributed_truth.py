@@ -19,6 +19,7 @@ import sys
 
 from attnprof.machine import machine_info
 from attnprof.measure.links import calibrated_link
+from attnprof.plans.sharding import sharding_label
 from attnprof.settings import resolve_settings
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
@@ -68,7 +69,10 @@ def main() -> None:
         measured = v.measured.latency_ms if v.measured else None
         error = f"{100 * (predicted / measured - 1):+.0f}%" if predicted and measured else "-"
         shown = f"{measured:12.1f}" if measured else f"{'-':>12}"
-        print(f"{v.candidate.describe()[:45]:45} {predicted or float('nan'):12.1f} {shown} {error:>8}")
+        plan = f"{sharding_label(v.choices)}, micro-batch {v.choices.batch_size or settings.batch_size}"
+        print(f"{plan[:45]:45} {predicted or float('nan'):12.1f} {shown} {error:>8}")
+    for line in (e for e in outcome.excluded if e.knob == "pipeline_stages"):
+        print(f"pipeline_stages {line.value}: {line.reason}")
 
 
 if __name__ == "__main__":
