@@ -54,11 +54,12 @@ def torchrun(args: list[str], cwd: Path, ranks: int = 2) -> subprocess.Completed
     )
 
 
-def tensor_parallel_plan(path: Path) -> None:
+def tensor_parallel_plan(path: Path, data_parallel: int = 1) -> None:
     workload = load_workload("zoo:decoder")
     settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 32, "threads": 1})
     info = WorkloadInfo(target="zoo:decoder", fingerprint=workload.fingerprint(settings), parameter_count=0)
-    write_record(path, Plan(info, settings, "cpu", "latency", PlanChoices(tensor_parallel=2, precision="cast")))
+    choices = PlanChoices(tensor_parallel=2, data_parallel=data_parallel, precision="cast")
+    write_record(path, Plan(info, settings, "cpu", "latency", choices))
 
 
 def test_tensor_parallel_profile_records_both_ranks_their_collectives_and_local_parameters(tmp_path: Path) -> None:
@@ -92,6 +93,19 @@ def test_tensor_parallel_profile_records_both_ranks_their_collectives_and_local_
     # One report on stdout, from rank 0.
     assert run.stdout.count("2 ranks (gloo") == 1, run.stdout
     assert "slowest rank" in run.stdout and "imbalance" in run.stdout
+
+
+def test_four_ranks_on_a_two_dimensional_mesh_record_it(tmp_path: Path) -> None:
+    tensor_parallel_plan(tmp_path / "tp-fsdp.json", data_parallel=2)
+    run = torchrun(["profile", "zoo:decoder", "--plan", "tp-fsdp.json", "-o", "merged.json", *SMALL], tmp_path, 4)
+    assert run.returncode == 0, run.stderr
+    merged = read_record(tmp_path / "merged.json", DistributedProfile)
+    assert [p.rank.rank for p in merged.ranks if p.rank] == [0, 1, 2, 3]
+    for profile in merged.ranks:
+        assert profile.rank is not None and (profile.rank.mesh, profile.rank.mesh_dims) == ([2, 2], ["dp", "tp"])
+        assert profile.rank.plan == "tensor_parallel=2, data_parallel=2 (fsdp)"
+        assert profile.totals.collective_ms is not None and profile.totals.collective_ms > 0
+    assert "4 ranks (gloo, mesh dp 2 × tp 2)" in run.stdout
 
 
 def test_an_imbalanced_run_is_reported_as_imbalanced(tmp_path: Path) -> None:
