@@ -46,6 +46,8 @@ from attnprof.measure.records import (
     DeviceTelemetry,
     GpuInfo,
     GpuSample,
+    LinkCalibration,
+    LinkFit,
     ModuleTrace,
     TraceSummary,
 )
@@ -65,7 +67,17 @@ from attnprof.plans.records import (
     SiteChange,
     Verification,
 )
-from attnprof.profiling.records import Bound, LayerKind, LayerStats, Profile, TimeStats, Totals
+from attnprof.profiling.records import (
+    Bound,
+    DistributedProfile,
+    LayerAcrossRanks,
+    LayerKind,
+    LayerStats,
+    Profile,
+    RankInfo,
+    TimeStats,
+    Totals,
+)
 from attnprof.settings import CLOCKS, DTYPES, MODES, Mode, Settings
 from attnprof.store import SCHEMA_VERSION, from_json_dict, to_json_dict
 from attnprof.targets.records import WorkloadInfo
@@ -97,6 +109,7 @@ __all__ = [
     "DeviceCalibration",
     "DevicePeak",
     "DeviceTelemetry",
+    "DistributedProfile",
     "DoctorReport",
     "FeatureLaw",
     "Finding",
@@ -106,12 +119,15 @@ __all__ = [
     "GroupInfo",
     "InfeasiblePoint",
     "KindFeatures",
+    "LayerAcrossRanks",
     "LayerFeatures",
     "LayerKind",
     "LayerLaw",
     "LayerPrediction",
     "LayerStats",
     "LinearFit",
+    "LinkCalibration",
+    "LinkFit",
     "MachineInfo",
     "Measurement",
     "MeasurementStatus",
@@ -128,6 +144,7 @@ __all__ = [
     "PlanFigures",
     "Prediction",
     "Profile",
+    "RankInfo",
     "Settings",
     "SiteChange",
     "TimeStats",

@@ -173,7 +173,7 @@ def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits()
 
 
 def test_sharded_plans_on_a_cpu_are_priced_over_gloo_and_marked_unverified(runner: CliRunner, tmp_path: Path) -> None:
-    flags = ["--gpus", "4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel"]
+    flags = ["--gpus", "4", "--knobs", "tensor_parallel,pipeline_stages,data_parallel", "--no-launch"]
     result = runner.invoke(app, ["tune", *flags, "--batch-size", "4", *FAST[2:]])
     assert result.exit_code == 0, result.output
     plan = read_record(tmp_path / "plan.json", Plan)

@@ -105,7 +105,7 @@ def run_plan(
         check = verify_model(reference, model.eval(), example, plan.budgets, plan.choices)
         check.predicted_latency_ms = plan.predicted.latency_ms
         # One step of the plan: its micro-batches, on each data-parallel replica's share of the batch.
-        micro_steps = max(plan.settings.batch_size // plan.choices.data_parallel // settings.batch_size, 1)
+        micro_steps = plan.choices.micro_steps(plan.settings.batch_size)
         if report.world_size > 1:
             check.measured_latency_ms = micro_steps * step_time(model, example, settings, device).median
         else:

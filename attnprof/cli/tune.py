@@ -65,6 +65,10 @@ def tune_command(
     apply: bool = typer.Option(
         True, "--apply/--no-apply", help="Measure the candidates and write the winner's profile next to the plan."
     ),
+    launch: bool = typer.Option(
+        True, "--launch/--no-launch", help="Launch sharded candidates under torchrun on this machine and measure "
+        "them (N CPU processes, or N GPUs for --gpus N)."
+    ),
     out: Path = typer.Option(DEFAULT_PLAN, "--out", "-o", help="Where to write the plan JSON."),
     interconnect: str = typer.Option(
         None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
@@ -105,6 +109,7 @@ def tune_command(
         top_k=top_k,
         pareto=pareto or html is not None,  # the report draws the frontier
         verify=apply,
+        launch=launch,
         link=_link(interconnect, settings.device, gpus),
         contradiction_sigmas=uncertainty,
         backends=parse_backend_values(backend_values),
@@ -130,27 +135,41 @@ def tune_command(
 
 
 def _link(name: str | None, device: str, gpus: int) -> LinkLike | None:
-    """The interconnect of a sharding plan: the one asked for, else the GPU's usual board link;
-    CPU ranks talk over gloo on the host, whatever GPU link is named."""
+    """The link of a sharding plan: the one asked for; else the one this machine measured for
+    `gpus` ranks (`doctor --calibrate --link`); else the GPU's usual board link from its datasheet,
+    or gloo's built-in figure for CPU ranks. Says which it uses."""
     if name is None and gpus == 1:
         return None
-    from attnprof.measure.hardware import INTERCONNECTS, find_spec
-    from attnprof.tuning.sharding import GLOO_LOOPBACK
+    link = _chosen_link(name, device, gpus)
+    log(f"sharding priced on {link.name}: {link.source}")
+    return link
+
+
+def _chosen_link(name: str | None, device: str, gpus: int) -> LinkLike:
+    import torch
+
+    from attnprof.machine import machine_info
+    from attnprof.measure.hardware import INTERCONNECTS, device_key, find_spec
+    from attnprof.measure.links import calibrated_link
+    from attnprof.tuning.sharding import GLOO_LOOPBACK, MeasuredLink
 
     if name is not None and name not in INTERCONNECTS:
         raise UsageError(f"--interconnect {name!r}: must be one of {', '.join(INTERCONNECTS)}, e.g. nvlink4")
-    if not device.startswith("cuda"):
-        if name is not None:
-            raise UsageError(
-                f"--interconnect {name} is a GPU link; on {device} the ranks talk over gloo on this host, "
-                "which tune prices itself: drop --interconnect, e.g. --gpus 2"
-            )
-        return GLOO_LOOPBACK
+    cpu = not device.startswith("cuda")
+    if cpu and name is not None:
+        raise UsageError(
+            f"--interconnect {name} is a GPU link; on {device} the ranks talk over gloo on this host, "
+            "which tune prices itself: drop --interconnect, e.g. --gpus 2"
+        )
     if name is not None:
         return INTERCONNECTS[name]
-    import torch
-
-    spec = find_spec(torch.cuda.get_device_name(torch.device(device)))
+    key = device_key(torch.device(device))
+    measured = calibrated_link(machine_info(), "gloo" if cpu else "nccl", key, gpus)
+    if measured is not None:
+        return MeasuredLink.from_calibration(measured)
+    if cpu:
+        return GLOO_LOOPBACK
+    spec = find_spec(key)
     if spec is not None:
         return INTERCONNECTS[spec.interconnect]
     raise UsageError(f"--gpus {gpus} on {device}: name the link with --interconnect, e.g. --interconnect nvlink4")

@@ -20,8 +20,9 @@ from attnprof import backends
 from attnprof.doctor.records import DoctorReport, Finding
 from attnprof.errors import InputFileError, NvmlError
 from attnprof.machine import machine_info
-from attnprof.measure import hardware, nvml, trace
+from attnprof.measure import hardware, links, nvml, trace
 from attnprof.measure.device import resolve_device
+from attnprof.measure.records import LinkCalibration
 from attnprof.store import timestamp
 
 
@@ -284,6 +285,46 @@ def calibrate(devices: list[torch.device], budget_s: float = 0.5) -> list[Findin
     return findings
 
 
+def calibrate_link(device: torch.device) -> list[Finding]:
+    """Measure α and β of the collectives between the ranks of this torchrun run (every rank calls
+    it); rank 0 stores them with this machine's calibration."""
+    import torch.distributed as dist
+
+    measured = links.calibrate_links(device)
+    if dist.get_rank() != 0:
+        return []
+    path = links.save_link_calibration(measured, machine_info())
+    return [Finding("calibration", f"{measured.backend} link", "ok", f"{_link_figures(measured)}; saved to {path}")]
+
+
+def _link_figures(measured: LinkCalibration) -> str:
+    fits = ", ".join(
+        f"{name} α {fit.alpha_us:.3g} µs β {fit.beta_gbps:.3g} GB/s" for name, fit in measured.collectives.items()
+    )
+    return f"{measured.world_size} ranks on {measured.device}: {fits}"
+
+
+def links_section() -> list[Finding]:
+    """Which links between ranks tune prices from measurements; the others use datasheet figures."""
+    try:
+        calibration = hardware.load_calibration(machine_info())
+    except InputFileError:
+        return []  # peaks_section reports the damaged file
+    measured = calibration.links.values() if calibration is not None else []
+    findings = [
+        Finding("links", f"{m.backend} link", "ok", f"calibrated {m.created}: {_link_figures(m)}") for m in measured
+    ]
+    return findings or [
+        Finding(
+            "links",
+            "links",
+            "info",
+            "no link between ranks calibrated: sharding plans are priced with datasheet figures",
+            "run `torchrun --standalone --nproc-per-node=2 -m attnprof doctor --calibrate --link`",
+        )
+    ]
+
+
 def calibration_devices(spec: str | None) -> list[torch.device]:
     """`--device` for --calibrate: the given one, else the CPU and the current GPU if any."""
     if spec is not None:
@@ -301,6 +342,7 @@ SECTIONS: tuple[Callable[[], list[Finding]], ...] = (
     cupti_section,
     sdpa_section,
     peaks_section,
+    links_section,
     transformers_section,
 )
 

@@ -37,6 +37,7 @@ from attnprof.measure.flop_formulas import Coverage, op_flops
 from attnprof.measure.meta_values import MetaValues
 from attnprof.measure.records import AttentionInfo
 from attnprof.measure.scopes import ModuleScopes, Phase
+from attnprof.measure.sharded import defers_to_shards, is_propagation
 
 aten = torch.ops.aten
 
@@ -103,6 +104,10 @@ class CostCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if defers_to_shards(types):
+            return NotImplemented  # counted on this rank's shards (measure/sharded.py)
+        if is_propagation(args, kwargs):
+            return func(*args, **kwargs)
         if isinstance(func, HigherOrderOperator):
             return self._higher_order(func, args, kwargs)
         out = self.coverage.run(self.values.call, func, args, kwargs)

@@ -256,13 +256,18 @@ def load_calibration(machine: MachineInfo) -> Calibration | None:
         raise InputFileError(f"{exc}; rerun `attnprof doctor --calibrate` to rewrite it") from None
 
 
-def save_calibration(measured: DeviceCalibration, machine: MachineInfo) -> Path:
-    """Merge one device's figures into this machine's calibration file, atomically."""
+def update_calibration(machine: MachineInfo, change: Callable[[Calibration], None]) -> Path:
+    """Read this machine's calibration file (or start one), change it, write it back atomically."""
     path = calibration_path(machine)
     calibration = load_calibration(machine) or Calibration(machine_fingerprint=machine.fingerprint())
-    calibration.devices[measured.device] = measured
+    change(calibration)
     write_record(path, calibration)
     return path
+
+
+def save_calibration(measured: DeviceCalibration, machine: MachineInfo) -> Path:
+    """Merge one device's figures into this machine's calibration file."""
+    return update_calibration(machine, lambda calibration: calibration.devices.__setitem__(measured.device, measured))
 
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}

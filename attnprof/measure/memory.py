@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from attnprof.measure.scopes import Phase
+from attnprof.measure.sharded import defers_to_shards, is_propagation, local
 
 
 class LiveMemoryTracker(TorchDispatchMode):
@@ -37,7 +38,11 @@ class LiveMemoryTracker(TorchDispatchMode):
         self.module_peak: dict[str, int] = defaultdict(int)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if defers_to_shards(types):
+            return NotImplemented  # tracked on this rank's shards (measure/sharded.py)
         out = func(*args, **(kwargs or {}))
+        if is_propagation(args, kwargs):
+            return out
         # Views and in-place ops return storages of their inputs: those are not new memory.
         inputs = {id(s) for s in map(_storage_of, tree_flatten((args, kwargs))[0]) if s is not None}
         for value in tree_flatten(out)[0]:
@@ -84,10 +89,11 @@ def _storage_of(value: Any) -> torch.UntypedStorage | None:
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers (each storage counted once)."""
+    """Bytes this rank holds of a module's parameters and buffers (each storage counted once; a
+    DTensor by its local shard)."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in map(local, [*module.parameters(), *module.buffers()]):
         if tensor.device.type == "meta":
             total += tensor.numel() * tensor.element_size()
             continue

@@ -123,11 +123,34 @@ class DeviceCalibration:
 
 
 @dataclass
+class LinkFit:
+    """α-β of one collective, fitted to its measured times over message sizes (measure/links.py)."""
+
+    alpha_us: float  # per message of the ring algorithm
+    beta_gbps: float  # bandwidth per direction, GB/s
+    sizes: list[int]  # bytes of the whole tensor (all-reduce's input, all-gather's output)
+    seconds: list[float]  # measured time per size: the median step, the slowest rank's
+
+
+@dataclass
+class LinkCalibration:
+    """The collectives between ranks of one backend, measured by `doctor --calibrate --link`."""
+
+    backend: str  # gloo, nccl
+    device: str  # "cpu" or the GPU's name
+    world_size: int
+    collectives: dict[str, LinkFit]  # all_reduce, all_gather, reduce_scatter
+    threads: int
+    created: str
+
+
+@dataclass
 class Calibration:
     """The calibration file of one machine (see hardware.calibration_path)."""
 
     machine_fingerprint: str
     devices: dict[str, DeviceCalibration] = field(default_factory=dict)
+    links: dict[str, LinkCalibration] = field(default_factory=dict)  # by measure.links.link_key
     schema_version: int = SCHEMA_VERSION
 
 

@@ -111,6 +111,10 @@ class PlanChoices:
     def world_size(self) -> int:
         return self.tensor_parallel * self.data_parallel * self.pipeline_stages
 
+    def micro_steps(self, batch_size: int) -> int:
+        """Micro-batches of the plan in one step of `batch_size`, on each data-parallel replica."""
+        return max(batch_size // self.data_parallel // (self.batch_size or batch_size), 1)
+
     def changes_heads(self) -> bool:
         return bool(self.prune_heads or self.kv_heads)
 

@@ -73,6 +73,18 @@ def torchrun_command(world_size: int, argv: Sequence[str]) -> str:
     return shlex.join(["torchrun", "--standalone", f"--nproc-per-node={world_size}", "-m", "attnprof", *argv])
 
 
+def sharding_label(choices: PlanChoices) -> str | None:
+    """The sharding a plan runs, as a profile records it; None for a single-rank plan."""
+    parts = []
+    if choices.tensor_parallel > 1:
+        parts.append(f"tensor_parallel={choices.tensor_parallel}")
+    if choices.pipeline_stages > 1:
+        parts.append(f"pipeline_stages={choices.pipeline_stages}")
+    if choices.data_parallel > 1:
+        parts.append(f"data_parallel={choices.data_parallel} ({choices.data_parallel_mode})")
+    return ", ".join(parts) or None
+
+
 def check_shardable(choices: PlanChoices) -> None:
     """Refuse, before anything runs, sharding this module does not set up."""
     if choices.pipeline_stages > 1:

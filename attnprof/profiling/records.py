@@ -19,6 +19,8 @@ LayerKind = Literal["attention", "mlp", "norm", "embedding", "other"]
 BLOCK_KINDS: tuple[LayerKind, ...] = ("attention", "mlp")  # the blocks a module's children belong to
 _ATTENTION_WORDS = ("attention", "attn")
 
+IMBALANCED_ABOVE = 1.10  # a slowest rank more than 10% above the mean step is called imbalanced
+
 
 @dataclass
 class TimeStats:
@@ -85,6 +87,9 @@ class LayerStats:
     backward_flops: int = 0
     calls: int = 1
     recompute_flops: int = 0  # forward run again in backward (activation checkpointing)
+    # Under torch.distributed: this module's own collectives (not its children's), forward and
+    # backward, median ms per step; `params`, `flops` and `bytes` are this rank's share.
+    collective_ms: float | None = None
 
 
 @dataclass
@@ -121,6 +126,24 @@ class Totals:
     # Coverage: ops without a FLOP formula, most time first, and their summed share of op time.
     uncounted_ops: list[UncountedOp] = field(default_factory=list)
     uncounted_share: float | None = 0.0
+    collective_ms: float | None = None  # under torch.distributed: all of this rank's collectives per step
+
+
+@dataclass
+class RankInfo:
+    """Where a profile was taken among the ranks of one torch.distributed run.
+
+    A rank's `Totals` and `LayerStats` are its own: parameters and bytes it holds (a sharded
+    parameter by its local shard), FLOPs it computes. `global_params` is the whole model."""
+
+    rank: int
+    world_size: int
+    backend: str  # gloo, nccl
+    mesh: list[int]  # device-mesh shape of the sharded parameters; [world_size] when nothing is sharded
+    mesh_dims: list[str]  # its dimension names, where the plan gave them
+    plan: str | None  # the sharding this rank ran, e.g. "tensor_parallel=2"; None: the whole model on each rank
+    global_params: int
+    collective_calls: dict[str, int] = field(default_factory=dict)  # per collective, in one step
 
 
 @dataclass
@@ -142,6 +165,7 @@ class Profile:
     trace: TraceSummary | None = None  # `profile --trace`
     peak: DevicePeak | None = None  # what % of peak and each layer's `bound` refer to
     compilation: CompileStats | None = None  # torch.compile's compiles in this run (None: nothing compiled)
+    rank: RankInfo | None = None  # under torch.distributed (torchrun)
 
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:
@@ -174,6 +198,78 @@ def block_kind(name: str, by_name: Mapping[str, LayerStats]) -> LayerKind:
         path = path.rpartition(".")[0]
 
 
+@dataclass
+class LayerAcrossRanks:
+    """One module's time on every rank (None where a rank does not run it, e.g. another stage)."""
+
+    name: str
+    time_ms: list[float | None]  # forward (+ backward in train) median
+    collective_ms: list[float | None]  # inside the module and its children, like time_ms
+
+
+@dataclass
+class DistributedProfile:
+    """One torchrun run of `attnprof profile`: every rank's profile, in rank order, in one file."""
+
+    attnprof_version: str
+    created: str
+    ranks: list[Profile]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def step_ms(self) -> list[float | None]:
+        return [p.totals.time_ms.median if p.totals.time_ms else None for p in self.ranks]
+
+    def slowest_rank(self) -> int | None:
+        times = [(t, rank) for rank, t in enumerate(self.step_ms()) if t is not None]
+        return max(times)[1] if times else None
+
+    def imbalance(self) -> float | None:
+        """Slowest rank's step over the mean step: 1.0 is perfectly balanced."""
+        times = [t for t in self.step_ms() if t is not None]
+        mean = sum(times) / len(times) if times else 0.0
+        return max(times) / mean if mean > 0 else None
+
+    def imbalanced(self) -> bool:
+        imbalance = self.imbalance()
+        return imbalance is not None and imbalance > IMBALANCED_ABOVE
+
+    def layers(self) -> list[LayerAcrossRanks]:
+        """Every module any rank ran, in first-seen order over the ranks."""
+        rows: dict[str, LayerAcrossRanks] = {}
+        for index, profile in enumerate(self.ranks):
+            inclusive = _inclusive_collectives(profile.layers)
+            for layer in profile.layers:
+                row = rows.setdefault(
+                    layer.name, LayerAcrossRanks(layer.name, [None] * self.world_size, [None] * self.world_size)
+                )
+                row.time_ms[index] = _layer_ms(layer)
+                row.collective_ms[index] = inclusive.get(layer.name)
+        return list(rows.values())
+
+
+def _inclusive_collectives(layers: list[LayerStats]) -> dict[str, float]:
+    """Each module's collectives with its children's: every module path prefix gets its share."""
+    totals: dict[str, float] = {}
+    for layer in layers:
+        if layer.collective_ms is None:
+            continue
+        parts = layer.name.split(".") if layer.name else []
+        for cut in range(len(parts) + 1):
+            prefix = ".".join(parts[:cut])
+            totals[prefix] = totals.get(prefix, 0.0) + layer.collective_ms
+    return totals
+
+
+def _layer_ms(layer: LayerStats) -> float | None:
+    if layer.time_ms is None:
+        return None
+    return layer.time_ms.median + (layer.backward_time_ms.median if layer.backward_time_ms else 0.0)
+
+
 def load_profile(path: Path) -> Profile:
     return read_record(path, Profile)
 
@@ -183,3 +279,9 @@ def profile_path(profile: Profile, folder: Path = DEFAULT_PROFILE_DIR) -> Path:
     stamp = profile.created.replace(":", "").replace("-", "")
     workload = f"{slug(profile.workload.name or profile.workload.target)}-{profile.workload.fingerprint}"
     return Path(folder) / workload / f"profile-{profile.machine.fingerprint()}-{stamp}.json"
+
+
+def distributed_profile_path(merged: DistributedProfile, folder: Path = DEFAULT_PROFILE_DIR) -> Path:
+    """Beside single-process profiles of the workload, named by its world size."""
+    single = profile_path(merged.ranks[0], folder)
+    return single.with_name(f"{single.stem}-ranks{merged.world_size}.json")

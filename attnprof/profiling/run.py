@@ -41,9 +41,11 @@ from attnprof.measure.nvml import Telemetry
 from attnprof.measure.records import Calibration, CompileStats, TraceSummary
 from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
+from attnprof.measure.sharded import global_numel, local_numel
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import track
+from attnprof.profiling.ranks import collective_pass, distributed, rank_info
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
@@ -350,7 +352,7 @@ def build_layers(model: nn.Module, counting: CountingResult, timing: TimingResul
                 flops=cost.flops,
                 bytes=cost.bytes,
                 memory_bytes=counting.memory.get(name, 0),
-                params=sum(p.numel() for p in module.parameters()),
+                params=local_numel(module),
                 achieved_tflops=achieved,
                 bound=None,
                 attention=merge_attention(cost.attention, cost.backward_attention_flops) if cost.attention else None,
@@ -423,10 +425,12 @@ def run_profile(
     trace: bool = False,
     trace_file: Path | None = None,
     pace: Pace | None = None,
+    plan: str | None = None,
 ) -> Profile:
     """Profile one workload. `trace` adds a torch.profiler window (kernels per module, the SDPA
     backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
-    repeats (see timing_pass)."""
+    repeats (see timing_pass). On a rank of a torch.distributed run the profile also records the
+    rank (`plan`: the sharding the workload's model was built with) and its collectives."""
     with restored_threads(), CompileWatch() as compiles:
         prepared = prepare(workload, settings)
         train = settings.mode == "train"
@@ -444,6 +448,12 @@ def run_profile(
 
         profile = profile_record(workload, settings, prepared.model, prepared.device, counting, timing, telemetry,
                                  traced, allocator.step_peak if allocator is not None else None, compiles.stats())
+        if timing is not None and distributed():
+            collectives = collective_pass(prepared.model, prepared.step, max(min(settings.repeats, 5), 1), train)
+            for layer in profile.layers:
+                layer.collective_ms = collectives.per_module_ms.get(layer.name, 0.0)
+            profile.totals.collective_ms = collectives.step_ms
+            profile.rank = rank_info(prepared.model, plan, collectives.calls)
     if trace and timing is None:
         profile.notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
     return profile
@@ -499,7 +509,7 @@ def profile_record(
         workload=WorkloadInfo(
             target=workload.target,
             fingerprint=workload.fingerprint(settings),
-            parameter_count=sum(p.numel() for p in model.parameters()),
+            parameter_count=global_numel(model),
             name=workload.name,
             architecture_fingerprint=workload.architecture,
         ),

@@ -211,7 +211,8 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
         predicted = v.predicted
         measured = v.measured
         sigma = predicted.latency_sigma_ms or 0.0
-        status = ("tied" if v.tied else "accepted") if v.accepted else ("rejected" if v.can_run else "predicted only")
+        unverified = "predicted only" if v.measured is None else "measured apart"  # under torchrun (tuning/launch)
+        status = ("tied" if v.tied else "accepted") if v.accepted else ("rejected" if v.can_run else unverified)
         verdict = status + (f": {v.reason}" if v.reason else "")
         if v is outcome.winner and v.accepted:
             verdict = "winner"

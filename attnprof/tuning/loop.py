@@ -55,6 +55,7 @@ from attnprof.tuning.estimate import (
     reference_choice,
     saved_cost_model,
 )
+from attnprof.tuning.launch import measure_sharded
 from attnprof.tuning.optimize import OBJECTIVE_METRIC, Candidate, SearchResult, search
 from attnprof.tuning.price import Contribution, LayerBasis, Pricing, knob_contributions, plan_choices, predicted_figures
 from attnprof.tuning.sharding import LinkLike
@@ -91,6 +92,7 @@ class TuneRequest:
     top_k: int = 3
     pareto: bool = False
     verify: bool = True
+    launch: bool = True  # measure sharded candidates under torchrun where this machine has the ranks
     link: LinkLike | None = None
     use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
     contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
@@ -216,6 +218,8 @@ def tune(
             candidates = _untried(again, verifications, settings)[: request.top_k]
             if not candidates:
                 break
+        if request.launch:
+            measure_sharded(verifications, baseline.workload, settings, objective)  # tuning/launch.py
         verifier.compare(baseline_figures, verifications)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
     verified = sum(v.profile is not None for v in verifications)

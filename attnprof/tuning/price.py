@@ -267,12 +267,26 @@ class Pricing:
             boundary_bytes=boundary,
             micro_batches=micro_steps,
             train=self.settings.mode == "train",
+            replicated_param_bytes=param_bytes * (1.0 - tensor_parallel_share(self.baseline)),
         )
 
     def _link(self) -> LinkLike:
         if self.link is None:
             raise EnvironmentUnsupported("sharding plans need an interconnect: pass --interconnect")
         return self.link
+
+
+def tensor_parallel_share(profile: Profile) -> float:
+    """Share of the parameters tensor parallelism splits, as plans/sharding.py applies it: the
+    attention layers' and the MLPs' (the outermost of each, so nothing is counted twice)."""
+    total = profile.workload.parameter_count
+    split = [layer for layer in profile.layers if layer.kind in ("attention", "mlp")]
+    names = {layer.name for layer in split}
+    outermost = [
+        layer for layer in split
+        if not any(layer.name.startswith(f"{other}.") for other in names if other != layer.name)
+    ]
+    return min(sum(layer.params for layer in outermost) / total, 1.0) if total else 1.0
 
 
 def predicted_figures(candidate: Candidate) -> PlanFigures:

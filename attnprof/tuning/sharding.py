@@ -13,14 +13,48 @@ all-gathers parameters and reduce-scatters gradients (FSDP).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from attnprof.measure.records import LinkCalibration
+
 
 class LinkLike(Protocol):
+    name: str
     alpha_us: float
     beta_gbps: float
+    source: str
+
+
+@dataclass(frozen=True)
+class MeasuredLink:
+    """A link `attnprof doctor --calibrate --link` measured: α-β per collective; point-to-point
+    transfers use the all-reduce's figures."""
+
+    name: str
+    alpha_us: float
+    beta_gbps: float
+    source: str
+    collectives: Mapping[str, tuple[float, float]]  # collective -> (α µs, β GB/s)
+
+    @classmethod
+    def from_calibration(cls, measured: LinkCalibration) -> MeasuredLink:
+        figures = {name: (fit.alpha_us, fit.beta_gbps) for name, fit in measured.collectives.items()}
+        alpha, beta = figures["all_reduce"]
+        return cls(
+            f"{measured.backend} between {measured.world_size} ranks on {measured.device}",
+            alpha,
+            beta,
+            f"measured by doctor --calibrate --link, {measured.created}",
+            figures,
+        )
+
+
+def _figures(link: LinkLike, collective: str) -> tuple[float, float]:
+    if isinstance(link, MeasuredLink) and collective in link.collectives:
+        return link.collectives[collective]
+    return link.alpha_us, link.beta_gbps
 
 
 @dataclass(frozen=True)
@@ -40,29 +74,31 @@ GLOO_LOOPBACK = CpuLink(
     "gloo over loopback (CPU ranks on one host)",
     1000.0,
     1.0,
-    "gloo all-reduce timed between two local ranks",
+    "built-in figure (gloo all-reduces timed once on a shared 2-core host); measure this machine's with "
+    "`torchrun --nproc-per-node=N -m attnprof doctor --calibrate --link`",
 )
 
 
-def _seconds(link: LinkLike, messages: float, nbytes: float) -> float:
-    return messages * link.alpha_us * 1e-6 + nbytes / (link.beta_gbps * 1e9)
+def _seconds(link: LinkLike, collective: str, messages: float, nbytes: float) -> float:
+    alpha_us, beta_gbps = _figures(link, collective)
+    return messages * alpha_us * 1e-6 + nbytes / (beta_gbps * 1e9)
 
 
 def all_reduce_s(nbytes: float, ranks: int, link: LinkLike) -> float:
     if ranks <= 1:
         return 0.0
-    return _seconds(link, 2 * (ranks - 1), 2 * (ranks - 1) / ranks * nbytes)
+    return _seconds(link, "all_reduce", 2 * (ranks - 1), 2 * (ranks - 1) / ranks * nbytes)
 
 
-def all_gather_s(nbytes: float, ranks: int, link: LinkLike) -> float:
-    """Also the cost of a reduce-scatter of the same total size."""
+def all_gather_s(nbytes: float, ranks: int, link: LinkLike, collective: str = "all_gather") -> float:
+    """Also the cost of a reduce-scatter of the same total size (collective="reduce_scatter")."""
     if ranks <= 1:
         return 0.0
-    return _seconds(link, ranks - 1, (ranks - 1) / ranks * nbytes)
+    return _seconds(link, collective, ranks - 1, (ranks - 1) / ranks * nbytes)
 
 
 def point_to_point_s(nbytes: float, link: LinkLike) -> float:
-    return _seconds(link, 1, nbytes)
+    return _seconds(link, "point_to_point", 1, nbytes)
 
 
 def balanced_stages(costs: Sequence[float], stages: int) -> list[int]:
@@ -108,6 +144,9 @@ class StepShape:
     boundary_bytes: float  # one block's output activations for one micro-batch
     micro_batches: int  # micro-batches per replica per step
     train: bool
+    # Of param_bytes, what tensor parallelism leaves whole on every rank: apply splits only the
+    # blocks' attention and MLP projections (embeddings, the head and norms stay replicated).
+    replicated_param_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,10 +179,13 @@ def sharded_step(
     slot_ms = max(stage_ms[s] + 1e3 * tp_comm_s * blocks_per_stage[s] for s in range(pp))
     p2p_ms = 1e3 * passes * point_to_point_s(shape.boundary_bytes / tp, link) if pp > 1 else 0.0
     pipeline_ms = (m + pp - 1) * (slot_ms + p2p_ms)
-    shard_params = shape.param_bytes / (tp * pp)
+    replicated = min(shape.replicated_param_bytes, shape.param_bytes)
+    shard_params = (shape.param_bytes - replicated) / (tp * pp) + replicated
     if dp > 1 and data_parallel_mode == "fsdp":
         # All-gather before forward (and again before backward), reduce-scatter the gradients.
-        dp_ms = 1e3 * (passes + (1 if shape.train else 0)) * all_gather_s(shard_params, dp, link)
+        dp_ms = 1e3 * passes * all_gather_s(shard_params, dp, link)
+        if shape.train:
+            dp_ms += 1e3 * all_gather_s(shard_params, dp, link, "reduce_scatter")
         params_held = shard_params / dp + shard_params / max(len(shape.block_ms), 1)  # one block gathered
     elif dp > 1 and shape.train:
         dp_ms = 1e3 * all_reduce_s(shard_params, dp, link)

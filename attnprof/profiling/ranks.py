@@ -1,0 +1,79 @@
+"""A profile taken on one rank of a torch.distributed run: where the rank sits, and the time its
+collectives take per module (measured in steps of their own, see measure/collectives.py)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from attnprof.measure.collectives import CollectiveTimer
+from attnprof.measure.scopes import ModuleScopes
+from attnprof.measure.sharded import global_numel
+from attnprof.profiling.records import RankInfo
+
+
+def distributed() -> bool:
+    """True on a rank of an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mesh_of(model: nn.Module) -> tuple[list[int], list[str]]:
+    """The largest device mesh the model's parameters are sharded over; the flat group if none."""
+    meshes = [p.device_mesh for p in model.parameters() if isinstance(p, DTensor)]
+    if not meshes:
+        return [dist.get_world_size()], []
+    mesh = max(meshes, key=lambda m: m.ndim)
+    return list(mesh.shape), list(mesh.mesh_dim_names or ())
+
+
+def rank_info(model: nn.Module, plan: str | None, calls: dict[str, int]) -> RankInfo:
+    mesh, dims = mesh_of(model)
+    return RankInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        backend=str(dist.get_backend()),
+        mesh=mesh,
+        mesh_dims=dims,
+        plan=plan,
+        global_params=global_numel(model),
+        collective_calls=calls,
+    )
+
+
+@dataclass
+class CollectiveResult:
+    per_module_ms: dict[str, float]  # own collectives, forward + backward, median over steps
+    step_ms: float  # all collectives of a step, median
+    calls: dict[str, int]  # per collective, in one step
+
+
+def collective_pass(model: nn.Module, step: Callable[[], Any], steps: int, train: bool) -> CollectiveResult:
+    """`steps` steps with every collective timed and booked on the module that issued it.
+
+    Every rank runs the same number of steps, so the collectives pair up across ranks."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    totals: list[float] = []
+    calls: dict[str, int] = {}
+    for _ in range(steps):
+        with ModuleScopes(model, backward=train) as scopes, CollectiveTimer(scopes.site) as timer:
+            step()
+        per_module: dict[str, float] = defaultdict(float)
+        for (name, _phase), seconds in timer.seconds.items():
+            per_module[name] += 1e3 * seconds
+        for name, ms in per_module.items():
+            samples[name].append(ms)
+        totals.append(1e3 * timer.total_seconds())
+        calls = dict(timer.by_kind)
+    # A module with collectives in only some steps had none (0 ms) in the others.
+    return CollectiveResult(
+        per_module_ms={name: statistics.median(ms + [0.0] * (steps - len(ms))) for name, ms in samples.items()},
+        step_ms=statistics.median(totals) if totals else 0.0,
+        calls=calls,
+    )
