@@ -40,7 +40,7 @@ from attnprof.plans.records import (
     PlanFigures,
 )
 from attnprof.plans.sharding import tensor_parallel_blocker
-from attnprof.profiling.records import Profile
+from attnprof.profiling.records import LayerStats, Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, timestamp
@@ -134,13 +134,22 @@ def tune(
     assert baseline.totals.time_ms is not None
     power = energy / (baseline.totals.time_ms.median * 1e-3) if energy else None
     layers = baseline.attention_layers()
+    facts = DeviceFacts.probe(settings.device)
+    checker = OutputChecker(workload, settings)
+    by_name = {layer.name: layer for layer in baseline.layers}
+    blocks = {site.name: site.block_path or "" for site in discover(checker.reference_model).sites}
     layouts = [
-        AttentionLayout(layer.name, layer.attention.num_heads, layer.attention.num_kv_heads, layer.attention.head_dim)
+        AttentionLayout(
+            layer.name,
+            layer.attention.num_heads,
+            layer.attention.num_kv_heads,
+            layer.attention.head_dim,
+            block=blocks.get(layer.name, "") if blocks.get(layer.name) in by_name else "",
+            mlp=block_mlp(by_name, blocks.get(layer.name, "")),
+        )
         for layer in layers
         if layer.attention is not None
     ]
-    facts = DeviceFacts.probe(settings.device)
-    checker = OutputChecker(workload, settings)
     space = build_space(
         facts,
         layouts,
@@ -149,6 +158,7 @@ def tune(
         gpus=budget.gpus,
         blocks=max(len(layouts), 1),
         tensor_parallel_blocker=tensor_parallel_blocker(checker.reference_model) if budget.gpus > 1 else None,
+        larger_batches=objective == "throughput",
     )
     excluded = list(space.excluded)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR
@@ -169,7 +179,8 @@ def tune(
         space=space,
         estimator=estimator,
         layer_bases={
-            layout.name: LayerBasis.from_layer(layer, layout) for layer, layout in zip(layers, layouts, strict=True)
+            layout.name: LayerBasis.from_layer(layer, layout, by_name)
+            for layer, layout in zip(layers, layouts, strict=True)
         },
         power_w=power,
         link=request.link,
@@ -214,9 +225,13 @@ def tune(
                 break
         verifier.compare(baseline_figures, verifications)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
+        if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
+            estimator.calibrate(calibration.scale)
     verified = sum(v.profile is not None for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
+    if plan is not None and calibration.points:
+        plan.notes.append(calibration.describe())
     if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
         plan.notes.append(
             "heads differ per layer: the pruned model works, but save_pretrained/from_pretrained cannot "
@@ -239,6 +254,12 @@ def tune(
         calibration=calibration,
         contributions=knob_contributions(pricing, winner.candidate) if winner else [],
     )
+
+
+def block_mlp(by_name: dict[str, LayerStats], block: str) -> str:
+    """The outermost module the profile counts as an MLP inside `block` ("" when none)."""
+    inside = [name for name, layer in by_name.items() if block and name.startswith(f"{block}.") and layer.kind == "mlp"]
+    return min(inside, key=lambda name: (name.count("."), name), default="")
 
 
 def estimator_backend(space: PlanSpace, settings: Settings) -> str:
