@@ -62,6 +62,8 @@ class Estimator(Protocol):
 
     def calibrate(self, scale: float) -> None: ...
 
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None: ...
+
 
 def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
     """The profiler settings that run one micro-step of `choice` on one device."""
@@ -129,6 +131,7 @@ class ProbeEstimator:
         self.measurements = 0
         self.scale = 1.0  # σ calibration from held-out points
         self._surrogate: LatencySurrogate | None = None
+        self._applied: set[GlobalChoice] = set()  # profiled here through profile_choice
 
     def probes(self) -> list[GlobalChoice]:
         probes = [self.reference]
@@ -155,8 +158,15 @@ class ProbeEstimator:
         single = choice.single_device()
         if single not in self.profiles:
             self.profiles[single] = profile_choice(self.workload, self.settings, single)
+            self._applied.add(single)
             self.measurements += 1
         return self.profiles[single]
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        """The profile of `choice` this estimator took applied as `attnprof apply` builds it (a
+        probe), if any: verification need not take it again."""
+        single = choice.single_device()
+        return self.profiles[single] if single in self._applied else None
 
     def _fit(self) -> LatencySurrogate:
         probes = self.probes()
@@ -292,6 +302,9 @@ class CostModelEstimator:
     def calibrate(self, scale: float) -> None:
         self.scale = scale
         self.probes.calibrate(scale)
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        return self.probes.applied_profile(choice)
 
 
 def saved_cost_model(workload: Workload, folder: Path = DEFAULT_PROFILE_DIR) -> CostModel | None:

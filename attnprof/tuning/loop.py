@@ -227,7 +227,7 @@ def tune(
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
-    verified = sum(v.profile is not None for v in verifications)
+    verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
     if plan is not None and calibration.points:

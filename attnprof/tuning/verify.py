@@ -106,6 +106,7 @@ class CandidateMeasurement:
     contradicted: bool = False  # measured worse than predicted beyond the stated uncertainty
     speedup: TimeRatio | None = None  # baseline time / this plan's time, from the interleaved rounds
     tied: bool = False  # not significantly different from the fastest measured plan
+    reused: bool = False  # its profile is the probe's of the same choice, not taken again
 
 
 def figures_of(profile: Profile, micro_steps: int, samples: int, power_w: float | None) -> PlanFigures:
@@ -230,7 +231,9 @@ class Verifier:
         try:
             choices = pin_heads(self.workload, self.settings, choices)
             settings = applied_settings(self.settings, choices)
-            profile = run_profile(applied_workload(self.workload, settings, choices), settings)
+            # A global choice alone may have been profiled as a probe, built the same way.
+            probed = self.estimator.applied_profile(choice) if layer_part(choices) == PlanChoices() else None
+            profile = probed or run_profile(applied_workload(self.workload, settings, choices), settings)
             finite, error = self.checker.check(global_part(choices))
             quality = self.checker.check(layer_part(choices))[1] if choices.changes_heads() else None
         except PlanRejected as exc:
@@ -246,8 +249,10 @@ class Verifier:
         if quality is not None and not quality <= self.max_quality_loss:
             reasons.append(f"quality loss {quality:.2g} exceeds {self.max_quality_loss:g}")
         reasons += self._over_budget(measured, ("memory_bytes",))
-        result = CandidateMeasurement(candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile)
-        if layer_part(choices) == PlanChoices():  # a global choice alone: its measurement re-prices the rest
+        result = CandidateMeasurement(
+            candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, reused=probed is not None
+        )
+        if layer_part(choices) == PlanChoices() and probed is None:  # its measurement re-prices the rest
             self.estimator.add(choice, profile)
         return result
 
