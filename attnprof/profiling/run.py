@@ -41,7 +41,7 @@ from attnprof.measure.reference import REFERENCE_VERSION, reference_probe
 from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
-from attnprof.profiling.progress import track
+from attnprof.profiling.progress import spinning, track
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
@@ -389,9 +389,10 @@ def run_profile(
     backend that ran), saved as a Chrome trace when `trace_file` is given; `pace` paces the timed
     repeats (see timing_pass)."""
     with restored_threads():
-        prepared = prepare(workload, settings)
+        with spinning("building the model, counting operations and memory"):
+            prepared = prepare(workload, settings)
+            counting = counting_pass(prepared)
         train = settings.mode == "train"
-        counting = counting_pass(prepared)
         with Telemetry(prepared.device) as telemetry:
             timing = None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace)
         allocator = allocator_pass(prepared, train) if prepared.device.type == "cuda" else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from attnprof.plans.records import (
     PlanFigures,
 )
 from attnprof.plans.sharding import tensor_parallel_blocker
+from attnprof.profiling.progress import StageBar, stages
 from attnprof.profiling.records import LayerStats, Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
@@ -125,9 +127,23 @@ def objective_value(figures: PlanFigures, objective: str) -> float:
 def tune(
     workload: Workload, settings: Settings, request: TuneRequest, estimator: Estimator | None = None
 ) -> TuneOutcome:
-    """The tuning loop; the result holds the plan, or the reason there is none."""
+    """The tuning loop; the result holds the plan, or the reason there is none.
+
+    Its overall bar (on a terminal) names the stage and counts work in units of one profile of
+    the baseline, so the time left covers the stages to come: the probes, the candidates, and
+    the comparison's time budget."""
+    with stages("tune: baseline profile") as bar:
+        return _tune(workload, settings, request, estimator, bar)
+
+
+def _tune(
+    workload: Workload, settings: Settings, request: TuneRequest, estimator: Estimator | None, bar: StageBar
+) -> TuneOutcome:
     budget, objective = request.budget, request.objective
+    started = time.perf_counter()
     baseline = run_profile(workload, settings)
+    unit_s = max(time.perf_counter() - started, 1e-3)  # one profile: the bar's unit of work
+    bar.describe("tune: screening the space")
     energy = baseline.totals.energy_j
     if (objective == "energy" or budget.energy_j is not None) and energy is None:
         raise EnvironmentUnsupported(f"energy cannot be predicted here: {baseline.totals.energy_reason}")
@@ -173,6 +189,10 @@ def tune(
             probes.add(probes.reference, baseline)  # the baseline is the reference probe
         cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
         estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
+    probe_units = len(estimator.probes()) if isinstance(estimator, ProbeEstimator) else 1
+    total = 2 + probe_units + request.top_k + 1 + (request.verify_seconds / unit_s if request.verify else 0)
+    bar.update(2, total)
+    bar.describe("tune: estimates")
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
@@ -192,7 +212,10 @@ def tune(
         _drop_lossy_options(space, pricing.quality, limits["quality_loss"], excluded)
     problems = pricing.problems()
     excluded.extend(pricing.excluded)
+    bar.describe("tune: searching")
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
+    done = 2 + probe_units
+    bar.update(done, total)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications: list[CandidateMeasurement] = []
     feedback = rounds = 0
@@ -215,7 +238,11 @@ def tune(
         # being measured when it is no faster than the workload as it is.
         candidates = [*result.ranked, *_unchanged_candidate(pricing, settings, space, result.ranked)]
         for _ in range(VERIFY_ROUNDS):
-            verifications += [verifier.measure(candidate) for candidate in candidates]
+            for i, candidate in enumerate(candidates, 1):
+                bar.describe(f"tune: measuring candidate {i}/{len(candidates)}: {candidate.describe()}")
+                verifications.append(verifier.measure(candidate))
+                done += 1
+                bar.update(done, max(total, done))
             if any(v.accepted or not v.can_run for v in verifications):
                 break
             # Every candidate was rejected: search again, priced with what was just measured.
@@ -223,7 +250,9 @@ def tune(
             candidates = _untried(again, verifications, settings)[: request.top_k]
             if not candidates:
                 break
+        bar.describe(f"tune: comparing {sum(v.accepted for v in verifications)} candidate(s) with the baseline")
         verifier.compare(baseline_figures, verifications)
+        bar.update(total, total)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
