@@ -8,8 +8,8 @@ from typing import Any
 
 from attnprof.version import __version__
 
-__all__ = ["__version__", "apply", "load_plan"]
-_API = ("apply", "load_plan")
+__all__ = ["__version__", "apply", "from_pretrained_pruned", "load_plan"]
+_API = ("apply", "from_pretrained_pruned", "load_plan")
 
 
 def __getattr__(name: str) -> Any:

@@ -52,3 +52,12 @@ def apply(
             raise PlanRejected(f"parts of the plan could not be applied: {lines}")
         warnings.warn(f"attnprof: parts of the plan could not be applied: {lines}", stacklevel=2)
     return model
+
+
+def from_pretrained_pruned(model_class: Any, folder: str | Path) -> nn.Module:
+    """Load a transformers model that a plan pruned per layer and `save_pretrained` wrote:
+    `from_pretrained` alone fails on it (size mismatch), since transformers builds every layer
+    from one head count. The heads recorded in `config.pruned_heads` are removed first."""
+    from attnprof.plans.reload import from_pretrained_pruned as load
+
+    return load(model_class, folder)

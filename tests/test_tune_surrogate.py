@@ -100,3 +100,38 @@ def test_checkpointing_covers_each_layer_s_mlp_and_block_and_applies_without_cha
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert math.isclose(float((grads[0] - grads[1]).abs().max()), 0.0, abs_tol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["hf:gpt2", "hf:llama"])
+def test_a_model_pruned_per_layer_is_saved_and_reloaded_with_the_same_outputs(target: str, tmp_path: Path) -> None:
+    import attnprof
+    from attnprof.plans.discover import discover
+
+    workload = load_workload(target)
+    model = workload.build_model(torch.device("cpu"), torch.float32)
+    args, kwargs = workload.make_inputs(2, 8, torch.device("cpu"), torch.float32)
+    first, second = (site.name for site in discover(model).sites[:2])
+    # Layers left with different head counts (Llama's grouped heads go a whole group at a time).
+    prune = {first: [0], second: [0, 1]} if target == "hf:gpt2" else {first: [0, 1]}
+    model, report = apply_plan(model, PlanChoices(prune_heads=prune), Example(args, kwargs))
+    assert not report.not_applied
+    model.eval().save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="mismatch"):  # what transformers alone does with it
+        type(model).from_pretrained(tmp_path)
+    again = attnprof.from_pretrained_pruned(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(*args, **kwargs).logits, again(*args, **kwargs).logits)
+    assert {s.name: s.layout.num_heads for s in discover(again).sites} == {
+        s.name: s.layout.num_heads for s in discover(model).sites
+    }
+
+
+def test_reloading_a_folder_without_weights_is_one_clear_error(tmp_path: Path) -> None:
+    from transformers import GPT2LMHeadModel
+
+    import attnprof
+    from attnprof.errors import UsageError
+
+    with pytest.raises(UsageError, match="no .safetensors weights"):
+        attnprof.from_pretrained_pruned(GPT2LMHeadModel, tmp_path)

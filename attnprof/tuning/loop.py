@@ -263,9 +263,9 @@ def _tune(
         plan.notes.append(calibration.describe())
     if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
         plan.notes.append(
-            "heads differ per layer: the pruned model works, but save_pretrained/from_pretrained cannot "
-            "reload it (transformers builds every layer from one head count); save the unmodified "
-            "weights and apply the plan after loading"
+            "heads differ per layer: transformers' from_pretrained cannot reload the pruned model (it "
+            "builds every layer from one head count); attnprof.api.from_pretrained_pruned(ModelClass, "
+            "folder) reloads what save_pretrained wrote"
         )
     return TuneOutcome(
         baseline=baseline,
