@@ -278,13 +278,7 @@ class _Trust:
     def _head_to_head(self, tuned: GlobalChoice) -> float:
         """tuned / optimum step time, the two timed against each other in interleaved rounds right
         after the run (the table is minutes old by then, and the load has moved)."""
-        sides = []
-        for choice in (self.optimum, tuned):
-            plan = _plan_of(choice, self.settings.batch_size)
-            run_settings = applied_settings(self.settings, plan)
-            prepared = prepare(applied_workload(self.workload, run_settings, plan), run_settings)
-            sides.append(TimedSide(str(choice.as_config()), prepared, run_settings.threads,
-                                   self.settings.batch_size // run_settings.batch_size))
+        sides = [_side(self.workload, self.settings, choice) for choice in (self.optimum, tuned)]
         interleave(sides, self.settings.clock, self.verify_seconds, self.settings.warmup)
         return paired_ratio(sides[1].samples_ms, sides[0].samples_ms).value
 
@@ -294,6 +288,15 @@ class _Trust:
               f"{max(self.fractions, default=math.nan):.0%} | {self.noop_contains_one}/{self.runs} |", flush=True)
 
 
+def _side(workload: Workload, settings: Settings, choice: GlobalChoice) -> TimedSide:
+    """One configuration built as apply builds it, ready to be timed for whole batches."""
+    plan = _plan_of(choice, settings.batch_size)
+    run_settings = applied_settings(settings, plan)
+    prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
+    return TimedSide(str(choice.as_config()), prepared, run_settings.threads,
+                     settings.batch_size // run_settings.batch_size)
+
+
 def _table(workload: Workload, settings: Settings, space: list[GlobalChoice]) -> dict[GlobalChoice, float]:
     """Every configuration within the default max error, applied as apply builds it, timed in
     TABLE_ROUNDS interleaved rounds: its median whole-batch step time."""
@@ -301,17 +304,13 @@ def _table(workload: Workload, settings: Settings, space: list[GlobalChoice]) ->
     sides, choices = [], []
     errors: dict[tuple[str, str], float] = {}
     for choice in space:
-        plan = _plan_of(choice, settings.batch_size)
         key = (choice.dtype, choice.backend)
         if key not in errors:
             cast = PlanChoices(choice.dtype, "cast", choice.backend)
             errors[key] = 0.0 if choice.dtype == "fp32" else checker.check(cast)[1]
         if not errors[key] <= DEFAULT_MAX_ERROR:
             continue  # tune screens these out too: not in the optimum's running
-        run_settings = applied_settings(settings, plan)
-        prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
-        sides.append(TimedSide(str(choice.as_config()), prepared, run_settings.threads,
-                               settings.batch_size // run_settings.batch_size))
+        sides.append(_side(workload, settings, choice))
         choices.append(choice)
     interleave(sides, settings.clock, math.inf, settings.warmup, min_rounds=TABLE_ROUNDS, max_rounds=TABLE_ROUNDS)
     return {c: side.median_ms for c, side in zip(choices, sides, strict=True)}
