@@ -31,7 +31,24 @@ from attnprof.tuning.space import GlobalChoice
 INTERACTION_PRIOR = 0.15  # log units: how far two knobs' effects typically stray from multiplying
 MAIN_PRIOR = 10.0  # log units: effectively unconstrained
 MIN_NOISE = 0.02  # relative: no timing on a shared machine is more precise than this
-Term = tuple[object, ...]  # ("main", knob, value) | ("pair", k1, v1, k2, v2) | ("batch", knob, value)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the model: a knob value (main), two together (pair), or a value times
+    log(m / m_ref) (batch)."""
+
+    kind: str  # main | pair | batch
+    knob: str
+    value: object
+    other_knob: str = ""
+    other_value: object = None
+
+    def of(self, choice: GlobalChoice) -> float:
+        present = getattr(choice, self.knob) == self.value
+        if self.kind == "pair":
+            present = present and getattr(choice, self.other_knob) == self.other_value
+        return float(present)
 
 
 def micro_batch_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -72,7 +89,7 @@ class LatencySurrogate:
         rows = np.array([model.features(c) for c in points]).reshape(len(points), len(terms))
         targets = np.array([math.log(t) - math.log(model.line_ms(c.batch_size)) for c, (t, _) in points.items()])
         noises = np.array([max(s / t if t > 0 else 0.0, MIN_NOISE) for t, s in points.values()])
-        prior = np.array([MAIN_PRIOR if term[0] == "main" else INTERACTION_PRIOR for term in terms])
+        prior = np.array([MAIN_PRIOR if term.kind == "main" else INTERACTION_PRIOR for term in terms])
         weights = 1.0 / noises**2
         precision = rows.T @ (rows * weights[:, None]) + np.diag(1.0 / prior**2)
         model.covariance = np.linalg.inv(precision)
@@ -86,15 +103,7 @@ class LatencySurrogate:
 
     def features(self, choice: GlobalChoice) -> np.ndarray:
         batch = math.log(choice.batch_size / self.reference.batch_size)
-        row = []
-        for term in self.terms:
-            if term[0] == "main":
-                row.append(float(getattr(choice, term[1]) == term[2]))  # type: ignore[arg-type]
-            elif term[0] == "pair":
-                row.append(float(getattr(choice, term[1]) == term[2] and getattr(choice, term[3]) == term[4]))  # type: ignore[arg-type]
-            else:
-                row.append(batch * float(getattr(choice, term[1]) == term[2]))  # type: ignore[arg-type]
-        return np.array(row)
+        return np.array([term.of(choice) * (batch if term.kind == "batch" else 1.0) for term in self.terms])
 
     def predict(self, choice: GlobalChoice) -> tuple[float, float]:
         """(latency ms, σ ms) of one micro-step of `choice`."""
@@ -110,10 +119,10 @@ def _same_categories(choice: GlobalChoice, reference: GlobalChoice, knobs: Seque
 
 def _terms(knobs: Sequence[str], values: Mapping[str, Sequence[object]], reference: GlobalChoice) -> list[Term]:
     others = {k: [v for v in values[k] if v != getattr(reference, k)] for k in knobs}
-    terms: list[Term] = [("main", k, v) for k in knobs for v in others[k]]
+    terms = [Term("main", k, v) for k in knobs for v in others[k]]
     for i, first in enumerate(knobs):
         for second in knobs[i + 1 :]:
-            terms += [("pair", first, v, second, w) for v in others[first] for w in others[second]]
-    terms += [("batch", k, v) for k in knobs for v in others[k]]
+            terms += [Term("pair", first, v, second, w) for v in others[first] for w in others[second]]
+    terms += [Term("batch", k, v) for k in knobs for v in others[k]]
     return terms
 
