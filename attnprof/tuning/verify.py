@@ -48,7 +48,6 @@ from attnprof.tuning.optimize import Candidate
 from attnprof.tuning.price import micro_steps_of, plan_choices, predicted_figures, step_samples
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
-TIE_MARGIN = 0.02  # relative: how much slower, by its estimate, a plan tied with the fastest may be
 
 
 class OutputChecker:
@@ -126,14 +125,6 @@ def contradiction(predicted: float, sigma: float, measured: float, sigmas: float
     """True when `measured` is worse than `predicted` beyond `sigmas` standard deviations (and the noise floor)."""
     allowance = max(sigmas * sigma, NOISE_FLOOR * abs(predicted))
     return measured - predicted > allowance
-
-
-def tied(samples_ms: list[float], fastest_ms: list[float]) -> bool:
-    """A plan measures the same as the fastest: not significantly slower in the paired rounds,
-    and slower by no more than TIE_MARGIN by their paired estimate. An interval made wide by a
-    loaded machine does not make a plan 20% slower by every estimate "the same"."""
-    ratio = paired_ratio(samples_ms, fastest_ms)
-    return not ratio.significant and ratio.value <= 1.0 + TIE_MARGIN
 
 
 def change_count(choices: PlanChoices, settings: Settings) -> int:
@@ -316,7 +307,7 @@ class Verifier:
             fastest = min((per_batch[id(side)] for _, side in timed), key=statistics.median)
             for v, side in timed:
                 mine = per_batch[id(side)]
-                v.tied = mine is fastest or tied(mine, fastest)
+                v.tied = mine is fastest or not paired_ratio(fastest, mine).significant
 
     def _judge_prediction(self, v: CandidateMeasurement, drift: float) -> None:
         """A measurement worse than its prediction (scaled by the machine's drift since the
