@@ -133,5 +133,5 @@ def test_reloading_a_folder_without_weights_is_one_clear_error(tmp_path: Path) -
     import attnprof
     from attnprof.errors import UsageError
 
-    with pytest.raises(UsageError, match="no .safetensors weights"):
+    with pytest.raises(UsageError, match=r"no \.safetensors weights"):
         attnprof.from_pretrained_pruned(GPT2LMHeadModel, tmp_path)
