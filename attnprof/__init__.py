@@ -14,7 +14,8 @@ from typing import Any
 
 from attnprof.version import __version__
 
-_API = ("Profile", "StepProfiler", "apply", "check", "load_plan", "profile", "profile_steps", "save", "tune")
+_API = ("Profile", "StepProfiler", "apply", "check", "from_pretrained_pruned", "load_plan", "profile",
+        "profile_steps", "save", "tune")
 __all__ = ["__version__", *_API]
 
 

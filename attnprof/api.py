@@ -501,3 +501,10 @@ def _model_state_kept(model: nn.Module) -> Iterator[None]:
             parameter.grad = grad
 
 
+def from_pretrained_pruned(model_class: Any, folder: str | Path) -> nn.Module:
+    """Load a transformers model that a plan pruned per layer and `save_pretrained` wrote:
+    `from_pretrained` alone fails on it (size mismatch), since transformers builds every layer
+    from one head count. The heads recorded in `config.pruned_heads` are removed first."""
+    from attnprof.plans.reload import from_pretrained_pruned as load
+
+    return load(model_class, folder)

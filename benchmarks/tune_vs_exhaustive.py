@@ -209,71 +209,111 @@ def _busy() -> subprocess.Popen[bytes]:
 
 def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float) -> None:
     """Per workload: the whole default tune space applied as apply builds it and timed in
-    interleaved rounds (the exhaustive table), then `tune` `runs` times, under a busy core."""
+    interleaved rounds (the exhaustive table), then `tune` `runs` times, under a busy core. The
+    runs go round the workloads (run 1 of each, then run 2, ...), so a run cut short by time still
+    has every workload."""
     load = _busy()
     try:
-        for target in targets:
-            _trust_one(target, runs, verify_seconds)
+        trials = [_Trust(target, verify_seconds) for target in targets]
+        for run in range(runs):
+            for trial in trials:
+                trial.run(run)
+        for trial in trials:
+            trial.summary()
     finally:
         load.kill()
         load.wait()
 
 
-def _trust_one(target: str, runs: int, verify_seconds: float) -> None:
-    workload = load_workload(target)
-    settings = resolve_settings(workload, {"repeats": 3, "warmup": 1})
-    knobs = default_plan_knobs(settings.mode, 1)
-    space = build_space(DeviceFacts.probe(settings.device), [], settings, knobs)
+def _load() -> str:
+    return "load {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
+
+
+class _Trust:
+    """One workload of part 4: its exhaustive table, then tune runs judged against it."""
+
+    def __init__(self, target: str, verify_seconds: float) -> None:
+        self.target = target
+        self.verify_seconds = verify_seconds
+        self.workload = load_workload(target)
+        self.settings = settings = resolve_settings(self.workload, {"repeats": 3, "warmup": 1})
+        self.knobs = default_plan_knobs(settings.mode, 1)
+        space = build_space(DeviceFacts.probe(settings.device), [], settings, self.knobs)
+        self.size = len(space.globals)
+        self.table = _table(self.workload, settings, space.globals)
+        self.optimum = min(self.table, key=self.table.__getitem__)
+        self.within, self.within_paired, self.fractions, self.noop_contains_one, self.runs = 0, 0, [], 0, 0
+        print(f"{target}: {self.size} configurations, {len(self.table)} within the default max error; "
+              f"optimum {self.optimum.as_config()} {self.table[self.optimum]:.2f} ms; {_load()}", flush=True)
+
+    def run(self, run: int) -> None:
+        settings = self.settings
+        started = time.perf_counter()
+        request = TuneRequest(parse_budget([]), "latency", self.knobs, verify_seconds=self.verify_seconds)
+        outcome = tune(self.workload, settings, request)
+        tune_s = time.perf_counter() - started
+        assert outcome.plan is not None, [v.reason for v in outcome.verifications]
+        c = outcome.plan.choices
+        tuned = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
+        gap = self.table[tuned] / self.table[self.optimum] - 1
+        paired = 0.0 if tuned == self.optimum else self._head_to_head(tuned) - 1
+        self.runs += 1
+        self.within += gap <= 0.02
+        self.within_paired += paired <= 0.02
+        self.fractions.append(outcome.measurements / self.size)
+        self.noop_contains_one += _noop_contains_one(self.workload, settings, self.verify_seconds)
+        ratio = outcome.plan.speedup
+        print(f"  {self.target} run {run + 1}: {tuned.as_config()} gap {gap:+.1%} (table), {paired:+.1%} "
+              f"(head to head), {outcome.measurements} measured "
+              f"({self.fractions[-1]:.0%}), {outcome.rounds} rounds, speed-up "
+              f"{f'x{ratio.value:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]' if ratio else '-'}, {tune_s:.0f} s, "
+              f"{_load()}; so far {self.within}/{self.runs} within 2% ({self.within_paired} head to head)", flush=True)
+        for v in outcome.verifications:
+            c = v.choices
+            key = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
+            measured = v.measured.latency_ms if v.measured else None
+            print(f"    {key.as_config()}: predicted {v.predicted.latency_ms:.2f} measured {measured} "
+                  f"table {self.table.get(key, math.nan):.2f} {'tied' if v.tied else ''} {v.reason}", flush=True)
+
+    def _head_to_head(self, tuned: GlobalChoice) -> float:
+        """tuned / optimum step time, the two timed against each other in interleaved rounds right
+        after the run (the table is minutes old by then, and the load has moved)."""
+        sides = [_side(self.workload, self.settings, choice) for choice in (self.optimum, tuned)]
+        interleave(sides, self.settings.clock, self.verify_seconds, self.settings.warmup)
+        return paired_ratio(sides[1].samples_ms, sides[0].samples_ms).value
+
+    def summary(self) -> None:
+        print(f"| {self.target} | {self.size} | {self.runs} | {self.within}/{self.runs} | "
+              f"{self.within_paired}/{self.runs} | "
+              f"{max(self.fractions, default=math.nan):.0%} | {self.noop_contains_one}/{self.runs} |", flush=True)
+
+
+def _side(workload: Workload, settings: Settings, choice: GlobalChoice) -> TimedSide:
+    """One configuration built as apply builds it, ready to be timed for whole batches."""
+    plan = _plan_of(choice, settings.batch_size)
+    run_settings = applied_settings(settings, plan)
+    prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
+    return TimedSide(str(choice.as_config()), prepared, run_settings.threads,
+                     settings.batch_size // run_settings.batch_size)
+
+
+def _table(workload: Workload, settings: Settings, space: list[GlobalChoice]) -> dict[GlobalChoice, float]:
+    """Every configuration within the default max error, applied as apply builds it, timed in
+    TABLE_ROUNDS interleaved rounds: its median whole-batch step time."""
     checker = OutputChecker(workload, settings)
-    started = time.perf_counter()
     sides, choices = [], []
     errors: dict[tuple[str, str], float] = {}
-    for choice in space.globals:
-        plan = _plan_of(choice, settings.batch_size)
+    for choice in space:
         key = (choice.dtype, choice.backend)
         if key not in errors:
             cast = PlanChoices(choice.dtype, "cast", choice.backend)
             errors[key] = 0.0 if choice.dtype == "fp32" else checker.check(cast)[1]
         if not errors[key] <= DEFAULT_MAX_ERROR:
             continue  # tune screens these out too: not in the optimum's running
-        run_settings = applied_settings(settings, plan)
-        prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
-        sides.append(TimedSide(str(choice.as_config()), prepared, run_settings.threads,
-                               settings.batch_size // run_settings.batch_size))
+        sides.append(_side(workload, settings, choice))
         choices.append(choice)
     interleave(sides, settings.clock, math.inf, settings.warmup, min_rounds=TABLE_ROUNDS, max_rounds=TABLE_ROUNDS)
-    table = {c: side.median_ms for c, side in zip(choices, sides, strict=True)}
-    exhaustive_s = time.perf_counter() - started
-    del sides
-    optimum = min(table, key=table.__getitem__)
-    print(f"{target}: {len(space.globals)} configurations, {len(table)} within the default max error; "
-          f"optimum {optimum} {table[optimum]:.2f} ms; table {exhaustive_s:.0f} s", flush=True)
-    within, fractions, noop_contains_one = 0, [], 0
-    for run in range(runs):
-        started = time.perf_counter()
-        request = TuneRequest(parse_budget([]), "latency", knobs, verify_seconds=verify_seconds)
-        outcome = tune(workload, settings, request)
-        tune_s = time.perf_counter() - started
-        assert outcome.plan is not None, [v.reason for v in outcome.verifications]
-        c = outcome.plan.choices
-        tuned = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
-        gap = table[tuned] / table[optimum] - 1
-        within += gap <= 0.02
-        fractions.append(outcome.measurements / len(space.globals))
-        noop_contains_one += _noop_contains_one(workload, settings, verify_seconds)
-        ratio = outcome.plan.speedup
-        print(f"  run {run + 1}: {tuned.as_config()} gap {gap:+.1%}, {outcome.measurements} measured "
-              f"({fractions[-1]:.0%}), {outcome.rounds} rounds, speed-up "
-              f"{f'x{ratio.value:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]' if ratio else '-'}, {tune_s:.0f} s",
-              flush=True)
-        for v in outcome.verifications:
-            c = v.choices
-            key = GlobalChoice(c.backend, c.dtype, c.batch_size or settings.batch_size, c.threads)
-            measured = v.measured.latency_ms if v.measured else None
-            print(f"    {key.as_config()}: predicted {v.predicted.latency_ms:.2f} measured {measured} "
-                  f"table {table.get(key, math.nan):.2f} {'tied' if v.tied else ''} {v.reason}", flush=True)
-    print(f"| {target} | {len(space.globals)} | {runs} | {within}/{runs} | {max(fractions):.0%} | "
-          f"{noop_contains_one}/{runs} |", flush=True)
+    return {c: side.median_ms for c, side in zip(choices, sides, strict=True)}
 
 
 def _noop_contains_one(workload: Workload, settings: Settings, verify_seconds: float) -> bool:

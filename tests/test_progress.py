@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -95,3 +96,65 @@ def test_the_measuring_loops_hook_draws_the_same_bar(monkeypatch: pytest.MonkeyP
         seen.append((item, progress._live.tasks[0].description))  # type: ignore[union-attr]
     assert seen == [("a", "timing repeats"), ("b", "timing repeats")]
     assert progress._live is None
+
+
+def _hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measuring loops' hooks as the CLI installs them (restored after the test)."""
+    from attnprof.profiling import progress as hook
+
+    for name in ("_tracker", "_stages", "_spinner"):
+        monkeypatch.setattr(hook, name, None)
+    hook.install_tracker(progress.track, progress.progress, progress.spinning)
+
+
+def test_a_spinning_line_moves_while_its_block_runs_and_its_thread_ends_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    buffer = terminal(monkeypatch)
+    with progress.spinning("counting operations"):
+        assert any(t.name == "attnprof-spinner" for t in threading.enumerate())
+        assert progress._live is not None and progress._live.tasks[0].total is None
+        progress._live.refresh()
+    assert not any(t.name == "attnprof-spinner" for t in threading.enumerate())
+    assert "counting operations" in buffer.getvalue() and progress._live is None
+
+
+def test_tune_shows_its_stages_the_probes_and_the_rounds_with_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnprof.settings import resolve_settings
+    from attnprof.targets.load import load_workload
+    from attnprof.tuning.budget import parse_budget
+    from attnprof.tuning.loop import TuneRequest, tune
+
+    _hooks(monkeypatch)
+    buffer = terminal(monkeypatch)
+    workload = load_workload("zoo:decoder")
+    settings = resolve_settings(
+        workload, {"batch_size": 2, "seq_len": 8, "repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"}
+    )
+    tune(workload, settings, TuneRequest(parse_budget([]), "latency", ["backend"], top_k=1, verify_seconds=1.0))
+    screen = buffer.getvalue()
+    for stage in ("tune: screening the space", "probe 1/", "tune: measuring candidate 1/", "tune: comparing",
+                  "verifying 1 candidate(s), round 1", "building the model, counting operations", "left"):
+        assert stage in screen, stage
+    assert progress._live is None
+
+
+def test_fit_names_each_configuration_as_it_starts_and_the_fitting_stage(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from attnprof.cli.app import app
+
+    _hooks(monkeypatch)
+    buffer = terminal(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    small = ["--batch-size", "1:2", "--seq-len", "8", "--dtype", "fp32", "--backend", "math", "--threads", "1",
+             "--repeats", "2", "--warmup", "1", "-n", "2"]
+    result = CliRunner().invoke(app, ["fit", "zoo:decoder", *small])
+    assert result.exit_code == 0, result.output
+    screen = buffer.getvalue()
+    assert "measuring 1/2: batch 1 seq 8 fp32 math" in screen and "measuring 2/2: batch 2" in screen
+    assert "fitting the cost model on 2 measurement(s)" in screen and "left" in screen

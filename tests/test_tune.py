@@ -148,9 +148,26 @@ def test_pruning_half_the_heads_of_mha_halves_the_layer_cost() -> None:
     # In training the saved activations add up: half of them go too, and the gradients of the weights.
     trained = layer_option_costs(basis, LayerOption(prune=2), 1.0, 1.0, 4, train=True)
     assert trained["memory_bytes"] == pytest.approx(-(2 * 2048 * 4 + 500.0))
-    checkpoint = layer_option_costs(basis, LayerOption(checkpoint=True), 1.0, 1.0, 4, train=True)
+    checkpoint = layer_option_costs(basis, LayerOption(checkpoint="attn"), 1.0, 1.0, 4, train=True)
     assert checkpoint["latency_ms"] == pytest.approx(2.0)  # the forward again
     assert checkpoint["memory_bytes"] == pytest.approx(-1000.0)
+
+
+def test_checkpointing_a_block_or_its_mlp_is_priced_by_what_that_module_recomputes_and_frees() -> None:
+    layout = AttentionLayout("block.attn", num_heads=4, num_kv_heads=4, head_dim=8, block="block", mlp="block.mlp")
+    basis = LayerBasis(
+        layout=layout, forward_ms=2.0, backward_ms=0.0, activation_bytes=1000.0, hidden=32, tokens=10,
+        core_flops=500.0, recompute={"block.attn": (2.0, 1000.0), "block.mlp": (3.0, 4000.0), "block": (6.0, 6000.0)},
+    )
+    mlp = layer_option_costs(basis, LayerOption(checkpoint="block.mlp"), 1.0, 1.0, 4, train=True)
+    assert (mlp["latency_ms"], mlp["memory_bytes"]) == (pytest.approx(3.0), pytest.approx(-4000.0))
+    block = layer_option_costs(basis, LayerOption(checkpoint="block"), 1.0, 1.0, 4, train=True)
+    assert (block["latency_ms"], block["memory_bytes"]) == (pytest.approx(6.0), pytest.approx(-6000.0))
+    # Heads pruned from the block's attention are not recomputed: half of its 2 ms and 1000 bytes go.
+    both = layer_option_costs(basis, LayerOption(prune=2, checkpoint="block"), 1.0, 1.0, 4, train=True)
+    pruned = layer_option_costs(basis, LayerOption(prune=2), 1.0, 1.0, 4, train=True)
+    assert both["latency_ms"] - pruned["latency_ms"] == pytest.approx(5.0)
+    assert both["memory_bytes"] - pruned["memory_bytes"] == pytest.approx(-5500.0)
 
 
 @pytest.mark.slow

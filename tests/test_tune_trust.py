@@ -52,6 +52,12 @@ class _Misled:
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
         self.probes.add(choice, profile)
 
+    def calibrate(self, scale: float) -> None:
+        self.probes.calibrate(scale)
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        return self.probes.applied_profile(choice)
+
 
 def _micro_batches() -> list[GlobalChoice]:
     return [GlobalChoice("flash", "fp32", micro_batch, 1) for micro_batch in (1, 2, 4)]

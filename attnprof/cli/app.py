@@ -161,7 +161,7 @@ def _global(
     if quiet and verbose:
         raise typer.BadParameter("-q and -v contradict each other: give one")
     _GlobalFlags.debug = debug
-    install_tracker(progress.track)  # the measuring loops draw the CLI's progress bar
+    install_tracker(progress.track, progress.progress, progress.spinning)  # the loops draw the CLI's bars
     set_verbosity(-1 if quiet else 1 if verbose else 0)
 
 

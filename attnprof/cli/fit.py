@@ -9,7 +9,7 @@ import typer
 from attnprof import backends
 from attnprof.cli import options
 from attnprof.cli.outputs import refuse_overwriting
-from attnprof.costmodel.knobs import default_knobs, parse_knob
+from attnprof.costmodel.knobs import Config, default_knobs, parse_knob
 from attnprof.costmodel.records import Measurement
 from attnprof.errors import FitRejected, UsageError
 from attnprof.report.console import log, print_result, stdout_console
@@ -91,15 +91,19 @@ def fit_command(
         raise UsageError("--timeout needs --isolate: only a separate process can be stopped safely")
     timeout_s = parse_duration(timeout or DEFAULT_TIMEOUT, flag="--timeout") if isolate else None
 
+    def shown(config: Config) -> str:
+        return f"batch {config['batch_size']} seq {config['seq_len']} {config['dtype']} {config['backend']}"
+
+    def starting(config: Config, index: int, total: int) -> None:
+        bar.describe(f"measuring {index + 1}/{total}: {shown(config)}")
+
     def progress(measurement: Measurement, index: int, total: int) -> None:
-        config = measurement.config
-        shown = f"batch {config['batch_size']} seq {config['seq_len']} {config['dtype']} {config['backend']}"
         result = (
             f"{measurement.time_ms.median:.2f} ms"
             if measurement.time_ms is not None
             else f"{measurement.status}: {measurement.reason}"
         )
-        log(f"[{index + 1}/{total}] {shown}: {result}")
+        log(f"[{index + 1}/{total}] {shown(measurement.config)}: {result}")
         bar.update(index + 1, total)
 
     log(f"sweeping {workload.target}: up to {max_measurements} configurations")
@@ -114,6 +118,7 @@ def fit_command(
             folder=profiles_dir,
             on_measured=progress,
             isolate_timeout_s=timeout_s,
+            on_start=starting,
         )
     sweep = run.sweep
     log(f"measured {sweep.measured} new, reused {sweep.reused} from {run.store_path}")

@@ -15,6 +15,7 @@ from attnprof.errors import UserCodeError
 from attnprof.measure.memory import tensor_bytes
 from attnprof.profiling.faults import free_memory, out_of_memory, out_of_memory_reason
 from attnprof.profiling.isolate import call_isolated
+from attnprof.profiling.progress import spinning
 from attnprof.profiling.records import LayerStats, TimeStats
 from attnprof.profiling.run import (
     CountingResult,
@@ -109,8 +110,9 @@ def measure_settings(
 def _passes(workload: Workload, settings: Settings) -> tuple[Prepared, CountingResult, TimingResult | None]:
     """The counting pass, then the timing pass unless the outputs are not finite (None)."""
     with restored_threads():
-        prepared = prepare(workload, settings)
-        counting = counting_pass(prepared)
+        with spinning("building the model, counting operations and memory"):
+            prepared = prepare(workload, settings)
+            counting = counting_pass(prepared)
         if not counting.finite:
             return prepared, counting, None
         return prepared, counting, timing_pass(prepared, settings)

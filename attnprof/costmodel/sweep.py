@@ -24,6 +24,7 @@ from attnprof.costmodel.measurements import (
 from attnprof.costmodel.records import CostModel, Measurement
 from attnprof.errors import UsageError, UserCodeError
 from attnprof.machine import machine_info
+from attnprof.profiling.progress import spinning
 from attnprof.settings import Settings, settings_for
 from attnprof.store import DEFAULT_PROFILE_DIR
 from attnprof.targets.workload import Workload
@@ -46,6 +47,7 @@ def run_sweep(
     time_budget_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_measured: Callable[[Measurement, int, int], None] | None = None,
+    on_start: Callable[[Config, int, int], None] | None = None,
 ) -> SweepOutcome:
     """Measure every point not already in the store, appending each as soon as it is measured.
 
@@ -67,6 +69,8 @@ def run_sweep(
         if outcome.stopped:
             outcome.skipped.append(dict(config))
             continue
+        if on_start is not None:
+            on_start(config, index, len(points))
         began = clock()
         measurement = dataclasses.replace(measure_point(config), key=key, config=dict(config))
         durations.append(clock() - began)
@@ -103,6 +107,7 @@ def fit_workload(
     folder: Path = DEFAULT_PROFILE_DIR,
     on_measured: Callable[[Measurement, int, int], None] | None = None,
     isolate_timeout_s: float | None = None,
+    on_start: Callable[[Config, int, int], None] | None = None,
 ) -> FitRun:
     """Sweep the design (resuming from the store), fit the cost model and cross-validate it.
     With `isolate_timeout_s`, each point runs in a child process cut off after that many seconds."""
@@ -116,7 +121,9 @@ def fit_workload(
         measure = profiler_measure_point(workload, base, **fingerprints)
     else:  # each point in a child process, cut off after the timeout
         measure = isolated_measure_point(workload, base, timeout_s=isolate_timeout_s, **fingerprints)
-    outcome = run_sweep(points, measure, store, time_budget_s=time_budget_s, on_measured=on_measured)
+    outcome = run_sweep(
+        points, measure, store, time_budget_s=time_budget_s, on_measured=on_measured, on_start=on_start
+    )
     notes = list(store.notes)
     errors = [m for m in outcome.measurements if m.status == "error"]
     if errors and not any(m.feasible for m in outcome.measurements):
@@ -125,9 +132,10 @@ def fit_workload(
     def fit(measurements: Sequence[Measurement]) -> CostModel:
         return fit_cost_model(measurements, target=workload.target, workload_fingerprint=architecture, machine=machine)
 
-    model = fit(outcome.measurements)
-    try:
-        model.validation = cross_validate(outcome.measurements, fit, folds)
-    except UsageError as exc:
-        notes.append(f"not cross-validated: {exc}")
+    with spinning(f"fitting the cost model on {len(outcome.measurements)} measurement(s), cross-validating"):
+        model = fit(outcome.measurements)
+        try:
+            model.validation = cross_validate(outcome.measurements, fit, folds)
+        except UsageError as exc:
+            notes.append(f"not cross-validated: {exc}")
     return FitRun(model, outcome, store.path, model_path(folder, name, architecture, machine.fingerprint()), notes)

@@ -44,7 +44,7 @@ from attnprof.measure.scopes import ModuleScopes
 from attnprof.measure.sharded import global_numel, local_numel
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
-from attnprof.profiling.progress import track
+from attnprof.profiling.progress import spinning, track
 from attnprof.profiling.ranks import collective_pass, distributed, rank_info
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
@@ -432,9 +432,10 @@ def run_profile(
     repeats (see timing_pass). On a rank of a torch.distributed run the profile also records the
     rank (`plan`: the sharding the workload's model was built with) and its collectives."""
     with restored_threads(), CompileWatch() as compiles:
-        prepared = prepare(workload, settings)
+        with spinning("building the model, counting operations and memory"):
+            prepared = prepare(workload, settings)
+            counting = counting_pass(prepared)
         train = settings.mode == "train"
-        counting = counting_pass(prepared)
         with Telemetry(prepared.device) as telemetry:
             timing = (
                 None if prepared.device.type == "meta" else timing_pass(prepared, settings, telemetry, pace, compiles)

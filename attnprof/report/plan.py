@@ -98,12 +98,6 @@ def _print_figures(outcome: TuneOutcome, console: Console) -> None:
         console.print("plan: " + ", ".join(f"{k}={v}" for k, v in changed.items()), markup=False)
         if plan.speedup is not None:
             console.print(f"speed-up over the baseline: {speedup_text(plan)} ({outcome.rounds} interleaved rounds)")
-        calibration = outcome.calibration
-        if calibration.points:
-            console.print(
-                f"predictions: the stated 1σ covered {calibration.covered} of {calibration.points} measured "
-                f"candidate(s) (errors {calibration.scale:.2g}σ rms; honest σ: ~68%, 1σ)"
-            )
         for note in plan.notes:
             console.print(f"note: {note}", markup=False)
 
@@ -168,7 +162,7 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
     choices = outcome.plan.choices if outcome.plan else None
     micro_steps = 1
     if winner is not None and choices is not None and choices.batch_size:
-        micro_steps = outcome.baseline.settings.batch_size // choices.batch_size
+        micro_steps = max(outcome.baseline.settings.batch_size // choices.batch_size, 1)
     rows = []
     for layer in outcome.baseline.layers:
         if layer.kind not in BLOCK_KINDS:

@@ -15,11 +15,14 @@ stderr is not a terminal, or output is quiet (`-q`), the same calls do nothing, 
 output and CI logs stay clean. Bars go to stderr: stdout carries data only. Nested calls (a
 sweep inside tune) add a line to the bar already on screen instead of opening a second live
 display, which rich does not allow. The bar is redrawn only when advanced, never from a
-background thread, so it cannot disturb a timed step.
+background thread while steps are timed, so it cannot disturb a timed step; `spinning` redraws
+from a thread only around untimed work (building a model, counting its operations), so that
+work never leaves the screen still.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -28,6 +31,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -91,6 +95,7 @@ def progress(description: str, total: float | None = None) -> Iterator[ProgressH
             outer.remove_task(task)
         return
     bar = Progress(
+        SpinnerColumn(finished_text=" "),
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -120,3 +125,30 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance()
+
+
+SPIN_SECONDS = 0.1  # redraw interval of a spinning line
+
+
+@contextmanager
+def spinning(description: str) -> Iterator[None]:
+    """A line with no count for the duration of the block, redrawn by a thread so it moves: for
+    untimed work of unknown length (never around timed steps)."""
+    with progress(description, total=None) as handle:
+        bar = handle._bar
+        if bar is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def redraw() -> None:
+            while not stop.wait(SPIN_SECONDS):
+                bar.refresh()
+
+        thread = threading.Thread(target=redraw, name="attnprof-spinner", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

@@ -1,7 +1,7 @@
 """One micro-step of a global choice: running it, and predicting it from a few such runs.
 
 An `Estimator` predicts one micro-step of each global choice (backend, precision, micro-batch,
-threads) on one device: `ProbeEstimator` measures a few probes and fits a separable model;
+threads) on one device: `ProbeEstimator` measures a few probes and fits the latency surrogate on them;
 `CostModelEstimator` reads the cost model `attnprof fit` saved, where it covers the choice.
 """
 
@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from attnprof import backends
 from attnprof.costmodel.fit import predict_config
 from attnprof.costmodel.knobs import config_of, memory_group
 from attnprof.costmodel.measurements import architecture_key, model_path
-from attnprof.costmodel.records import CostModel
+from attnprof.costmodel.records import CostModel, Prediction
 from attnprof.machine import machine_info
 from attnprof.plans.records import PlanChoices
 from attnprof.plans.verify import applied_settings, applied_workload
@@ -35,6 +33,7 @@ from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Workload
 from attnprof.tuning.compare import TimedSide, interleave
 from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
+from attnprof.tuning.surrogate import LatencySurrogate, micro_batch_line
 
 _NORMAL_P10_P90 = 2.563  # (p90 - p10) of a normal distribution, in standard deviations
 # Bytes per element of each precision: what a change of precision does to parameters and activations.
@@ -60,6 +59,10 @@ class Estimator(Protocol):
     def estimate(self, choice: GlobalChoice) -> StepEstimate: ...
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None: ...
+
+    def calibrate(self, scale: float) -> None: ...
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None: ...
 
 
 def measured_settings(settings: Settings, choice: GlobalChoice) -> Settings:
@@ -100,31 +103,22 @@ def sigma_of(profile: Profile) -> float:
 
 
 PROBE_ROUNDS = 5  # interleaved rounds that time the probes side by side
-MODEL_FORM_SIGMA = 0.05  # relative: what a separable model misses of the knobs' interactions
-
-
-def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Non-negative a, b of y = a + b·x through the points (least squares)."""
-    if len({x for x, _ in points}) < 2:
-        x, y = points[0]
-        return 0.0, y / x
-    design = np.array([[1.0, x] for x, _ in points])
-    coefficients, _ = nnls(design, np.array([y for _, y in points]))
-    return float(coefficients[0]), float(coefficients[1])
+MODEL_FORM_SIGMA = 0.05  # relative: what the memory model misses of the knobs' interactions
 
 
 class ProbeEstimator:
-    """Measures a few probes around a reference choice and predicts the rest by a separable model.
+    """Measures a few probes around a reference choice and predicts the rest by the latency
+    surrogate (tuning.surrogate) fitted on every choice measured so far.
 
     The probes are the reference itself, the reference with each other backend, precision and
-    thread count, and the reference at the smallest micro-batch. A choice's latency
-    is the micro-batch line a + b·m times one measured ratio per categorical knob; its memory is
-    the parameters (scaled by element size) plus activations linear in m times the measured
-    activation ratios. Measured choices are returned as measured. The uncertainty combines the
-    probes' timing spread with MODEL_FORM_SIGMA for the interactions the model leaves out.
+    thread count, and the reference at the smallest micro-batch: enough for the surrogate's
+    intercept, slope and main effects; the interactions come from its prior until verified
+    candidates measure them. Memory is the parameters (scaled by element size) plus activations
+    linear in the micro-batch times the measured activation ratio of each categorical value.
+    Measured choices are returned as measured.
     """
 
-    source = "separable model fitted on probe measurements"
+    source = "surrogate fitted on probe measurements (micro-batch intercept, main effects, interactions)"
 
     def __init__(self, workload: Workload, settings: Settings, choices: Sequence[GlobalChoice]) -> None:
         self.workload = workload
@@ -136,7 +130,9 @@ class ProbeEstimator:
         self.profiles: dict[GlobalChoice, Profile] = {}
         self.timed: dict[GlobalChoice, tuple[float, float]] = {}  # (median, sigma) ms from interleaved rounds
         self.measurements = 0
-        self._fitted = False
+        self.scale = 1.0  # σ calibration from held-out points
+        self._surrogate: LatencySurrogate | None = None
+        self._applied: set[GlobalChoice] = set()  # profiled here through profile_choice
 
     def probes(self) -> list[GlobalChoice]:
         probes = [self.reference]
@@ -150,18 +146,30 @@ class ProbeEstimator:
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
         """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates:
-        the model is fitted again with it before the next prediction."""
+        the surrogate is fitted again with it before the next prediction."""
         self.profiles[choice.single_device()] = profile
-        self._fitted = False
+        self._surrogate = None
+
+    def calibrate(self, scale: float) -> None:
+        """Scale every later prediction's σ (the held-out errors' root-mean-square z)."""
+        self.scale = scale
+        self._surrogate = None
 
     def measure(self, choice: GlobalChoice) -> Profile:
         single = choice.single_device()
         if single not in self.profiles:
             self.profiles[single] = profile_choice(self.workload, self.settings, single)
+            self._applied.add(single)
             self.measurements += 1
         return self.profiles[single]
 
-    def _fit(self) -> None:
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        """The profile of `choice` this estimator took applied as `attnprof apply` builds it (a
+        probe), if any: verification need not take it again."""
+        single = choice.single_device()
+        return self.profiles[single] if single in self._applied else None
+
+    def _fit(self) -> LatencySurrogate:
         probes = self.probes()
         for i, probe in enumerate(probes, 1):
             label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
@@ -169,29 +177,28 @@ class ProbeEstimator:
                 self.measure(probe)
         self._time_together(probes)
         ref = self._figures(self.reference)
-        self._ratios: dict[tuple[str, object], tuple[float, float, float]] = {}
+        self._activation_ratios: dict[tuple[str, object], float] = {}
         for knob, values in self.values.items():
             for value in values:
                 probe = self._figures(dataclasses.replace(self.reference, **{knob: value}))
-                self._ratios[(knob, value)] = (
-                    probe[0] / ref[0],
-                    probe[2] / ref[2] if ref[2] > 0 else 1.0,
-                    probe[1] / probe[0],
-                )
+                self._activation_ratios[(knob, value)] = probe[2] / ref[2] if ref[2] > 0 else 1.0
         batch_points = [
-            (*self._figures(dataclasses.replace(self.reference, batch_size=b)), b)
+            (b, self._figures(dataclasses.replace(self.reference, batch_size=b))[2])
             for b in self.batches
             if dataclasses.replace(self.reference, batch_size=b) in self.profiles
         ]
-        self._latency_line = _line([(b, t) for t, _, _, b in batch_points])
-        self._activation_line = _line([(b, a) for _, _, a, b in batch_points])
-        self._batch_sigma = max(s / t for t, s, _, _ in batch_points)
-        self._fitted = True
+        self._activation_line = micro_batch_line(batch_points)
+        surrogate = LatencySurrogate.fit(
+            {choice: self._figures(choice)[:2] for choice in self.profiles}, self.reference, self.values
+        )
+        surrogate.scale = self.scale
+        self._surrogate = surrogate
+        return surrogate
 
     def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
-        """The probes' step times, from PROBE_ROUNDS interleaved rounds: the model's ratios
-        compare probes timed in the same stretch of the machine's time, not one after another
-        while a neighbour's load comes and goes."""
+        """The probes' step times, from PROBE_ROUNDS interleaved rounds: the surrogate compares
+        probes timed in the same stretch of the machine's time, not one after another while a
+        neighbour's load comes and goes."""
         todo = [p for p in probes if p not in self.timed]
         if len(todo) < 2:
             return
@@ -220,36 +227,36 @@ class ProbeEstimator:
             latency, sigma, _ = self._figures(single)
             memory = float(self.profiles[single].totals.peak_memory_bytes)
             return StepEstimate(latency, sigma, memory, 0.0, "measured")
-        if not self._fitted:
-            self._fit()
-            if single in self.profiles:
-                return self.estimate(choice)
-        a, b = self._latency_line
-        latency = a + b * choice.batch_size
+        surrogate = self._surrogate or self._fit()
+        if single in self.profiles:  # the fit measured it as a probe
+            return self.estimate(choice)
+        latency, latency_sigma = surrogate.predict(single)
         activations = self._activation_line[0] + self._activation_line[1] * choice.batch_size
-        relative_var = self._batch_sigma**2 + MODEL_FORM_SIGMA**2
         for knob in self.values:
-            time_ratio, activation_ratio, relative_sigma = self._ratios[(knob, getattr(choice, knob))]
-            latency *= time_ratio
-            activations *= activation_ratio
-            relative_var += relative_sigma**2
+            activations *= self._activation_ratios[(knob, getattr(choice, knob))]
         params = self.profiles[self.reference].totals.param_bytes
         params *= ELEMENT_BYTES[choice.dtype] / ELEMENT_BYTES[self.reference.dtype]
         memory = params + activations
-        return StepEstimate(latency, latency * math.sqrt(relative_var), memory, MODEL_FORM_SIGMA * memory, "predicted")
+        return StepEstimate(latency, latency_sigma, memory, MODEL_FORM_SIGMA * memory, "predicted")
 
 
 class CostModelEstimator:
     """The cost model `attnprof fit` saved for this workload on this machine, for the choice
-    combinations it measured; measured choices, and the combinations it lacks, go to the probes."""
+    combinations it measured; measured choices, and the combinations it lacks, go to the probes.
+
+    The model's predictions are re-priced by what is measured now: every covered choice measured
+    in this run (the baseline, verified candidates) is a point the model was not fitted on; their
+    measured/predicted ratios (geometric mean) scale its latencies to the machine's speed of the
+    moment, and `calibrate` scales its σ by the held-out errors."""
 
     def __init__(self, model: CostModel, settings: Settings, probes: ProbeEstimator) -> None:
         self.model = model
         self.settings = settings
         self.probes = probes
+        self.scale = 1.0
         self.source = (
-            f"cost model fitted on {model.measurements} measurement(s) (attnprof fit); "
-            "probes for choices it has not measured"
+            f"cost model fitted on {model.measurements} measurement(s) (attnprof fit), re-priced by this "
+            "run's measurements; probes for choices it has not measured"
         )
 
     @property
@@ -260,16 +267,31 @@ class CostModelEstimator:
         config = config_of(measured_settings(self.settings, choice.single_device()))
         return memory_group(config) in self.model.feature_laws
 
+    def _predict(self, choice: GlobalChoice) -> Prediction:
+        return predict_config(self.model, config_of(measured_settings(self.settings, choice)))
+
+    def level(self) -> float:
+        """Measured over predicted latency, over the covered choices measured in this run."""
+        logs = []
+        for choice in self.probes.profiles:
+            if self.covers(choice):
+                predicted = self._predict(choice)
+                measured = self.probes.estimate(choice).latency_ms  # as measured
+                if predicted.feasible and predicted.time_ms > 0 and measured > 0:
+                    logs.append(math.log(measured / predicted.time_ms))
+        return math.exp(statistics.fmean(logs)) if logs else 1.0
+
     def estimate(self, choice: GlobalChoice) -> StepEstimate:
         single = choice.single_device()
         if single in self.probes.profiles or not self.covers(single):
             return self.probes.estimate(choice)
-        prediction = predict_config(self.model, config_of(measured_settings(self.settings, single)))
+        prediction = self._predict(single)
         if not prediction.feasible:
             return StepEstimate(math.inf, 0.0, math.inf, 0.0, "cost model", prediction.infeasible_reason)
+        level = self.level()
         return StepEstimate(
-            prediction.time_ms,
-            prediction.time_sigma_ms,
+            prediction.time_ms * level,
+            prediction.time_sigma_ms * level * self.scale,
             prediction.memory_bytes,
             0.0 if math.isnan(prediction.memory_sigma_bytes) else prediction.memory_sigma_bytes,
             "cost model",
@@ -277,6 +299,13 @@ class CostModelEstimator:
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
         self.probes.add(choice, profile)
+
+    def calibrate(self, scale: float) -> None:
+        self.scale = scale
+        self.probes.calibrate(scale)
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        return self.probes.applied_profile(choice)
 
 
 def saved_cost_model(workload: Workload, folder: Path = DEFAULT_PROFILE_DIR) -> CostModel | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,8 @@ from attnprof.plans.records import (
     PlanFigures,
 )
 from attnprof.plans.sharding import tensor_parallel_blocker
-from attnprof.profiling.records import Profile
+from attnprof.profiling.progress import StageBar, stages
+from attnprof.profiling.records import LayerStats, Profile
 from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, timestamp
@@ -129,22 +131,45 @@ def objective_value(figures: PlanFigures, objective: str) -> float:
 def tune(
     workload: Workload, settings: Settings, request: TuneRequest, estimator: Estimator | None = None
 ) -> TuneOutcome:
-    """The tuning loop; the result holds the plan, or the reason there is none."""
+    """The tuning loop; the result holds the plan, or the reason there is none.
+
+    Its overall bar (on a terminal) names the stage and counts work in units of one profile of
+    the baseline, so the time left covers the stages to come: the probes, the candidates, and
+    the comparison's time budget."""
+    with stages("tune: baseline profile") as bar:
+        return _tune(workload, settings, request, estimator, bar)
+
+
+def _tune(
+    workload: Workload, settings: Settings, request: TuneRequest, estimator: Estimator | None, bar: StageBar
+) -> TuneOutcome:
     budget, objective = request.budget, request.objective
+    started = time.perf_counter()
     baseline = run_profile(workload, settings)
+    unit_s = max(time.perf_counter() - started, 1e-3)  # one profile: the bar's unit of work
+    bar.describe("tune: screening the space")
     energy = baseline.totals.energy_j
     if (objective == "energy" or budget.energy_j is not None) and energy is None:
         raise EnvironmentUnsupported(f"energy cannot be predicted here: {baseline.totals.energy_reason}")
     assert baseline.totals.time_ms is not None
     power = energy / (baseline.totals.time_ms.median * 1e-3) if energy else None
     layers = baseline.attention_layers()
+    facts = DeviceFacts.probe(settings.device)
+    checker = OutputChecker(workload, settings)
+    by_name = {layer.name: layer for layer in baseline.layers}
+    blocks = {site.name: site.block_path or "" for site in discover(checker.reference_model).sites}
     layouts = [
-        AttentionLayout(layer.name, layer.attention.num_heads, layer.attention.num_kv_heads, layer.attention.head_dim)
+        AttentionLayout(
+            layer.name,
+            layer.attention.num_heads,
+            layer.attention.num_kv_heads,
+            layer.attention.head_dim,
+            block=blocks.get(layer.name, "") if blocks.get(layer.name) in by_name else "",
+            mlp=block_mlp(by_name, blocks.get(layer.name, "")),
+        )
         for layer in layers
         if layer.attention is not None
     ]
-    facts = DeviceFacts.probe(settings.device)
-    checker = OutputChecker(workload, settings)
     space = build_space(
         facts,
         layouts,
@@ -155,6 +180,7 @@ def tune(
         tensor_parallel_blocker=tensor_parallel_blocker(checker.reference_model) if budget.gpus > 1 else None,
         backends=request.backends,
         attn_implementations=attn_implementations(workload),
+        larger_batches=objective == "throughput",
     )
     excluded = list(space.excluded)
     max_error = budget.max_error if budget.max_error is not None else DEFAULT_MAX_ERROR
@@ -169,13 +195,18 @@ def tune(
             probes.add(probes.reference, baseline)  # the baseline is the reference probe
         cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
         estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
+    probe_units = len(estimator.probes()) if isinstance(estimator, ProbeEstimator) else 1
+    total = 2 + probe_units + request.top_k + 1 + (request.verify_seconds / unit_s if request.verify else 0)
+    bar.update(2, total)
+    bar.describe("tune: estimates")
     pricing = Pricing(
         settings=settings,
         baseline=baseline,
         space=space,
         estimator=estimator,
         layer_bases={
-            layout.name: LayerBasis.from_layer(layer, layout) for layer, layout in zip(layers, layouts, strict=True)
+            layout.name: LayerBasis.from_layer(layer, layout, by_name)
+            for layer, layout in zip(layers, layouts, strict=True)
         },
         power_w=power,
         link=request.link,
@@ -187,7 +218,10 @@ def tune(
         _drop_lossy_options(space, pricing.quality, limits["quality_loss"], excluded)
     problems = pricing.problems()
     excluded.extend(pricing.excluded)
+    bar.describe("tune: searching")
     result = search(problems, limits, objective, k=request.top_k, pareto_points=8 if request.pareto else 0)
+    done = 2 + probe_units
+    bar.update(done, total)
     baseline_figures = figures_of(baseline, 1, settings.batch_size, power)
     verifications: list[CandidateMeasurement] = []
     feedback = rounds = 0
@@ -210,7 +244,11 @@ def tune(
         # being measured when it is no faster than the workload as it is.
         candidates = [*result.ranked, *_unchanged_candidate(pricing, settings, space, result.ranked)]
         for _ in range(VERIFY_ROUNDS):
-            verifications += [verifier.measure(candidate) for candidate in candidates]
+            for i, candidate in enumerate(candidates, 1):
+                bar.describe(f"tune: measuring candidate {i}/{len(candidates)}: {candidate.describe()}")
+                verifications.append(verifier.measure(candidate))
+                done += 1
+                bar.update(done, max(total, done))
             if any(v.accepted or not v.can_run for v in verifications):
                 break
             # Every candidate was rejected: search again, priced with what was just measured.
@@ -220,16 +258,22 @@ def tune(
                 break
         if request.launch:
             measure_sharded(verifications, baseline.workload, settings, objective)  # tuning/launch.py
+        bar.describe(f"tune: comparing {sum(v.accepted for v in verifications)} candidate(s) with the baseline")
         verifier.compare(baseline_figures, verifications)
+        bar.update(total, total)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
-    verified = sum(v.profile is not None for v in verifications)
+        if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
+            estimator.calibrate(calibration.scale)
+    verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
+    if plan is not None and calibration.points:
+        plan.notes.append(calibration.describe())
     if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
         plan.notes.append(
-            "heads differ per layer: the pruned model works, but save_pretrained/from_pretrained cannot "
-            "reload it (transformers builds every layer from one head count); save the unmodified "
-            "weights and apply the plan after loading"
+            "heads differ per layer: transformers' from_pretrained cannot reload the pruned model (it "
+            "builds every layer from one head count); attnprof.api.from_pretrained_pruned(ModelClass, "
+            "folder) reloads what save_pretrained wrote"
         )
     return TuneOutcome(
         baseline=baseline,
@@ -247,6 +291,12 @@ def tune(
         calibration=calibration,
         contributions=knob_contributions(pricing, winner.candidate) if winner else [],
     )
+
+
+def block_mlp(by_name: dict[str, LayerStats], block: str) -> str:
+    """The outermost module the profile counts as an MLP inside `block` ("" when none)."""
+    inside = [name for name, layer in by_name.items() if block and name.startswith(f"{block}.") and layer.kind == "mlp"]
+    return min(inside, key=lambda name: (name.count("."), name), default="")
 
 
 def estimator_backend(space: PlanSpace, settings: Settings) -> str:

@@ -120,9 +120,11 @@ class Candidate:
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.problem.config.items()]
         changed = [
-            f"{g.name}:{g.options[i].label}" for g, i in zip(self.problem.groups, self.choice, strict=True)
+            f"{g.name}:{g.options[i].label}"
+            for g, i in zip(self.problem.groups, self.choice, strict=True)
+            if g.options[i].label
         ]
-        return ", ".join(parts + [c for c in changed if c])
+        return ", ".join(parts + changed)
 
 
 def objective_key(objective: str) -> Callable[[Candidate], float]:

@@ -8,7 +8,7 @@ and parameters they remove (heads) or the forward they repeat (checkpointing).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from attnprof.errors import EnvironmentUnsupported
@@ -40,23 +40,35 @@ class LayerBasis:
     hidden: int  # model width feeding the projections
     tokens: int  # batch x query length in the baseline
     core_flops: float  # the attention product itself, forward
+    # Module path -> (forward ms, activation bytes) of what checkpointing may recompute: the
+    # attention layer, its block's MLP, its block.
+    recompute: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_layer(cls, layer: LayerStats, layout: AttentionLayout) -> LayerBasis:
+    def from_layer(
+        cls, layer: LayerStats, layout: AttentionLayout, by_name: Mapping[str, LayerStats] | None = None
+    ) -> LayerBasis:
         info = layer.attention
         assert info is not None
         # Parameters of q, k, v, o: hidden x head_dim x (2 query-side + 2 key/value-side heads).
         width = layout.head_dim * (2 * layout.num_heads + 2 * layout.num_kv_heads)
         hidden = max(round(layer.params / width), 1) if layer.params else layout.num_heads * layout.head_dim
+        around = {p: by_name[p] for p in (layout.mlp, layout.block) if by_name and p in by_name}
+        modules = {layout.name: layer, **around}
         return cls(
             layout=layout,
-            forward_ms=layer.time_ms.median if layer.time_ms else 0.0,
+            forward_ms=_forward_ms(layer),
             backward_ms=layer.backward_time_ms.median if layer.backward_time_ms else 0.0,
             activation_bytes=float(layer.memory_bytes),
             hidden=hidden,
             tokens=max(info.batch_size, 1) * info.q_len,
             core_flops=float(info.flops),
+            recompute={path: (_forward_ms(m), float(m.memory_bytes)) for path, m in modules.items()},
         )
+
+    def recomputed(self, path: str) -> tuple[float, float]:
+        """(forward ms, activation bytes) of the module checkpointing at `path` recomputes."""
+        return self.recompute.get(path, (self.forward_ms, self.activation_bytes))
 
     def _flops(self, heads: int, kv_heads: int) -> float:
         projections = 2.0 * self.tokens * self.hidden * self.layout.head_dim * (2 * heads + 2 * kv_heads)
@@ -80,6 +92,10 @@ class LayerBasis:
         return self.hidden * self.layout.head_dim * (before - 2 * heads - 2 * kv)
 
 
+def _forward_ms(layer: LayerStats) -> float:
+    return layer.time_ms.median if layer.time_ms else 0.0
+
+
 def layer_option_costs(
     basis: LayerBasis,
     option: LayerOption,
@@ -100,9 +116,14 @@ def layer_option_costs(
         # layer, so the step's peak is one layer's transient and pruning one layer barely moves it.
         memory -= share * basis.activation_bytes * activation_scale
     if option.checkpoint:
-        # The layer's saved activations are dropped and its forward runs again in backward.
-        latency += basis.forward_ms * (1 - share) * time_scale
-        memory -= basis.activation_bytes * (1 - share) * activation_scale
+        # The module's saved activations are dropped and its forward runs again in backward;
+        # what pruning removes from the attention layer it holds is not recomputed.
+        forward, activations = basis.recomputed(option.checkpoint)
+        if option.checkpoint != basis.layout.mlp:
+            forward -= share * basis.forward_ms
+            activations -= share * basis.activation_bytes
+        latency += max(forward, 0.0) * time_scale
+        memory -= max(activations, 0.0) * activation_scale
     return {"latency_ms": latency, "memory_bytes": memory, "quality_loss": quality_loss}
 
 
@@ -131,6 +152,9 @@ class Pricing:
     def problem(self, choice: GlobalChoice) -> Problem | None:
         batch = self.settings.batch_size
         per_replica, remainder = divmod(batch, choice.data_parallel * choice.batch_size)
+        replica_batch = batch // choice.data_parallel
+        if per_replica == 0 and replica_batch and choice.batch_size % replica_batch == 0:
+            per_replica, remainder = 1, 0  # a larger batch (throughput): one step of more samples
         if remainder or per_replica < 1:
             self.excluded.append(
                 Exclusion(
@@ -158,7 +182,7 @@ class Pricing:
             config=choice.as_config(),
             fixed=self._with_energy({"latency_ms": step_ms, "memory_bytes": memory}, choice),
             groups=groups,
-            samples=batch,
+            samples=step_samples(self.settings, choice.batch_size * choice.data_parallel),
             value=(choice, estimate),
         )
         if shape is not None and choice.pipeline_stages > 1 and groups:
@@ -289,6 +313,17 @@ def tensor_parallel_share(profile: Profile) -> float:
     return min(sum(layer.params for layer in outermost) / total, 1.0) if total else 1.0
 
 
+def step_samples(settings: Settings, batch_size: int | None) -> int:
+    """Samples one step of a plan processes: the workload's batch, or a larger batch the plan
+    runs whole (throughput)."""
+    return max(settings.batch_size, batch_size or 0)
+
+
+def micro_steps_of(settings: Settings, batch_size: int | None) -> int:
+    """Micro-batches of `batch_size` in one step (1 for a batch as large as the workload's or larger)."""
+    return max(settings.batch_size // (batch_size or settings.batch_size), 1)
+
+
 def predicted_figures(candidate: Candidate) -> PlanFigures:
     """What the estimates promise of a candidate's step."""
     _, estimate = candidate.problem.value
@@ -318,7 +353,7 @@ def plan_choices(candidate: Candidate, settings: Settings) -> PlanChoices:
         if layer.kv_heads is not None:
             kv[group.name] = layer.kv_heads
         if layer.checkpoint:
-            checkpoint.append(group.name)
+            checkpoint.append(layer.checkpoint)
     unchanged_batch = choice.batch_size == settings.batch_size
     return PlanChoices(
         **{**dataclasses.asdict(choice), "batch_size": None if unchanged_batch else choice.batch_size},

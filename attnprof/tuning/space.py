@@ -131,12 +131,19 @@ class DeviceFacts:
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """One attention layer's head layout, named by module path."""
+    """One attention layer's head layout, named by module path; with the paths of its block and
+    of the block's MLP ("" where the model has none), which checkpointing may recompute instead."""
 
     name: str
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    block: str = ""
+    mlp: str = ""
+
+    def checkpoint_scope(self, path: str) -> str:
+        """attention, mlp or block: what the module at `path` is to this layer."""
+        return {self.name: "attention", self.mlp: "mlp", self.block: "block"}[path]
 
 
 @dataclass(frozen=True)
@@ -188,11 +195,12 @@ _UNSHARDED = {f.name: f.default for f in dataclasses.fields(GlobalChoice)}
 
 @dataclass(frozen=True)
 class LayerOption:
-    """One per-layer choice: heads pruned, K/V heads kept (None: unchanged), checkpointing."""
+    """One per-layer choice: heads pruned, K/V heads kept (None: unchanged), and the module
+    recomputed in backward ("": none; the attention layer itself, its MLP or its whole block)."""
 
     prune: int = 0
     kv_heads: int | None = None
-    checkpoint: bool = False
+    checkpoint: str = ""
 
     def label(self, layout: AttentionLayout) -> str:
         parts = []
@@ -203,7 +211,7 @@ class LayerOption:
             before = layout.num_kv_heads if grouped else layout.num_heads - self.prune
             parts.append(f"kv {before}->{self.kv_heads}")
         if self.checkpoint:
-            parts.append("checkpoint")
+            parts.append(f"checkpoint {layout.checkpoint_scope(self.checkpoint)}")
         return " ".join(parts)
 
 
@@ -316,6 +324,11 @@ def micro_batch_values(batch_size: int) -> list[int]:
     return sorted(values)
 
 
+# With `--objective throughput` the batch itself may grow by these factors (samples per step),
+# as far as the memory budget allows: more samples per step amortise a step's fixed costs.
+THROUGHPUT_BATCH_GROWTH: tuple[int, ...] = (2, 4, 8)
+
+
 def thread_values(facts: DeviceFacts) -> list[int]:
     values = {facts.cpu_count}
     size = 1
@@ -375,6 +388,7 @@ def build_space(
     dtypes: Sequence[str] | None = None,
     tensor_parallel_blocker: str | None = None,
     attn_implementations: Sequence[str] = (),
+    larger_batches: bool = False,
 ) -> PlanSpace:
     """All valid plans for the allowed knobs that `attnprof apply` can run; every left-out value
     is recorded with its reason.
@@ -383,7 +397,9 @@ def build_space(
     candidate values (e.g. to those the cost model has measured); `tensor_parallel_blocker` is why
     apply could not shard this model's layers (plans.sharding.tensor_parallel_blocker), if so.
     The backend knob's values are the SDPA kernels unless `backends` names others (flex, and for
-    transformers models eager: their `attn_implementations`, targets.hf.attn_implementations).
+    transformers models eager: their `attn_implementations`, targets.hf.attn_implementations);
+    `larger_batches` (the throughput objective) adds whole batches THROUGHPUT_BATCH_GROWTH times
+    the workload's to the micro-batch knob.
     """
     knobs = set(knobs)
     excluded: list[Exclusion] = []
@@ -419,6 +435,8 @@ def build_space(
             # Each data-parallel replica takes an equal share of the batch, in equal micro-batches.
             replica_batch = settings.batch_size // dp
             batches = micro_batch_values(replica_batch) if "batch_size" in knobs else [replica_batch]
+            if larger_batches and "batch_size" in knobs:
+                batches += [replica_batch * growth for growth in THROUGHPUT_BATCH_GROWTH]
             globals_.extend(
                 GlobalChoice(backend, dtype, batch, threads, tp, pp, dp, mode, compiled) for batch in batches
             )
@@ -473,7 +491,12 @@ def _sharding_choices(
 
 def _layer_options(layout: AttentionLayout, knobs: set[str], mode: str, exclude: Excluder) -> list[LayerOption]:
     prunes = range(layout.num_heads) if "heads" in knobs else [0]
-    checkpoints = [False, True] if "checkpoint" in knobs and mode == "train" else [False]
+    checkpoints = [""]
+    if "checkpoint" in knobs and mode == "train":
+        checkpoints += [layout.name]
+        for scope, path in (("mlp", layout.mlp), ("block", layout.block)):
+            if not exclude("checkpoint", f"{layout.name} {scope}", None if path else f"no {scope} found around it"):
+                checkpoints.append(path)
     options = []
     for prune in prunes:
         if exclude("heads", f"{layout.name} prune {prune}", heads_rule(layout, prune, 1)):

@@ -45,7 +45,7 @@ from attnprof.tuning.estimate import (
     sigma_of,
 )
 from attnprof.tuning.optimize import Candidate
-from attnprof.tuning.price import plan_choices, predicted_figures
+from attnprof.tuning.price import micro_steps_of, plan_choices, predicted_figures, step_samples
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 
@@ -106,6 +106,7 @@ class CandidateMeasurement:
     contradicted: bool = False  # measured worse than predicted beyond the stated uncertainty
     speedup: TimeRatio | None = None  # baseline time / this plan's time, from the interleaved rounds
     tied: bool = False  # not significantly different from the fastest measured plan
+    reused: bool = False  # its profile is the probe's of the same choice, not taken again
 
 
 def figures_of(profile: Profile, micro_steps: int, samples: int, power_w: float | None) -> PlanFigures:
@@ -182,6 +183,12 @@ class Calibration:
     covered: int = 0
     scale: float = math.nan
 
+    def describe(self) -> str:
+        return (
+            f"predictions: the stated 1σ covered {self.covered} of {self.points} held-out measured "
+            f"candidate(s) (errors {self.scale:.2g}σ rms; honest σ: ~68%, 1σ)"
+        )
+
     @classmethod
     def of(cls, z_scores: list[float]) -> Calibration:
         if not z_scores:
@@ -225,13 +232,15 @@ class Verifier:
         try:
             choices = pin_heads(self.workload, self.settings, choices)
             settings = applied_settings(self.settings, choices)
-            profile = run_profile(applied_workload(self.workload, settings, choices), settings)
+            # A global choice alone may have been profiled as a probe, built the same way.
+            probed = self.estimator.applied_profile(choice) if layer_part(choices) == PlanChoices() else None
+            profile = probed or run_profile(applied_workload(self.workload, settings, choices), settings)
             finite, error = self.checker.check(global_part(choices))
             quality = self.checker.check(layer_part(choices))[1] if choices.changes_heads() else None
         except PlanRejected as exc:
             return CandidateMeasurement(candidate, choices, predicted, None, False, str(exc))
-        micro_steps = self.settings.batch_size // (choices.batch_size or self.settings.batch_size)
-        measured = figures_of(profile, micro_steps, self.settings.batch_size, self.power)
+        micro_steps = micro_steps_of(self.settings, choices.batch_size)
+        measured = figures_of(profile, micro_steps, step_samples(self.settings, choices.batch_size), self.power)
         measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
         reasons = []
         if not finite or not all(math.isfinite(v) for v in (measured.latency_ms or 0.0, measured.memory_bytes or 0.0)):
@@ -241,8 +250,10 @@ class Verifier:
         if quality is not None and not quality <= self.max_quality_loss:
             reasons.append(f"quality loss {quality:.2g} exceeds {self.max_quality_loss:g}")
         reasons += self._over_budget(measured, ("memory_bytes",))
-        result = CandidateMeasurement(candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile)
-        if layer_part(choices) == PlanChoices():  # a global choice alone: its measurement re-prices the rest
+        result = CandidateMeasurement(
+            candidate, choices, predicted, measured, not reasons, "; ".join(reasons), profile, reused=probed is not None
+        )
+        if layer_part(choices) == PlanChoices() and probed is None:  # its measurement re-prices the rest
             self.estimator.add(choice, profile)
         return result
 
@@ -265,11 +276,17 @@ class Verifier:
         for v in accepted:
             settings = applied_settings(self.settings, v.choices)
             workload = applied_workload(self.workload, settings, v.choices)
-            micro_steps = self.settings.batch_size // settings.batch_size
+            micro_steps = micro_steps_of(self.settings, settings.batch_size)
             sides.append(TimedSide(v.candidate.describe(), prepare(workload, settings), settings.threads, micro_steps))
         with restored_threads():
             self.rounds = interleave(sides, self.settings.clock, self.budget_s, self.settings.warmup)
         base = sides[0]
+        # Plans that run a larger batch are compared per sample: time per workload batch of samples.
+        per_batch = {
+            id(side): [t * self.settings.batch_size / step_samples(self.settings, v.choices.batch_size)
+                       for t in side.samples_ms]
+            for v, side in zip(accepted, sides[1:], strict=True)
+        }
         drift = base.median_ms / baseline.latency_ms if baseline.latency_ms else 1.0  # since the probes
         baseline.latency_ms = base.median_ms
         for v, side in zip(accepted, sides[1:], strict=True):
@@ -277,9 +294,10 @@ class Verifier:
             assert measured is not None
             measured.latency_ms = side.median_ms
             measured.latency_sigma_ms = statistics.stdev(side.samples_ms) if len(side.samples_ms) > 1 else 0.0
-            measured.throughput = self.settings.batch_size * 1e3 / side.median_ms
+            samples = step_samples(self.settings, v.choices.batch_size)
+            measured.throughput = samples * 1e3 / side.median_ms
             measured.energy_j = None if self.power is None else self.power * side.median_ms * 1e-3
-            v.speedup = paired_ratio(base.samples_ms, side.samples_ms)
+            v.speedup = paired_ratio(base.samples_ms, per_batch[id(side)])
             reasons = self._over_budget(measured, ("latency_ms", "energy_j"))
             if reasons:
                 v.accepted, v.reason = False, "; ".join(reasons)
@@ -287,9 +305,10 @@ class Verifier:
         self.calibration = Calibration.of([z for v in accepted if (z := _z_score(v, drift)) is not None])
         timed = [(v, side) for v, side in zip(accepted, sides[1:], strict=True) if v.accepted]
         if timed:
-            fastest = min((side for _, side in timed), key=lambda side: side.median_ms)
+            fastest = min((per_batch[id(side)] for _, side in timed), key=statistics.median)
             for v, side in timed:
-                v.tied = side is fastest or not paired_ratio(fastest.samples_ms, side.samples_ms).significant
+                mine = per_batch[id(side)]
+                v.tied = mine is fastest or not paired_ratio(fastest, mine).significant
 
     def _judge_prediction(self, v: CandidateMeasurement, drift: float) -> None:
         """A measurement worse than its prediction (scaled by the machine's drift since the
