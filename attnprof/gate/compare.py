@@ -437,7 +437,7 @@ class _Candidate:
     cur_own: list[float]
     base_total: list[float]
     cur_total: list[float]
-    weight: float  # the phase's part of the step (1 for the forward of an inference step)
+    step_ms: float  # the baseline's plain step (median), which the step's limit is a share of
     speed: float  # how much longer the phase's modules take now in common (the machine's drift)
 
     def shares(self) -> tuple[list[float], list[float]]:
@@ -446,12 +446,11 @@ class _Candidate:
 
     def step_growth(self) -> float:
         """The step's relative growth from this module alone: its own time's growth beyond the
-        phase's common drift, times its part of the step."""
+        phase's common drift, over the plain step (an instrumented step runs longer, by its hooks)."""
         b_ms, c_ms = _median(self.base_own), _median(self.cur_own)
-        total = _median(self.base_total)
-        if b_ms <= 0 or total <= 0 or self.speed <= 0:
+        if b_ms <= 0 or self.step_ms <= 0 or self.speed <= 0:
             return 0.0
-        return self.weight * b_ms / total * (c_ms / b_ms / self.speed - 1)
+        return (c_ms / self.speed - b_ms) / self.step_ms
 
 
 def _median(samples: list[float]) -> float:
@@ -482,20 +481,13 @@ def _common_speed(base: dict[str, list[float]], cur: dict[str, list[float]]) -> 
     return math.exp(logs / counted) if counted > 0 else 1.0
 
 
-def _phase_weights(totals: dict[str, list[float]]) -> dict[str, float]:
-    """Each phase's part of the step, by the baseline's medians."""
-    medians = {phase: _median(samples) for phase, samples in totals.items()}
-    whole = sum(medians.values())
-    return {phase: median / whole if whole > 0 else 0.0 for phase, median in medians.items()}
-
-
 def attribute(baseline: Profile, current: Profile, limit: float, alpha: float) -> list[Attribution]:
     """The modules whose own change alone makes the step slower by more than `limit`, largest first.
 
     A module is named when its share of its phase grew significantly (one-sided Mann-Whitney on
     the per-repeat shares, Holm-corrected over every module and phase compared) and its own
     time grew beyond what every module's did in common (`_common_speed`: the machine's drift)
-    by more than `limit` of the step. Shares and ratios to a common drift, not times, because a
+    by more than `limit` of the baseline's plain step. Shares and ratios to a common drift, not times, because a
     machine that runs slower slows every module alike: only a change in some module sets it
     apart. A common drift rather than the rest of the phase, because one module getting faster
     raises every other one's share."""
@@ -508,11 +500,13 @@ def attribute(baseline: Profile, current: Profile, limit: float, alpha: float) -
         base_total, cur_total = _phase_totals(baseline, phase, base), _phase_totals(current, phase, cur)
         if base_total is not None and cur_total is not None:
             own_by_phase[phase], totals[phase] = (base, cur), (base_total, cur_total)
-    weights = _phase_weights({phase: pair[0] for phase, pair in totals.items()})
+    plain = baseline.totals.time_ms
+    step_ms = _median(plain.samples) if plain is not None and plain.samples else sum(
+        _median(base_total) for base_total, _ in totals.values())
     for phase, (base, cur) in own_by_phase.items():
         speed = _common_speed(base, cur)
         candidates += [
-            _Candidate(name, phase, base[name], cur[name], *totals[phase], weights[phase], speed)
+            _Candidate(name, phase, base[name], cur[name], *totals[phase], step_ms, speed)
             for name in base
             if name in cur and min(len(base[name]), len(cur[name])) >= needed
         ]

@@ -51,8 +51,8 @@ class Attribution:
     of its phase (the forward or the backward), before and now.
 
     `step_growth` is how much slower the step is from this module's change alone: its own time's
-    growth beyond the growth every module of the phase shares (the machine's drift), times its
-    part of the step. Shares and ratios to a common drift are ratios of times measured together,
+    growth beyond the growth every module of the phase shares (the machine's drift), over the
+    baseline's plain step. Shares and ratios to a common drift are ratios of times measured together,
     so a machine that runs slower or faster everywhere leaves them where they were. `p_value` is the
     one-sided Mann-Whitney p that the share grew, Holm-corrected for the number of modules compared.
     """
