@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 from scipy.stats import beta
 
-from attnprof.gate.compare import CheckOptions, compare_profiles
+from attnprof.gate.compare import CheckOptions, attribute, compare_profiles
 from attnprof.gate.records import CheckResult
 from attnprof.gate.runs import gate_profile, gate_settings, profile_against_ref
 from attnprof.profiling.records import Profile, load_profile
@@ -95,8 +96,12 @@ class Tally:
     named: int = 0
     inconclusive: int = 0
     changes: list[float] = dataclasses.field(default_factory=list)
+    # The largest step growth one module alone accounts for (its share significantly larger), the
+    # quantity the default gate holds to the step's 3% limit: its margin on either side of it.
+    growths: list[float] = dataclasses.field(default_factory=list)
 
-    def add(self, result: CheckResult) -> None:
+    def add(self, result: CheckResult, growth: float) -> None:
+        self.growths.append(growth)
         self.checks += 1
         self.regressions += result.verdict == "regression"
         self.named += result.verdict == "regression" and names_the_block(result)
@@ -106,8 +111,11 @@ class Tally:
             self.changes.append(step.change)
 
 
-def judge(baseline: Profile, current: Profile) -> CheckResult:
-    return compare_profiles(baseline, current, CheckOptions())
+def judge(baseline: Profile, current: Profile) -> tuple[CheckResult, float]:
+    """The default verdict, and the largest step growth one module alone accounts for."""
+    options = CheckOptions()
+    named = attribute(baseline, current, limit=-math.inf, alpha=options.alpha)
+    return compare_profiles(baseline, current, options), max((a.step_growth for a in named), default=0.0)
 
 
 def stored_runs(settings: Settings, spin: int, runs: int) -> list[tuple[str, Profile]]:
@@ -133,10 +141,10 @@ def stored_tallies(order: list[tuple[str, Profile]]) -> dict[str, Tally]:
         for j in range(i + 1, len(order)):
             other_kind, current = order[j]
             pair = "A/A" if other_kind == "A" else "A/B"
-            result = judge(baseline, current)
-            tallies[f"{pair} all pairs"].add(result)
+            result, growth = judge(baseline, current)
+            tallies[f"{pair} all pairs"].add(result, growth)
             if j in (i + 1, i + 2):  # the next B and the next A
-                tallies[f"{pair} adjacent"].add(result)
+                tallies[f"{pair} adjacent"].add(result, growth)
     return tallies
 
 
@@ -187,7 +195,7 @@ def ref_sessions(settings: Settings, spin: int, sessions: int) -> list[tuple[str
 def ref_tallies(checks: list[tuple[str, Profile, Profile]]) -> dict[str, Tally]:
     tallies = {"A/A": Tally(), "A/B": Tally()}
     for kind, reference, current in checks:
-        tallies[kind].add(judge(reference, current))
+        tallies[kind].add(*judge(reference, current))
     return tallies
 
 
@@ -222,18 +230,21 @@ def bounds(hits: int, total: int) -> tuple[float, float]:
 def print_table(mode: str, tallies: dict[str, Tally]) -> None:
     print(f"\n{mode}\n")
     print("| checks | n | verdict regression | of which the block named first | inconclusive | 95% interval "
-          "of the rate that counts | step change (median, min–max) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "of the rate that counts | step change (median, min–max) | one module's step growth (median, min–max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, t in tallies.items():
         if not t.checks:
             continue
         counted = t.regressions if name.startswith("A/A") else t.named
         low, high = bounds(counted, t.checks)
         what = "false alarms" if name.startswith("A/A") else "recall (named)"
-        spread = (f"{statistics.median(t.changes):+.1%} ({min(t.changes):+.1%}–{max(t.changes):+.1%})"
-                  if t.changes else "-")
         print(f"| {name} | {t.checks} | {_rate(t.regressions, t.checks)} | {_rate(t.named, t.checks)} | "
-              f"{_rate(t.inconclusive, t.checks)} | {what} {100 * low:.1f}–{100 * high:.1f}% | {spread} |")
+              f"{_rate(t.inconclusive, t.checks)} | {what} {100 * low:.1f}–{100 * high:.1f}% | {_spread(t.changes)} | "
+              f"{_spread(t.growths)} |")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):+.1%} ({min(values):+.1%}–{max(values):+.1%})" if values else "-"
 
 
 def _rate(count: int, total: int) -> str:

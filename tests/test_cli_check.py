@@ -49,7 +49,7 @@ def test_compare_regression_exits_1_naming_the_layer_and_writes_ci_files(runner:
     result = runner.invoke(app, ["compare", a, b, *args])
     assert result.exit_code == 1, result.output
     assert "performance regression: step (" in result.stderr
-    assert "accounted for by layers.blocks.0.attn (+1.5" in result.stderr
+    assert "accounted for by layers.blocks.0.attn (own time +1.5" in result.stderr
     assert "Traceback" not in result.output
 
     markdown = (tmp_path / "summary.md").read_text()
@@ -194,11 +194,12 @@ def test_check_end_to_end_names_the_slowed_layer(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Settings from pyproject.toml. The step is gated with a margin no load on a shared machine
-    # eats (benchmarks/check_gate.py measures the default 3%): the unchanged code must pass
-    # whatever else runs here, and the knob's tenfold extra work in one layer is far past it.
+    # eats (benchmarks/check_gate.py measures the default 3%; one module's growth in unchanged
+    # code stayed below 2.5% there): the unchanged code must pass whatever else runs here, and
+    # the knob's tenfold extra work in one layer is far past it.
     (tmp_path / "pyproject.toml").write_text(
         f"[tool.attnprof]\ntarget = '{DEMO_MODEL}'\nbaseline = 'profiles/demo.json'\n"
-        "thresholds = ['step:median:100%', 'memory:0%']\n"
+        "thresholds = ['step:median:25%', 'memory:0%']\n"
         "[tool.attnprof.settings]\nrepeats = 12\nwarmup = 2\n"
     )
     monkeypatch.delenv("DEMO_EXTRA_MATMULS", raising=False)

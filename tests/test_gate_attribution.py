@@ -45,6 +45,15 @@ def nested_profile(seed: int, child_extra_ms: float = 0.0, parent_extra_ms: floa
     return profile_of(layers, stats(block + noisy(0.2)), 1000)
 
 
+def scaled(profile: Profile, factor: float) -> Profile:
+    """Every timing of PROFILE `factor` times as long: a machine running slower or faster alike."""
+    for stats in [profile.totals.time_ms, *(x.time_ms for x in profile.layers)]:
+        assert stats is not None
+        stats.samples = [factor * v for v in stats.samples]
+        stats.median *= factor
+    return profile
+
+
 def test_holm_adjusts_in_step_down_order_and_stays_monotone() -> None:
     assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -68,7 +77,7 @@ def test_a_slower_module_is_named_by_its_own_time_not_its_parents() -> None:
     assert [(a.layer, a.phase) for a in result.attribution] == [("block.attn", "forward")]
     assert result.attribution[0].delta_ms == pytest.approx(1.0, rel=0.15)
     assert result.attribution[0].p_value < 0.002
-    assert "accounted for by layers.block.attn (+" in summary(result)
+    assert "accounted for by layers.block.attn (own time +" in summary(result)
     # The parent's own code slowing down is the parent's, not its children's.
     parent = compare_profiles(nested_profile(seed=1), nested_profile(seed=2, parent_extra_ms=1.0))
     assert [a.layer for a in parent.attribution] == ["block"]
@@ -76,23 +85,40 @@ def test_a_slower_module_is_named_by_its_own_time_not_its_parents() -> None:
 
 def test_unchanged_code_has_no_attribution_even_when_asked() -> None:
     baseline, current = nested_profile(seed=1), nested_profile(seed=2)
-    assert attribute(baseline, current, step_growth_ms=0.5, alpha=0.002, min_excess=0.03) == []
+    assert attribute(baseline, current, limit=0.0, alpha=0.002) == []
     assert compare_profiles(baseline, current).verdict == "pass"
 
 
 def test_a_machine_that_runs_slower_everywhere_is_not_a_regression() -> None:
     """Every module 10% slower alike: the step's growth is significant, but no module's share
     of the step moved, which is what a slower machine does and a change in one module does not."""
-    slower = nested_profile(seed=2)
-    for stats in [slower.totals.time_ms, *(x.time_ms for x in slower.layers)]:
-        assert stats is not None
-        stats.samples = [1.10 * v for v in stats.samples]
-        stats.median *= 1.10
+    slower = scaled(nested_profile(seed=2), 1.10)
     result = compare_profiles(nested_profile(seed=1), slower)
     step = next(m for m in result.metrics if m.metric == "step")
     assert step.change == pytest.approx(0.10, abs=0.03) and step.p_value is not None and step.p_value < 1e-6
     assert result.verdict == "inconclusive" and result.attribution == []
-    assert "spread over every module in proportion" in step.detail
+    assert "no module alone accounts for" in step.detail
+
+
+def test_a_slower_module_is_caught_while_the_machine_runs_faster_everywhere() -> None:
+    """attn's own time 1 ms longer while every timing is 20% shorter (a quieter machine than at
+    the baseline): the step is faster, yet attn's growth beyond what every module shares is the
+    change, and it alone makes the step slower by more than the limit."""
+    current = scaled(nested_profile(seed=2, child_extra_ms=1.0), 0.8)
+    result = compare_profiles(nested_profile(seed=1), current)
+    step = next(m for m in result.metrics if m.metric == "step")
+    assert step.change is not None and step.change < 0
+    assert result.verdict == "regression" and step.status == "regression"
+    assert [a.layer for a in result.attribution] == ["block.attn"]
+    # 1 ms more of a 7.2 ms step, whatever the machine did.
+    assert result.attribution[0].step_growth == pytest.approx(1.0 / 7.2, rel=0.2)
+
+
+def test_a_faster_module_does_not_make_the_others_regress() -> None:
+    """attn's own time halved: every other module's share of the step grows, but none of them
+    grew beyond what the modules share in common."""
+    result = compare_profiles(nested_profile(seed=1), nested_profile(seed=2, child_extra_ms=-1.0))
+    assert result.attribution == [] and result.verdict != "regression"
 
 
 def test_the_defaults_gate_the_step_and_report_the_modules() -> None:

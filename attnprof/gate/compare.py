@@ -5,12 +5,17 @@ Three kinds of metric:
 * time (the step and every module, forward and backward): judged on the raw samples by
   `gate.stats.compare_samples` (a slowdown beyond the threshold that is also significant);
   gated only between profiles of the same machine kind (another CPU or GPU runs at another
-  speed: reported, not gated). By default only the step is gated and every module is reported;
-  when the step regresses, `attribute` names the modules whose own time (not their children's)
-  accounts for it, their share of the step significantly larger (Holm-corrected over the
-  modules compared). A step regression no module accounts for is inconclusive: a machine that
-  runs slower slows every module alike. Modules gated by opt-in (`module_limit`, or thresholds
-  naming them) are judged like the step, their p-values Holm-corrected over the gated modules.
+  speed: reported, not gated). By default only the step is gated and every module is reported.
+  The step regresses when one module's own time (not its children's) alone makes it slower
+  by more than the step's limit, judged by the module's share of its phase (`attribute`: the
+  share significantly larger, Holm-corrected over the modules compared). Shares are ratios of
+  times measured in the same step, so the machine's speed cancels out of them: between a
+  stored baseline and a later check on a loaded machine the step moves by ±10–20% relative to
+  the reference probe, a module's share by a fraction of that (benchmarks/RESULTS.md, CI
+  gate). A step significantly slower beyond the limit that no module accounts for is
+  inconclusive: a machine that runs slower slows every module alike. Modules gated by opt-in
+  (`module_limit`, or thresholds naming them) are judged like the step, their p-values
+  Holm-corrected over the gated modules.
 * memory (peak of the step and of every module): relative increase against its threshold.
   attnprof accounts memory from tensor sizes, so it is deterministic and the default limit is
   0% (any growth fails); `memory:N%` tolerates growth where memory is measured otherwise.
@@ -62,12 +67,6 @@ from attnprof.store import timestamp
 MACHINE_FIELDS: tuple[str, ...] = ("cpu", "gpu_name", "driver", "cuda", "torch", "threads")
 # Settings that change what is computed; warmup and repeats only change how often it is timed.
 COMPARABLE_SETTINGS: tuple[str, ...] = ("mode", "batch_size", "seq_len", "dtype", "backend", "device")
-# A module is named in a step regression's attribution when its own time's growth is at least
-# this share of the step's growth (smaller significant shifts are real but explain nothing).
-MIN_ATTRIBUTED_SHARE = 0.1
-# A step regression counts when the modules named account for at least this share of its growth;
-# less, and the growth is mostly everywhere at once, as a slower machine makes it.
-MIN_ACCOUNTED_SHARE = 0.5
 # A reference probe this much slower or faster than in the baseline: warn that the machine changed.
 MAX_DRIFT = 1.5
 
@@ -440,57 +439,91 @@ class _Candidate:
     cur_own: list[float]
     base_total: list[float]
     cur_total: list[float]
+    step_ms: float  # the baseline's plain step (median), which the step's limit is a share of
+    speed: float  # how much longer the phase's modules take now in common (the machine's drift)
 
-    def share_p(self) -> float:
-        """One-sided Mann-Whitney p that the module's share of its phase grew."""
-        base = [own / total for own, total in zip(self.base_own, self.base_total, strict=True) if total > 0]
-        cur = [own / total for own, total in zip(self.cur_own, self.cur_total, strict=True) if total > 0]
-        return mann_whitney_p(cur, base, "greater") if base and cur else 1.0
+    def shares(self) -> tuple[list[float], list[float]]:
+        """The module's share of its phase, repeat by repeat, in the baseline and now."""
+        return _ratios(self.base_own, self.base_total), _ratios(self.cur_own, self.cur_total)
 
-    def excess(self) -> float:
-        """Relative growth of the module's own time beyond the rest of its phase's."""
-        b_own, c_own = TimeStats.from_samples(self.base_own).median, TimeStats.from_samples(self.cur_own).median
-        b_total, c_total = TimeStats.from_samples(self.base_total).median, TimeStats.from_samples(self.cur_total).median
-        if b_own <= 0 or b_total - b_own <= 0:
+    def step_growth(self) -> float:
+        """The step's relative growth from this module alone: its own time's growth beyond the
+        phase's common drift, over the plain step (an instrumented step runs longer, by its hooks)."""
+        b_ms, c_ms = _median(self.base_own), _median(self.cur_own)
+        if b_ms <= 0 or self.step_ms <= 0 or self.speed <= 0:
             return 0.0
-        return (c_own / b_own - 1) - ((c_total - c_own) / (b_total - b_own) - 1)
+        return (c_ms / self.speed - b_ms) / self.step_ms
 
 
-def attribute(
-    baseline: Profile, current: Profile, step_growth_ms: float, alpha: float, min_excess: float
-) -> list[Attribution]:
-    """The modules that account for a step's growth of `step_growth_ms`, largest first.
+def _median(samples: list[float]) -> float:
+    return TimeStats.from_samples(samples).median
 
-    A module is named when its own time (not its children's) grew by at least
-    MIN_ATTRIBUTED_SHARE of the step's growth, faster than the rest of the step by more than
-    `min_excess` (relative), and its share of the step grew significantly (one-sided
-    Mann-Whitney on the per-repeat shares, Holm-corrected over every module and phase
-    compared). Shares, not times, because a machine that runs slower slows every module alike
-    and leaves their shares as they were: only a change in some module moves its share."""
+
+def _ratios(own: list[float], total: list[float]) -> list[float]:
+    return [o / t for o, t in zip(own, total, strict=True) if t > 0]
+
+
+def _common_speed(base: dict[str, list[float]], cur: dict[str, list[float]]) -> float:
+    """What the machine does to every module alike: the modules' own-time ratios (now over the
+    baseline) averaged geometrically over the middle half of the phase's time, ordered by ratio
+    and weighted by the baseline's time (an interquartile mean). One module that got slower or
+    faster moves it only when it holds a quarter of the phase's time; on a loaded machine it
+    was measured steadier than the weighted median (benchmarks/RESULTS.md, CI gate)."""
+    pairs = sorted(
+        (_median(cur[name]) / b_ms, b_ms)
+        for name in base
+        if name in cur and (b_ms := _median(base[name])) > 0 and _median(cur[name]) > 0
+    )
+    whole = sum(weight for _, weight in pairs)
+    low, high = whole / 4, 3 * whole / 4
+    start, logs, counted = 0.0, 0.0, 0.0
+    for ratio, weight in pairs:
+        inside = max(0.0, min(start + weight, high) - max(start, low))
+        logs, counted, start = logs + inside * math.log(ratio), counted + inside, start + weight
+    return math.exp(logs / counted) if counted > 0 else 1.0
+
+
+def attribute(baseline: Profile, current: Profile, limit: float, alpha: float) -> list[Attribution]:
+    """The modules whose own change alone makes the step slower by more than `limit`, largest first.
+
+    A module is named when its share of its phase grew significantly (one-sided Mann-Whitney on
+    the per-repeat shares, Holm-corrected over every module and phase compared) and its own
+    time grew beyond what every module's did in common (`_common_speed`: the machine's drift)
+    by more than `limit` of the baseline's plain step. Shares and ratios to a common drift, not times, because a
+    machine that runs slower slows every module alike: only a change in some module sets it
+    apart. A common drift rather than the rest of the phase, because one module getting faster
+    raises every other one's share."""
     candidates: list[_Candidate] = []
     needed = min_repeats_for(alpha)
+    own_by_phase: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]] = {}
+    totals: dict[str, tuple[list[float], list[float]]] = {}
     for phase in ("forward", "backward"):
         base, cur = _own_samples(baseline, phase), _own_samples(current, phase)
         base_total, cur_total = _phase_totals(baseline, phase, base), _phase_totals(current, phase, cur)
-        if base_total is None or cur_total is None:
-            continue
+        if base_total is not None and cur_total is not None:
+            own_by_phase[phase], totals[phase] = (base, cur), (base_total, cur_total)
+    plain = baseline.totals.time_ms
+    step_ms = _median(plain.samples) if plain is not None and plain.samples else sum(
+        _median(base_total) for base_total, _ in totals.values())
+    for phase, (base, cur) in own_by_phase.items():
+        speed = _common_speed(base, cur)
         candidates += [
-            _Candidate(name, phase, base[name], cur[name], base_total, cur_total)
+            _Candidate(name, phase, base[name], cur[name], *totals[phase], step_ms, speed)
             for name in base
             if name in cur and min(len(base[name]), len(cur[name])) >= needed
         ]
-    if not candidates or step_growth_ms <= 0:
+    if not candidates:
         return []
-    p_values = holm_adjusted([c.share_p() for c in candidates])
+    shares = [c.shares() for c in candidates]
+    p_values = holm_adjusted([mann_whitney_p(now, before, "greater") if before and now else 1.0
+                              for before, now in shares])
     found = []
-    for candidate, p_value in zip(candidates, p_values, strict=True):
-        b_ms = TimeStats.from_samples(candidate.base_own).median
-        c_ms = TimeStats.from_samples(candidate.cur_own).median
-        share = (c_ms - b_ms) / step_growth_ms
-        if p_value < alpha and share >= MIN_ATTRIBUTED_SHARE and (excess := candidate.excess()) > min_excess:
-            found.append(Attribution(candidate.layer, candidate.phase, b_ms, c_ms, c_ms - b_ms, share,  # type: ignore[arg-type]
-                                     p_value, excess))
-    return sorted(found, key=lambda a: -a.delta_ms)
+    for candidate, (before, now), p_value in zip(candidates, shares, p_values, strict=True):
+        if p_value < alpha and (growth := candidate.step_growth()) > limit:
+            b_ms, c_ms = _median(candidate.base_own), _median(candidate.cur_own)
+            found.append(Attribution(candidate.layer, candidate.phase, b_ms, c_ms,  # type: ignore[arg-type]
+                                     c_ms - b_ms, _median(before), _median(now), growth, p_value))
+    return sorted(found, key=lambda a: -a.step_growth)
 
 
 def _time_row(
@@ -532,6 +565,34 @@ def _time_row(
     return row
 
 
+def _judge_step(baseline: Profile, current: Profile, metrics: list[MetricCheck], alpha: float) -> list[Attribution]:
+    """The step's verdict, by the modules' shares: a regression when some module alone makes it
+    slower than its median limit; a significant slowdown beyond the limit that no module
+    accounts for is inconclusive (the machine's speed, or a change spread thinly over the model).
+    The modules named."""
+    step = next((m for m in metrics if m.metric == "step" and m.statistic == "median"), None)
+    if step is None or step.threshold is None or step.status == "info":
+        return []
+    attribution = attribute(baseline, current, step.threshold, alpha)
+    measured = "" if step.change is None else f"; the step measured {step.change:+.1%}"
+    if attribution:
+        top = attribution[0]
+        step.status = "regression"
+        step.detail = (
+            f"{top.step_growth:+.1%} > {step.threshold:.1%} from one module's own time alone, whatever the "
+            f"machine's speed{measured}; {layer_label(top.layer)}'s share of the {top.phase} "
+            f"{top.baseline_share:.1%} -> {top.current_share:.1%} (p={top.p_value:.2g} Holm-corrected < {alpha:g})"
+        )
+    elif step.status == "regression":
+        step.status = "inconclusive"
+        step.detail = (
+            f"{step.detail.split(' and significant')[0]} and significant, but no module alone accounts for "
+            f"{step.threshold:.1%} of it (no module's share of the step grew that much), as when the machine "
+            "itself runs slower: re-run, or time both sides together with --against-ref"
+        )
+    return attribution
+
+
 def compare_profiles(
     baseline: Profile,
     current: Profile,
@@ -571,19 +632,7 @@ def compare_profiles(
             f"no metric matches {', '.join(options.metrics)}; metric names look like step, flops, "
             "peak_memory, layers.<module path>, layers.<module path>.flops"
         )
-    step = next((m for m in metrics if m.metric == "step" and m.status == "regression"), None)
-    attribution = []
-    if step is not None and isinstance(step.baseline, float) and isinstance(step.current, float):
-        # The growth as judged (relative to the probe when both carry one, in the baseline's ms).
-        attribution = attribute(baseline, current, step.current - step.baseline, options.alpha, step.threshold or 0.0)
-        accounted = sum(a.share for a in attribution)
-        if accounted < MIN_ACCOUNTED_SHARE:
-            step.status = "inconclusive"
-            step.detail = (
-                f"{step.detail.split(' and significant')[0]} and significant, but spread over every module in "
-                f"proportion (modules whose share of the step grew account for {accounted:.0%} of it), as when "
-                "the machine itself runs slower: re-run, or time both sides together with --against-ref"
-            )
+    attribution = _judge_step(baseline, current, metrics, options.alpha)
     statuses = {m.status for m in metrics}
     verdict = (
         "regression"
@@ -638,7 +687,7 @@ def attribution_line(result: CheckResult) -> str:
     """Which modules a step regression comes from."""
     named = [
         f"{layer_label(a.layer)}{' backward' if a.phase == 'backward' else ''} "
-        f"(+{a.delta_ms:.3g} ms, {a.share:.0%} of the step's growth, p={a.p_value:.2g})"
+        f"(own time {a.delta_ms:+.3g} ms, the step {a.step_growth:+.1%} from it alone, p={a.p_value:.2g})"
         for a in result.attribution[:3]
     ]
     more = len(result.attribution) - len(named)

@@ -47,11 +47,14 @@ class MetricCheck:
 
 @dataclass
 class Attribution:
-    """One module's part in a step regression: how much its own time (not its children's) grew.
+    """One module's part in a step regression: its own time (not its children's) and its share
+    of its phase (the forward or the backward), before and now.
 
-    `share` is its growth over the step's growth; `excess` its relative growth beyond the rest
-    of the step's; `p_value` the one-sided Mann-Whitney p that its share of the step grew,
-    Holm-corrected for the number of modules compared.
+    `step_growth` is how much slower the step is from this module's change alone: its own time's
+    growth beyond the growth every module of the phase shares (the machine's drift), over the
+    baseline's plain step. Shares and ratios to a common drift are ratios of times measured together,
+    so a machine that runs slower or faster everywhere leaves them where they were. `p_value` is the
+    one-sided Mann-Whitney p that the share grew, Holm-corrected for the number of modules compared.
     """
 
     layer: str
@@ -59,9 +62,10 @@ class Attribution:
     baseline_ms: float
     current_ms: float
     delta_ms: float
-    share: float
+    baseline_share: float
+    current_share: float
+    step_growth: float
     p_value: float
-    excess: float = 0.0
 
 
 @dataclass
@@ -82,8 +86,8 @@ class CheckResult:
     # How much slower (>1) the machine ran the reference probe than when the baseline was
     # recorded; timings were compared relative to it. None: no probe in one of the profiles.
     drift_factor: float | None = None
-    # The modules a step regression is attributed to, largest first (empty when the step did not
-    # regress, or when no module's growth is significant after correcting for their number).
+    # The modules a step regression is attributed to, largest first: each alone makes the step
+    # slower by more than its limit, its share of the step significantly larger (empty otherwise).
     attribution: list[Attribution] = field(default_factory=list)
     error: str | None = None  # why nothing was judged, with verdict "error"
     schema_version: int = SCHEMA_VERSION

@@ -146,7 +146,8 @@ def check_table(result: CheckResult, show_all: bool = False) -> FittedTable:
 
 
 ATTRIBUTION_HEADERS = (
-    "module", "phase", "own time before", "own time now", "growth", "share of step growth", "p (Holm)",
+    "module", "phase", "own time before", "own time now", "growth", "share of the phase", "step growth from it",
+    "p (Holm)",
 )
 
 
@@ -156,8 +157,9 @@ def _attribution_cells(a: Attribution) -> list[str]:
         a.phase,
         format_value(a.baseline_ms, "ms"),
         format_value(a.current_ms, "ms"),
-        f"+{a.delta_ms:.3f} ms",
-        f"{a.share:.0%}",
+        f"{a.delta_ms:+.3f} ms",
+        f"{a.baseline_share:.1%} -> {a.current_share:.1%}",
+        f"{a.step_growth:+.1%}",
         f"{a.p_value:.2g}",
     ]
 
@@ -396,7 +398,7 @@ def summary(result: CheckResult) -> list[tuple[str, str]]:
         facts.append(("culprit layers", ", ".join(result.culprit_layers())))
     facts += [
         (f"step growth from {layer_label(a.layer)} ({a.phase})",
-         f"+{a.delta_ms:.3g} ms, {a.share:.0%}, p={a.p_value:.2g}")
+         f"own time {a.delta_ms:+.3g} ms, step {a.step_growth:+.1%} from it alone, p={a.p_value:.2g}")
         for a in result.attribution
     ]
     if result.drift_factor is not None:
