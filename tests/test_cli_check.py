@@ -190,6 +190,7 @@ def test_check_without_a_baseline_is_a_usage_error(runner: CliRunner) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # five gate runs in worker processes: minutes under load
 def test_check_end_to_end_names_the_slowed_layer(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,6 +52,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two interleaved checks of four worker processes each: minutes under load
 def test_against_ref_judges_the_working_tree_against_the_ref(repo: Path) -> None:
     runner = CliRunner()
     # HEAD~1 has no extra products, the working tree (HEAD) three: their FLOPs differ in `first` alone.

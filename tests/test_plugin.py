@@ -35,6 +35,7 @@ def test_the_plugin_is_registered_for_pytest() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # four pytest sessions, each profiling twice in worker processes: minutes under load
 def test_a_suite_gates_its_model_with_the_fixture_and_the_marker(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
