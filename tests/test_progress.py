@@ -154,7 +154,8 @@ def test_fit_names_each_configuration_as_it_starts_and_the_fitting_stage(
     small = ["--batch-size", "1:2", "--seq-len", "8", "--dtype", "fp32", "--backend", "math", "--threads", "1",
              "--repeats", "2", "--warmup", "1", "-n", "2"]
     result = CliRunner().invoke(app, ["fit", "zoo:decoder", *small])
-    assert result.exit_code == 0, result.output
+    # Two points cannot be cross-validated: the fit is saved but refused (exit 1); its progress is what counts here.
+    assert result.exit_code == 1, result.output
     screen = buffer.getvalue()
     assert "measuring 1/2: batch 1 seq 8 fp32 math" in screen and "measuring 2/2: batch 2" in screen
     assert "fitting the cost model on 2 measurement(s)" in screen and "left" in screen

@@ -168,7 +168,7 @@ def attribution_table(result: CheckResult) -> FittedTable:
     columns = [
         Column(header, "left" if header in ("module", "phase") else "right", priority=priority,
                wraps=header == "module")
-        for header, priority in zip(ATTRIBUTION_HEADERS, (0, 0, 2, 2, 0, 0, 1), strict=True)
+        for header, priority in zip(ATTRIBUTION_HEADERS, (0, 0, 2, 2, 0, 1, 0, 1), strict=True)
     ]
     rows = [Row(tuple(_attribution_cells(attribution))) for attribution in result.attribution]
     return FittedTable(columns, rows, title="where the step's growth comes from")
