@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def test_a_plan_that_measures_over_the_memory_budget_is_rejected() -> None:
     outcome = tune(workload, settings, request, estimator)
     whole = next(v for v in outcome.verifications if v.choices.batch_size is None)
     assert not whole.accepted and "measured memory_bytes" in whole.reason and "exceeds the limit" in whole.reason
+    assert re.search(r"memory_bytes [\d,.]+ MiB exceeds the limit [\d,.]+ MiB", whole.reason)  # as people read sizes
     plan = outcome.plan
     assert plan is not None and plan.measured is not None and plan.measured.memory_bytes is not None
     assert plan.measured.memory_bytes <= limit and plan.choices.batch_size in (1, 2)

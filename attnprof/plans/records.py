@@ -20,6 +20,15 @@ DEFAULT_MAX_QUALITY_LOSS = 1e-2  # relative output change allowed for head chang
 ALL_LAYERS = "*"  # a key of PlanChoices.prune_heads / kv_heads that stands for every attention layer
 
 
+# A budget metric's value as people read it (the budget flags' own units), for the reasons a plan fails.
+BUDGET_UNITS = {"memory_bytes": ("MiB", 2**20), "latency_ms": ("ms", 1.0), "energy_j": ("J", 1.0)}
+
+
+def budget_value(metric: str, value: float) -> str:
+    unit, scale = BUDGET_UNITS.get(metric, ("", 1.0))
+    return f"{value / scale:,.2f} {unit}".rstrip()
+
+
 @dataclass
 class Budget:
     """Limits a plan must respect. None means "no limit"; fractions are 0.01 for 1%."""

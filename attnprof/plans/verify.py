@@ -12,7 +12,7 @@ from torch import nn
 from attnprof.errors import PlanRejected
 from attnprof.plans.engine import Example, apply_plan
 from attnprof.plans.outputs import logits_of, main_tensor, output_difference
-from attnprof.plans.records import ApplyReport, Budget, PlanChoices, Verification
+from attnprof.plans.records import ApplyReport, Budget, PlanChoices, Verification, budget_value
 from attnprof.profiling.records import Profile, TimeStats
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.targets.workload import Workload
@@ -94,7 +94,8 @@ def hold_to_limits(verification: Verification, budgets: Budget, profile: Profile
             reason = totals.energy_reason if metric == "energy_j" else "no timing"
             verification.reasons.append(f"the {metric} budget could not be checked: {reason}")
         elif value > limit:
-            verification.reasons.append(f"measured {metric} {value:.4g} exceeds the plan's budget {limit:.4g}")
+            shown, allowed = budget_value(metric, value), budget_value(metric, limit)
+            verification.reasons.append(f"measured {metric} {shown} exceeds the plan's budget {allowed}")
         else:
             continue
         verification.passed = False

@@ -28,7 +28,7 @@ from attnprof.machine import machine_info
 from attnprof.measure.device import resolve_device
 from attnprof.plans.engine import Example, apply_plan, with_pruned_indices
 from attnprof.plans.outputs import output_difference
-from attnprof.plans.records import PlanChoices, PlanFigures, TimeRatio
+from attnprof.plans.records import PlanChoices, PlanFigures, TimeRatio, budget_value
 from attnprof.plans.verify import applied_settings, applied_workload, raise_not_applied
 from attnprof.profiling.records import Profile
 from attnprof.profiling.run import prepare, restored_threads, run_profile
@@ -262,7 +262,8 @@ class Verifier:
         for metric in metrics:
             limit, value = self.limits.get(metric), getattr(measured, metric)
             if limit is not None and value is not None and value > limit:
-                reasons.append(f"measured {metric} {value:.4g} exceeds the limit {limit:.4g}")
+                shown, allowed = budget_value(metric, value), budget_value(metric, limit)
+                reasons.append(f"measured {metric} {shown} exceeds the limit {allowed}")
         return reasons
 
     def compare(self, baseline: PlanFigures, verifications: list[CandidateMeasurement]) -> None:
