@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
 from attnprof.cli.app import app
@@ -287,16 +288,23 @@ def _by_seq_len(folder: Path) -> dict[int, dict]:
     return {m["config"]["seq_len"]: m for m in _stored(folder)}
 
 
+def _refused_fit(result: Result) -> None:
+    """Two good points cannot be cross-validated: the fit is saved but refused (exit 1), the faulty point recorded."""
+    assert result.exit_code == 1, result.output
+    assert "the cost model is not usable: it could not be cross-validated" in result.stderr
+
+
 def test_out_of_memory_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNPROF_TEST_FAULT", "oom")  # a real CPU allocation failure
-    result = runner.invoke(app, [*SWEEP, "--json"])
-    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, SWEEP)
+    _refused_fit(result)
     points = _by_seq_len(tmp_path)
     assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "oom"]
     assert points[16]["reason"].startswith("out of memory: [enforce fail")
     assert "DefaultCPUAllocator: can't allocate memory" in points[16]["reason"]
     # The cost model knows the point is infeasible and is fitted on the others.
-    model = json.loads(result.stdout)
+    (saved,) = tmp_path.glob("profiles/*/costmodel-*.json")
+    model = json.loads(saved.read_text())
     assert [(p["config"]["seq_len"], p["status"]) for p in model["infeasible"]] == [(16, "oom")]
     # Nothing of the failed attempt is left alive: its model was freed.
     (fragile,) = [m for m in sys.modules.values() if getattr(m, "__file__", None) == str(FRAGILE)]
@@ -306,7 +314,7 @@ def test_out_of_memory_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monke
 def test_non_finite_output_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNPROF_TEST_FAULT", "nan")
     result = runner.invoke(app, SWEEP)
-    assert result.exit_code == 0, result.output
+    _refused_fit(result)
     points = _by_seq_len(tmp_path)
     assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "non_finite"]
     assert points[16]["reason"] == "the model's output contains NaN or inf under fp32"
@@ -316,7 +324,7 @@ def test_non_finite_output_in_a_sweep_point(runner: CliRunner, tmp_path: Path, m
 def test_hang_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNPROF_TEST_FAULT", "hang")
     result = runner.invoke(app, [*SWEEP, "--isolate", "--timeout", "30s"])
-    assert result.exit_code == 0, result.output
+    _refused_fit(result)
     points = _by_seq_len(tmp_path)
     assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "error"]
     assert points[16]["reason"] == "timed out after 30 s"
@@ -327,7 +335,7 @@ def test_hang_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: p
 def test_crash_in_a_sweep_point(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNPROF_TEST_FAULT", "segfault")
     result = runner.invoke(app, [*SWEEP, "--isolate"])
-    assert result.exit_code == 0, result.output
+    _refused_fit(result)
     points = _by_seq_len(tmp_path)
     assert [points[s]["status"] for s in (8, 11, 16)] == ["ok", "ok", "error"]
     assert points[16]["reason"].startswith("crashed: killed by SIGSEGV")
