@@ -93,8 +93,9 @@ def test_check_chart_marks_each_compared_metric() -> None:
     # sample_check: one layer 30% slower (a regression), the FLOP count changed (exact)
     assert regions_of(image, STATUS_COLORS["regression"]) >= 1 + 1  # the +5% threshold line shares it
     assert regions_of(image, STATUS_COLORS["changed"]) == 1 + 1
-    inconclusive = sum(1 for m in result.metrics if m.status == "inconclusive")
-    assert regions_of(image, STATUS_COLORS["inconclusive"]) == inconclusive + 1
+    inconclusive = sum(1 for m in result.metrics if m.status == "inconclusive")  # timing noise decides how many
+    legend = 1 if inconclusive else 0  # the legend lists only the statuses drawn
+    assert regions_of(image, STATUS_COLORS["inconclusive"]) == inconclusive + legend
 
 
 def test_fit_charts_mark_each_held_out_configuration() -> None:
