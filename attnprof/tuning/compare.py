@@ -9,6 +9,10 @@ compared by the per-round ratios of their samples (paired), with a Student-t int
 log-ratio. Rounds go on until the best side is resolved against every other (significantly
 better, or equivalent within EQUIVALENCE) or the time budget is spent.
 
+A tie whose medians differ by more than PRACTICAL_MARGIN is then contested (`contest`): only
+the two plans concerned run further rounds, until their interval excludes 1, lies within
+±PRACTICAL_MARGIN (truly tied), or the budget is spent.
+
 The turns run in this process, not in `profiling.interleave`'s worker processes: a candidate is
 the in-memory workload (possibly a Python factory handed to the API, which a worker could not
 load by name) transformed by a plan, and a worker per candidate would pay a fresh interpreter,
@@ -35,6 +39,7 @@ from attnprof.profiling.run import Prepared, restored_threads
 
 CONFIDENCE = 0.95  # two-sided, for the speed-up intervals and for "significantly better"
 EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rounds would not split it
+PRACTICAL_MARGIN = 0.02  # tied plans this far apart by median are worth rounds to tell apart
 MIN_ROUNDS = 5
 MAX_ROUNDS = 60
 
@@ -48,6 +53,7 @@ class TimedSide:
     prepared: Prepared
     threads: int = 0  # 0: the process's
     micro_steps: int = 1
+    scale: float = 1.0  # samples × scale: time per workload batch of samples (plans may run more)
     samples_ms: list[float] = field(default_factory=list)  # one per round, for the whole batch
 
     def turn(self, clock: str) -> float:
@@ -64,10 +70,24 @@ class TimedSide:
     def median_ms(self) -> float:
         return statistics.median(self.samples_ms)
 
+    @property
+    def per_batch_ms(self) -> list[float]:
+        return [t * self.scale for t in self.samples_ms]
+
 
 def equivalent(ratio: TimeRatio) -> bool:
     """The interval lies within ±EQUIVALENCE of 1: the two are the same for practical purposes."""
     return ratio.low >= 1.0 - EQUIVALENCE and ratio.high <= 1.0 + EQUIVALENCE
+
+
+def decided(ratio: TimeRatio, margin: float = PRACTICAL_MARGIN) -> str | None:
+    """Why a contest between two plans is over: their interval excludes 1 ("significant") or
+    lies within ±margin ("tied within ±2%"); None while neither."""
+    if ratio.significant:
+        return "significant"
+    if ratio.low >= 1.0 - margin and ratio.high <= 1.0 + margin:
+        return f"tied within ±{margin:.0%}"
+    return None
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> TimeRatio:
@@ -123,3 +143,43 @@ def interleave(
             if rounds >= min_rounds and (stop(sides) or time.perf_counter() - started > budget_s):
                 break
     return rounds
+
+
+@dataclass
+class Contest:
+    """Two tied plans timed further, alone: the ratio before and after, the rounds it took, why it stopped."""
+
+    simpler: str
+    leader: str
+    before: TimeRatio
+    after: TimeRatio
+    rounds: int
+    stopped: str
+
+    def describe(self) -> str:
+        b, a = self.before, self.after
+        return (
+            f"tie of {self.simpler} with {self.leader} (x{b.value:.3f} [{b.low:.3f}, {b.high:.3f}] over "
+            f"{b.rounds} rounds) contested for {self.rounds} more round(s): x{a.value:.3f} "
+            f"[{a.low:.3f}, {a.high:.3f}] over {a.rounds} rounds; stopped: {self.stopped}"
+        )
+
+
+def contest(
+    simpler: TimedSide, leader: TimedSide, clock: str, budget_s: float, margin: float = PRACTICAL_MARGIN
+) -> Contest | None:
+    """`simpler` (per batch) over `leader`, when more than `margin` apart by their point
+    estimate and not significantly: both run more interleaved rounds, only they, until `decided`
+    or `budget_s` is spent (at least one round). None when there is nothing to contest."""
+
+    def ratio() -> TimeRatio:
+        return paired_ratio(simpler.per_batch_ms, leader.per_batch_ms)
+
+    before = ratio()
+    if decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
+        return None
+    rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1,
+                        stop=lambda _: decided(ratio(), margin) is not None)
+    after = ratio()
+    spent = f"the round limit ({MAX_ROUNDS}) was reached" if rounds == MAX_ROUNDS else "the time budget was spent"
+    return Contest(simpler.label, leader.label, before, after, rounds, decided(after, margin) or spent)

@@ -226,6 +226,7 @@ def _tune(
     verifications: list[CandidateMeasurement] = []
     feedback = rounds = 0
     calibration = Calibration()
+    contests: list[str] = []
     if result.ranked and request.verify:
         verifier = Verifier(
             workload,
@@ -262,11 +263,14 @@ def _tune(
         verifier.compare(baseline_figures, verifications)
         bar.update(total, total)
         feedback, rounds, calibration = verifier.feedback, verifier.rounds, verifier.calibration
+        contests = verifier.contests
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
     verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
+    if plan is not None:
+        plan.notes.extend(contests)  # how each contested tie was settled: its rounds, why it stopped
     if plan is not None and calibration.points:
         plan.notes.append(calibration.describe())
     if plan is not None and _reload_breaks(checker.reference_model, plan.choices):

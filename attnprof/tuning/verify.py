@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from attnprof.profiling.run import prepare, restored_threads, run_profile
 from attnprof.settings import Settings
 from attnprof.targets.workload import Workload
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS
-from attnprof.tuning.compare import TimedSide, interleave, paired_ratio
+from attnprof.tuning.compare import TimedSide, contest, interleave, paired_ratio
 from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
@@ -48,6 +49,7 @@ from attnprof.tuning.optimize import Candidate
 from attnprof.tuning.price import micro_steps_of, plan_choices, predicted_figures, step_samples
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
+FIRST_SHARE = 0.5  # of the comparison's budget, for the rounds of every side; the rest settles ties
 
 
 class OutputChecker:
@@ -219,6 +221,7 @@ class Verifier:
     budget_s: float  # time the interleaved comparison may take
     feedback: int = 0  # measurements fed back into the store
     rounds: int = 0  # interleaved rounds run
+    contests: list[str] = dataclasses.field(default_factory=list)  # how each contested tie ended
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
     def measure(self, candidate: Candidate) -> CandidateMeasurement:
@@ -278,16 +281,14 @@ class Verifier:
             settings = applied_settings(self.settings, v.choices)
             workload = applied_workload(self.workload, settings, v.choices)
             micro_steps = micro_steps_of(self.settings, settings.batch_size)
-            sides.append(TimedSide(v.candidate.describe(), prepare(workload, settings), settings.threads, micro_steps))
+            # Plans that run a larger batch are compared per sample: time per workload batch.
+            scale = self.settings.batch_size / step_samples(self.settings, v.choices.batch_size)
+            prepared = prepare(workload, settings)
+            sides.append(TimedSide(v.candidate.describe(), prepared, settings.threads, micro_steps, scale))
+        started = time.perf_counter()
         with restored_threads():
-            self.rounds = interleave(sides, self.settings.clock, self.budget_s, self.settings.warmup)
+            self.rounds = interleave(sides, self.settings.clock, FIRST_SHARE * self.budget_s, self.settings.warmup)
         base = sides[0]
-        # Plans that run a larger batch are compared per sample: time per workload batch of samples.
-        per_batch = {
-            id(side): [t * self.settings.batch_size / step_samples(self.settings, v.choices.batch_size)
-                       for t in side.samples_ms]
-            for v, side in zip(accepted, sides[1:], strict=True)
-        }
         drift = base.median_ms / baseline.latency_ms if baseline.latency_ms else 1.0  # since the probes
         baseline.latency_ms = base.median_ms
         for v, side in zip(accepted, sides[1:], strict=True):
@@ -298,7 +299,7 @@ class Verifier:
             samples = step_samples(self.settings, v.choices.batch_size)
             measured.throughput = samples * 1e3 / side.median_ms
             measured.energy_j = None if self.power is None else self.power * side.median_ms * 1e-3
-            v.speedup = paired_ratio(base.samples_ms, per_batch[id(side)])
+            v.speedup = paired_ratio(base.samples_ms, side.per_batch_ms)
             reasons = self._over_budget(measured, ("latency_ms", "energy_j"))
             if reasons:
                 v.accepted, v.reason = False, "; ".join(reasons)
@@ -306,10 +307,32 @@ class Verifier:
         self.calibration = Calibration.of([z for v in accepted if (z := _z_score(v, drift)) is not None])
         timed = [(v, side) for v, side in zip(accepted, sides[1:], strict=True) if v.accepted]
         if timed:
-            fastest = min((per_batch[id(side)] for _, side in timed), key=statistics.median)
+            fastest = min((side for _, side in timed), key=lambda side: statistics.median(side.per_batch_ms))
             for v, side in timed:
-                mine = per_batch[id(side)]
-                v.tied = mine is fastest or not paired_ratio(fastest, mine).significant
+                v.tied = side is fastest or not paired_ratio(fastest.per_batch_ms, side.per_batch_ms).significant
+            self._settle(timed, started + self.budget_s)
+
+    def _settle(self, timed: list[tuple[CandidateMeasurement, TimedSide]], deadline: float) -> None:
+        """A tie that "fewer changes wins" would decide against a leader more than
+        PRACTICAL_MARGIN faster by median is contested (tuning.compare.contest) in the time left
+        to the comparison; the significantly slower of the two is no longer tied, and the next
+        simplest tied plan is contested in turn."""
+        while True:
+            tied = [(v, side) for v, side in timed if v.tied]
+            leader = min(tied, key=lambda p: statistics.median(p[1].per_batch_ms))
+            simplest = min(
+                tied, key=lambda p: (change_count(p[0].choices, self.settings), statistics.median(p[1].per_batch_ms))
+            )
+            if simplest is leader:
+                return
+            with restored_threads():
+                outcome = contest(simplest[1], leader[1], self.settings.clock, max(deadline - time.perf_counter(), 0.0))
+            if outcome is None:
+                return
+            self.contests.append(outcome.describe())
+            if not outcome.after.significant:
+                return
+            (simplest if outcome.after.value > 1.0 else leader)[0].tied = False
 
     def _judge_prediction(self, v: CandidateMeasurement, drift: float) -> None:
         """A measurement worse than its prediction (scaled by the machine's drift since the
