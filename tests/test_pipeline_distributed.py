@@ -41,3 +41,16 @@ def test_a_two_stage_pipeline_matches_the_unsharded_model(cuts: list[str], tmp_p
     begins = cuts[0] if cuts else "layers.2"  # four equal blocks: two per stage
     assert f"2 pipeline stages (GPipe, 2 micro-batches), stages begin at {begins}" in run.stdout
     assert "max abs error 0," in run.stdout and "PASS" in run.stdout, run.stdout
+
+
+def test_profile_refuses_a_pipeline_plan_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    pipeline_plan(tmp_path / "pp.json", [])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "NO_COLOR": "1"}
+    run = subprocess.run([sys.executable, "-m", "attnprof", "profile", "zoo:decoder", "--plan", "pp.json"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    assert run.returncode == 4 and "does not run pipeline-stage plans" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
