@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
 
-from attnprof.errors import UsageError
+from attnprof.errors import EnvironmentUnsupported, UsageError
 
 
 def balanced_stages(costs: Sequence[float], stages: int) -> list[int]:
@@ -82,7 +82,11 @@ class PipelinedModel(nn.Module):
         self.rank, self.stages = dist.get_rank(), dist.get_world_size()
         self.micro_batches = micro_batches(self.batch, self.stages, micro_batch)
         example = tuple(a.chunk(self.micro_batches)[0] if isinstance(a, torch.Tensor) else a for a in args)
-        pipe = pipeline(model, mb_args=example, split_spec={cut: SplitPoint.BEGINNING for cut in cuts})
+        try:
+            pipe = pipeline(model, mb_args=example, split_spec={cut: SplitPoint.BEGINNING for cut in cuts})
+        except RuntimeError as exc:  # torch.export could not capture the forward as one graph
+            first = str(exc).split(".")[0]
+            raise EnvironmentUnsupported(f"the model cannot be traced into pipeline stages: {first}") from exc
         if pipe.num_stages != self.stages:
             raise UsageError(f"the model split into {pipe.num_stages} stages, the plan needs {self.stages}")
         stage = pipe.build_stage(self.rank, device)
