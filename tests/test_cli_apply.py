@@ -153,8 +153,10 @@ def test_printed_torchrun_command_runs_every_rank(tmp_path: Path) -> None:
     assert report["world_size"] == 2 and report["verification"]["max_abs_error"] <= 1e-5
 
 
-def test_pipeline_stages_are_refused_before_anything_runs(runner: CliRunner, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.json", PlanChoices(pipeline_stages=2))
+def test_pipeline_stages_with_tensor_parallel_are_refused_before_anything_runs(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path / "plan.json", PlanChoices(pipeline_stages=2, tensor_parallel=2))
     result = runner.invoke(app, ["apply", str(plan)])
     assert result.exit_code == 4 and "pipeline stages" in result.stderr and result.stdout == ""
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from attnprof.errors import UsageError
+from attnprof.plans.pipeline import balanced_stages
 from attnprof.settings import Settings
 from attnprof.tuning.sharding import (
     StepShape,
     all_gather_s,
     all_reduce_s,
-    balanced_stages,
     point_to_point_s,
     sharded_step,
 )

@@ -82,6 +82,9 @@ def profile_command(
         attn_implementation=attn_implementation,
     )
     settings = resolve_settings(workload, overrides)
+    if plan is not None and plan.choices.pipeline_stages > 1:
+        # The per-layer passes call the model a different number of times per rank; a pipeline would wait forever.
+        raise EnvironmentUnsupported("profile --plan does not run pipeline-stage plans (attnprof apply --verify does)")
     if plan is not None:
         settings = applied_settings(settings, plan.choices)
         workload = applied_workload(workload, settings, plan.choices)

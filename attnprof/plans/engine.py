@@ -82,7 +82,7 @@ def apply_plan(
     report.applied += checkpoint_modules(model, checkpointed)
     if choices.compile:
         report.applied += compile_blocks(model, found)
-    model, applied, missed = apply_sharding(model, found, choices, device)
+    model, applied, missed = apply_sharding(model, found, choices, device, example.args if example else ())
     report.applied += applied
     report.not_applied += missed
     if choices.world_size > 1:

@@ -83,6 +83,7 @@ class PlanChoices:
     data_parallel: int = 1
     data_parallel_mode: str = "fsdp"  # fsdp (FSDP2 fully_shard) | ddp
     pipeline_stages: int = 1
+    pipeline_cuts: list[str] = field(default_factory=list)  # blocks beginning stages 1..; empty: balanced by count
     compile: bool = False  # transformer blocks compiled by torch.compile (inductor)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,11 @@ class PlanChoices:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"plan {name} must be a positive integer, got {value!r}")
+        if self.pipeline_cuts and len(self.pipeline_cuts) != self.pipeline_stages - 1:
+            raise UsageError(
+                f"plan pipeline_cuts names {len(self.pipeline_cuts)} block(s); "
+                f"{self.pipeline_stages} stages begin at {self.pipeline_stages - 1}"
+            )
         if not isinstance(self.compile, bool):
             raise UsageError(f"plan compile must be true or false, got {self.compile!r}")
         if self.compile and self.world_size > 1:

@@ -28,6 +28,7 @@ from torch.distributed.tensor.parallel import (
 from attnprof.errors import EnvironmentUnsupported, UsageError
 from attnprof.plans.adapters.base import HeadLayout, Unsupported
 from attnprof.plans.discover import AttentionSite, Discovery, discover, is_projection, projection_paths
+from attnprof.plans.pipeline import PipelinedModel, stage_cuts
 from attnprof.plans.records import NotApplied, PlanChoices
 
 
@@ -87,19 +88,20 @@ def sharding_label(choices: PlanChoices) -> str | None:
 
 def check_shardable(choices: PlanChoices) -> None:
     """Refuse, before anything runs, sharding this module does not set up."""
-    if choices.pipeline_stages > 1:
+    if choices.pipeline_stages > 1 and choices.world_size != choices.pipeline_stages:
         raise EnvironmentUnsupported(
-            f"the plan splits the model into {choices.pipeline_stages} pipeline stages, "
-            "which attnprof apply does not set up (tensor parallel, FSDP2 and DDP only)"
+            f"the plan combines {choices.pipeline_stages} pipeline stages with tensor or data parallelism, "
+            "which attnprof apply does not set up (pipeline stages run alone)"
         )
     if choices.tensor_parallel > 1 and choices.data_parallel > 1 and choices.data_parallel_mode == "ddp":
         raise UsageError("tensor parallel with data parallel needs data_parallel_mode fsdp (DDP cannot wrap DTensors)")
 
 
 def apply_sharding(
-    model: nn.Module, found: Discovery, choices: PlanChoices, device: torch.device
+    model: nn.Module, found: Discovery, choices: PlanChoices, device: torch.device, args: tuple = ()
 ) -> tuple[nn.Module, list[str], list[NotApplied]]:
-    """Shard `model` across the initialised process group as the plan says."""
+    """Shard `model` across the initialised process group as the plan says (a pipeline is traced
+    on the example positional `args`)."""
     if choices.world_size == 1:
         return model, [], []
     check_shardable(choices)
@@ -110,6 +112,11 @@ def apply_sharding(
         )
     if dist.get_world_size() != choices.world_size:
         raise UsageError(f"the plan needs {choices.world_size} ranks, torchrun started {dist.get_world_size()}")
+    if choices.pipeline_stages > 1:
+        cuts = choices.pipeline_cuts or stage_cuts(found.blocks(), choices.pipeline_stages)
+        pipelined = PipelinedModel(model, cuts, choices.batch_size, device, args)
+        described = f"{choices.pipeline_stages} pipeline stages (GPipe, {pipelined.micro_batches} micro-batches)"
+        return pipelined, [f"{described}, stages begin at {', '.join(cuts)}"], []
     tp, dp = choices.tensor_parallel, choices.data_parallel
     if tp > 1 and dp > 1 and choices.data_parallel_mode == "ddp":
         raise UsageError("tensor parallel with data parallel needs data_parallel_mode fsdp (DDP cannot wrap DTensors)")

@@ -12,12 +12,12 @@ all-gathers parameters and reduce-scatters gradients (FSDP).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from attnprof.measure.records import LinkCalibration
+from attnprof.plans.pipeline import balanced_stages
 
 
 class LinkLike(Protocol):
@@ -99,38 +99,6 @@ def all_gather_s(nbytes: float, ranks: int, link: LinkLike, collective: str = "a
 
 def point_to_point_s(nbytes: float, link: LinkLike) -> float:
     return _seconds(link, "point_to_point", 1, nbytes)
-
-
-def balanced_stages(costs: Sequence[float], stages: int) -> list[int]:
-    """Stage index of each layer: contiguous stages minimising the slowest stage's cost.
-
-    Exact dynamic programme over split points (O(n²·stages)), so no stage bounds throughput
-    more than the measured per-layer costs force it to.
-    """
-    n = len(costs)
-    if not 1 <= stages <= n:
-        raise ValueError(f"cannot split {n} layers into {stages} stages")
-    prefix = [0.0]
-    for cost in costs:
-        prefix.append(prefix[-1] + cost)
-    # best[s][i]: the smallest possible slowest stage when the first i layers form s stages.
-    best = [[math.inf] * (n + 1) for _ in range(stages + 1)]
-    split = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for s in range(1, stages + 1):
-        for i in range(s, n + 1):
-            for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j])
-                if value < best[s][i]:
-                    best[s][i], split[s][i] = value, j
-    assignment = [0] * n
-    end = n
-    for s in range(stages, 0, -1):
-        start = split[s][end]
-        for i in range(start, end):
-            assignment[i] = s - 1
-        end = start
-    return assignment
 
 
 @dataclass(frozen=True)

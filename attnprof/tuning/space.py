@@ -368,8 +368,8 @@ def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str
     return None
 
 
-# Sharding apply does not run (plans.sharding.check_shardable refuses it): never in a plan.
-PIPELINE_UNSUPPORTED = "attnprof apply does not run pipeline stages (tensor parallel, FSDP2 and DDP only)"
+# Sharding that cannot be measured or applied (plans.sharding.check_shardable): never in a plan.
+PIPELINE_UNSUPPORTED = "pipeline stages are applied but not measured (profile --plan does not run them)"
 DDP_WITH_TP_UNSUPPORTED = "DDP cannot wrap tensor-parallel DTensors: tensor parallel replicas use FSDP2"
 
 
