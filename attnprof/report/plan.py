@@ -161,8 +161,10 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
     base_times = _layer_times(outcome.baseline)
     choices = outcome.plan.choices if outcome.plan else None
     micro_steps = 1
-    if winner is not None and choices is not None and choices.batch_size:
-        micro_steps = max(outcome.baseline.settings.batch_size // choices.batch_size, 1)
+    if winner is not None and choices is not None:
+        from attnprof.tuning.price import micro_steps_of  # tune already loaded it; `report` stays light
+
+        micro_steps = micro_steps_of(outcome.baseline.settings, choices.batch_size)
     rows = []
     for layer in outcome.baseline.layers:
         if layer.kind not in BLOCK_KINDS:
