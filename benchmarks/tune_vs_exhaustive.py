@@ -274,6 +274,9 @@ class _Trust:
             measured = v.measured.latency_ms if v.measured else None
             print(f"    {key.as_config()}: predicted {v.predicted.latency_ms:.2f} measured {measured} "
                   f"table {self.table.get(key, math.nan):.2f} {'tied' if v.tied else ''} {v.reason}", flush=True)
+        for note in outcome.plan.notes:
+            if note.startswith("tie of"):
+                print(f"    contest: {note}", flush=True)
 
     def _head_to_head(self, tuned: GlobalChoice) -> float:
         """tuned / optimum step time, the two timed against each other in interleaved rounds right

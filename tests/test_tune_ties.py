@@ -6,6 +6,7 @@ erratic_model.py): 25 ms at 16 tokens, 32.7 ms at 14, so the ratio holds on a bu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,16 @@ import pytest
 from attnprof.profiling.run import prepare
 from attnprof.settings import resolve_settings
 from attnprof.targets.load import load_workload
-from attnprof.tuning.compare import PRACTICAL_MARGIN, TimedSide, contest, decided, paired_ratio
+from attnprof.tuning.compare import (
+    CONFIDENCE,
+    LOOKS,
+    PRACTICAL_MARGIN,
+    TimedSide,
+    contest,
+    decided,
+    interleave,
+    paired_ratio,
+)
 
 # Earlier rounds as a loaded machine leaves them: the simpler plan 3x slower in two rounds of
 # four, level in the others; its median is far behind, its interval still contains 1.
@@ -67,3 +77,23 @@ def test_plans_within_the_margin_are_not_contested(models_dir: Path) -> None:
     b = _side(models_dir, 16, "b", [10.0, 10.0, 10.0, 10.0])
     assert contest(a, b, "wall", budget_s=300.0) is None
     assert len(a.samples_ms) == 4  # no round was run
+
+
+def test_the_ranking_is_judged_only_at_the_scheduled_looks(models_dir: Path) -> None:
+    a, b = _side(models_dir, 16, "a"), _side(models_dir, 16, "b")
+    asked: list[int] = []
+
+    def stop(sides: object) -> bool:
+        asked.append(len(a.samples_ms))
+        return len(asked) == 3
+
+    rounds = interleave([a, b], "wall", math.inf, 1, stop=stop)
+    assert asked == list(LOOKS[:3]) and rounds == LOOKS[2] == len(b.samples_ms)
+
+
+def test_an_interval_a_sequential_comparison_reports_holds_its_level_over_every_look() -> None:
+    # Six rounds whose log-ratios are 95%-significant at one look; judged at up to len(LOOKS) + 2
+    # looks, the same rounds are not evidence of a difference.
+    numerator, denominator = [1.04, 1.01, 1.03, 1.00, 1.05, 1.02], [1.0] * 6
+    assert paired_ratio(numerator, denominator, alpha=1 - CONFIDENCE).significant
+    assert not paired_ratio(numerator, denominator).significant

@@ -9,6 +9,13 @@ compared by the per-round ratios of their samples (paired), with a Student-t int
 log-ratio. Rounds go on until the best side is resolved against every other (significantly
 better, or equivalent within EQUIVALENCE) or the time budget is spent.
 
+Stopping as soon as an interval excludes 1 is optional stopping: judged after every round, a
+plan that changes nothing came out "significant" in 9 of 30 runs at 95% (a simulation of the
+same rule gives 14-31%). So the ranking is judged only at the round counts in LOOKS and once
+more where the time budget ends, and every interval is at the Bonferroni level over those
+looks (`LOOK_ALPHA`): whichever look the comparison stops at, a plan that changes nothing is
+called different at most 1 - CONFIDENCE of the time.
+
 A tie whose medians differ by more than PRACTICAL_MARGIN is then contested (`contest`): only
 the two plans concerned run further rounds, until their interval excludes 1, lies within
 ±PRACTICAL_MARGIN (truly tied), or the budget is spent.
@@ -42,6 +49,12 @@ EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rou
 PRACTICAL_MARGIN = 0.02  # tied plans this far apart by median are worth rounds to tell apart
 MIN_ROUNDS = 5
 MAX_ROUNDS = 60
+# Round counts (samples per side, contests included) at which a comparison may stop; geometric, so
+# a clear difference stops early and a close one gets the rounds it needs.
+LOOKS = (5, 7, 10, 14, 20, 28, 40, MAX_ROUNDS)
+# Two-sided, per look: the scheduled ones, and where the budgets of the first comparison and of a
+# contest end (a contest goes on with the same samples).
+LOOK_ALPHA = (1.0 - CONFIDENCE) / (len(LOOKS) + 2)
 
 
 @dataclass
@@ -90,16 +103,17 @@ def decided(ratio: TimeRatio, margin: float = PRACTICAL_MARGIN) -> str | None:
     return None
 
 
-def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> TimeRatio:
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], alpha: float = LOOK_ALPHA) -> TimeRatio:
     """numerator / denominator: the geometric mean of the per-round ratios, with a Student-t
-    interval on their logs."""
+    interval on their logs at two-sided level 1 - `alpha` (by default the per-look level of a
+    sequential comparison, which makes it a CONFIDENCE interval over all its looks)."""
     logs = [math.log(a / b) for a, b in zip(numerator, denominator, strict=True) if a > 0 and b > 0]
     if not logs:
         return TimeRatio(math.nan, 0.0, math.inf, 0)
     mean = statistics.fmean(logs)
     if len(logs) < 2:
         return TimeRatio(math.exp(mean), 0.0, math.inf, len(logs))
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
+    half = float(stats.t.ppf(1.0 - alpha / 2, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
     return TimeRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs), CONFIDENCE)
 
 
@@ -124,8 +138,9 @@ def interleave(
     max_rounds: int = MAX_ROUNDS,
     stop: Callable[[Sequence[TimedSide]], bool] = resolved,
 ) -> int:
-    """Time `sides` in shuffled rounds until `stop` says the ranking is settled (after at least
-    `min_rounds`) or `budget_s` is spent; fills each side's samples and returns the rounds run."""
+    """Time `sides` in shuffled rounds until `stop` says the ranking is settled or `budget_s` is
+    spent (after at least `min_rounds`); fills each side's samples and returns the rounds run.
+    `stop` is asked only at the sample counts in LOOKS, so its intervals keep their level."""
     order = list(sides)
     shuffle = random.Random(seed).shuffle
     with restored_threads():
@@ -140,7 +155,11 @@ def interleave(
             shuffle(order)
             for side in track(order, f"verifying {len(sides) - 1} candidate(s), round {rounds}", len(order)):
                 side.samples_ms.append(side.turn(clock))
-            if rounds >= min_rounds and (stop(sides) or time.perf_counter() - started > budget_s):
+            if rounds < min_rounds:
+                continue
+            if time.perf_counter() - started > budget_s:
+                break  # the budget's end is the last look
+            if len(order[0].samples_ms) in LOOKS and stop(sides):
                 break
     return rounds
 
@@ -176,10 +195,12 @@ def contest(
         return paired_ratio(simpler.per_batch_ms, leader.per_batch_ms)
 
     before = ratio()
-    if decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
+    done = len(simpler.samples_ms)
+    if done >= MAX_ROUNDS or decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
         return None
-    rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1,
+    rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1, max_rounds=MAX_ROUNDS - done,
                         stop=lambda _: decided(ratio(), margin) is not None)
     after = ratio()
-    spent = f"the round limit ({MAX_ROUNDS}) was reached" if rounds == MAX_ROUNDS else "the time budget was spent"
+    limit = done + rounds >= MAX_ROUNDS
+    spent = f"the round limit ({MAX_ROUNDS}) was reached" if limit else "the time budget was spent"
     return Contest(simpler.label, leader.label, before, after, rounds, decided(after, margin) or spent)
