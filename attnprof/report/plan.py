@@ -160,11 +160,7 @@ def _print_layers(outcome: TuneOutcome, console: Console) -> None:
     plan_times = _layer_times(winner.profile if winner else None)
     base_times = _layer_times(outcome.baseline)
     choices = outcome.plan.choices if outcome.plan else None
-    micro_steps = 1
-    if winner is not None and choices is not None:
-        from attnprof.tuning.price import micro_steps_of  # tune already loaded it; `report` stays light
-
-        micro_steps = micro_steps_of(outcome.baseline.settings, choices.batch_size)
+    micro_steps = choices.micro_steps(outcome.baseline.settings.batch_size) if winner and choices else 1
     rows = []
     for layer in outcome.baseline.layers:
         if layer.kind not in BLOCK_KINDS:

@@ -319,11 +319,6 @@ def step_samples(settings: Settings, batch_size: int | None) -> int:
     return max(settings.batch_size, batch_size or 0)
 
 
-def micro_steps_of(settings: Settings, batch_size: int | None) -> int:
-    """Micro-batches of `batch_size` in one step (1 for a batch as large as the workload's or larger)."""
-    return max(settings.batch_size // (batch_size or settings.batch_size), 1)
-
-
 def predicted_figures(candidate: Candidate) -> PlanFigures:
     """What the estimates promise of a candidate's step."""
     _, estimate = candidate.problem.value

@@ -46,7 +46,7 @@ from attnprof.tuning.estimate import (
     sigma_of,
 )
 from attnprof.tuning.optimize import Candidate
-from attnprof.tuning.price import micro_steps_of, plan_choices, predicted_figures, step_samples
+from attnprof.tuning.price import plan_choices, predicted_figures, step_samples
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 FIRST_SHARE = 0.5  # of the comparison's budget, for the rounds of every side; the rest settles ties
@@ -242,7 +242,7 @@ class Verifier:
             quality = self.checker.check(layer_part(choices))[1] if choices.changes_heads() else None
         except PlanRejected as exc:
             return CandidateMeasurement(candidate, choices, predicted, None, False, str(exc))
-        micro_steps = micro_steps_of(self.settings, choices.batch_size)
+        micro_steps = choices.micro_steps(self.settings.batch_size)
         measured = figures_of(profile, micro_steps, step_samples(self.settings, choices.batch_size), self.power)
         measured.finite, measured.max_error, measured.quality_loss = finite, error, quality
         reasons = []
@@ -280,7 +280,7 @@ class Verifier:
         for v in accepted:
             settings = applied_settings(self.settings, v.choices)
             workload = applied_workload(self.workload, settings, v.choices)
-            micro_steps = micro_steps_of(self.settings, settings.batch_size)
+            micro_steps = v.choices.micro_steps(self.settings.batch_size)
             # Plans that run a larger batch are compared per sample: time per workload batch.
             scale = self.settings.batch_size / step_samples(self.settings, v.choices.batch_size)
             prepared = prepare(workload, settings)
