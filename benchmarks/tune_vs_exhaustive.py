@@ -15,10 +15,11 @@ Part 3: wall time of `python -m attnprof tune zoo:decoder` with its defaults. Ta
 Part 4 (trust under load): for hf:llama, hf:gpt2 and a Qwen2 model file built from a small config,
 every configuration of tune's default space is applied as `attnprof apply` builds it and all are
 timed together in interleaved, shuffled rounds (the exhaustive table); `tune` with its defaults
-then runs `--runs` times while a second process keeps one core busy. Per workload: how many runs
-land within 2% of the table's optimum (target: 9 of 10), the share of the space tune measured
-(target: <= 15%), and how often a plan that changes nothing, timed against the baseline as tune
-times its candidates, reports a speed-up interval containing 1.
+then runs `--runs` times while a second process keeps one core busy (`--busy N`: N such
+processes). Per workload: how many runs land within 2% of the table's optimum (target: 9 of
+10), the share of the space tune measured (target: <= 15%), and how often a plan that changes
+nothing, timed against the baseline as tune times its candidates, reports a speed-up interval
+containing 1.
 
 Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3|4] [--quick] [--runs N]
 """
@@ -203,16 +204,16 @@ def _plan_of(choice: GlobalChoice, batch: int) -> PlanChoices:
 
 
 def _busy() -> subprocess.Popen[bytes]:
-    """The load: a second process keeping one core busy for the whole part."""
+    """The load: a process keeping one core busy for the whole part."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float) -> None:
+def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float, busy: int) -> None:
     """Per workload: the whole default tune space applied as apply builds it and timed in
     interleaved rounds (the exhaustive table), then `tune` `runs` times, under a busy core. The
     runs go round the workloads (run 1 of each, then run 2, ...), so a run cut short by time still
     has every workload."""
-    load = _busy()
+    loads = [_busy() for _ in range(busy)]
     try:
         trials = [_Trust(target, verify_seconds) for target in targets]
         for run in range(runs):
@@ -221,8 +222,9 @@ def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float) -> No
         for trial in trials:
             trial.summary()
     finally:
-        load.kill()
-        load.wait()
+        for load in loads:
+            load.kill()
+            load.wait()
 
 
 def _load() -> str:
@@ -338,6 +340,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="part 4: tune runs per workload")
     parser.add_argument("--target", action="append", help="part 4: workloads (default: hf:llama, hf:gpt2, Qwen2)")
     parser.add_argument("--verify-seconds", type=float, default=20.0, help="part 4: tune's comparison budget")
+    parser.add_argument("--busy", type=int, default=1, help="part 4: processes keeping a core busy alongside")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table", type=Path, help="JSON file caching part 1's exhaustive measurements")
     parser.add_argument("--measure-only", action="store_true", help="part 1: only the exhaustive table")
@@ -350,7 +353,7 @@ def main() -> None:
     if args.part in (None, 3):
         part_end_to_end()
     if args.part in (None, 4):
-        part_trust(args.runs, tuple(args.target or TRUST_TARGETS), args.verify_seconds)
+        part_trust(args.runs, tuple(args.target or TRUST_TARGETS), args.verify_seconds, args.busy)
 
 
 if __name__ == "__main__":
