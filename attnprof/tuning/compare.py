@@ -48,10 +48,10 @@ CONFIDENCE = 0.95  # two-sided, for the speed-up intervals and for "significantl
 EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rounds would not split it
 PRACTICAL_MARGIN = 0.02  # tied plans this far apart by median are worth rounds to tell apart
 MIN_ROUNDS = 5
-MAX_ROUNDS = 60
+MAX_ROUNDS = 160  # per pair, contests included: under load a 5% difference can need 100+ rounds
 # Round counts (samples per side, contests included) at which a comparison may stop; geometric, so
-# a clear difference stops early and a close one gets the rounds it needs.
-LOOKS = (5, 7, 10, 14, 20, 28, 40, MAX_ROUNDS)
+# a clear difference stops early and a close one gets the rounds it needs (the budget bounds it).
+LOOKS = (5, 7, 10, 14, 20, 28, 40, 56, 80, 112, MAX_ROUNDS)
 # Two-sided, per look: the scheduled ones, and where the budgets of the first comparison and of a
 # contest end (a contest goes on with the same samples).
 LOOK_ALPHA = (1.0 - CONFIDENCE) / (len(LOOKS) + 2)

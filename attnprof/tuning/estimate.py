@@ -102,7 +102,7 @@ def sigma_of(profile: Profile) -> float:
     return 0.0 if stats is None else max(stats.p90 - stats.p10, 0.0) / _NORMAL_P10_P90
 
 
-PROBE_ROUNDS = 5  # interleaved rounds that time the probes side by side
+PROBE_ROUNDS = 9  # interleaved rounds that time the probes side by side: a median a burst of load cannot move
 MODEL_FORM_SIGMA = 0.05  # relative: what the memory model misses of the knobs' interactions
 
 
