@@ -2,9 +2,12 @@
 
 A shared machine's speed wanders by several percent over seconds; plans measured one after the
 other therefore differ by drift as much as by what they change. Here every side has been built
-and warmed up first (`profiling.run.prepare`), then each round gives every side one short turn
-(TURN_SECONDS of steps) in a fresh random order, so whatever the machine does in a round it does
-to all sides. A side's sample of a round is its median step time in that turn; two sides are
+and warmed up first (`profiling.run.prepare`), then each round gives every side TURN_SECONDS of
+steps, split into up to PASSES passes through the sides, each pass in a fresh random order, so
+whatever the machine does in a round it does to all sides alike: with one 50 ms turn per side a
+burst of load hit one side's turn and not the other's (per-round log-ratio σ 0.36-0.41 between
+two copies of one model at load ≈ 4), spread over ten passes it hits both (σ 0.20-0.28). A
+side's sample of a round is the median of its steps in that round; two sides are
 compared by the per-round ratios of their samples (paired), with a Student-t interval on the
 log-ratio. Rounds go on until the best side is resolved against every other (significantly
 better, or equivalent within EQUIVALENCE) or the time budget is spent.
@@ -47,6 +50,7 @@ from attnprof.profiling.run import Prepared, restored_threads
 CONFIDENCE = 0.95  # two-sided, for the speed-up intervals and for "significantly better"
 EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rounds would not split it
 PRACTICAL_MARGIN = 0.02  # tied plans this far apart by median are worth rounds to tell apart
+PASSES = 10  # a round's steps are spread over up to this many passes through the sides
 MIN_ROUNDS = 5
 MAX_ROUNDS = 160  # per pair, contests included: under load a 5% difference can need 100+ rounds
 # Round counts (samples per side, contests included) at which a comparison may stop; geometric, so
@@ -68,16 +72,23 @@ class TimedSide:
     micro_steps: int = 1
     scale: float = 1.0  # samples × scale: time per workload batch of samples (plans may run more)
     samples_ms: list[float] = field(default_factory=list)  # one per round, for the whole batch
+    step_s: float = 0.0  # its latest median step: how many passes a round can hold
 
-    def turn(self, clock: str) -> float:
-        """One turn: steps until TURN_SECONDS have passed (at least one); their median, in ms."""
+    def steps(self, clock: str, seconds: float) -> list[float]:
+        """Steps until `seconds` have passed (at least one), each in ms."""
         if self.threads:
             torch.set_num_threads(self.threads)
         steps: list[float] = []
         started = time.perf_counter()
-        while not steps or time.perf_counter() - started < TURN_SECONDS:
+        while not steps or time.perf_counter() - started < seconds:
             steps.append(1e3 * time_call(self.prepared.step, self.prepared.device, clock))
-        return statistics.median(steps) * self.micro_steps
+        return steps
+
+    def record(self, steps_ms: Sequence[float]) -> None:
+        """A round's sample: the median of its steps, for the whole batch."""
+        median = statistics.median(steps_ms)
+        self.step_s = median / 1e3
+        self.samples_ms.append(median * self.micro_steps)
 
     @property
     def median_ms(self) -> float:
@@ -145,16 +156,19 @@ def interleave(
     shuffle = random.Random(seed).shuffle
     with restored_threads():
         for side in order:  # warm every side before the first timed round
-            if side.threads:
-                torch.set_num_threads(side.threads)
             for _ in range(max(warmup, 1)):
-                side.prepared.step()
+                side.step_s = side.steps(clock, 0.0)[0] / 1e3
         started = time.perf_counter()
         rounds = 0
         for rounds in range(1, max_rounds + 1):
-            shuffle(order)
-            for side in track(order, f"verifying {len(sides) - 1} candidate(s), round {rounds}", len(order)):
-                side.samples_ms.append(side.turn(clock))
+            passes = _passes(sides)
+            steps: dict[int, list[float]] = {id(side): [] for side in sides}
+            for _ in track(range(passes), f"verifying {len(sides) - 1} candidate(s), round {rounds}", passes):
+                shuffle(order)
+                for side in order:
+                    steps[id(side)] += side.steps(clock, TURN_SECONDS / passes)
+            for side in sides:
+                side.record(steps[id(side)])
             if rounds < min_rounds:
                 continue
             if time.perf_counter() - started > budget_s:
@@ -162,6 +176,12 @@ def interleave(
             if len(order[0].samples_ms) in LOOKS and stop(sides):
                 break
     return rounds
+
+
+def _passes(sides: Sequence[TimedSide]) -> int:
+    """Passes a round's TURN_SECONDS per side can hold: one step of the slowest side each, at most PASSES."""
+    slowest = max(side.step_s for side in sides)
+    return min(PASSES, max(1, int(TURN_SECONDS / slowest))) if slowest > 0 else PASSES
 
 
 @dataclass
