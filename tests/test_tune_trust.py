@@ -80,6 +80,53 @@ def test_a_wrong_prediction_does_not_reject_the_plan_that_measures_best(models_d
     assert outcome.rounds >= 5
 
 
+class _Bent:
+    """Probe estimates with each batch size's latency multiplied by `factors[batch]`, and its σ
+    set to `sigmas[batch]` of the bent latency where given."""
+
+    def __init__(self, probes: ProbeEstimator, factors: dict[int, float], sigmas: dict[int, float]) -> None:
+        self.probes, self.factors, self.sigmas = probes, factors, sigmas
+        self.source = "a bent estimator"
+
+    @property
+    def measurements(self) -> int:
+        return self.probes.measurements
+
+    def estimate(self, choice: GlobalChoice) -> StepEstimate:
+        estimate = self.probes.estimate(choice)
+        if estimate.source == "measured" or choice.batch_size not in self.factors:
+            return estimate
+        latency = estimate.latency_ms * self.factors[choice.batch_size]
+        return dataclasses.replace(
+            estimate, latency_ms=latency, latency_sigma_ms=latency * self.sigmas.get(choice.batch_size, 0.0)
+        )
+
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+        self.probes.add(choice, profile)
+
+    def calibrate(self, scale: float) -> None:
+        self.probes.calibrate(scale)
+
+    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
+        return self.probes.applied_profile(choice)
+
+
+@pytest.mark.slow
+def test_a_neighbour_of_the_best_measured_plan_that_could_beat_it_is_measured(models_dir: Path) -> None:
+    # A forward sleeps 160 ms whatever its batch: the larger the batch, the higher the
+    # throughput. The estimates promise batch 16 the best; batch 32, one knob from it, a little
+    # worse but uncertain (±30%); batch 8 worse and certain.
+    workload = load_workload(str(models_dir / "sleepy_model.py"))
+    settings = resolve_settings(workload, {**SMALL, "seq_len": 4})
+    choices = [GlobalChoice("flash", "fp32", batch, 1) for batch in (1, 2, 4, 8, 16, 32)]
+    estimator = _Bent(ProbeEstimator(workload, settings, choices), {16: 0.5, 32: 2.2, 8: 3.0}, {32: 0.3})
+    request = TuneRequest(parse_budget([]), "throughput", ["batch_size"], top_k=1, verify_seconds=5.0)
+    outcome = tune(workload, settings, request, estimator)
+    measured = {v.choices.batch_size for v in outcome.verifications}
+    assert {16, 32} <= measured and 8 not in measured, measured
+    assert outcome.plan is not None and outcome.plan.choices.batch_size == 32
+
+
 def test_a_plan_that_measures_over_the_memory_budget_is_rejected() -> None:
     workload = load_workload("zoo:decoder")
     settings = resolve_settings(workload, SMALL)
