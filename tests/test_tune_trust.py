@@ -29,26 +29,23 @@ from attnprof.tuning.verify import change_count
 SMALL = {"batch_size": 4, "seq_len": 32, "repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"}
 
 
-class _Misled:
-    """Probe estimates, bent: whole batches (micro-batch 4) are promised 100x faster than they
-    are; with `tiny_memory`, every choice is promised to fit in one byte."""
+class _Bending:
+    """Probe estimates passed through `bend`; measurements, re-pricing and σ calibration go to the probes."""
 
-    def __init__(self, probes: ProbeEstimator, tiny_memory: bool = False) -> None:
+    source = "a bent estimator"
+
+    def __init__(self, probes: ProbeEstimator) -> None:
         self.probes = probes
-        self.tiny_memory = tiny_memory
-        self.source = "a misled estimator"
 
     @property
     def measurements(self) -> int:
         return self.probes.measurements
 
     def estimate(self, choice: GlobalChoice) -> StepEstimate:
-        estimate = self.probes.estimate(choice)
-        if choice.batch_size == 4:
-            estimate = dataclasses.replace(estimate, latency_ms=estimate.latency_ms / 100, latency_sigma_ms=0.0)
-        if self.tiny_memory:
-            estimate = dataclasses.replace(estimate, memory_bytes=1.0, memory_sigma_bytes=0.0)
-        return estimate
+        return self.bend(choice, self.probes.estimate(choice))
+
+    def bend(self, choice: GlobalChoice, estimate: StepEstimate) -> StepEstimate:
+        raise NotImplementedError
 
     def add(self, choice: GlobalChoice, profile: Profile) -> None:
         self.probes.add(choice, profile)
@@ -58,6 +55,39 @@ class _Misled:
 
     def applied_profile(self, choice: GlobalChoice) -> Profile | None:
         return self.probes.applied_profile(choice)
+
+
+class _Misled(_Bending):
+    """Whole batches (micro-batch 4) are promised 100x faster than they are; with
+    `tiny_memory`, every choice is promised to fit in one byte."""
+
+    def __init__(self, probes: ProbeEstimator, tiny_memory: bool = False) -> None:
+        super().__init__(probes)
+        self.tiny_memory = tiny_memory
+
+    def bend(self, choice: GlobalChoice, estimate: StepEstimate) -> StepEstimate:
+        if choice.batch_size == 4:
+            estimate = dataclasses.replace(estimate, latency_ms=estimate.latency_ms / 100, latency_sigma_ms=0.0)
+        if self.tiny_memory:
+            estimate = dataclasses.replace(estimate, memory_bytes=1.0, memory_sigma_bytes=0.0)
+        return estimate
+
+
+class _Bent(_Bending):
+    """Each batch size's predicted latency multiplied by `factors[batch]`, its σ set to
+    `sigmas[batch]` of the bent latency where given; measured choices left as measured."""
+
+    def __init__(self, probes: ProbeEstimator, factors: dict[int, float], sigmas: dict[int, float]) -> None:
+        super().__init__(probes)
+        self.factors, self.sigmas = factors, sigmas
+
+    def bend(self, choice: GlobalChoice, estimate: StepEstimate) -> StepEstimate:
+        if estimate.source == "measured" or choice.batch_size not in self.factors:
+            return estimate
+        latency = estimate.latency_ms * self.factors[choice.batch_size]
+        return dataclasses.replace(
+            estimate, latency_ms=latency, latency_sigma_ms=latency * self.sigmas.get(choice.batch_size, 0.0)
+        )
 
 
 def _micro_batches() -> list[GlobalChoice]:
@@ -78,37 +108,6 @@ def test_a_wrong_prediction_does_not_reject_the_plan_that_measures_best(models_d
     assert outcome.plan is not None and outcome.plan.verified and outcome.plan.choices.batch_size is None
     assert outcome.plan.speedup is not None and outcome.plan.speedup.rounds >= 5
     assert outcome.rounds >= 5
-
-
-class _Bent:
-    """Probe estimates with each batch size's latency multiplied by `factors[batch]`, and its σ
-    set to `sigmas[batch]` of the bent latency where given."""
-
-    def __init__(self, probes: ProbeEstimator, factors: dict[int, float], sigmas: dict[int, float]) -> None:
-        self.probes, self.factors, self.sigmas = probes, factors, sigmas
-        self.source = "a bent estimator"
-
-    @property
-    def measurements(self) -> int:
-        return self.probes.measurements
-
-    def estimate(self, choice: GlobalChoice) -> StepEstimate:
-        estimate = self.probes.estimate(choice)
-        if estimate.source == "measured" or choice.batch_size not in self.factors:
-            return estimate
-        latency = estimate.latency_ms * self.factors[choice.batch_size]
-        return dataclasses.replace(
-            estimate, latency_ms=latency, latency_sigma_ms=latency * self.sigmas.get(choice.batch_size, 0.0)
-        )
-
-    def add(self, choice: GlobalChoice, profile: Profile) -> None:
-        self.probes.add(choice, profile)
-
-    def calibrate(self, scale: float) -> None:
-        self.probes.calibrate(scale)
-
-    def applied_profile(self, choice: GlobalChoice) -> Profile | None:
-        return self.probes.applied_profile(choice)
 
 
 @pytest.mark.slow
