@@ -214,8 +214,11 @@ def contest(
     def ratio() -> TimeRatio:
         return paired_ratio(simpler.per_batch_ms, leader.per_batch_ms)
 
+    # Only rounds the two ran together pair up: a side contested before keeps the rounds it shared with this one.
+    common = min(len(simpler.samples_ms), len(leader.samples_ms))
+    del simpler.samples_ms[common:], leader.samples_ms[common:]
     before = ratio()
-    done = len(simpler.samples_ms)
+    done = common
     if done >= MAX_ROUNDS or decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
         return None
     rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1, max_rounds=MAX_ROUNDS - done,
