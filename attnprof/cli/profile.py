@@ -82,9 +82,9 @@ def profile_command(
         attn_implementation=attn_implementation,
     )
     settings = resolve_settings(workload, overrides)
-    if plan is not None and plan.choices.pipeline_stages > 1:
-        # The per-layer passes call the model a different number of times per rank; a pipeline would wait forever.
-        raise EnvironmentUnsupported("profile --plan does not run pipeline-stage plans (attnprof apply --verify does)")
+    if plan is not None and plan.choices.pipeline_stages > 1 and settings.mode == "train":
+        # Only the last stage's output reaches every rank, detached: a backward could not reach the first stages.
+        raise EnvironmentUnsupported("a pipeline-stage plan runs inference only: profile it with --mode infer")
     if plan is not None:
         settings = applied_settings(settings, plan.choices)
         workload = applied_workload(workload, settings, plan.choices)

@@ -26,12 +26,18 @@ def rank_table(merged: DistributedProfile) -> Table:
     )
     plan = placement.plan if placement is not None and placement.plan else "the whole model on every rank"
     backend = placement.backend if placement is not None else "?"
+    pipelined = merged.pipelined()
+    caption = ("params and FLOPs: this rank's share (a sharded parameter by its local shard); "
+               f"global params {human_count(placement.global_params if placement else first.workload.parameter_count)}")
+    if pipelined:
+        caption += ("; step: the whole pipeline's, on every rank; stage compute: the rank's own stage over the "
+                    "step's micro-batches; transfers between stages are not timed")
     table = Table(
-        title=f"{first.workload.target} · {merged.world_size} ranks ({backend}, mesh {mesh}) · {plan}",
-        caption="params and FLOPs: this rank's share (a sharded parameter by its local shard); "
-        f"global params {human_count(placement.global_params if placement else first.workload.parameter_count)}",
+        title=f"{first.workload.target} · {merged.world_size} ranks ({backend}, mesh {mesh}) · {plan}", caption=caption
     )
-    for column in ("rank", "step ms", "collectives ms", "params (local)", "param bytes (local)", "FLOPs (local)"):
+    columns = ["rank", "step ms", "stage compute ms" if pipelined else "collectives ms",
+               "params (local)", "param bytes (local)", "FLOPs (local)"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "rank" else "right")
     slowest = merged.slowest_rank()
     for index, profile in enumerate(merged.ranks):
@@ -41,7 +47,7 @@ def rank_table(merged: DistributedProfile) -> Table:
         table.add_row(
             f"{index}{marker}",
             _ms(totals.time_ms.median if totals.time_ms else None),
-            _ms(totals.collective_ms),
+            _ms(profile.rank.stage_compute_ms if pipelined and profile.rank else totals.collective_ms),
             human_count(next((layer.params for layer in profile.layers if not layer.name), 0)),
             human_bytes(totals.param_bytes),
             human_count(flops),
@@ -75,8 +81,9 @@ def imbalance_line(merged: DistributedProfile) -> Text:
         return Text("no step time was measured (dry run)")
     flagged = merged.imbalanced()
     verdict = "imbalanced" if flagged else "balanced"
+    load = "stage compute" if merged.pipelined() else "step"
     return Text(
-        f"slowest rank {slowest}; imbalance (max/mean step) {imbalance:.2f}: {verdict}",
+        f"slowest rank {slowest}; imbalance (max/mean {load}) {imbalance:.2f}: {verdict}",
         style="bold yellow" if flagged else "",
     )
 

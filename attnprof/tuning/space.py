@@ -369,7 +369,7 @@ def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str
 
 
 # Sharding that cannot be measured or applied (plans.sharding.check_shardable): never in a plan.
-PIPELINE_UNSUPPORTED = "pipeline stages are applied but not measured (profile --plan does not run them)"
+PIPELINE_UNSUPPORTED = "pipeline stages are applied but not measured by tune yet"
 DDP_WITH_TP_UNSUPPORTED = "DDP cannot wrap tensor-parallel DTensors: tensor parallel replicas use FSDP2"
 
 
