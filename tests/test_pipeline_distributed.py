@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from attnprof.cli.app import app
 from attnprof.plans.pipeline import micro_batches, stage_cuts
 from attnprof.plans.records import Plan, PlanChoices
 from attnprof.profiling.records import DistributedProfile
@@ -59,6 +61,11 @@ def test_a_pipeline_with_three_of_four_blocks_on_one_stage_is_reported_imbalance
     merged = read_record(tmp_path / "merged.json", DistributedProfile)
     assert merged.pipelined() and merged.slowest_rank() == 0 and merged.imbalanced()
     assert "slowest rank 0; imbalance (max/mean stage compute)" in run.stdout and ": imbalanced" in run.stdout
+    # `attnprof report` reads the merged file back into the view rank 0 printed.
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "merged.json")], env={"NO_COLOR": "1"})
+    assert report.exit_code == 0, report.output
+    line = next(line for line in run.stdout.splitlines() if line.startswith("slowest rank"))
+    assert line in report.stdout
 
 
 @pytest.mark.distributed

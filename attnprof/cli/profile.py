@@ -144,7 +144,7 @@ def profile_distributed(
     from attnprof.measure.device import resolve_device
     from attnprof.plans.sharding import init_distributed, sharding_label
     from attnprof.profiling.distributed import profile_ranks
-    from attnprof.report.distributed import print_distributed_profile
+    from attnprof.report.distributed import distributed_view
 
     ranks = init_distributed(resolve_device(settings.device))
     if ranks.rank != 0:
@@ -165,4 +165,4 @@ def profile_distributed(
     if as_json:
         print_result(record_json(merged))
     else:
-        print_distributed_profile(merged, stdout_console())
+        stdout_console().print(distributed_view(merged))

@@ -229,7 +229,7 @@ class DistributedProfile:
 
     def pipelined(self) -> bool:
         """Every rank ran one stage of a pipeline."""
-        return all(p.rank is not None and p.rank.pipeline_stage is not None for p in self.ranks)
+        return bool(self.ranks) and all(p.rank is not None and p.rank.pipeline_stage is not None for p in self.ranks)
 
     def load_ms(self) -> list[float | None]:
         """What the balance compares per rank: each stage's own compute for a pipeline (its step
