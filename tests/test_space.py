@@ -115,6 +115,16 @@ def test_sharding_degrees_divide_gpus_and_heads() -> None:
     assert all((8 - o.prune) % 2 == 0 for o in options)
 
 
+def test_pipeline_stages_run_alone_and_only_in_inference() -> None:
+    knobs = ["pipeline_stages", "data_parallel"]
+    infer = build_space(CPU, [GQA], Settings(batch_size=4), knobs, gpus=4, blocks=4)
+    assert {(g.pipeline_stages, g.data_parallel) for g in infer.globals} == {(1, 4), (4, 1)}
+    assert "run alone" in reasons(infer, "pipeline_stages")["2 with tp=1 dp=2"]
+    train = build_space(CPU, [GQA], Settings(batch_size=4, mode="train"), knobs, gpus=2, blocks=4)
+    assert {g.pipeline_stages for g in train.globals} == {1}
+    assert "inference only" in reasons(train, "pipeline_stages")["2 with tp=1 dp=1"]
+
+
 def test_micro_batches_divide_the_batch() -> None:
     assert micro_batch_values(12) == [1, 2, 4, 12]
     assert micro_batch_values(1) == [1]
