@@ -8,7 +8,7 @@ and parameters they remove (heads) or the forward they repeat (checkpointing).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from attnprof.errors import EnvironmentUnsupported
@@ -271,9 +271,11 @@ class Pricing:
         blocks = [
             (b.forward_ms + b.backward_ms) * scale for b in (self.layer_bases[lay.name] for lay in self.space.layouts)
         ]
-        # Attention layers stand for their blocks; what the blocks do besides attention is spread evenly.
+        # Attention layers stand for their blocks; what the blocks do besides attention (their share
+        # of the rest, as the baseline measured it) is spread evenly over them.
         rest = max(estimate.latency_ms - sum(blocks), 0.0)
-        per_block_rest = rest * 0.8 / max(len(blocks), 1)
+        inside = block_share_of_rest(self.baseline, self.space.layouts)
+        per_block_rest = rest * inside / max(len(blocks), 1)
         param_bytes = (
             self.baseline.totals.param_bytes
             * ELEMENT_BYTES[choice.dtype]
@@ -285,7 +287,7 @@ class Pricing:
         boundary = tokens * choice.batch_size / self.settings.batch_size * hidden * ELEMENT_BYTES[choice.dtype]
         return StepShape(
             block_ms=tuple(b + per_block_rest for b in blocks),
-            other_ms=rest * 0.2,
+            other_ms=rest * (1.0 - inside),
             param_bytes=param_bytes,
             activation_bytes=max(estimate.memory_bytes - param_bytes, 0.0),
             boundary_bytes=boundary,
@@ -298,6 +300,28 @@ class Pricing:
         if self.link is None:
             raise EnvironmentUnsupported("sharding plans need an interconnect: pass --interconnect")
         return self.link
+
+
+def block_share_of_rest(profile: Profile, layouts: Sequence[AttentionLayout]) -> float:
+    """Of the model's time outside its attention layers, the share spent inside the repeated
+    blocks around them (MLPs, norms, residuals): the blocks' inclusive time minus their attention
+    layers', over the whole model's minus every attention layer's, from the baseline's per-layer
+    steps (the hooks weigh on both alike). 0 when the profile names no block: the rest is then
+    priced outside the blocks."""
+    by_name = {layer.name: layer for layer in profile.layers}
+
+    def inclusive_ms(name: str) -> float:
+        layer = by_name.get(name)
+        if layer is None or layer.time_ms is None:
+            return 0.0
+        return layer.time_ms.median + (layer.backward_time_ms.median if layer.backward_time_ms else 0.0)
+
+    blocks = {layout.block for layout in layouts if layout.block and layout.block in by_name}
+    inside = sum(inclusive_ms(block) for block in blocks) - sum(
+        inclusive_ms(layout.name) for layout in layouts if layout.block in blocks
+    )
+    rest = inclusive_ms("") - sum(inclusive_ms(layout.name) for layout in layouts)
+    return min(max(inside / rest, 0.0), 1.0) if blocks and rest > 0 else 0.0
 
 
 def tensor_parallel_share(profile: Profile) -> float:
