@@ -20,7 +20,7 @@ from attnprof.store import read_record
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
 from attnprof.tuning.loop import TuneRequest, tune
-from attnprof.tuning.price import LayerBasis, block_share_of_rest, layer_option_costs
+from attnprof.tuning.price import LayerBasis, block_share_of_rest, layer_option_costs, param_share_outside_blocks
 from attnprof.tuning.space import AttentionLayout, LayerOption
 from attnprof.tuning.verify import OutputChecker, contradiction
 from tests.samples import sample_profile
@@ -186,6 +186,16 @@ def test_the_rest_of_the_step_is_split_between_blocks_and_the_model_as_the_profi
     assert block_share_of_rest(profile, layouts) == pytest.approx(6.0 / 12.0)  # a heavier embedding: less inside
     unplaced = [dataclasses.replace(layout, block="") for layout in layouts]
     assert block_share_of_rest(profile, unplaced) == 0.0
+
+
+def test_the_fsdp_root_is_what_the_profile_holds_outside_the_blocks() -> None:
+    profile = sample_profile(blocks=3)
+    layouts = [AttentionLayout(f"layers.{i}.attn", 8, 8, 16, block=f"layers.{i}") for i in range(3)]
+    profile.layer("").params = 1000
+    for i in range(3):
+        profile.layer(f"layers.{i}").params = 200
+    assert param_share_outside_blocks(profile, layouts) == pytest.approx(0.4)  # embeddings and head
+    assert param_share_outside_blocks(profile, [dataclasses.replace(lay, block="") for lay in layouts]) == 0.0
 
 
 def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits() -> None:

@@ -294,6 +294,7 @@ class Pricing:
             micro_batches=micro_steps,
             train=self.settings.mode == "train",
             replicated_param_bytes=param_bytes * (1.0 - tensor_parallel_share(self.baseline)),
+            root_param_bytes=param_bytes * param_share_outside_blocks(self.baseline, self.space.layouts),
         )
 
     def _link(self) -> LinkLike:
@@ -322,6 +323,18 @@ def block_share_of_rest(profile: Profile, layouts: Sequence[AttentionLayout]) ->
     )
     rest = inclusive_ms("") - sum(inclusive_ms(layout.name) for layout in layouts)
     return min(max(inside / rest, 0.0), 1.0) if blocks and rest > 0 else 0.0
+
+
+def param_share_outside_blocks(profile: Profile, layouts: Sequence[AttentionLayout]) -> float:
+    """Share of the parameters outside the repeated blocks (embeddings, head, final norm): what
+    FSDP2's root unit holds, as plans/sharding.py shards a block per unit. 0 when the profile
+    names no block (every parameter priced as a block's)."""
+    by_name = {layer.name: layer for layer in profile.layers}
+    blocks = {layout.block for layout in layouts if layout.block and layout.block in by_name}
+    total = by_name[""].params if "" in by_name else 0
+    if not blocks or total <= 0:
+        return 0.0
+    return min(max(1.0 - sum(by_name[block].params for block in blocks) / total, 0.0), 1.0)
 
 
 def tensor_parallel_share(profile: Profile) -> float:

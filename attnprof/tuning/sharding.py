@@ -127,6 +127,9 @@ class StepShape:
     # Of param_bytes, what tensor parallelism leaves whole on every rank: apply splits only the
     # blocks' attention and MLP projections (embeddings, the head and norms stay replicated).
     replicated_param_bytes: float = 0.0
+    # Of param_bytes, what lies outside the blocks: FSDP2's root unit, which stays gathered from
+    # forward through backward (and, in inference, from the first step on).
+    root_param_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,14 @@ def sharded_step(
     replicated = min(shape.replicated_param_bytes, shape.param_bytes)
     shard_params = (shape.param_bytes - replicated) / (tp * pp) + replicated
     if dp > 1 and data_parallel_mode == "fsdp":
-        # All-gather before forward (and again before backward), reduce-scatter the gradients.
-        dp_ms = 1e3 * passes * all_gather_s(shard_params, dp, link)
+        # Each block all-gathered before forward (and again before backward); the root once a
+        # train step, never again in inference; the gradients reduce-scattered.
+        root = min(shape.root_param_bytes, shard_params)
+        blocks = shard_params - root
+        dp_ms = 1e3 * passes * all_gather_s(blocks, dp, link)
         if shape.train:
-            dp_ms += 1e3 * all_gather_s(shard_params, dp, link, "reduce_scatter")
-        params_held = shard_params / dp + shard_params / max(len(shape.block_ms), 1)  # one block gathered
+            dp_ms += 1e3 * (all_gather_s(root, dp, link) + all_gather_s(shard_params, dp, link, "reduce_scatter"))
+        params_held = blocks / dp + root + blocks / max(len(shape.block_ms), 1)  # one block gathered
     elif dp > 1 and shape.train:
         dp_ms = 1e3 * all_reduce_s(shard_params, dp, link)
         params_held = shard_params
