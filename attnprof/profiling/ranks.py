@@ -47,7 +47,8 @@ def stage_compute_ms(model: nn.Module, stage: nn.Module, layers: list[LayerStats
 
 def whole_pipeline_numel(model: nn.Module) -> int:
     """Parameters of every stage together (a collective: every rank calls it at the same point)."""
-    total = torch.tensor([global_numel(model)], dtype=torch.int64)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # NCCL reduces GPU tensors
+    total = torch.tensor([global_numel(model)], dtype=torch.int64, device=device)
     dist.all_reduce(total)
     return int(total.item())
 

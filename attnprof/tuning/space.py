@@ -426,11 +426,10 @@ def build_space(
         exclude("threads", "*", "threads apply to CPU execution only")
 
     dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
-    sharding = _sharding_choices(
-        layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker, settings.mode == "train"
-    )
-    globals_: list[GlobalChoice] = []
     train = settings.mode == "train"
+    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker,
+                                 train)
+    globals_: list[GlobalChoice] = []
     for backend, dtype in itertools.product(backend_values, dtype_values):
         reason = backend_rule(facts, backend, dtype, train, attn_implementations)
         if backend != "auto" and exclude("backend", f"{backend} with {dtype}", reason):
