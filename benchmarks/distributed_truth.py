@@ -2,10 +2,10 @@
 
 The link between the ranks is measured first (`torchrun … attnprof doctor --calibrate --link`,
 unless this machine already has it, or --recalibrate). Then `tune --gpus 2` runs on zoo:decoder
-with the sharding knobs (tensor parallel, data parallel as DDP or FSDP2) and every candidate of the
-space verified: tune prices each with the measured link, launches it under torchrun
-(tuning/launch.py) and records the slowest rank's step. Printed per plan: predicted, measured,
-error = predicted / measured - 1. Pipeline plans are priced only (apply does not run them yet).
+with the sharding knobs (tensor parallel, data parallel as DDP or FSDP2, two pipeline stages in
+infer mode) and every candidate of the space verified: tune prices each with the measured link,
+launches it under torchrun (tuning/launch.py) and records the slowest rank's step. Printed per
+plan: predicted, measured, error = predicted / measured - 1.
 
 Run: PYTHONPATH=. python benchmarks/distributed_truth.py [--mode infer|train] [--seq-len N]
 """
@@ -49,14 +49,15 @@ def main() -> None:
     measured_link = calibrated_link(machine_info(), "gloo", "cpu", 2)
     assert measured_link is not None
     link = MeasuredLink.from_calibration(measured_link)
-    print("link:", ", ".join(f"{k} α {a:.0f} µs β {b:.3f} GB/s" for k, (a, b) in link.collectives.items()))
+    print("link:", ", ".join(f"{k} α {a:.0f} µs β {b:.3f} GB/s" for k, (a, b) in link.collectives.items()),
+          f"; ranks computing at once {link.compute_slowdown:.2f}× slower than alone")
     workload = load_workload("zoo:decoder")
     settings = resolve_settings(
         workload,
         {"batch_size": args.batch_size, "seq_len": args.seq_len, "mode": args.mode, "repeats": 5, "warmup": 2,
          "threads": 1},
     )
-    knobs = parse_plan_knobs("tensor_parallel,data_parallel", settings.mode, 2)
+    knobs = parse_plan_knobs("tensor_parallel,data_parallel,pipeline_stages", settings.mode, 2)
     request = TuneRequest(parse_budget([], gpus=2), "latency", knobs, top_k=8, link=link)
     outcome = tune(workload, settings, request)
     base = outcome.baseline.totals.time_ms
@@ -71,8 +72,8 @@ def main() -> None:
         shown = f"{measured:12.1f}" if measured else f"{'-':>12}"
         plan = f"{sharding_label(v.choices)}, micro-batch {v.choices.batch_size or settings.batch_size}"
         print(f"{plan[:45]:45} {predicted or float('nan'):12.1f} {shown} {error:>8}")
-    for line in (e for e in outcome.excluded if e.knob == "pipeline_stages"):
-        print(f"pipeline_stages {line.value}: {line.reason}")
+    for line in (e for e in outcome.excluded if e.knob in ("pipeline_stages", "data_parallel", "tensor_parallel")):
+        print(f"left out: {line.knob} {line.value}: {line.reason}")
 
 
 if __name__ == "__main__":

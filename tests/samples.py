@@ -16,7 +16,7 @@ from attnprof.gate.records import CheckResult
 from attnprof.machine import MachineInfo
 from attnprof.measure.records import AttentionInfo, Bound
 from attnprof.plans.records import Budget, ParetoPoint, Plan, PlanChoices, PlanFigures
-from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals
+from attnprof.profiling.records import DistributedProfile, LayerKind, LayerStats, Profile, RankInfo, TimeStats, Totals
 from attnprof.settings import Settings
 from attnprof.targets.records import WorkloadInfo
 
@@ -275,6 +275,29 @@ def sample_profile(blocks: int = 3, mode: str = "infer") -> Profile:
     return profile_of(layers, _stats(step), 32 * MIB, settings=settings)
 
 
+def sample_distributed(pipeline: bool = False) -> DistributedProfile:
+    """Two ranks of sample_profile: tensor parallel (their attention's all-reduce 0.25 ms, rank 1's
+    step 10% slower), or a pipeline whose stage 0 computes three times as long as stage 1."""
+    ranks = []
+    for index in range(2):
+        profile = sample_profile()
+        if pipeline:
+            profile.rank = RankInfo(index, 2, "gloo", [2], [], "pipeline_stages=2", global_params=12345,
+                                    pipeline_stage=index, stage_compute_ms=12.0 if index == 0 else 4.0)
+            profile.layers = [layer for layer in profile.layers if layer.name.startswith(f"layers.{index}") or
+                              not layer.name]
+        else:
+            profile.rank = RankInfo(index, 2, "gloo", [2], ["tp"], "tensor_parallel=2", global_params=12345,
+                                    collective_calls={"all_reduce": 6})
+            profile.totals.collective_ms = 0.75
+            for layer in profile.layers:
+                layer.collective_ms = 0.25 if layer.name.endswith(".attn") else 0.0
+            if index == 1 and profile.totals.time_ms is not None:
+                profile.totals.time_ms = _stats(profile.totals.time_ms.median * 1.1)
+        ranks.append(profile)
+    return DistributedProfile(attnprof_version="0.1.0", created="2026-11-21T09:00:00+00:00", ranks=ranks)
+
+
 def sample_plan() -> Plan:
     """bf16 + flash: predicted 40% faster (± 1 ms) and measured 35% faster than 10 ms."""
     profile = sample_profile()
@@ -352,4 +375,5 @@ SAMPLES = {
     "plan": sample_plan,
     "check": sample_check,
     "fit": sample_fit,
+    "distributed": sample_distributed,
 }

@@ -176,6 +176,16 @@ def test_report_of_saved_files_imports_no_heavy_library(tmp_path, name, fmt):
     assert _heavy_modules_after(argv, tmp_path) == []
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown", "html"])
+def test_report_of_a_distributed_profile_imports_no_heavy_library(tmp_path, fmt):
+    from attnprof.store import write_record
+    from tests.samples import sample_distributed
+
+    write_record(tmp_path / "merged.json", sample_distributed(pipeline=True))
+    argv = ["report", str(tmp_path / "merged.json"), "-f", fmt, "-o", str(tmp_path / "out")]
+    assert _heavy_modules_after(argv, tmp_path) == []
+
+
 def test_compare_of_saved_files_imports_no_heavy_library(tmp_path):
     profile = PACKAGE.parent / "profiles" / "zoo-decoder.json"
     assert _heavy_modules_after(["compare", str(profile), str(profile)], tmp_path) == []

@@ -167,3 +167,46 @@ def test_dry_run_profile_html_renders_without_times(runner: CliRunner, tmp_path:
     assert len(figures) == 3 and "not timed (a dry run)" in figures[0]
     assert count_marks(figures[0]) == 0 and count_marks(figures[1]) == 0  # no times, no achieved TFLOP/s
     assert count_marks(figures[2]) > 0  # memory is known without running
+
+
+@pytest.fixture
+def merged_file(tmp_path: Path) -> Path:
+    from attnprof.store import write_record
+    from tests.samples import sample_distributed
+
+    path = tmp_path / "profile-ranks2.json"
+    write_record(path, sample_distributed())
+    return path
+
+
+def test_report_renders_a_distributed_profile_as_rank_0_prints_it(runner: CliRunner, merged_file: Path) -> None:
+    result = runner.invoke(app, ["report", str(merged_file)])
+    assert result.exit_code == 0, result.output
+    assert "zoo:decoder · 2 ranks (gloo, mesh tp 2) · tensor_parallel=2" in result.stdout
+    assert "slowest rank 1; imbalance (max/mean step) 1.05: balanced" in result.stdout
+    assert re.search(r"layers\.0 +[\d.]+ +[\d.]+ +0\.25 +0\.25", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "json", "csv", "html"])
+def test_report_writes_a_distributed_profile_in_every_format_it_has(
+    runner: CliRunner, merged_file: Path, fmt: str
+) -> None:
+    result = runner.invoke(app, ["report", str(merged_file), "--format", fmt])
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        assert json.loads(result.stdout) == json.loads(merged_file.read_text())
+    elif fmt == "csv":  # the per-rank table
+        frame = pd.read_csv(io.StringIO(result.stdout))
+        assert list(frame["rank"]) == [0, 1] and list(frame["slowest"]) == [False, True]
+        assert list(frame["collectives ms"]) == [0.75, 0.75]
+    else:
+        assert "imbalance (max/mean step) 1.05" in result.stdout and "per-layer time per rank" in result.stdout
+
+
+def test_report_refuses_a_check_format_for_a_distributed_profile_in_one_line(
+    runner: CliRunner, merged_file: Path
+) -> None:
+    result = runner.invoke(app, ["report", str(merged_file), "--format", "junit"])
+    assert result.exit_code == 2
+    assert "--format junit is for a check record, not a distributed record" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1

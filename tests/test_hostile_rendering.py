@@ -24,13 +24,15 @@ from attnprof.report.plots import Peaks
 from attnprof.report.registry import load_report_record
 from attnprof.store import to_json_dict
 from tests.fuzzing import locations, mutations_of, replaced
-from tests.samples import sample_check, sample_fit, sample_plan, sample_profile
+from tests.samples import sample_check, sample_distributed, sample_fit, sample_plan, sample_profile
 
 SAMPLES = {
     "profile": to_json_dict(sample_profile()) | {"schema_version": 1},
     "plan": to_json_dict(sample_plan()) | {"schema_version": 1},
     "fit": to_json_dict(sample_fit()) | {"schema_version": 1},
     "check": to_json_dict(sample_check()) | {"schema_version": 1},
+    "distributed": to_json_dict(sample_distributed()) | {"schema_version": 1},
+    "distributed pipeline": to_json_dict(sample_distributed(pipeline=True)) | {"schema_version": 1},
 }
 # Numbers at the edges of what a float holds, and the values renderers divide by or take logs of.
 EDGE_NUMBERS: list[Any] = [10**400, -(10**400), 2**63, 2**63 - 1, 1e308, -1e308, 5e-324, 0, 0.0, -1, -1.5, 1e-300]

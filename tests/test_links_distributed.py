@@ -50,6 +50,19 @@ def test_each_collective_is_priced_with_its_own_measured_figures() -> None:
     assert ddp[0] == ddp[1]  # DDP all-reduces: the reduce-scatter's figures do not enter
 
 
+def test_ranks_compute_as_much_slower_as_the_calibration_measured() -> None:
+    shape = StepShape((4.0, 4.0), 1.0, 8e6, 1e6, 1e5, 1, False)
+    fits = _measured(100.0).collectives
+    calibration = LinkCalibration("gloo", "cpu", 2, {k: LinkFit(*v, [], []) for k, v in fits.items()}, 1, "now")
+    quiet = sharded_step(shape, 2, 1, 1, "fsdp", MeasuredLink.from_calibration(calibration))
+    calibration.compute_slowdown = 2.0
+    shared = sharded_step(shape, 2, 1, 1, "fsdp", MeasuredLink.from_calibration(calibration))
+    # Each rank: half of each block, and the embeddings and head (other_ms) whole.
+    assert quiet.latency_ms - quiet.communication_ms == pytest.approx(4.0 + 1.0)
+    assert shared.latency_ms - shared.communication_ms == pytest.approx(2 * (4.0 + 1.0))
+    assert shared.communication_ms == quiet.communication_ms
+
+
 def _env(cache: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "OMP_NUM_THREADS": "1", CACHE_DIR_ENV: str(cache)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -84,6 +97,7 @@ def test_calibrated_gloo_link_is_stored_and_used_by_tune(tmp_path: Path, monkeyp
     assert calibration is not None
     measured = calibration.links["gloo:cpu:2"]
     assert set(measured.collectives) == {"all_reduce", "all_gather", "reduce_scatter"}
+    assert measured.compute_slowdown >= 1.0
     for fit in measured.collectives.values():
         assert fit.beta_gbps > 0 and fit.alpha_us >= 0 and len(fit.seconds) == len(fit.sizes) >= 3
         assert all(t > 0 for t in fit.seconds)

@@ -95,6 +95,20 @@ def test_tensor_parallel_profile_records_both_ranks_their_collectives_and_local_
     assert "slowest rank" in run.stdout and "imbalance" in run.stdout
 
 
+def test_fsdp2_all_gathers_are_timed_per_block(tmp_path: Path) -> None:
+    workload = load_workload("zoo:decoder")
+    settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 32, "threads": 1})
+    info = WorkloadInfo(target="zoo:decoder", fingerprint=workload.fingerprint(settings), parameter_count=0)
+    choices = PlanChoices(data_parallel=2, data_parallel_mode="fsdp", batch_size=1)
+    write_record(tmp_path / "fsdp.json", Plan(info, settings, "cpu", "latency", choices))
+    run = torchrun(["profile", "zoo:decoder", "--plan", "fsdp.json", "-o", "merged.json", *SMALL], tmp_path)
+    assert run.returncode == 0, run.stderr
+    for profile in read_record(tmp_path / "merged.json", DistributedProfile).ranks:
+        assert profile.rank is not None and sum(profile.rank.collective_calls.values()) >= 4  # one per block
+        assert profile.totals.collective_ms is not None and profile.totals.collective_ms > 0
+        assert all((profile.layer(f"layers.{i}").collective_ms or 0) > 0 for i in range(4))
+
+
 def test_four_ranks_on_a_two_dimensional_mesh_record_it(tmp_path: Path) -> None:
     tensor_parallel_plan(tmp_path / "tp-fsdp.json", data_parallel=2)
     run = torchrun(["profile", "zoo:decoder", "--plan", "tp-fsdp.json", "-o", "merged.json", *SMALL], tmp_path, 4)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -115,6 +115,16 @@ def test_sharding_degrees_divide_gpus_and_heads() -> None:
     assert all((8 - o.prune) % 2 == 0 for o in options)
 
 
+def test_pipeline_stages_run_alone_and_only_in_inference() -> None:
+    knobs = ["pipeline_stages", "data_parallel"]
+    infer = build_space(CPU, [GQA], Settings(batch_size=4), knobs, gpus=4, blocks=4)
+    assert {(g.pipeline_stages, g.data_parallel) for g in infer.globals} == {(1, 4), (4, 1)}
+    assert "run alone" in reasons(infer, "pipeline_stages")["2 with tp=1 dp=2"]
+    train = build_space(CPU, [GQA], Settings(batch_size=4, mode="train"), knobs, gpus=2, blocks=4)
+    assert {g.pipeline_stages for g in train.globals} == {1}
+    assert "inference only" in reasons(train, "pipeline_stages")["2 with tp=1 dp=1"]
+
+
 def test_micro_batches_divide_the_batch() -> None:
     assert micro_batch_values(12) == [1, 2, 4, 12]
     assert micro_batch_values(1) == [1]
@@ -164,6 +174,18 @@ def test_sharded_step_trades_compute_for_communication() -> None:
     ddp = sharded_step(shape, 1, 1, 4, "ddp", NVLINK)
     assert fsdp.memory_bytes < ddp.memory_bytes
     assert ddp.communication_ms == pytest.approx(1e3 * all_reduce_s(8e9, 4, NVLINK))
+
+
+def test_fsdp2_gathers_each_block_every_pass_and_its_root_once_a_train_step() -> None:
+    shape = StepShape(block_ms=(10.0,) * 4, other_ms=2.0, param_bytes=8e9, activation_bytes=4e9,
+                      boundary_bytes=64e6, micro_batches=1, train=False, root_param_bytes=2e9)
+    infer = sharded_step(shape, 1, 1, 4, "fsdp", NVLINK)
+    # In inference the root (embeddings, head) stays gathered: only the blocks' 6 GB are gathered.
+    assert infer.communication_ms == pytest.approx(1e3 * all_gather_s(6e9, 4, NVLINK))
+    assert infer.memory_bytes == pytest.approx(6e9 / 4 + 2e9 + 6e9 / 4 + 4e9)  # shards, root, one block
+    train = sharded_step(replace(shape, train=True), 1, 1, 4, "fsdp", NVLINK)
+    gathers = 2 * all_gather_s(6e9, 4, NVLINK) + all_gather_s(2e9, 4, NVLINK)
+    assert train.communication_ms == pytest.approx(1e3 * (gathers + all_gather_s(8e9, 4, NVLINK, "reduce_scatter")))
 
 
 def test_data_parallel_replicas_split_the_batch() -> None:

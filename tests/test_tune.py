@@ -20,9 +20,10 @@ from attnprof.store import read_record
 from attnprof.targets.load import load_workload
 from attnprof.tuning.budget import parse_budget
 from attnprof.tuning.loop import TuneRequest, tune
-from attnprof.tuning.price import LayerBasis, layer_option_costs
+from attnprof.tuning.price import LayerBasis, block_share_of_rest, layer_option_costs, param_share_outside_blocks
 from attnprof.tuning.space import AttentionLayout, LayerOption
 from attnprof.tuning.verify import OutputChecker, contradiction
+from tests.samples import sample_profile
 
 FAST = ["--batch-size", "2", "--seq-len", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 # Timings on a shared test machine swing far beyond any model's uncertainty: tests that are not about
@@ -171,6 +172,32 @@ def test_checkpointing_a_block_or_its_mlp_is_priced_by_what_that_module_recomput
 
 
 @pytest.mark.slow
+def test_the_rest_of_the_step_is_split_between_blocks_and_the_model_as_the_profile_measured() -> None:
+    profile = sample_profile(blocks=3)  # attention 1+i ms and MLP 2 ms per block; embed 0.5, lm_head 0.7
+    layouts = [AttentionLayout(f"layers.{i}.attn", 8, 8, 16, block=f"layers.{i}") for i in range(3)]
+    # Outside attention: 6 ms of MLPs inside the blocks, 1.2 ms of embedding and head outside them.
+    assert block_share_of_rest(profile, layouts) == pytest.approx(6.0 / 7.2)
+    slower = profile.layer("embed")
+    assert slower.time_ms is not None
+    slower.time_ms = dataclasses.replace(slower.time_ms, median=slower.time_ms.median + 4.8)
+    root = profile.layer("")
+    assert root.time_ms is not None
+    root.time_ms = dataclasses.replace(root.time_ms, median=root.time_ms.median + 4.8)
+    assert block_share_of_rest(profile, layouts) == pytest.approx(6.0 / 12.0)  # a heavier embedding: less inside
+    unplaced = [dataclasses.replace(layout, block="") for layout in layouts]
+    assert block_share_of_rest(profile, unplaced) == 0.0
+
+
+def test_the_fsdp_root_is_what_the_profile_holds_outside_the_blocks() -> None:
+    profile = sample_profile(blocks=3)
+    layouts = [AttentionLayout(f"layers.{i}.attn", 8, 8, 16, block=f"layers.{i}") for i in range(3)]
+    profile.layer("").params = 1000
+    for i in range(3):
+        profile.layer(f"layers.{i}").params = 200
+    assert param_share_outside_blocks(profile, layouts) == pytest.approx(0.4)  # embeddings and head
+    assert param_share_outside_blocks(profile, [dataclasses.replace(lay, block="") for lay in layouts]) == 0.0
+
+
 def test_llama_under_a_memory_budget_below_fp32_gets_a_verified_plan_that_fits() -> None:
     workload = load_workload("hf:llama")
     settings = resolve_settings(workload, {"batch_size": 2, "seq_len": 32, "repeats": 3, "warmup": 1, "threads": 1})
@@ -198,7 +225,7 @@ def test_sharded_plans_on_a_cpu_are_priced_over_gloo_and_marked_unverified(runne
     assert not plan.verified and plan.measured is None
     assert "not verified on this machine: needs 4 devices" in plan.notes
     assert plan.budgets.gpus == 4
-    assert "pipeline stages are applied but not measured" in result.stdout
+    assert "pipeline stages run alone" in result.stdout  # pp=2 with dp=2 or tp=2 is left out
 
 
 def test_a_gpu_link_for_cpu_ranks_is_a_usage_error(runner: CliRunner) -> None:

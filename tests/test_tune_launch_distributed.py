@@ -40,23 +40,39 @@ def test_the_launched_profile_runs_with_the_settings_tune_measures() -> None:
 def test_micro_steps_follow_the_micro_batch_per_replica() -> None:
     assert PlanChoices(data_parallel=2, batch_size=1).micro_steps(4) == 2
     assert PlanChoices(tensor_parallel=2).micro_steps(4) == 1
+    assert PlanChoices(pipeline_stages=2, batch_size=1).micro_steps(4) == 1  # the schedule runs them all
+
+
+def tune_on_two_cpu_ranks(knobs: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "attnprof", "tune", "zoo:decoder", "--gpus", "2", "--knobs", knobs,
+         "--batch-size", "2", "--seq-len", "32", "--repeats", "2",
+         "--warmup", "1", "--threads", "1", "--top-k", "3", "-o", "plan.json"],
+        capture_output=True, text=True, env=env, timeout=2000, check=False, cwd=cwd,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.timeout(2400)
 def test_tune_on_two_cpu_ranks_measures_its_sharded_candidates(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    run = subprocess.run(
-        [sys.executable, "-m", "attnprof", "tune", "zoo:decoder", "--gpus", "2", "--knobs",
-         "tensor_parallel,data_parallel", "--batch-size", "2", "--seq-len", "32", "--repeats", "2",
-         "--warmup", "1", "--threads", "1", "--top-k", "3", "-o", "plan.json"],
-        capture_output=True, text=True, env=env, timeout=2000, check=False, cwd=tmp_path,
-    )
+    run = tune_on_two_cpu_ranks("tensor_parallel,data_parallel", tmp_path)
     assert run.returncode in (0, 1), run.stderr  # 1: no candidate survived; the table is printed either way
     assert "sharding priced on" in run.stderr
     assert "measured apart" in run.stdout, run.stdout
     assert "measured under torchrun on 2 cpu ranks (gloo)" in run.stdout
+    assert "prediction error" in run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(2400)
+def test_tune_on_two_cpu_ranks_measures_a_pipeline_candidate(tmp_path: Path) -> None:
+    run = tune_on_two_cpu_ranks("pipeline_stages", tmp_path)
+    assert run.returncode in (0, 1), run.stderr
+    candidate = next(line for line in run.stdout.splitlines() if "pp=2" in line)
+    assert "measured apart: measured under torchrun on 2 cpu ranks (gloo)" in candidate, run.stdout
     assert "prediction error" in run.stdout

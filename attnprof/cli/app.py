@@ -242,7 +242,7 @@ def _register_commands() -> None:
     ))
     register("schema", schema_command, (
         "attnprof schema profile                       # the JSON Schema of saved profiles",
-        "attnprof schema plan -o plan.schema.json      # also: check, fit",
+        "attnprof schema plan -o plan.schema.json      # also: check, fit, distributed",
     ))
 
     from attnprof.cli.baseline import baseline_command

@@ -82,9 +82,9 @@ def profile_command(
         attn_implementation=attn_implementation,
     )
     settings = resolve_settings(workload, overrides)
-    if plan is not None and plan.choices.pipeline_stages > 1:
-        # The per-layer passes call the model a different number of times per rank; a pipeline would wait forever.
-        raise EnvironmentUnsupported("profile --plan does not run pipeline-stage plans (attnprof apply --verify does)")
+    if plan is not None and plan.choices.pipeline_stages > 1 and settings.mode == "train":
+        # Only the last stage's output reaches every rank, detached: a backward could not reach the first stages.
+        raise EnvironmentUnsupported("a pipeline-stage plan runs inference only: profile it with --mode infer")
     if plan is not None:
         settings = applied_settings(settings, plan.choices)
         workload = applied_workload(workload, settings, plan.choices)
@@ -144,7 +144,7 @@ def profile_distributed(
     from attnprof.measure.device import resolve_device
     from attnprof.plans.sharding import init_distributed, sharding_label
     from attnprof.profiling.distributed import profile_ranks
-    from attnprof.report.distributed import print_distributed_profile
+    from attnprof.report.distributed import distributed_view
 
     ranks = init_distributed(resolve_device(settings.device))
     if ranks.rank != 0:
@@ -165,4 +165,4 @@ def profile_distributed(
     if as_json:
         print_result(record_json(merged))
     else:
-        print_distributed_profile(merged, stdout_console())
+        stdout_console().print(distributed_view(merged))

@@ -1,4 +1,4 @@
-"""`attnprof report FILE`: a saved profile, fit, plan or check result in another format.
+"""`attnprof report FILE`: a saved profile, fit, plan, check result or distributed profile in another format.
 
 It writes through the same format registry (attnprof.report.formats) as the output files of other
 commands (`check --junit FILE`, ...), by way of cli/outputs.py.
@@ -21,7 +21,7 @@ from attnprof.report.registry import load_report_record
 
 
 def report_command(
-    file: Path = typer.Argument(..., help="A saved profile, fit, plan or check result (JSON)."),
+    file: Path = typer.Argument(..., help="A saved profile, fit, plan, check result or distributed profile (JSON)."),
     fmt: str = typer.Option("table", "--format", "-f", help=formats_help()),
     out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
     peak_tflops: float = number_option(

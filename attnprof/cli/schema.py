@@ -1,4 +1,4 @@
-"""`attnprof schema KIND`: the JSON Schema of a profile, plan, check result or fit file.
+"""`attnprof schema KIND`: the JSON Schema of a profile, plan, check result, fit or distributed profile file.
 
 Generated from the typed records (store.json_schema), so it always matches what attnprof writes
 and reads; docs/schema/ holds the schemas of this version (kept in sync by a test).

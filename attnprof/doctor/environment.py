@@ -301,7 +301,8 @@ def _link_figures(measured: LinkCalibration) -> str:
     fits = ", ".join(
         f"{name} α {fit.alpha_us:.3g} µs β {fit.beta_gbps:.3g} GB/s" for name, fit in measured.collectives.items()
     )
-    return f"{measured.world_size} ranks on {measured.device}: {fits}"
+    return (f"{measured.world_size} ranks on {measured.device}: {fits}; compute with every rank at once "
+            f"{measured.compute_slowdown:.2f}× slower than alone")
 
 
 def links_section() -> list[Finding]:

@@ -28,9 +28,11 @@ import torch.distributed.distributed_c10d as c10d
 from attnprof.measure.scopes import Site
 
 # The collectives, by the module they are called through (DTensor calls `funcol.<name>`, FSDP2
-# and pipelining `dist.<name>`; torch.distributed re-exports c10d's functions).
+# and pipelining `dist.<name>`; torch.distributed re-exports c10d's functions). FSDP2 in torch
+# 2.13 all-gathers and reduce-scatters with the `*_single` functions; a name this torch lacks is skipped.
 C10D_CALLS = (
-    "all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+    "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "reduce_scatter",
+    "reduce_scatter_tensor", "reduce_scatter_single", "all_gather_coalesced", "all_reduce_coalesced",
     "all_to_all_single", "broadcast", "scatter", "gather", "send", "recv", "isend", "irecv",
     "batch_isend_irecv",
 )

@@ -7,6 +7,11 @@ formulas of tuning/sharding.py are linear in the size n: all-reduce 2(p-1)α + 2
 all-gather and reduce-scatter (p-1)α + (p-1)/p·n/β; a least-squares line through the points
 gives α (intercept over the message count) and β (one over the slope). The line is weighted by
 1/t², so that it fits every size to the same relative error (the sizes span three decades).
+
+The ranks' compute is measured too: a fixed set of matrix products timed on each rank alone
+(the others wait at a barrier) and on every rank at once. CPU ranks on one host share its cores
+(and whatever else runs there): their ratio is how much slower a rank computes when all of them
+compute, which tune prices every sharded step's compute with.
 """
 
 from __future__ import annotations
@@ -74,6 +79,45 @@ def time_collective(collective: str, nbytes: int, device: torch.device, repeats:
     return float(slowest.item())
 
 
+# Square fp32 matrix products, about 50 ms of them on one core: longer than the scheduler's time
+# slices, so that ranks taking turns on a core are seen taking turns (short samples each fall
+# inside one slice and look as fast as alone).
+COMPUTE_SIZE = 512
+COMPUTE_PRODUCTS = 32
+
+
+def _time_compute(device: torch.device) -> float:
+    a = torch.ones(COMPUTE_SIZE, COMPUTE_SIZE, device=device)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(COMPUTE_PRODUCTS):
+        a = torch.mm(a, a) * (1.0 / COMPUTE_SIZE)  # rescaled: the values stay ones
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def compute_slowdown(device: torch.device, repeats: int) -> float:
+    """Each rank's compute with every rank computing at once over its compute alone: the slowest
+    rank's ratio of medians (all ranks call it)."""
+    _time_compute(device)  # warm
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    alone: list[float] = []
+    for turn in range(ranks):  # each rank in its turn, the others waiting at the barrier
+        for _ in range(repeats):
+            dist.barrier()
+            if rank == turn:
+                alone.append(_time_compute(device))
+            dist.barrier()
+    together = []
+    for _ in range(repeats):
+        dist.barrier()
+        together.append(_time_compute(device))
+    ratio = statistics.median(together) / statistics.median(alone)
+    slowest = torch.tensor([ratio], dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return max(float(slowest.item()), 1.0)
+
+
 def fit_link(collective: str, ranks: int, sizes: list[int], seconds: list[float]) -> LinkFit:
     """Weighted least-squares α and β of the ring formula through the measured points."""
     messages, share = ring_terms(collective, ranks)
@@ -107,6 +151,7 @@ def calibrate_links(device: torch.device, repeats: int = 10, sizes: tuple[int, .
         collectives=fits,
         threads=torch.get_num_threads(),
         created=timestamp(),
+        compute_slowdown=compute_slowdown(device, repeats),
     )
 
 

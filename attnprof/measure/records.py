@@ -142,6 +142,9 @@ class LinkCalibration:
     collectives: dict[str, LinkFit]  # all_reduce, all_gather, reduce_scatter
     threads: int
     created: str
+    # Each rank's compute when every rank computes at once over one rank computing alone (the
+    # slowest rank's ratio of medians): above 1 when the ranks share cores (measure/links.py).
+    compute_slowdown: float = 1.0
 
 
 @dataclass

@@ -90,6 +90,11 @@ class PipelinedModel(nn.Module):
         if pipe.num_stages != self.stages:
             raise UsageError(f"the model split into {pipe.num_stages} stages, the plan needs {self.stages}")
         stage = pipe.build_stage(self.rank, device)
+        # The stage's modules keep their names in the model (a profile of this rank lines up with
+        # the unsharded model's); the stage itself comes last, so named_modules() finds them first.
+        for name, child in stage.submod.named_children():
+            self.add_module(name, child)
+        self.stage_index = self.rank  # profiling.ranks.PipelineStage: profiled as one stage
         self.stage = stage.submod
         self.device = device
         self.schedule = ScheduleGPipe(stage, n_microbatches=self.micro_batches)

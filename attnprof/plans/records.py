@@ -127,7 +127,10 @@ class PlanChoices:
         return self.tensor_parallel * self.data_parallel * self.pipeline_stages
 
     def micro_steps(self, batch_size: int) -> int:
-        """Micro-batches of the plan in one step of `batch_size`, on each data-parallel replica."""
+        """Steps of the plan in one step of `batch_size`, on each data-parallel replica: one per
+        micro-batch, except in a pipeline, whose schedule runs every micro-batch in one step."""
+        if self.pipeline_stages > 1:
+            return 1
         return max(batch_size // self.data_parallel // (self.batch_size or batch_size), 1)
 
     def changes_heads(self) -> bool:

@@ -104,8 +104,10 @@ def hold_to_limits(verification: Verification, budgets: Budget, profile: Profile
 
 def applied_settings(plan_settings: Settings, choices: PlanChoices) -> Settings:
     """The settings an applied plan runs with: the plan's, with its batch size, threads and backend
-    (the applied model already holds the plan's precision)."""
-    return with_plan_choices(plan_settings, choices.backend, choices.batch_size, choices.threads)
+    (the applied model already holds the plan's precision). A pipeline is called with the whole
+    batch: its schedule splits it into the plan's micro-batches."""
+    micro_batch = choices.batch_size if choices.pipeline_stages == 1 else None
+    return with_plan_choices(plan_settings, choices.backend, micro_batch, choices.threads)
 
 
 def raise_not_applied(report: ApplyReport) -> None:

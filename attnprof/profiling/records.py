@@ -144,6 +144,10 @@ class RankInfo:
     plan: str | None  # the sharding this rank ran, e.g. "tensor_parallel=2"; None: the whole model on each rank
     global_params: int
     collective_calls: dict[str, int] = field(default_factory=dict)  # per collective, in one step
+    pipeline_stage: int | None = None  # the pipeline stage this rank runs; None outside a pipeline
+    # Its stage's own forward over a step's micro-batches (median of the hooked steps): the
+    # rank's compute, without the waits for the other stages a whole pipeline step holds.
+    stage_compute_ms: float | None = None
 
 
 @dataclass
@@ -223,13 +227,24 @@ class DistributedProfile:
     def step_ms(self) -> list[float | None]:
         return [p.totals.time_ms.median if p.totals.time_ms else None for p in self.ranks]
 
+    def pipelined(self) -> bool:
+        """Every rank ran one stage of a pipeline."""
+        return bool(self.ranks) and all(p.rank is not None and p.rank.pipeline_stage is not None for p in self.ranks)
+
+    def load_ms(self) -> list[float | None]:
+        """What the balance compares per rank: each stage's own compute for a pipeline (its step
+        is the whole pipeline's on every rank), otherwise each rank's step."""
+        if self.pipelined():
+            return [p.rank.stage_compute_ms if p.rank is not None else None for p in self.ranks]
+        return self.step_ms()
+
     def slowest_rank(self) -> int | None:
-        times = [(t, rank) for rank, t in enumerate(self.step_ms()) if t is not None]
+        times = [(t, rank) for rank, t in enumerate(self.load_ms()) if t is not None]
         return max(times)[1] if times else None
 
     def imbalance(self) -> float | None:
-        """Slowest rank's step over the mean step: 1.0 is perfectly balanced."""
-        times = [t for t in self.step_ms() if t is not None]
+        """Slowest rank's load over the mean load (`load_ms`): 1.0 is perfectly balanced."""
+        times = [t for t in self.load_ms() if t is not None]
         mean = sum(times) / len(times) if times else 0.0
         return max(times) / mean if mean > 0 else None
 

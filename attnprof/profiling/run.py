@@ -45,7 +45,7 @@ from attnprof.measure.sharded import global_numel, local_numel
 from attnprof.measure.timing import LayerTimes, layer_timer, time_call
 from attnprof.measure.trace import run_trace
 from attnprof.profiling.progress import spinning, track
-from attnprof.profiling.ranks import collective_pass, distributed, rank_info
+from attnprof.profiling.ranks import PipelineStage, collective_pass, distributed, rank_info, stage_compute_ms
 from attnprof.profiling.records import LayerKind, LayerStats, Profile, TimeStats, Totals, UncountedOp
 from attnprof.settings import Settings
 from attnprof.store import timestamp
@@ -449,12 +449,20 @@ def run_profile(
 
         profile = profile_record(workload, settings, prepared.model, prepared.device, counting, timing, telemetry,
                                  traced, allocator.step_peak if allocator is not None else None, compiles.stats())
-        if timing is not None and distributed():
-            collectives = collective_pass(prepared.model, prepared.step, max(min(settings.repeats, 5), 1), train)
+        model = prepared.model
+        if timing is not None and distributed() and isinstance(model, PipelineStage):
+            # Each transfer waited for where it is issued stalls the schedule (the stages end up
+            # waiting on each other's sends): a pipeline's point-to-point time is not measured.
+            profile.rank = rank_info(model, plan, {}, stage_compute_ms(model, model.stage, profile.layers))
+            profile.workload.parameter_count = profile.rank.global_params  # the whole model, not this stage
+            profile.notes.append("pipeline stage: the step is the whole pipeline's; transfers between stages are "
+                                 "not timed (the step minus the stage's compute is its waiting and transfers)")
+        elif timing is not None and distributed():
+            collectives = collective_pass(model, prepared.step, max(min(settings.repeats, 5), 1), train)
             for layer in profile.layers:
                 layer.collective_ms = collectives.per_module_ms.get(layer.name, 0.0)
             profile.totals.collective_ms = collectives.step_ms
-            profile.rank = rank_info(prepared.model, plan, collectives.calls)
+            profile.rank = rank_info(model, plan, collectives.calls)
     if trace and timing is None:
         profile.notes.append("--trace: a meta-device dry run executes no kernels, so nothing was traced")
     return profile

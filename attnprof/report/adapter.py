@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rich.console import RenderableType
 
+from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.plots import Peaks
 from attnprof.report.svg import Chart
 
@@ -64,6 +65,25 @@ class Section:
         typed = [_typed_column([row[column] for row in self.rows]) for column in self.columns]
         numeric = [is_numeric for is_numeric, _ in typed]
         return numeric, list(zip(*(values for _, values in typed), strict=True))
+
+
+def section_table(section: Section) -> FittedTable:
+    """A section on the terminal: on a narrow one the last columns are left out first; text
+    wraps, numbers never do; highlighted rows in bold red."""
+    numeric, rows = section.typed_columns()
+    columns = [
+        Column(str(column), "right" if num else "left", priority=index, wraps=not num)
+        for index, (column, num) in enumerate(zip(section.columns, numeric, strict=True))
+    ]
+    emphasised = [index < len(section.highlight) and section.highlight[index] for index in range(len(rows))]
+    return FittedTable(
+        columns,
+        [
+            Row(tuple(format_cell(v) for v in values), style="bold red" if emphasis else "")
+            for values, emphasis in zip(rows, emphasised, strict=True)
+        ],
+        title=section.title,
+    )
 
 
 @dataclass(frozen=True)

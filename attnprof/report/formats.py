@@ -18,9 +18,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from attnprof.errors import EnvironmentUnsupported, UsageError
-from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell
+from attnprof.report.adapter import RecordAdapter, ReportOptions, Section, format_cell, section_table
 from attnprof.report.console import PLAIN_WIDTH, SafeConsole, printable
-from attnprof.report.console_table import Column, FittedTable, Row
 from attnprof.report.html import html_report
 from attnprof.report.registry import ADAPTERS
 from attnprof.store import record_json
@@ -59,26 +58,7 @@ def render_table(adapter: RecordAdapter[Any], record: Any) -> RenderableType:
     facts.add_column()
     for key, value in adapter.summary(record):
         facts.add_row(key, value)
-    parts: list[RenderableType] = [facts]
-    for section in adapter.sections(record):
-        numeric, rows = section.typed_columns()
-        # On a narrow terminal the last columns are left out first; text wraps, numbers never do.
-        columns = [
-            Column(str(column), "right" if num else "left", priority=index, wraps=not num)
-            for index, (column, num) in enumerate(zip(section.columns, numeric, strict=True))
-        ]
-        emphasised = [index < len(section.highlight) and section.highlight[index] for index in range(len(rows))]
-        parts.append(
-            FittedTable(
-                columns,
-                [
-                    Row(tuple(format_cell(v) for v in values), style="bold red" if emphasis else "")
-                    for values, emphasis in zip(rows, emphasised, strict=True)
-                ],
-                title=section.title,
-            )
-        )
-    return Group(*parts)
+    return Group(facts, *(section_table(section) for section in adapter.sections(record)))
 
 
 def render_table_text(adapter: RecordAdapter[Any], record: Any, options: ReportOptions) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from attnprof.errors import InputFileError, UsageError
-from attnprof.report import check, fit, plan, profile
+from attnprof.report import check, distributed, fit, plan, profile
 from attnprof.report.adapter import RecordAdapter
 from attnprof.store import from_json_dict, json_schema, read_json
 
@@ -18,6 +18,7 @@ ADAPTERS: tuple[RecordAdapter[Any], ...] = (
     plan.ADAPTER,
     check.ADAPTER,
     fit.ADAPTER,
+    distributed.ADAPTER,
 )
 
 
@@ -29,7 +30,7 @@ def adapter_for_record(record: object) -> RecordAdapter[Any]:
 
 
 def load_report_record(path: Path) -> tuple[RecordAdapter[Any], Any]:
-    """Read a saved profile, fit, plan or check result, whichever `path` holds."""
+    """Read a saved profile, fit, plan, check result or distributed profile, whichever `path` holds."""
     data = read_json(path)
     for adapter in ADAPTERS:
         if adapter.recognizes(data):

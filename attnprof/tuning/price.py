@@ -8,7 +8,7 @@ and parameters they remove (heads) or the forward they repeat (checkpointing).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from attnprof.errors import EnvironmentUnsupported
@@ -271,9 +271,11 @@ class Pricing:
         blocks = [
             (b.forward_ms + b.backward_ms) * scale for b in (self.layer_bases[lay.name] for lay in self.space.layouts)
         ]
-        # Attention layers stand for their blocks; what the blocks do besides attention is spread evenly.
+        # Attention layers stand for their blocks; what the blocks do besides attention (their share
+        # of the rest, as the baseline measured it) is spread evenly over them.
         rest = max(estimate.latency_ms - sum(blocks), 0.0)
-        per_block_rest = rest * 0.8 / max(len(blocks), 1)
+        inside = block_share_of_rest(self.baseline, self.space.layouts)
+        per_block_rest = rest * inside / max(len(blocks), 1)
         param_bytes = (
             self.baseline.totals.param_bytes
             * ELEMENT_BYTES[choice.dtype]
@@ -285,19 +287,54 @@ class Pricing:
         boundary = tokens * choice.batch_size / self.settings.batch_size * hidden * ELEMENT_BYTES[choice.dtype]
         return StepShape(
             block_ms=tuple(b + per_block_rest for b in blocks),
-            other_ms=rest * 0.2,
+            other_ms=rest * (1.0 - inside),
             param_bytes=param_bytes,
             activation_bytes=max(estimate.memory_bytes - param_bytes, 0.0),
             boundary_bytes=boundary,
             micro_batches=micro_steps,
             train=self.settings.mode == "train",
             replicated_param_bytes=param_bytes * (1.0 - tensor_parallel_share(self.baseline)),
+            root_param_bytes=param_bytes * param_share_outside_blocks(self.baseline, self.space.layouts),
         )
 
     def _link(self) -> LinkLike:
         if self.link is None:
             raise EnvironmentUnsupported("sharding plans need an interconnect: pass --interconnect")
         return self.link
+
+
+def block_share_of_rest(profile: Profile, layouts: Sequence[AttentionLayout]) -> float:
+    """Of the model's time outside its attention layers, the share spent inside the repeated
+    blocks around them (MLPs, norms, residuals): the blocks' inclusive time minus their attention
+    layers', over the whole model's minus every attention layer's, from the baseline's per-layer
+    steps (the hooks weigh on both alike). 0 when the profile names no block: the rest is then
+    priced outside the blocks."""
+    by_name = {layer.name: layer for layer in profile.layers}
+
+    def inclusive_ms(name: str) -> float:
+        layer = by_name.get(name)
+        if layer is None or layer.time_ms is None:
+            return 0.0
+        return layer.time_ms.median + (layer.backward_time_ms.median if layer.backward_time_ms else 0.0)
+
+    blocks = {layout.block for layout in layouts if layout.block and layout.block in by_name}
+    inside = sum(inclusive_ms(block) for block in blocks) - sum(
+        inclusive_ms(layout.name) for layout in layouts if layout.block in blocks
+    )
+    rest = inclusive_ms("") - sum(inclusive_ms(layout.name) for layout in layouts)
+    return min(max(inside / rest, 0.0), 1.0) if blocks and rest > 0 else 0.0
+
+
+def param_share_outside_blocks(profile: Profile, layouts: Sequence[AttentionLayout]) -> float:
+    """Share of the parameters outside the repeated blocks (embeddings, head, final norm): what
+    FSDP2's root unit holds, as plans/sharding.py shards a block per unit. 0 when the profile
+    names no block (every parameter priced as a block's)."""
+    by_name = {layer.name: layer for layer in profile.layers}
+    blocks = {layout.block for layout in layouts if layout.block and layout.block in by_name}
+    total = by_name[""].params if "" in by_name else 0
+    if not blocks or total <= 0:
+        return 0.0
+    return min(max(1.0 - sum(by_name[block].params for block in blocks) / total, 0.0), 1.0)
 
 
 def tensor_parallel_share(profile: Profile) -> float:

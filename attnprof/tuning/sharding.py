@@ -8,6 +8,11 @@ two all-reduces of the block's activations per block in forward and two more in 
 pipeline stages exchange the boundary activations point to point and idle for (p-1) of
 (m+p-1) micro-batch slots (the GPipe bubble); data parallelism all-reduces gradients (DDP) or
 all-gathers parameters and reduce-scatters gradients (FSDP).
+
+Every rank's compute is the unsharded block's share, times how much slower a rank computes when
+all ranks compute at once (`compute_slowdown`, measured with the link; 1 without a measurement):
+CPU ranks on one host take turns on its cores. What tensor parallelism leaves whole on every
+rank (embeddings, the head: `other_ms`) is computed whole on every rank.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class MeasuredLink:
     beta_gbps: float
     source: str
     collectives: Mapping[str, tuple[float, float]]  # collective -> (α µs, β GB/s)
+    compute_slowdown: float = 1.0  # a rank's compute with every rank computing, over alone
 
     @classmethod
     def from_calibration(cls, measured: LinkCalibration) -> MeasuredLink:
@@ -46,9 +52,15 @@ class MeasuredLink:
             f"{measured.backend} between {measured.world_size} ranks on {measured.device}",
             alpha,
             beta,
-            f"measured by doctor --calibrate --link, {measured.created}",
+            f"measured by doctor --calibrate --link, {measured.created}; ranks computing at once "
+            f"{measured.compute_slowdown:.2f}× slower than alone",
             figures,
+            measured.compute_slowdown,
         )
+
+
+def compute_slowdown(link: LinkLike) -> float:
+    return link.compute_slowdown if isinstance(link, MeasuredLink) else 1.0
 
 
 def _figures(link: LinkLike, collective: str) -> tuple[float, float]:
@@ -115,6 +127,9 @@ class StepShape:
     # Of param_bytes, what tensor parallelism leaves whole on every rank: apply splits only the
     # blocks' attention and MLP projections (embeddings, the head and norms stay replicated).
     replicated_param_bytes: float = 0.0
+    # Of param_bytes, what lies outside the blocks: FSDP2's root unit, which stays gathered from
+    # forward through backward (and, in inference, from the first step on).
+    root_param_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,10 +153,11 @@ def sharded_step(
     tp, pp, dp, m = tensor_parallel, pipeline_stages, data_parallel, shape.micro_batches
     passes = 2 if shape.train else 1  # forward, and backward in train mode
     stages = balanced_stages(list(shape.block_ms), pp) if pp > 1 else [0] * len(shape.block_ms)
+    slowdown = compute_slowdown(link)
     stage_ms = [0.0] * pp
     for cost, stage in zip(shape.block_ms, stages, strict=True):
-        stage_ms[stage] += cost / tp
-    stage_ms[0] += shape.other_ms / tp
+        stage_ms[stage] += cost / tp * slowdown
+    stage_ms[0] += shape.other_ms * slowdown  # left whole by tensor parallelism
     tp_comm_s = 2 * passes * all_reduce_s(shape.boundary_bytes, tp, link)  # per block, per micro-batch
     blocks_per_stage = [stages.count(s) for s in range(pp)]
     slot_ms = max(stage_ms[s] + 1e3 * tp_comm_s * blocks_per_stage[s] for s in range(pp))
@@ -150,11 +166,14 @@ def sharded_step(
     replicated = min(shape.replicated_param_bytes, shape.param_bytes)
     shard_params = (shape.param_bytes - replicated) / (tp * pp) + replicated
     if dp > 1 and data_parallel_mode == "fsdp":
-        # All-gather before forward (and again before backward), reduce-scatter the gradients.
-        dp_ms = 1e3 * passes * all_gather_s(shard_params, dp, link)
+        # Each block all-gathered before forward (and again before backward); the root once a
+        # train step, never again in inference; the gradients reduce-scattered.
+        root = min(shape.root_param_bytes, shard_params)
+        blocks = shard_params - root
+        dp_ms = 1e3 * passes * all_gather_s(blocks, dp, link)
         if shape.train:
-            dp_ms += 1e3 * all_gather_s(shard_params, dp, link, "reduce_scatter")
-        params_held = shard_params / dp + shard_params / max(len(shape.block_ms), 1)  # one block gathered
+            dp_ms += 1e3 * (all_gather_s(root, dp, link) + all_gather_s(shard_params, dp, link, "reduce_scatter"))
+        params_held = blocks / dp + root + blocks / max(len(shape.block_ms), 1)  # one block gathered
     elif dp > 1 and shape.train:
         dp_ms = 1e3 * all_reduce_s(shard_params, dp, link)
         params_held = shard_params

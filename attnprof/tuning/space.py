@@ -369,8 +369,15 @@ def tensor_parallel_rule(layouts: Sequence[AttentionLayout], degree: int) -> str
 
 
 # Sharding that cannot be measured or applied (plans.sharding.check_shardable): never in a plan.
-PIPELINE_UNSUPPORTED = "pipeline stages are applied but not measured (profile --plan does not run them)"
+PIPELINE_ALONE = "pipeline stages run alone: apply does not combine them with tensor or data parallelism"
+PIPELINE_INFERENCE_ONLY = "pipeline stages run inference only (only the last stage's output reaches every rank)"
 DDP_WITH_TP_UNSUPPORTED = "DDP cannot wrap tensor-parallel DTensors: tensor parallel replicas use FSDP2"
+
+
+def pipeline_rule(tensor_parallel: int, data_parallel: int, train: bool) -> str | None:
+    if train:
+        return PIPELINE_INFERENCE_ONLY
+    return PIPELINE_ALONE if tensor_parallel > 1 or data_parallel > 1 else None
 
 
 def divisors(n: int) -> list[int]:
@@ -419,9 +426,10 @@ def build_space(
         exclude("threads", "*", "threads apply to CPU execution only")
 
     dtype_values = [d for d in dtype_values if not exclude("dtype", d, dtype_rule(facts, d))]
-    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker)
-    globals_: list[GlobalChoice] = []
     train = settings.mode == "train"
+    sharding = _sharding_choices(layouts, knobs, gpus, blocks, settings.batch_size, exclude, tensor_parallel_blocker,
+                                 train)
+    globals_: list[GlobalChoice] = []
     for backend, dtype in itertools.product(backend_values, dtype_values):
         reason = backend_rule(facts, backend, dtype, train, attn_implementations)
         if backend != "auto" and exclude("backend", f"{backend} with {dtype}", reason):
@@ -455,6 +463,7 @@ def _sharding_choices(
     settings_batch: int,
     exclude: Excluder,
     tensor_parallel_blocker: str | None,
+    train: bool,
 ) -> list[tuple[int, int, int, str]]:
     if gpus == 1:
         return [(1, 1, 1, "fsdp")]
@@ -473,9 +482,9 @@ def _sharding_choices(
             if pp > blocks:
                 exclude("pipeline_stages", pp, f"the model has {blocks} block(s) to split into stages")
                 continue
-            if pp > 1 and exclude("pipeline_stages", pp, PIPELINE_UNSUPPORTED):
-                continue
             dp = gpus // (tp * pp)
+            if pp > 1 and exclude("pipeline_stages", f"{pp} with tp={tp} dp={dp}", pipeline_rule(tp, dp, train)):
+                continue
             if settings_batch % dp:
                 exclude("data_parallel", dp, f"the batch of {settings_batch} does not split over {dp} replicas")
                 continue
