@@ -97,3 +97,11 @@ def test_an_interval_a_sequential_comparison_reports_holds_its_level_over_every_
     numerator, denominator = [1.04, 1.01, 1.03, 1.00, 1.05, 1.02], [1.0] * 6
     assert paired_ratio(numerator, denominator, alpha=1 - CONFIDENCE).significant
     assert not paired_ratio(numerator, denominator).significant
+
+
+def test_a_plan_contested_before_is_paired_only_on_the_rounds_it_shared(models_dir: Path) -> None:
+    simpler = _side(models_dir, 14, "simpler", [*NOISY, 30.0, 10.0])  # two more rounds from an earlier contest
+    leader = _side(models_dir, 16, "leader", LEVEL)
+    outcome = contest(simpler, leader, "wall", budget_s=0.0)
+    assert outcome is not None and outcome.before.rounds == len(LEVEL)
+    assert len(simpler.samples_ms) == len(leader.samples_ms) == len(LEVEL) + outcome.rounds
