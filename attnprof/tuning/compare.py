@@ -218,12 +218,11 @@ def contest(
     common = min(len(simpler.samples_ms), len(leader.samples_ms))
     del simpler.samples_ms[common:], leader.samples_ms[common:]
     before = ratio()
-    done = common
-    if done >= MAX_ROUNDS or decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
+    if common >= MAX_ROUNDS or decided(before, margin) is not None or abs(math.log(before.value)) <= math.log1p(margin):
         return None
-    rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1, max_rounds=MAX_ROUNDS - done,
+    rounds = interleave([simpler, leader], clock, budget_s, warmup=0, min_rounds=1, max_rounds=MAX_ROUNDS - common,
                         stop=lambda _: decided(ratio(), margin) is not None)
     after = ratio()
-    limit = done + rounds >= MAX_ROUNDS
+    limit = common + rounds >= MAX_ROUNDS
     spent = f"the round limit ({MAX_ROUNDS}) was reached" if limit else "the time budget was spent"
     return Contest(simpler.label, leader.label, before, after, rounds, decided(after, margin) or spent)
