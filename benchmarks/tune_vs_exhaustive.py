@@ -19,7 +19,9 @@ then runs `--runs` times while a second process keeps one core busy (`--busy N`:
 processes). Per workload: how many runs land within 2% of the table's optimum (target: 9 of
 10), the share of the space tune measured (target: <= 15%), and how often a plan that changes
 nothing, timed against the baseline as tune times its candidates, reports a speed-up interval
-containing 1.
+containing 1. The part starts with an empty tune history (a scratch attnprof cache), so run 1 of
+each workload probes and later runs may price from what earlier ones measured; the share is
+shown for run 1 and for the rest apart (`--no-history`: every run probes).
 
 Run: PYTHONPATH=. python benchmarks/tune_vs_exhaustive.py [--part 1|2|3|4] [--quick] [--runs N]
 """
@@ -208,14 +210,15 @@ def _busy() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float, busy: int) -> None:
+def part_trust(runs: int, targets: tuple[str, ...], verify_seconds: float, busy: int, history: bool) -> None:
     """Per workload: the whole default tune space applied as apply builds it and timed in
     interleaved rounds (the exhaustive table), then `tune` `runs` times, under a busy core. The
     runs go round the workloads (run 1 of each, then run 2, ...), so a run cut short by time still
     has every workload."""
+    os.environ["ATTNPROF_CACHE_DIR"] = tempfile.mkdtemp(prefix="attnprof-cache-")  # an empty tune history
     loads = [_busy() for _ in range(busy)]
     try:
-        trials = [_Trust(target, verify_seconds) for target in targets]
+        trials = [_Trust(target, verify_seconds, history) for target in targets]
         for run in range(runs):
             for trial in trials:
                 trial.run(run)
@@ -234,9 +237,10 @@ def _load() -> str:
 class _Trust:
     """One workload of part 4: its exhaustive table, then tune runs judged against it."""
 
-    def __init__(self, target: str, verify_seconds: float) -> None:
+    def __init__(self, target: str, verify_seconds: float, history: bool) -> None:
         self.target = target
         self.verify_seconds = verify_seconds
+        self.history = history
         self.workload = load_workload(target)
         self.settings = settings = resolve_settings(self.workload, {"repeats": 3, "warmup": 1})
         self.knobs = default_plan_knobs(settings.mode, 1)
@@ -251,7 +255,8 @@ class _Trust:
     def run(self, run: int) -> None:
         settings = self.settings
         started = time.perf_counter()
-        request = TuneRequest(parse_budget([]), "latency", self.knobs, verify_seconds=self.verify_seconds)
+        request = TuneRequest(parse_budget([]), "latency", self.knobs, verify_seconds=self.verify_seconds,
+                              use_history=self.history)
         outcome = tune(self.workload, settings, request)
         tune_s = time.perf_counter() - started
         assert outcome.plan is not None, [v.reason for v in outcome.verifications]
@@ -288,9 +293,11 @@ class _Trust:
         return paired_ratio(sides[1].samples_ms, sides[0].samples_ms).value
 
     def summary(self) -> None:
+        later = self.fractions[1:]
         print(f"| {self.target} | {self.size} | {self.runs} | {self.within}/{self.runs} | "
-              f"{self.within_paired}/{self.runs} | "
-              f"{max(self.fractions, default=math.nan):.0%} | {self.noop_contains_one}/{self.runs} |", flush=True)
+              f"{self.within_paired}/{self.runs} | {self.fractions[0] if self.fractions else math.nan:.0%} | "
+              f"{min(later, default=math.nan):.0%}–{max(later, default=math.nan):.0%} | "
+              f"{self.noop_contains_one}/{self.runs} |", flush=True)
 
 
 def _side(workload: Workload, settings: Settings, choice: GlobalChoice) -> TimedSide:
@@ -341,6 +348,7 @@ def main() -> None:
     parser.add_argument("--target", action="append", help="part 4: workloads (default: hf:llama, hf:gpt2, Qwen2)")
     parser.add_argument("--verify-seconds", type=float, default=20.0, help="part 4: tune's comparison budget")
     parser.add_argument("--busy", type=int, default=1, help="part 4: processes keeping a core busy alongside")
+    parser.add_argument("--no-history", action="store_true", help="part 4: every tune run probes afresh")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table", type=Path, help="JSON file caching part 1's exhaustive measurements")
     parser.add_argument("--measure-only", action="store_true", help="part 1: only the exhaustive table")
@@ -353,7 +361,8 @@ def main() -> None:
     if args.part in (None, 3):
         part_end_to_end()
     if args.part in (None, 4):
-        part_trust(args.runs, tuple(args.target or TRUST_TARGETS), args.verify_seconds, args.busy)
+        part_trust(args.runs, tuple(args.target or TRUST_TARGETS), args.verify_seconds, args.busy,
+                    not args.no_history)
 
 
 if __name__ == "__main__":

@@ -218,14 +218,20 @@ def test_apply_eager_switches_a_transformers_model_and_keeps_its_outputs() -> No
 @pytest.mark.timeout(1800)
 def test_tune_measures_flex_and_eager_like_any_other_backend() -> None:
     from attnprof.plans.records import Budget
+    from attnprof.tuning.estimate import ProbeEstimator
     from attnprof.tuning.loop import TuneRequest, tune
+    from attnprof.tuning.space import GlobalChoice
 
     workload = load_workload("hf:llama")
     settings = Settings(batch_size=1, seq_len=32, warmup=1, repeats=3, threads=1)
     request = TuneRequest(Budget(), "latency", ["backend"], backends=("flash", "flex", "eager"), verify_seconds=5.0)
-    outcome = tune(workload, settings, request)
+    probes = ProbeEstimator(workload, settings, [GlobalChoice(b, "fp32", 1, 1) for b in ("flash", "flex", "eager")])
+    outcome = tune(workload, settings, request, probes)
     assert {g.backend for g in outcome.space.globals} == {"flash", "flex", "eager"}
-    measured = {v.choices.backend for v in outcome.verifications if v.measured is not None}
+    # Each backend is profiled as built by apply: as a probe, or as a verified candidate (one whose
+    # probe says it cannot win is not measured twice).
+    measured = {c.backend for c in probes.profiles} | {v.choices.backend for v in outcome.verifications
+                                                       if v.measured is not None}
     assert measured == {"flash", "flex", "eager"}
     assert outcome.plan is not None and outcome.plan.verified
     assert outcome.plan.choices.backend in measured

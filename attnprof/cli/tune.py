@@ -69,6 +69,11 @@ def tune_command(
         True, "--launch/--no-launch", help="Launch sharded candidates under torchrun on this machine and measure "
         "them (N CPU processes, or N GPUs for --gpus N)."
     ),
+    history: bool = typer.Option(
+        True, "--history/--no-history", help="Price choices from what earlier tune runs of this workload measured "
+        "on this machine (attnprof's cache) instead of probing them again; this run's measurements are remembered "
+        "either way."
+    ),
     out: Path = typer.Option(DEFAULT_PLAN, "--out", "-o", help="Where to write the plan JSON."),
     interconnect: str = typer.Option(
         None, "--interconnect", help="GPU link for sharding plans: nvlink3, nvlink4, pcie4, pcie5, ib_hdr, ib_ndr."
@@ -112,6 +117,7 @@ def tune_command(
         launch=launch,
         link=_link(interconnect, settings.device, gpus),
         contradiction_sigmas=uncertainty,
+        use_history=history,
         backends=parse_backend_values(backend_values),
     )
     log(f"tuning {workload.target} for {goal} ({settings.mode}, batch {settings.batch_size}, seq {settings.seq_len})")

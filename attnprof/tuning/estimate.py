@@ -32,6 +32,7 @@ from attnprof.settings import Settings, with_plan_choices
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Workload
 from attnprof.tuning.compare import TimedSide, interleave
+from attnprof.tuning.history import HISTORY_SIGMA, Prior, TuneHistory
 from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
 from attnprof.tuning.surrogate import LatencySurrogate, micro_batch_line
 
@@ -116,13 +117,24 @@ class ProbeEstimator:
     candidates measure them. Memory is the parameters (scaled by element size) plus activations
     linear in the micro-batch times the measured activation ratio of each categorical value.
     Measured choices are returned as measured.
+
+    With a `history` (tuning.history) that timed every probe before, at the speed the machine
+    runs now, the probes are not measured again: the remembered choices are priced from their
+    ratios to the reference (scaled by the reference as measured now) and the surrogate is
+    fitted on them.
     """
 
-    source = "surrogate fitted on probe measurements (micro-batch intercept, main effects, interactions)"
-
-    def __init__(self, workload: Workload, settings: Settings, choices: Sequence[GlobalChoice]) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        settings: Settings,
+        choices: Sequence[GlobalChoice],
+        history: TuneHistory | None = None,
+    ) -> None:
         self.workload = workload
         self.settings = settings
+        self.history = history
+        self.remembered: dict[GlobalChoice, Prior] = {}  # priced from earlier runs, not measured in this one
         singles = sorted({c.single_device() for c in choices}, key=str)
         self.values = {knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")}
         self.batches = sorted({c.batch_size for c in singles})
@@ -132,7 +144,15 @@ class ProbeEstimator:
         self.measurements = 0
         self.scale = 1.0  # σ calibration from held-out points
         self._surrogate: LatencySurrogate | None = None
-        self._applied: set[GlobalChoice] = set()  # profiled here through profile_choice
+        self._applied: set[GlobalChoice] = set()  # profiled as `attnprof apply` builds them
+
+    @property
+    def source(self) -> str:
+        if self.remembered:
+            runs = max(p.runs for p in self.remembered.values())
+            return (f"what {runs} earlier tune run(s) measured of {len(self.remembered)} choice(s) on this machine "
+                    f"(ratios to the reference, σ ≥ {HISTORY_SIGMA:.0%}), a surrogate fitted on them for the rest")
+        return "surrogate fitted on probe measurements (micro-batch intercept, main effects, interactions)"
 
     def probes(self) -> list[GlobalChoice]:
         probes = [self.reference]
@@ -144,10 +164,13 @@ class ProbeEstimator:
             probes.append(dataclasses.replace(self.reference, batch_size=self.batches[0]))
         return probes
 
-    def add(self, choice: GlobalChoice, profile: Profile) -> None:
+    def add(self, choice: GlobalChoice, profile: Profile, applied: bool = False) -> None:
         """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates:
-        the surrogate is fitted again with it before the next prediction."""
+        the surrogate is fitted again with it before the next prediction. `applied`: the profile
+        is of the choice as `attnprof apply` builds it (verification may use it)."""
         self.profiles[choice.single_device()] = profile
+        if applied:
+            self._applied.add(choice.single_device())
         self._surrogate = None
 
     def calibrate(self, scale: float) -> None:
@@ -171,11 +194,12 @@ class ProbeEstimator:
 
     def _fit(self) -> LatencySurrogate:
         probes = self.probes()
-        for i, probe in enumerate(probes, 1):
-            label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
-            for _ in track([probe], f"probe {i}/{len(probes)}: {label}", 1):
-                self.measure(probe)
-        self._time_together(probes)
+        if not self._recall(probes):
+            for i, probe in enumerate(probes, 1):
+                label = " ".join(f"{k}={v}" for k, v in probe.as_config().items())
+                for _ in track([probe], f"probe {i}/{len(probes)}: {label}", 1):
+                    self.measure(probe)
+            self._time_together(probes)
         ref = self._figures(self.reference)
         self._activation_ratios: dict[tuple[str, object], float] = {}
         for knob, values in self.values.items():
@@ -185,15 +209,35 @@ class ProbeEstimator:
         batch_points = [
             (b, self._figures(dataclasses.replace(self.reference, batch_size=b))[2])
             for b in self.batches
-            if dataclasses.replace(self.reference, batch_size=b) in self.profiles
+            if dataclasses.replace(self.reference, batch_size=b) in (self.profiles.keys() | self.remembered.keys())
         ]
         self._activation_line = micro_batch_line(batch_points)
-        surrogate = LatencySurrogate.fit(
-            {choice: self._figures(choice)[:2] for choice in self.profiles}, self.reference, self.values
-        )
+        known = [*self.profiles, *(c for c in self.remembered if c not in self.profiles)]
+        surrogate = LatencySurrogate.fit({choice: self._figures(choice)[:2] for choice in known}, self.reference,
+                                         self.values)
         surrogate.scale = self.scale
         self._surrogate = surrogate
         return surrogate
+
+    def _recall(self, probes: Sequence[GlobalChoice]) -> bool:
+        """Take the remembered choices in place of the probes, when every probe is remembered and
+        the reference (measured now, normally as the baseline) runs at the remembered speed."""
+        if self.history is None:
+            return False
+        reference = self.measure(self.reference)
+        assert reference.totals.time_ms is not None
+        priors = self.history.priors(reference.totals.time_ms.median)
+        if any(p not in priors for p in probes if p != self.reference):
+            return False
+        self.remembered = priors
+        return True
+
+    def log_ratios(self) -> dict[GlobalChoice, float]:
+        """ln(micro-step / the reference's) of each probe timed in this run's interleaved rounds."""
+        if self.reference not in self.timed:
+            return {}
+        reference = self.timed[self.reference][0]
+        return {choice: math.log(median / reference) for choice, (median, _) in self.timed.items() if median > 0}
 
     def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
         """The probes' step times, from PROBE_ROUNDS interleaved rounds: the surrogate compares
@@ -214,7 +258,11 @@ class ProbeEstimator:
             self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))
 
     def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
-        """(latency, latency sigma, activation bytes) of a measured choice."""
+        """(latency, latency sigma, activation bytes) of a measured, or else remembered, choice."""
+        if choice not in self.profiles:
+            prior = self.remembered[choice]
+            latency = self._figures(self.reference)[0] * math.exp(prior.log_ratio)
+            return latency, latency * prior.sigma, float(prior.peak_memory_bytes - prior.param_bytes)
         profile = self.profiles[choice]
         assert profile.totals.time_ms is not None
         activations = profile.totals.peak_memory_bytes - profile.totals.param_bytes
@@ -230,6 +278,10 @@ class ProbeEstimator:
         surrogate = self._surrogate or self._fit()
         if single in self.profiles:  # the fit measured it as a probe
             return self.estimate(choice)
+        if single in self.remembered:
+            latency, sigma, _ = self._figures(single)
+            memory = float(self.remembered[single].peak_memory_bytes)
+            return StepEstimate(latency, sigma * self.scale, memory, MODEL_FORM_SIGMA * memory, "remembered")
         latency, latency_sigma = surrogate.predict(single)
         activations = self._activation_line[0] + self._activation_line[1] * choice.batch_size
         for knob in self.values:

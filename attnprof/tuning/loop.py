@@ -57,6 +57,7 @@ from attnprof.tuning.estimate import (
     reference_choice,
     saved_cost_model,
 )
+from attnprof.tuning.history import TuneHistory
 from attnprof.tuning.launch import measure_sharded
 from attnprof.tuning.optimize import OBJECTIVE_METRIC, Candidate, SearchResult, search
 from attnprof.tuning.price import Contribution, LayerBasis, Pricing, knob_contributions, plan_choices, predicted_figures
@@ -88,6 +89,7 @@ VERIFY_SECONDS = 20.0  # the interleaved comparison's time budget, when the rank
 # when their prediction could still beat it: a surrogate misled by a burst of load during the
 # probes ranks the optimum just outside the top k, next to a plan it did rank.
 NEIGHBOURS = 2
+COULD_WIN_SIGMAS = 2.0  # a candidate predicted further behind the best than this is not measured (one-sided 2.3%)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class TuneRequest:
     launch: bool = True  # measure sharded candidates under torchrun where this machine has the ranks
     link: LinkLike | None = None
     use_cost_model: bool = True  # use the model `attnprof fit` saved, where it covers a choice
+    use_history: bool = True  # price choices from what earlier runs measured (tuning.history) instead of probing
     contradiction_sigmas: float = CONTRADICTION_SIGMAS  # how far a measurement may fall behind its prediction
     verify_seconds: float = VERIFY_SECONDS  # time the interleaved comparison may take
     profiles_dir: Path = DEFAULT_PROFILE_DIR
@@ -193,10 +196,15 @@ def _tune(
     if not space.globals:
         reasons = "; ".join(f"{e.knob} {e.value}: {e.reason}" for e in excluded)
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
+    history: TuneHistory | None = None
     if estimator is None:
         probes = ProbeEstimator(workload, settings, space.globals)
+        history = TuneHistory.of(workload, settings, probes.reference)
+        probes.history = history if request.use_history else None
         if measured_settings(settings, probes.reference) == settings:
-            probes.add(probes.reference, baseline)  # the baseline is the reference probe
+            # The baseline is the reference probe; in fp32 it is also the reference as apply builds it
+            # (a cast to fp32 changes nothing), so a plan that changes nothing needs no profile of its own.
+            probes.add(probes.reference, baseline, applied=probes.reference.dtype == "fp32")
         cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
         estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
     probe_units = len(estimator.probes()) if isinstance(estimator, ProbeEstimator) else 1
@@ -231,6 +239,7 @@ def _tune(
     feedback = rounds = 0
     calibration = Calibration()
     contests: list[str] = []
+    history_notes: list[str] = []  # why this run's measurements could not be remembered
     if result.ranked and request.verify:
         verifier = Verifier(
             workload,
@@ -247,7 +256,8 @@ def _tune(
         )
         # The plan that changes nothing is always in the running: no candidate wins by merely
         # being measured when it is no faster than the workload as it is.
-        candidates = [*result.ranked, *_unchanged_candidate(pricing, settings, space, result.ranked)]
+        ranked = _could_win(result.ranked, request.objective)
+        candidates = [*ranked, *_unchanged_candidate(pricing, settings, space, ranked)]
         for _ in range(VERIFY_ROUNDS):
             for i, candidate in enumerate(candidates, 1):
                 bar.describe(f"tune: measuring candidate {i}/{len(candidates)}: {candidate.describe()}")
@@ -275,6 +285,8 @@ def _tune(
         contests = verifier.contests
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
+        if history is not None:
+            history_notes = _remember(history, estimator, verifier, verifications, settings)
     verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
@@ -282,6 +294,9 @@ def _tune(
         plan.notes.extend(contests)  # how each contested tie was settled: its rounds, why it stopped
     if plan is not None and calibration.points:
         plan.notes.append(calibration.describe())
+    if plan is not None and history is not None:
+        plan.notes.extend([history.note] if history.note and request.use_history else [])
+        plan.notes.extend(history_notes)
     if plan is not None and _reload_breaks(checker.reference_model, plan.choices):
         plan.notes.append(
             "heads differ per layer: transformers' from_pretrained cannot reload the pruned model (it "
@@ -411,6 +426,58 @@ def _unchanged_candidate(
         return []
     choice = tuple(indices[0] for indices in unchanged)
     return [Candidate(problem, choice, problem.totals(choice), "reference")]
+
+
+def _could_win(ranked: Sequence[Candidate], objective: str) -> list[Candidate]:
+    """The ranked candidates worth measuring: the best predicted, and each other that could still
+    beat it, its predicted latency less than COULD_WIN_SIGMAS combined σ behind (all of them for
+    objectives other than latency, and when sharded plans are among them: launched, they are
+    priced by a model of the link, not measured here). A prediction sure to lose costs a
+    measurement and cannot change the winner."""
+    if objective != "latency" or any(c.problem.value[0].world_size > 1 for c in ranked):
+        return list(ranked)
+
+    def log_latency(candidate: Candidate) -> tuple[float, float]:
+        figures = predicted_figures(candidate)
+        latency = figures.latency_ms if figures.latency_ms else math.inf
+        return math.log(latency), (figures.latency_sigma_ms or 0.0) / latency  # relative σ: σ of the log
+
+    if not ranked:
+        return []
+    best, best_sigma = log_latency(ranked[0])
+    kept = [ranked[0]]
+    for candidate in ranked[1:]:
+        mean, sigma = log_latency(candidate)
+        if mean - best < COULD_WIN_SIGMAS * math.hypot(sigma, best_sigma):
+            kept.append(candidate)
+    return kept
+
+
+def _remember(
+    history: TuneHistory,
+    estimator: Estimator,
+    verifier: Verifier,
+    verifications: Sequence[CandidateMeasurement],
+    settings: Settings,
+) -> list[str]:
+    """Append this run's interleaved ratios to the history: the probes', then the compared
+    candidates' (relative to the reference when it was compared, or to the baseline when that is
+    the reference). Returns a note when the history could not be written."""
+    probes = estimator.probes if isinstance(estimator, CostModelEstimator) else estimator
+    if not isinstance(probes, ProbeEstimator) or probes.reference not in probes.profiles:
+        return []
+    ratios = probes.log_ratios()
+    steps = verifier.log_steps
+    origin = steps.get(probes.reference)
+    if origin is None and measured_settings(settings, probes.reference) == settings:
+        origin = verifier.baseline_log_step
+    profiles = dict(probes.profiles)
+    if origin is not None:
+        ratios.update({choice: step - origin for choice, step in steps.items()})
+        profiles.update({v.candidate.problem.value[0]: v.profile for v in verifications
+                         if v.candidate.problem.value[0] in steps and v.profile is not None})
+    note = history.append(probes.profiles[probes.reference], ratios, profiles)
+    return [note] if note else []
 
 
 def _neighbours(

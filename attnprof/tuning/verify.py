@@ -47,6 +47,7 @@ from attnprof.tuning.estimate import (
 )
 from attnprof.tuning.optimize import Candidate
 from attnprof.tuning.price import plan_choices, predicted_figures, step_samples
+from attnprof.tuning.space import GlobalChoice
 
 NOISE_FLOOR = 0.10  # relative: timings on a shared machine vary this much between runs at least
 FIRST_SHARE = 0.5  # of the comparison's budget, for the rounds of every side; the rest settles ties
@@ -222,6 +223,10 @@ class Verifier:
     feedback: int = 0  # measurements fed back into the store
     rounds: int = 0  # interleaved rounds run
     contests: list[str] = dataclasses.field(default_factory=list)  # how each contested tie ended
+    # ln(ms per micro-step) of the baseline and of each timed one-device global choice, from the
+    # interleaved rounds: the ratios the tune history keeps
+    baseline_log_step: float = math.nan
+    log_steps: dict[GlobalChoice, float] = dataclasses.field(default_factory=dict)
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
     def measure(self, candidate: Candidate) -> CandidateMeasurement:
@@ -289,6 +294,7 @@ class Verifier:
         with restored_threads():
             self.rounds = interleave(sides, self.settings.clock, FIRST_SHARE * self.budget_s, self.settings.warmup)
         base = sides[0]
+        self.baseline_log_step = math.log(base.median_ms)
         drift = base.median_ms / baseline.latency_ms if baseline.latency_ms else 1.0  # since the probes
         baseline.latency_ms = base.median_ms
         for v, side in zip(accepted, sides[1:], strict=True):
@@ -300,6 +306,9 @@ class Verifier:
             measured.throughput = samples * 1e3 / side.median_ms
             measured.energy_j = None if self.power is None else self.power * side.median_ms * 1e-3
             v.speedup = paired_ratio(base.samples_ms, side.per_batch_ms)
+            choice = v.candidate.problem.value[0]
+            if layer_part(v.choices) == PlanChoices() and choice.world_size == 1:
+                self.log_steps[choice] = math.log(side.median_ms / side.micro_steps)
             reasons = self._over_budget(measured, ("latency_ms", "energy_j"))
             if reasons:
                 v.accepted, v.reason = False, "; ".join(reasons)

@@ -1,0 +1,90 @@
+"""A later tune of the same workload prices choices from what earlier runs measured, and probes
+again when it cannot trust them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attnprof.settings import Settings, resolve_settings
+from attnprof.targets.load import load_workload
+from attnprof.targets.workload import Workload
+from attnprof.tuning import history
+from attnprof.tuning.budget import parse_budget
+from attnprof.tuning.estimate import reference_choice
+from attnprof.tuning.loop import TuneOutcome, TuneRequest, tune
+from attnprof.tuning.space import GlobalChoice
+
+SMALL = {"batch_size": 4, "seq_len": 32, "repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"}
+
+
+def _tune(workload: Workload, settings: Settings, use_history: bool = True) -> TuneOutcome:
+    request = TuneRequest(parse_budget([]), "latency", ["batch_size"], top_k=2, verify_seconds=2.0,
+                          use_history=use_history)
+    outcome = tune(workload, settings, request)
+    assert outcome.plan is not None and outcome.plan.verified
+    return outcome
+
+
+def _history_file(workload: Workload, settings: Settings) -> Path:
+    space = [GlobalChoice("flash", "fp32", batch, 1) for batch in (1, 2, 4)]
+    return history.TuneHistory.of(workload, settings, reference_choice(settings, space)).path
+
+
+@pytest.fixture
+def decoder() -> tuple[Workload, Settings]:
+    workload = load_workload("zoo:decoder")
+    return workload, resolve_settings(workload, SMALL)
+
+
+@pytest.mark.slow
+def test_a_second_run_prices_the_probes_from_the_first(
+    decoder: tuple[Workload, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs a few seconds apart on a busy machine can see the baseline's speed move by more
+    # than the drift bound; this test is about reuse, the drift test below about the bound.
+    monkeypatch.setattr(history, "HISTORY_DRIFT", float("inf"))
+    workload, settings = decoder
+    first = _tune(workload, settings)
+    assert first.estimator_source.startswith("surrogate fitted on probe measurements")
+    lines = _history_file(workload, settings).read_text().splitlines()
+    assert len(lines) == 1
+    remembered = {json.dumps(c["choice"], sort_keys=True) for c in json.loads(lines[0])["choices"]}
+    assert len(remembered) >= 2  # the reference and the smallest micro-batch, at least
+
+    second = _tune(workload, settings)
+    assert "earlier tune run(s) measured" in second.estimator_source
+    assert second.measurements < first.measurements, (second.measurements, first.measurements)
+    assert any(v.predicted.latency_ms is not None for v in second.verifications)
+    assert len(_history_file(workload, settings).read_text().splitlines()) == 2
+
+    fresh = _tune(workload, settings, use_history=False)  # --no-history probes again
+    assert fresh.estimator_source.startswith("surrogate fitted on probe measurements")
+    assert fresh.measurements > second.measurements
+
+
+@pytest.mark.slow
+def test_a_history_from_another_speed_of_the_machine_is_not_used(decoder: tuple[Workload, Settings]) -> None:
+    workload, settings = decoder
+    _tune(workload, settings)
+    path = _history_file(workload, settings)
+    run = json.loads(path.read_text())
+    run["reference_ms"] *= 1000  # as if the machine had been a thousand times slower then
+    path.write_text(json.dumps(run) + "\n")
+    again = _tune(workload, settings)
+    assert again.estimator_source.startswith("surrogate fitted on probe measurements")
+    assert again.plan is not None
+    assert any("the machine has changed; probing afresh" in note for note in again.plan.notes), again.plan.notes
+
+
+def test_a_damaged_history_is_noted_and_tune_probes_afresh(decoder: tuple[Workload, Settings]) -> None:
+    workload, settings = decoder
+    path = _history_file(workload, settings)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"key": "x", "created": 1}\nnot json\n')
+    outcome = _tune(workload, settings)
+    assert outcome.estimator_source.startswith("surrogate fitted on probe measurements")
+    assert outcome.plan is not None
+    assert any("the tune history could not be read" in note for note in outcome.plan.notes), outcome.plan.notes
