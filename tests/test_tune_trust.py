@@ -126,6 +126,21 @@ def test_a_neighbour_of_the_best_measured_plan_that_could_beat_it_is_measured(mo
     assert outcome.plan is not None and outcome.plan.choices.batch_size == 32
 
 
+def test_a_candidate_predicted_sure_to_lose_is_not_measured(models_dir: Path) -> None:
+    # A forward sleeps 160 ms whatever its batch. Micro-batch 2 is predicted ten times slower than
+    # it is, with a tight σ: ranked third of three, it could not beat the whole batch, and
+    # measuring it would cost a profile that changes nothing.
+    workload = load_workload(str(models_dir / "sleepy_model.py"))
+    settings = resolve_settings(workload, {**SMALL, "seq_len": 4})
+    estimator = _Bent(ProbeEstimator(workload, settings, _micro_batches()), {2: 10.0}, {2: 0.01})
+    request = TuneRequest(parse_budget([]), "latency", ["batch_size"], top_k=3, verify_seconds=2.0)
+    outcome = tune(workload, settings, request, estimator)
+    assert [c.problem.value[0].batch_size for c in outcome.search.ranked] == [4, 1, 2]
+    measured = {v.choices.batch_size or settings.batch_size for v in outcome.verifications}
+    assert 2 not in measured and 4 in measured, measured
+    assert outcome.plan is not None and outcome.plan.choices.batch_size is None
+
+
 def test_a_plan_that_measures_over_the_memory_budget_is_rejected() -> None:
     workload = load_workload("zoo:decoder")
     settings = resolve_settings(workload, SMALL)
