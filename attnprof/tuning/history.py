@@ -15,7 +15,9 @@ candidates are worth measuring.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +87,10 @@ class TuneHistory:
     def of(cls, workload: Workload, settings: Settings, reference: GlobalChoice) -> TuneHistory:
         from attnprof.costmodel.measurements import architecture_key
 
-        name = f"{slug(workload.name or workload.target)}-{architecture_key(workload)}-{machine_info().fingerprint()}"
+        # The machine's fingerprint counts the threads torch runs with now, which tune itself turns:
+        # the history is of the machine, whatever this process's thread count at the moment.
+        machine = dataclasses.replace(machine_info(), threads=os.cpu_count() or 0).fingerprint()
+        name = f"{slug(workload.name or workload.target)}-{architecture_key(workload)}-{machine}"
         path = cache_dir() / "tune-history" / f"{name}.jsonl"
         parts = [settings.mode, settings.batch_size, settings.seq_len, settings.device, settings.dtype,
                  settings.backend, settings.threads, str(reference)]
