@@ -133,10 +133,12 @@ def test_tune_shows_its_stages_the_probes_and_the_rounds_with_time_left(monkeypa
     settings = resolve_settings(
         workload, {"batch_size": 2, "seq_len": 8, "repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"}
     )
-    tune(workload, settings, TuneRequest(parse_budget([]), "latency", ["backend"], top_k=1, verify_seconds=1.0))
+    # For throughput every ranked candidate is measured (none is left out as sure to lose), and of
+    # the top two at least one changes something.
+    tune(workload, settings, TuneRequest(parse_budget([]), "throughput", ["backend"], top_k=2, verify_seconds=1.0))
     screen = buffer.getvalue()
     for stage in ("tune: screening the space", "probe 1/", "tune: measuring candidate 1/", "tune: comparing",
-                  "verifying 1 candidate(s), round 1", "building the model, counting operations", "left"):
+                  "candidate(s), round 1", "building the model, counting operations", "left"):
         assert stage in screen, stage
     assert progress._live is None
 

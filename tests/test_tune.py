@@ -82,7 +82,7 @@ def test_tune_writes_a_verified_plan_and_its_profile(runner: CliRunner, tmp_path
     plan = read_record(tmp_path / "plan.json", Plan)
     assert plan.verified and plan.measured is not None
     assert plan.workload.target == "zoo:decoder"
-    assert plan.choices.backend in ("math", "flash")
+    assert plan.choices.backend in ("auto", "math", "flash")  # auto: the plan that changes nothing won
     assert plan.solver == "milp"
     assert plan.predicted.latency_ms is not None and plan.predicted.latency_ms <= 10_000
     assert plan.measured.latency_ms is not None and plan.measured.latency_ms <= 10_000

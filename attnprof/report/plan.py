@@ -212,7 +212,7 @@ def _print_verifications(outcome: TuneOutcome, console: Console) -> None:
             Row(
                 (
                     str(i),
-                    v.candidate.describe(),
+                    "unchanged (the workload as it runs)" if v.choices == PlanChoices() else v.candidate.describe(),
                     f"{format_metric('latency_ms', predicted.latency_ms)} ± {_plain(sigma)}",
                     format_metric("latency_ms", measured.latency_ms if measured else None),
                     format_metric("memory_bytes", predicted.memory_bytes),

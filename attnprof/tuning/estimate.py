@@ -118,10 +118,11 @@ class ProbeEstimator:
     linear in the micro-batch times the measured activation ratio of each categorical value.
     Measured choices are returned as measured.
 
-    With a `history` (tuning.history) that timed every probe before, at the speed the machine
-    runs now, the probes are not measured again: the remembered choices are priced from their
-    ratios to the reference (scaled by the reference as measured now) and the surrogate is
-    fitted on them.
+    The `baseline` (the workload as it runs, profiled by tune) is timed with the probes, so each
+    probe's ratio to it is known. With a `history` (tuning.history) that timed every probe before,
+    at the speed the baseline runs now, the probes are not measured again: the remembered choices
+    are priced from their ratios to the baseline, scaled by the baseline as profiled now, and the
+    surrogate is fitted on them.
     """
 
     def __init__(
@@ -130,10 +131,13 @@ class ProbeEstimator:
         settings: Settings,
         choices: Sequence[GlobalChoice],
         history: TuneHistory | None = None,
+        baseline: Profile | None = None,
     ) -> None:
         self.workload = workload
         self.settings = settings
         self.history = history
+        self.baseline = baseline
+        self.baseline_timed = math.nan  # its median step in the probes' interleaved rounds
         self.remembered: dict[GlobalChoice, Prior] = {}  # priced from earlier runs, not measured in this one
         singles = sorted({c.single_device() for c in choices}, key=str)
         self.values = {knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")}
@@ -151,7 +155,7 @@ class ProbeEstimator:
         if self.remembered:
             runs = max(p.runs for p in self.remembered.values())
             return (f"what {runs} earlier tune run(s) measured of {len(self.remembered)} choice(s) on this machine "
-                    f"(ratios to the reference, σ ≥ {HISTORY_SIGMA:.0%}), a surrogate fitted on them for the rest")
+                    f"(ratios to the baseline, σ ≥ {HISTORY_SIGMA:.0%}), a surrogate fitted on them for the rest")
         return "surrogate fitted on probe measurements (micro-batch intercept, main effects, interactions)"
 
     def probes(self) -> list[GlobalChoice]:
@@ -219,25 +223,26 @@ class ProbeEstimator:
         self._surrogate = surrogate
         return surrogate
 
+    def _baseline_ms(self) -> float:
+        assert self.baseline is not None and self.baseline.totals.time_ms is not None
+        return self.baseline.totals.time_ms.median
+
     def _recall(self, probes: Sequence[GlobalChoice]) -> bool:
-        """Take the remembered choices in place of the probes, when every probe is remembered and
-        the reference (measured now, normally as the baseline) runs at the remembered speed."""
-        if self.history is None:
+        """Take the remembered choices in place of the probes, when every probe not measured here
+        is remembered and the baseline runs at the remembered speed."""
+        if self.history is None or self.baseline is None:
             return False
-        reference = self.measure(self.reference)
-        assert reference.totals.time_ms is not None
-        priors = self.history.priors(reference.totals.time_ms.median)
-        if any(p not in priors for p in probes if p != self.reference):
+        priors = self.history.priors(self._baseline_ms())
+        if not priors or any(p not in priors and p not in self.profiles for p in probes):
             return False
         self.remembered = priors
         return True
 
     def log_ratios(self) -> dict[GlobalChoice, float]:
-        """ln(micro-step / the reference's) of each probe timed in this run's interleaved rounds."""
-        if self.reference not in self.timed:
+        """ln(micro-step / the baseline's step) of each probe timed in this run's interleaved rounds."""
+        if not self.baseline_timed > 0:
             return {}
-        reference = self.timed[self.reference][0]
-        return {choice: math.log(median / reference) for choice, (median, _) in self.timed.items() if median > 0}
+        return {c: math.log(median / self.baseline_timed) for c, (median, _) in self.timed.items() if median > 0}
 
     def _time_together(self, probes: Sequence[GlobalChoice]) -> None:
         """The probes' step times, from PROBE_ROUNDS interleaved rounds: the surrogate compares
@@ -253,15 +258,19 @@ class ProbeEstimator:
             run_settings = applied_settings(settings, plan)
             prepared = prepare(applied_workload(self.workload, run_settings, plan), run_settings)
             sides.append(TimedSide(str(probe), prepared, probe.threads))
+        if self.baseline is not None:  # the anchor of the ratios the tune history keeps
+            sides.append(TimedSide("baseline", prepare(self.workload, settings), settings.threads))
         interleave(sides, settings.clock, 0.0, settings.warmup, min_rounds=PROBE_ROUNDS, max_rounds=PROBE_ROUNDS)
-        for probe, side in zip(todo, sides, strict=True):
+        for probe, side in zip(todo, sides[: len(todo)], strict=True):
             self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))
+        if self.baseline is not None:
+            self.baseline_timed = sides[-1].median_ms
 
     def _figures(self, choice: GlobalChoice) -> tuple[float, float, float]:
         """(latency, latency sigma, activation bytes) of a measured, or else remembered, choice."""
         if choice not in self.profiles:
             prior = self.remembered[choice]
-            latency = self._figures(self.reference)[0] * math.exp(prior.log_ratio)
+            latency = self._baseline_ms() * math.exp(prior.log_ratio)
             return latency, latency * prior.sigma, float(prior.peak_memory_bytes - prior.param_bytes)
         profile = self.profiles[choice]
         assert profile.totals.time_ms is not None
@@ -286,7 +295,8 @@ class ProbeEstimator:
         activations = self._activation_line[0] + self._activation_line[1] * choice.batch_size
         for knob in self.values:
             activations *= self._activation_ratios[(knob, getattr(choice, knob))]
-        params = self.profiles[self.reference].totals.param_bytes
+        reference = self.profiles.get(self.reference)
+        params = reference.totals.param_bytes if reference else self.remembered[self.reference].param_bytes
         params *= ELEMENT_BYTES[choice.dtype] / ELEMENT_BYTES[self.reference.dtype]
         memory = params + activations
         return StepEstimate(latency, latency_sigma, memory, MODEL_FORM_SIGMA * memory, "predicted")

@@ -1,14 +1,15 @@
 """What earlier tune runs of a workload measured on this machine: the prior that stands in for probes.
 
-A tune run times its probes, and later its verified candidates, in interleaved rounds; the ratio
-of each global choice's micro-step to the reference choice's is what the run learnt about how
-the machine treats that choice. Each run appends those ratios (with each choice's measured
-memory) as one line to a JSON Lines file in attnprof's cache, beside the machine's calibration:
-knowledge of this machine, keyed by the workload's architecture, the machine fingerprint (which
-includes the torch version) and the baseline settings. A later run of the same workload whose
-probes were all timed before, and whose reference still runs at the speed those runs saw, prices
-the choices from the pooled ratios instead of probing again: a space of 24 then costs the
-baseline and the candidates verification measures, not the 6 probes a main-effects design needs.
+A tune run times its probes, and later its verified candidates, in interleaved rounds with the
+baseline (the workload as it runs); the ratio of each global choice's micro-step to the
+baseline's step is what the run learnt about how the machine treats that choice. Each run
+appends those ratios (with each choice's measured memory) as one line to a JSON Lines file in
+attnprof's cache, beside the machine's calibration: knowledge of this machine, keyed by the
+workload's architecture, the machine fingerprint (which includes the torch version) and the
+baseline settings. A later run of the same workload whose probes were all timed before, and
+whose baseline still runs at the speed those runs saw, prices the choices from the pooled ratios
+instead of probing again: a space of 24 then costs the baseline and the candidates verification
+measures, not the 6 probes a main-effects design needs.
 Every plan is still chosen by its own measurement in this run; the prior only decides which
 candidates are worth measuring.
 """
@@ -34,13 +35,17 @@ if TYPE_CHECKING:  # a Workload means torch
     from attnprof.settings import Settings
     from attnprof.targets.workload import Workload
 
-HISTORY_RUNS = 5  # the latest runs pooled: older ones describe a machine that has moved on
+# The latest runs read, and the latest observations of a choice pooled among them: older ones
+# describe a machine that has moved on. A run that only verifies adds the few choices it compared,
+# so a probe's ratio lasts HISTORY_RUNS runs; after that the next run probes afresh.
+HISTORY_RUNS = 20
+HISTORY_SAMPLES = 5
 # Floor of a remembered log-ratio's σ: the winner's interleaved speed-up over the baseline moved
 # by σ 0.04-0.07 (log) between tune runs a minute apart at load ≈ 2.5 (benchmarks/RESULTS.md).
 HISTORY_SIGMA = 0.10
-# The reference (normally the baseline) this far (×1.5 or ÷1.5) from the speed the remembered
-# runs saw: the machine's load has changed what its choices cost (a busy core turns two threads
-# from a gain into a loss), so the run probes afresh.
+# The baseline this far (×1.5 or ÷1.5) from the speed the remembered runs saw: the machine's
+# load has changed what its choices cost (a busy core turns two threads from a gain into a
+# loss), so the run probes afresh.
 HISTORY_DRIFT = math.log(1.5)
 
 
@@ -49,7 +54,7 @@ class RememberedChoice:
     """One global choice as a run measured it."""
 
     choice: GlobalChoice
-    log_ratio: float  # ln(its micro-step / the reference's), from interleaved rounds
+    log_ratio: float  # ln(its micro-step / the baseline's step), from interleaved rounds
     peak_memory_bytes: int
     param_bytes: int
 
@@ -58,9 +63,9 @@ class RememberedChoice:
 class TuneRun:
     """One line of the history: what one tune run measured."""
 
-    key: str  # the baseline settings and reference choice the ratios are relative to
+    key: str  # the baseline settings the ratios are relative to
     created: str
-    reference_ms: float  # the reference's profiled median step: how fast the machine ran then
+    baseline_ms: float  # the baseline's profiled median step: how fast the machine ran then
     choices: list[RememberedChoice] = field(default_factory=list)
 
 
@@ -84,7 +89,7 @@ class TuneHistory:
         self.note = ""  # why the history was not used, when it was there but could not be
 
     @classmethod
-    def of(cls, workload: Workload, settings: Settings, reference: GlobalChoice) -> TuneHistory:
+    def of(cls, workload: Workload, settings: Settings) -> TuneHistory:
         from attnprof.costmodel.measurements import architecture_key
 
         # The machine's fingerprint counts the threads torch runs with now, which tune itself turns:
@@ -93,7 +98,7 @@ class TuneHistory:
         name = f"{slug(workload.name or workload.target)}-{architecture_key(workload)}-{machine}"
         path = cache_dir() / "tune-history" / f"{name}.jsonl"
         parts = [settings.mode, settings.batch_size, settings.seq_len, settings.device, settings.dtype,
-                 settings.backend, settings.threads, str(reference)]
+                 settings.backend, settings.threads]
         return cls(path, short_hash(parts))
 
     def runs(self) -> list[TuneRun]:
@@ -105,16 +110,15 @@ class TuneHistory:
             return []
         return [run for run in runs if run.key == self.key][-HISTORY_RUNS:]
 
-    def priors(self, reference_ms: float) -> dict[GlobalChoice, Prior]:
+    def priors(self, baseline_ms: float) -> dict[GlobalChoice, Prior]:
         """Each remembered choice's pooled ratio; empty when nothing is remembered, or when the
-        reference (the baseline, normally) now runs more than HISTORY_DRIFT away from the speed
-        the remembered runs saw."""
+        baseline now runs more than HISTORY_DRIFT away from the speed the remembered runs saw."""
         runs = self.runs()
         if not runs:
             return {}
-        then = statistics.median(run.reference_ms for run in runs)
-        if then > 0 and abs(math.log(reference_ms / then)) > HISTORY_DRIFT:
-            self.note = (f"the reference runs at {reference_ms:.3g} ms, {then:.3g} ms in the {len(runs)} remembered "
+        then = statistics.median(run.baseline_ms for run in runs[-HISTORY_SAMPLES:])
+        if then > 0 and abs(math.log(baseline_ms / then)) > HISTORY_DRIFT:
+            self.note = (f"the baseline runs at {baseline_ms:.3g} ms, {then:.3g} ms in the {len(runs)} remembered "
                          "run(s): the machine has changed; probing afresh")
             return {}
         pooled: dict[GlobalChoice, list[RememberedChoice]] = {}
@@ -123,6 +127,7 @@ class TuneHistory:
                 pooled.setdefault(remembered.choice, []).append(remembered)
         priors = {}
         for choice, seen in pooled.items():
+            seen = seen[-HISTORY_SAMPLES:]
             logs = [r.log_ratio for r in seen]
             spread = statistics.stdev(logs) if len(logs) > 1 else 0.0
             latest = seen[-1]
@@ -130,11 +135,10 @@ class TuneHistory:
                                    latest.peak_memory_bytes, latest.param_bytes, len(seen))
         return priors
 
-    def append(self, reference: Profile, log_ratios: dict[GlobalChoice, float],
+    def append(self, baseline: Profile, log_ratios: dict[GlobalChoice, float],
                profiles: dict[GlobalChoice, Profile]) -> str:
-        """Remember one run (`reference`: the reference's profile in it); returns a note when the
-        cache cannot be written (tune goes on without)."""
-        assert reference.totals.time_ms is not None
+        """Remember one run; returns a note when the cache cannot be written (tune goes on without)."""
+        assert baseline.totals.time_ms is not None
         choices = [
             RememberedChoice(choice, log_ratio, profiles[choice].totals.peak_memory_bytes,
                              profiles[choice].totals.param_bytes)
@@ -145,7 +149,7 @@ class TuneHistory:
             return ""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.path, TuneRun(self.key, timestamp(), reference.totals.time_ms.median, choices),
+            append_jsonl(self.path, TuneRun(self.key, timestamp(), baseline.totals.time_ms.median, choices),
                          inside=self.path.parent)
         except (OSError, AttnprofError) as exc:
             return f"this run's measurements were not remembered ({exc})"

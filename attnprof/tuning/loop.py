@@ -53,6 +53,7 @@ from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
     ProbeEstimator,
+    layer_part,
     measured_settings,
     reference_choice,
     saved_cost_model,
@@ -198,9 +199,8 @@ def _tune(
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     history: TuneHistory | None = None
     if estimator is None:
-        probes = ProbeEstimator(workload, settings, space.globals)
-        history = TuneHistory.of(workload, settings, probes.reference)
-        probes.history = history if request.use_history else None
+        history = TuneHistory.of(workload, settings)
+        probes = ProbeEstimator(workload, settings, space.globals, history if request.use_history else None, baseline)
         if measured_settings(settings, probes.reference) == settings:
             # The baseline is the reference probe; in fp32 it is also the reference as apply builds it
             # (a cast to fp32 changes nothing), so a plan that changes nothing needs no profile of its own.
@@ -254,23 +254,32 @@ def _tune(
             profiles_dir=request.profiles_dir,
             budget_s=request.verify_seconds,
         )
-        # The plan that changes nothing is always in the running: no candidate wins by merely
-        # being measured when it is no faster than the workload as it is.
-        ranked = _could_win(result.ranked, request.objective)
-        candidates = [*ranked, *_unchanged_candidate(pricing, settings, space, ranked)]
+        # The plan that changes nothing is always in the running, measured as the baseline: no
+        # candidate wins by merely being measured when it is no faster than the workload as it is.
+        unchanged = _unchanged_candidate(pricing, settings, space)
+        as_it_runs = verifier.as_it_runs(unchanged, baseline) if unchanged else None
+        verifications += [as_it_runs] if as_it_runs else []
+
+        def worth_measuring(ranked: Sequence[Candidate]) -> list[Candidate]:
+            """The candidates that could win, less those that build the workload as it runs (the
+            plan that changes nothing measured them; when it was rejected, so would they be)."""
+            again = {id(c) for c in ranked if as_it_runs and _runs_as_it_is(plan_choices(c, settings), settings)}
+            if as_it_runs is not None and not as_it_runs.accepted:
+                ranked = [c for c in ranked if id(c) not in again]
+            return [c for c in _could_win(ranked, request.objective) if id(c) not in again]
+
+        candidates = worth_measuring(result.ranked)
         for _ in range(VERIFY_ROUNDS):
             for i, candidate in enumerate(candidates, 1):
                 bar.describe(f"tune: measuring candidate {i}/{len(candidates)}: {candidate.describe()}")
                 verifications.append(verifier.measure(candidate))
                 done += 1
                 bar.update(done, max(total, done))
-            if any(v.accepted or not v.can_run for v in verifications):
+            if not candidates or any(v.accepted or not v.can_run for v in verifications if v.choices != PlanChoices()):
                 break
             # Every candidate was rejected: search again, priced with what was just measured.
             again = search(pricing.problems(), limits, objective, k=request.top_k + len(verifications))
-            candidates = _untried(again, verifications, settings)[: request.top_k]
-            if not candidates:
-                break
+            candidates = worth_measuring(_untried(again, verifications, settings))[: request.top_k]
         for candidate in _neighbours(pricing, limits, request, verifications, settings):
             bar.describe(f"tune: measuring a neighbour of the best: {candidate.describe()}")
             verifications.append(verifier.measure(candidate))
@@ -286,7 +295,7 @@ def _tune(
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
         if history is not None:
-            history_notes = _remember(history, estimator, verifier, verifications, settings)
+            history_notes = _remember(history, estimator, verifier, verifications, baseline)
     verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
@@ -408,24 +417,24 @@ def _reload_breaks(model: torch.nn.Module, choices: PlanChoices) -> bool:
     return len(counts) > 1 or len(choices.prune_heads) < len(discover(model).sites)
 
 
-def _unchanged_candidate(
-    pricing: Pricing, settings: Settings, space: PlanSpace, ranked: Sequence[Candidate]
-) -> list[Candidate]:
-    """The candidate of the reference choice with no per-layer change, unless already ranked
-    (or not in the space)."""
+def _unchanged_candidate(pricing: Pricing, settings: Settings, space: PlanSpace) -> Candidate | None:
+    """The candidate of the reference choice with no per-layer change: the prediction of the
+    plan that changes nothing (None when the reference is not in the space)."""
     reference = reference_choice(settings, space.globals)
-    if reference not in space.globals or any(
-        c.problem.value[0] == reference and all(o.value == LayerOption() for o in c.options()) for c in ranked
-    ):
-        return []
-    problem = pricing.problem(reference)
+    problem = pricing.problem(reference) if reference in space.globals else None
     if problem is None:
-        return []
+        return None
     unchanged = [[i for i, o in enumerate(g.options) if o.value == LayerOption()] for g in problem.groups]
     if not all(unchanged):
-        return []
+        return None
     choice = tuple(indices[0] for indices in unchanged)
-    return [Candidate(problem, choice, problem.totals(choice), "reference")]
+    return Candidate(problem, choice, problem.totals(choice), "reference")
+
+
+def _runs_as_it_is(choices: PlanChoices, settings: Settings) -> bool:
+    """A plan that builds the workload as it runs (no change counted, and a cast to fp32 of an fp32
+    model is none): the plan that changes nothing stands for it."""
+    return change_count(choices, settings) == 0 and choices.dtype == "fp32" and layer_part(choices) == PlanChoices()
 
 
 def _could_win(ranked: Sequence[Candidate], objective: str) -> list[Candidate]:
@@ -458,25 +467,19 @@ def _remember(
     estimator: Estimator,
     verifier: Verifier,
     verifications: Sequence[CandidateMeasurement],
-    settings: Settings,
+    baseline: Profile,
 ) -> list[str]:
-    """Append this run's interleaved ratios to the history: the probes', then the compared
-    candidates' (relative to the reference when it was compared, or to the baseline when that is
-    the reference). Returns a note when the history could not be written."""
+    """Append this run's interleaved ratios to the baseline to the history: the probes', then the
+    compared candidates'. Returns a note when the history could not be written."""
     probes = estimator.probes if isinstance(estimator, CostModelEstimator) else estimator
-    if not isinstance(probes, ProbeEstimator) or probes.reference not in probes.profiles:
+    if not isinstance(probes, ProbeEstimator):
         return []
     ratios = probes.log_ratios()
-    steps = verifier.log_steps
-    origin = steps.get(probes.reference)
-    if origin is None and measured_settings(settings, probes.reference) == settings:
-        origin = verifier.baseline_log_step
+    ratios.update({choice: step - verifier.baseline_log_step for choice, step in verifier.log_steps.items()})
     profiles = dict(probes.profiles)
-    if origin is not None:
-        ratios.update({choice: step - origin for choice, step in steps.items()})
-        profiles.update({v.candidate.problem.value[0]: v.profile for v in verifications
-                         if v.candidate.problem.value[0] in steps and v.profile is not None})
-    note = history.append(probes.profiles[probes.reference], ratios, profiles)
+    profiles.update({v.candidate.problem.value[0]: v.profile for v in verifications
+                     if v.candidate.problem.value[0] in verifier.log_steps and v.profile is not None})
+    note = history.append(baseline, ratios, profiles)
     return [note] if note else []
 
 

@@ -265,6 +265,17 @@ class Verifier:
             self.estimator.add(choice, profile)
         return result
 
+    def as_it_runs(self, candidate: Candidate, baseline: Profile) -> CandidateMeasurement:
+        """The plan that changes nothing: the workload as it runs, whose measurement is the
+        baseline's profile (no profile of its own); the reference choice's `candidate` stands
+        for its prediction. It is compared with the others like any candidate."""
+        measured = figures_of(baseline, 1, step_samples(self.settings, None), self.power)
+        measured.finite = True
+        measured.max_error = 0.0  # its outputs are the workload's own
+        reasons = self._over_budget(measured, ("memory_bytes",))
+        return CandidateMeasurement(candidate, PlanChoices(), predicted_figures(candidate), measured, not reasons,
+                                    "; ".join(reasons), baseline, reused=True)
+
     def _over_budget(self, measured: PlanFigures, metrics: tuple[str, ...]) -> list[str]:
         reasons = []
         for metric in metrics:
@@ -307,7 +318,7 @@ class Verifier:
             measured.energy_j = None if self.power is None else self.power * side.median_ms * 1e-3
             v.speedup = paired_ratio(base.samples_ms, side.per_batch_ms)
             choice = v.candidate.problem.value[0]
-            if layer_part(v.choices) == PlanChoices() and choice.world_size == 1:
+            if v.choices != PlanChoices() and layer_part(v.choices) == PlanChoices() and choice.world_size == 1:
                 self.log_steps[choice] = math.log(side.median_ms / side.micro_steps)
             reasons = self._over_budget(measured, ("latency_ms", "energy_j"))
             if reasons:
