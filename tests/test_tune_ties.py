@@ -10,8 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from attnprof.profiling.run import prepare
+from attnprof.profiling.run import prepare, restored_threads
 from attnprof.settings import resolve_settings
 from attnprof.targets.load import load_workload
 from attnprof.tuning.compare import (
@@ -105,3 +106,19 @@ def test_a_plan_contested_before_is_paired_only_on_the_rounds_it_shared(models_d
     outcome = contest(simpler, leader, "wall", budget_s=0.0)
     assert outcome is not None and outcome.before.rounds == len(LEVEL)
     assert len(simpler.samples_ms) == len(leader.samples_ms) == len(LEVEL) + outcome.rounds
+
+
+def test_a_side_that_keeps_the_process_threads_never_runs_with_another_sides(models_dir: Path) -> None:
+    # The baseline keeps the process's thread count (threads 0); a candidate runs with one thread.
+    # In shuffled passes the baseline often follows the candidate: it must still run with the
+    # process's count, not with the one the candidate left set.
+    seen: list[int] = []
+    baseline, candidate = _side(models_dir, 16, "baseline"), _side(models_dir, 16, "one thread")
+    baseline.threads = 0
+    step = baseline.prepared.step
+    baseline.prepared.step = lambda: (seen.append(torch.get_num_threads()), step())
+    with restored_threads():
+        torch.set_num_threads(2)
+        interleave([baseline, candidate], "wall", 0.0, warmup=1, min_rounds=5, max_rounds=5)
+        assert torch.get_num_threads() == 2
+    assert seen and set(seen) == {2}, seen

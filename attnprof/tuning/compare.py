@@ -68,7 +68,7 @@ class TimedSide:
 
     label: str
     prepared: Prepared
-    threads: int = 0  # 0: the process's
+    threads: int = 0  # 0: the process's, as it was when the comparison began
     micro_steps: int = 1
     scale: float = 1.0  # samples × scale: time per workload batch of samples (plans may run more)
     samples_ms: list[float] = field(default_factory=list)  # one per round, for the whole batch
@@ -154,6 +154,8 @@ def interleave(
     `stop` is asked only at the sample counts in LOOKS, so its intervals keep their level."""
     order = list(sides)
     shuffle = random.Random(seed).shuffle
+    for side in sides:  # a side that keeps the process's threads must not run with the last side's
+        side.threads = side.threads or torch.get_num_threads()
     with restored_threads():
         for side in order:  # warm every side before the first timed round
             for _ in range(max(warmup, 1)):

@@ -148,7 +148,7 @@ class ProbeEstimator:
         self.measurements = 0
         self.scale = 1.0  # σ calibration from held-out points
         self._surrogate: LatencySurrogate | None = None
-        self._applied: set[GlobalChoice] = set()  # profiled as `attnprof apply` builds them
+        self._applied: set[GlobalChoice] = set()  # profiled here through profile_choice
 
     @property
     def source(self) -> str:
@@ -168,13 +168,10 @@ class ProbeEstimator:
             probes.append(dataclasses.replace(self.reference, batch_size=self.batches[0]))
         return probes
 
-    def add(self, choice: GlobalChoice, profile: Profile, applied: bool = False) -> None:
+    def add(self, choice: GlobalChoice, profile: Profile) -> None:
         """A measurement of `choice` taken elsewhere (e.g. by verification) feeds the estimates:
-        the surrogate is fitted again with it before the next prediction. `applied`: the profile
-        is of the choice as `attnprof apply` builds it (verification may use it)."""
+        the surrogate is fitted again with it before the next prediction."""
         self.profiles[choice.single_device()] = profile
-        if applied:
-            self._applied.add(choice.single_device())
         self._surrogate = None
 
     def calibrate(self, scale: float) -> None:

@@ -202,9 +202,7 @@ def _tune(
         history = TuneHistory.of(workload, settings)
         probes = ProbeEstimator(workload, settings, space.globals, history if request.use_history else None, baseline)
         if measured_settings(settings, probes.reference) == settings:
-            # The baseline is the reference probe; in fp32 it is also the reference as apply builds it
-            # (a cast to fp32 changes nothing), so a plan that changes nothing needs no profile of its own.
-            probes.add(probes.reference, baseline, applied=probes.reference.dtype == "fp32")
+            probes.add(probes.reference, baseline)  # the baseline is the reference probe
         cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
         estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
     probe_units = len(estimator.probes()) if isinstance(estimator, ProbeEstimator) else 1
