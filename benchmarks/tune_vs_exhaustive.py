@@ -19,7 +19,8 @@ then runs `--runs` times while a second process keeps one core busy (`--busy N`:
 processes). Per workload: how many runs land within 2% of the table's optimum (target: 9 of
 10), the share of the space tune measured (target: <= 15%), and how often a plan that changes
 nothing, timed against the baseline as tune times its candidates, reports a speed-up interval
-containing 1. The part starts with an empty tune history (a scratch attnprof cache), so run 1 of
+containing 1; and how many held-out candidates their predicted 1σ covered (~68% when σ is
+honest). The part starts with an empty tune history (a scratch attnprof cache), so run 1 of
 each workload probes and later runs may price from what earlier ones measured; the share is
 shown for run 1 and for the rest apart (`--no-history`: every run probes).
 
@@ -53,7 +54,7 @@ from attnprof.targets.workload import Inputs, Workload
 from attnprof.targets.zoo import random_token_ids
 from attnprof.targets.zoo.models import ZooConfig, ZooTransformer
 from attnprof.tuning.budget import parse_budget
-from attnprof.tuning.compare import TimedSide, interleave, paired_ratio
+from attnprof.tuning.compare import TimedSide, interleave, paired_ratio, side_of
 from attnprof.tuning.estimate import profile_choice
 from attnprof.tuning.loop import TuneRequest, tune
 from attnprof.tuning.space import DeviceFacts, GlobalChoice, build_space, default_plan_knobs, knob_names
@@ -249,6 +250,7 @@ class _Trust:
         self.table = _table(self.workload, settings, space.globals)
         self.optimum = min(self.table, key=self.table.__getitem__)
         self.within, self.within_paired, self.fractions, self.noop_contains_one, self.runs = 0, 0, [], 0, 0
+        self.covered = self.held_out = 0  # held-out candidates, and how many their predicted 1σ covered
         print(f"{target}: {self.size} configurations, {len(self.table)} within the default max error; "
               f"optimum {self.optimum.as_config()} {self.table[self.optimum]:.2f} ms; {_load()}", flush=True)
 
@@ -268,11 +270,15 @@ class _Trust:
         self.within += gap <= 0.02
         self.within_paired += paired <= 0.02
         self.fractions.append(outcome.measurements / self.size)
+        self.covered += outcome.calibration.covered
+        self.held_out += outcome.calibration.points
         self.noop_contains_one += _noop_contains_one(self.workload, settings, self.verify_seconds)
         ratio = outcome.plan.speedup
+        recalled = "earlier tune run" in outcome.estimator_source
         print(f"  {self.target} run {run + 1}: {tuned.as_config()} gap {gap:+.1%} (table), {paired:+.1%} "
               f"(head to head), {outcome.measurements} measured "
-              f"({self.fractions[-1]:.0%}), {outcome.rounds} rounds, speed-up "
+              f"({self.fractions[-1]:.0%}{', priced from the history' if recalled else ''}), "
+              f"{outcome.rounds} rounds, speed-up "
               f"{f'x{ratio.value:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]' if ratio else '-'}, {tune_s:.0f} s, "
               f"{_load()}; so far {self.within}/{self.runs} within 2% ({self.within_paired} head to head)", flush=True)
         for v in outcome.verifications:
@@ -297,16 +303,15 @@ class _Trust:
         print(f"| {self.target} | {self.size} | {self.runs} | {self.within}/{self.runs} | "
               f"{self.within_paired}/{self.runs} | {self.fractions[0] if self.fractions else math.nan:.0%} | "
               f"{min(later, default=math.nan):.0%}–{max(later, default=math.nan):.0%} | "
-              f"{self.noop_contains_one}/{self.runs} |", flush=True)
+              f"{self.noop_contains_one}/{self.runs} | {self.covered}/{self.held_out} |", flush=True)
 
 
 def _side(workload: Workload, settings: Settings, choice: GlobalChoice) -> TimedSide:
     """One configuration built as apply builds it, ready to be timed for whole batches."""
     plan = _plan_of(choice, settings.batch_size)
     run_settings = applied_settings(settings, plan)
-    prepared = prepare(applied_workload(workload, run_settings, plan), run_settings)
-    return TimedSide(str(choice.as_config()), prepared, run_settings.threads,
-                     settings.batch_size // run_settings.batch_size)
+    return side_of(str(choice.as_config()), applied_workload(workload, run_settings, plan), run_settings,
+                   settings.batch_size // run_settings.batch_size)
 
 
 def _table(workload: Workload, settings: Settings, space: list[GlobalChoice]) -> dict[GlobalChoice, float]:
@@ -334,8 +339,7 @@ def _noop_contains_one(workload: Workload, settings: Settings, verify_seconds: f
     noop = PlanChoices()
     run_settings = applied_settings(settings, noop)
     applied = applied_workload(workload, run_settings, noop)
-    sides = [TimedSide("baseline", prepare(workload, settings), settings.threads),
-             TimedSide("no-op", prepare(applied, run_settings), settings.threads)]
+    sides = [side_of("baseline", workload, settings), side_of("no-op", applied, run_settings)]
     interleave(sides, settings.clock, verify_seconds, settings.warmup)
     ratio = paired_ratio(sides[0].samples_ms, sides[1].samples_ms)
     return ratio.low <= 1.0 <= ratio.high

@@ -3,11 +3,14 @@ again when it cannot trust them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from attnprof.profiling.run import restored_threads
 from attnprof.settings import Settings, resolve_settings
 from attnprof.targets.load import load_workload
 from attnprof.targets.workload import Workload
@@ -90,3 +93,18 @@ def test_a_damaged_history_is_noted_and_tune_probes_afresh(decoder: tuple[Worklo
     assert outcome.estimator_source.startswith("surrogate fitted on probe measurements")
     assert outcome.plan is not None
     assert any("the tune history could not be read" in note for note in outcome.plan.notes), outcome.plan.notes
+
+
+def test_tune_leaves_the_callers_thread_count_as_it_was(
+    decoder: tuple[Workload, Settings],
+) -> None:
+    # The baseline keeps the process's threads (3 here); the probes and candidates run with the
+    # thread counts of the space (1 or 2 on this machine's cores), each setting its own.
+    workload, settings = decoder
+    settings = dataclasses.replace(settings, threads=0)
+    with restored_threads():
+        torch.set_num_threads(3)
+        request = TuneRequest(parse_budget([]), "latency", ["threads"], top_k=2, verify_seconds=2.0)
+        outcome = tune(workload, settings, request)
+        assert torch.get_num_threads() == 3
+    assert outcome.plan is not None and outcome.plan.verified

@@ -45,7 +45,9 @@ from attnprof.measure.timing import time_call
 from attnprof.plans.records import TimeRatio
 from attnprof.profiling.interleave import TURN_SECONDS
 from attnprof.profiling.progress import track
-from attnprof.profiling.run import Prepared, restored_threads
+from attnprof.profiling.run import Prepared, prepare, restored_threads
+from attnprof.settings import Settings
+from attnprof.targets.workload import Workload
 
 CONFIDENCE = 0.95  # two-sided, for the speed-up intervals and for "significantly better"
 EQUIVALENCE = 0.01  # an interval inside ±1% counts as a resolved tie: more rounds would not split it
@@ -97,6 +99,16 @@ class TimedSide:
     @property
     def per_batch_ms(self) -> list[float]:
         return [t * self.scale for t in self.samples_ms]
+
+
+def side_of(label: str, workload: Workload, settings: Settings, micro_steps: int = 1, scale: float = 1.0) -> TimedSide:
+    """`workload` prepared to run as `settings` say, as a side. Preparing sets the run's thread
+    count process-wide; here it is put back, so the next side, and a side that keeps the
+    process's threads (settings.threads 0, which gets the count the process has now), are not
+    prepared or timed with this one's."""
+    with restored_threads():
+        prepared = prepare(workload, settings)
+    return TimedSide(label, prepared, settings.threads or torch.get_num_threads(), micro_steps, scale)
 
 
 def equivalent(ratio: TimeRatio) -> bool:

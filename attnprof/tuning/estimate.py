@@ -27,11 +27,11 @@ from attnprof.plans.records import PlanChoices
 from attnprof.plans.verify import applied_settings, applied_workload
 from attnprof.profiling.progress import track
 from attnprof.profiling.records import Profile
-from attnprof.profiling.run import prepare, run_profile
+from attnprof.profiling.run import run_profile
 from attnprof.settings import Settings, with_plan_choices
 from attnprof.store import DEFAULT_PROFILE_DIR, read_record
 from attnprof.targets.workload import Workload
-from attnprof.tuning.compare import TimedSide, interleave
+from attnprof.tuning.compare import interleave, side_of
 from attnprof.tuning.history import HISTORY_SIGMA, Prior, TuneHistory
 from attnprof.tuning.space import GlobalChoice, knob_fields, knob_names
 from attnprof.tuning.surrogate import LatencySurrogate, micro_batch_line
@@ -253,10 +253,9 @@ class ProbeEstimator:
         for probe in todo:
             plan = choice_plan(settings, probe)
             run_settings = applied_settings(settings, plan)
-            prepared = prepare(applied_workload(self.workload, run_settings, plan), run_settings)
-            sides.append(TimedSide(str(probe), prepared, probe.threads))
+            sides.append(side_of(str(probe), applied_workload(self.workload, run_settings, plan), run_settings))
         if self.baseline is not None:  # the anchor of the ratios the tune history keeps
-            sides.append(TimedSide("baseline", prepare(self.workload, settings), settings.threads))
+            sides.append(side_of("baseline", self.workload, settings))
         interleave(sides, settings.clock, 0.0, settings.warmup, min_rounds=PROBE_ROUNDS, max_rounds=PROBE_ROUNDS)
         for probe, side in zip(todo, sides[: len(todo)], strict=True):
             self.timed[probe] = (side.median_ms, statistics.stdev(side.samples_ms))

@@ -43,7 +43,7 @@ from attnprof.plans.records import (
 from attnprof.plans.sharding import tensor_parallel_blocker
 from attnprof.profiling.progress import StageBar, stages
 from attnprof.profiling.records import LayerStats, Profile
-from attnprof.profiling.run import run_profile
+from attnprof.profiling.run import restored_threads, run_profile
 from attnprof.settings import Settings
 from attnprof.store import DEFAULT_PROFILE_DIR, timestamp
 from attnprof.targets.hf import attn_implementations
@@ -144,7 +144,7 @@ def tune(
     Its overall bar (on a terminal) names the stage and counts work in units of one profile of
     the baseline, so the time left covers the stages to come: the probes, the candidates, and
     the comparison's time budget."""
-    with stages("tune: baseline profile") as bar:
+    with stages("tune: baseline profile") as bar, restored_threads():  # candidates set their own
         return _tune(workload, settings, request, estimator, bar)
 
 

@@ -32,11 +32,11 @@ from attnprof.plans.outputs import output_difference
 from attnprof.plans.records import PlanChoices, PlanFigures, TimeRatio, budget_value
 from attnprof.plans.verify import applied_settings, applied_workload, raise_not_applied
 from attnprof.profiling.records import Profile
-from attnprof.profiling.run import prepare, restored_threads, run_profile
+from attnprof.profiling.run import restored_threads, run_profile
 from attnprof.settings import Settings
 from attnprof.targets.workload import Workload
 from attnprof.tuning.budget import CONTRADICTION_SIGMAS
-from attnprof.tuning.compare import TimedSide, contest, interleave, paired_ratio
+from attnprof.tuning.compare import TimedSide, contest, interleave, paired_ratio, side_of
 from attnprof.tuning.estimate import (
     CostModelEstimator,
     Estimator,
@@ -292,15 +292,14 @@ class Verifier:
         accepted = [v for v in verifications if v.accepted and v.measured is not None]
         if not accepted:
             return
-        sides = [TimedSide("baseline", prepare(self.workload, self.settings), self.settings.threads)]
+        sides = [side_of("baseline", self.workload, self.settings)]
         for v in accepted:
             settings = applied_settings(self.settings, v.choices)
             workload = applied_workload(self.workload, settings, v.choices)
             micro_steps = v.choices.micro_steps(self.settings.batch_size)
             # Plans that run a larger batch are compared per sample: time per workload batch.
             scale = self.settings.batch_size / step_samples(self.settings, v.choices.batch_size)
-            prepared = prepare(workload, settings)
-            sides.append(TimedSide(v.candidate.describe(), prepared, settings.threads, micro_steps, scale))
+            sides.append(side_of(v.candidate.describe(), workload, settings, micro_steps, scale))
         started = time.perf_counter()
         with restored_threads():
             self.rounds = interleave(sides, self.settings.clock, FIRST_SHARE * self.budget_s, self.settings.warmup)
