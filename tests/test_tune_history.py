@@ -17,6 +17,7 @@ from attnprof.targets.workload import Workload
 from attnprof.tuning import history
 from attnprof.tuning.budget import parse_budget
 from attnprof.tuning.loop import TuneOutcome, TuneRequest, tune
+from attnprof.tuning.space import GlobalChoice
 
 SMALL = {"batch_size": 4, "seq_len": 32, "repeats": 2, "warmup": 1, "threads": 1, "backend": "flash"}
 
@@ -108,3 +109,35 @@ def test_tune_leaves_the_callers_thread_count_as_it_was(
         outcome = tune(workload, settings, request)
         assert torch.get_num_threads() == 3
     assert outcome.plan is not None and outcome.plan.verified
+
+
+def _line(key: str, baseline_ms: float, ratios: dict[int, float], held_out: int = 0, z2: float = 0.0) -> str:
+    choices = [{"choice": {"backend": "flash", "dtype": "fp32", "batch_size": batch, "threads": 1},
+                "log_ratio": ratio, "peak_memory_bytes": 2000, "param_bytes": 1000} for batch, ratio in ratios.items()]
+    return json.dumps({"schema_version": 1, "key": key, "created": "2026-12-02T00:00:00+00:00",
+                       "baseline_ms": baseline_ms, "choices": choices, "held_out": held_out, "z_square_sum": z2})
+
+
+def test_remembered_ratios_pool_the_latest_observations_with_a_floor_on_their_spread(tmp_path: Path) -> None:
+    path = tmp_path / "tune-history" / "w.jsonl"
+    path.parent.mkdir()
+    old = [_line("k", 10.0, {1: 5.0}) for _ in range(history.HISTORY_SAMPLES)]  # pushed out by the later ones
+    later = [_line("k", 10.0, {1: r, 2: 0.0}) for r in (0.60, 0.70, 0.80, 0.70, 0.70)]
+    path.write_text("\n".join([*old, _line("other", 99.0, {1: 9.0}), *later]) + "\n")
+    priors = history.TuneHistory(path, "k").priors(baseline_ms=11.0)
+    one, two = (priors[GlobalChoice("flash", "fp32", batch, 1)] for batch in (1, 2))
+    assert one.log_ratio == pytest.approx(0.70) and one.runs == history.HISTORY_SAMPLES
+    assert one.sigma == pytest.approx(max(0.0707, history.HISTORY_SIGMA), abs=1e-3)
+    assert two.log_ratio == 0.0 and two.sigma == history.HISTORY_SIGMA  # no spread seen: the floor
+    assert history.TuneHistory(path, "k").priors(baseline_ms=10.0 * 1.6) == {}  # the machine has changed
+
+
+def test_sigma_is_scaled_by_the_remembered_held_out_errors_once_there_are_enough(tmp_path: Path) -> None:
+    path = tmp_path / "tune-history" / "w.jsonl"
+    path.parent.mkdir()
+    path.write_text(_line("k", 10.0, {1: 0.0}, held_out=2, z2=8.0) + "\n")
+    assert history.TuneHistory(path, "k").sigma_scale() == 1.0  # 2 points: too few to say
+    path.write_text("\n".join(_line("k", 10.0, {1: 0.0}, held_out=2, z2=z2) for z2 in (8.0, 8.0, 2.0)) + "\n")
+    assert history.TuneHistory(path, "k").sigma_scale() == pytest.approx((18.0 / 6) ** 0.5)
+    path.write_text("\n".join(_line("k", 10.0, {1: 0.0}, held_out=3, z2=0.03) for _ in range(3)) + "\n")
+    assert history.TuneHistory(path, "k").sigma_scale() == history.MIN_SIGMA_SCALE

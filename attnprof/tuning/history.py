@@ -47,6 +47,11 @@ HISTORY_SIGMA = 0.10
 # load has changed what its choices cost (a busy core turns two threads from a gain into a
 # loss), so the run probes afresh.
 HISTORY_DRIFT = math.log(1.5)
+# σ of the predictions is scaled by the root-mean-square standardised error of the held-out
+# candidates of the remembered runs once they number this many, never by less than
+# MIN_SIGMA_SCALE (a few lucky points must not make every later price overconfident).
+MIN_CALIBRATION_POINTS = 5
+MIN_SIGMA_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class TuneRun:
     created: str
     baseline_ms: float  # the baseline's profiled median step: how fast the machine ran then
     choices: list[RememberedChoice] = field(default_factory=list)
+    held_out: int = 0  # candidates predicted before they were measured
+    z_square_sum: float = 0.0  # Σ ((measured - predicted) / σ)², σ as priced before any scaling
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,19 @@ class TuneHistory:
                                    latest.peak_memory_bytes, latest.param_bytes, len(seen))
         return priors
 
+    def sigma_scale(self) -> float:
+        """What the remembered runs' held-out errors say σ should be multiplied by (1 until they
+        hold MIN_CALIBRATION_POINTS)."""
+        runs = self.runs()
+        points = sum(run.held_out for run in runs)
+        if points < MIN_CALIBRATION_POINTS:
+            return 1.0
+        return max(math.sqrt(sum(run.z_square_sum for run in runs) / points), MIN_SIGMA_SCALE)
+
     def append(self, baseline: Profile, log_ratios: dict[GlobalChoice, float],
-               profiles: dict[GlobalChoice, Profile]) -> str:
-        """Remember one run; returns a note when the cache cannot be written (tune goes on without)."""
+               profiles: dict[GlobalChoice, Profile], unscaled_z: list[float]) -> str:
+        """Remember one run (`unscaled_z`: its held-out errors against σ before any scaling);
+        returns a note when the cache cannot be written (tune goes on without)."""
         assert baseline.totals.time_ms is not None
         choices = [
             RememberedChoice(choice, log_ratio, profiles[choice].totals.peak_memory_bytes,
@@ -149,8 +166,9 @@ class TuneHistory:
             return ""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.path, TuneRun(self.key, timestamp(), baseline.totals.time_ms.median, choices),
-                         inside=self.path.parent)
+            run = TuneRun(self.key, timestamp(), baseline.totals.time_ms.median, choices, len(unscaled_z),
+                          sum(z * z for z in unscaled_z))
+            append_jsonl(self.path, run, inside=self.path.parent)
         except (OSError, AttnprofError) as exc:
             return f"this run's measurements were not remembered ({exc})"
         return ""

@@ -198,6 +198,7 @@ def _tune(
         reasons = "; ".join(f"{e.knob} {e.value}: {e.reason}" for e in excluded)
         raise NoFeasiblePlan(f"no valid plan on this device for knobs {', '.join(request.knobs)} ({reasons})")
     history: TuneHistory | None = None
+    sigma_scale = 1.0  # what the predictions' σ is scaled by before this run's own calibration
     if estimator is None:
         history = TuneHistory.of(workload, settings)
         probes = ProbeEstimator(workload, settings, space.globals, history if request.use_history else None, baseline)
@@ -205,6 +206,9 @@ def _tune(
             probes.add(probes.reference, baseline)  # the baseline is the reference probe
         cost_model = saved_cost_model(workload, request.profiles_dir) if request.use_cost_model else None
         estimator = CostModelEstimator(cost_model, settings, probes) if cost_model is not None else probes
+        if request.use_history:
+            sigma_scale = history.sigma_scale()  # how wide σ turned out in earlier runs
+            estimator.calibrate(sigma_scale)
     probe_units = len(estimator.probes()) if isinstance(estimator, ProbeEstimator) else 1
     total = 2 + probe_units + request.top_k + 1 + (request.verify_seconds / unit_s if request.verify else 0)
     bar.update(2, total)
@@ -293,7 +297,7 @@ def _tune(
         if calibration.points >= 2:  # the held-out errors say how wide σ really is: later prices use it
             estimator.calibrate(calibration.scale)
         if history is not None:
-            history_notes = _remember(history, estimator, verifier, verifications, baseline)
+            history_notes = _remember(history, estimator, verifier, verifications, baseline, sigma_scale)
     verified = sum(v.profile is not None and not v.reused for v in verifications)
     measurements = 1 + estimator.measurements + feedback + verified
     plan, winner = _choose(result, verifications, request, baseline, settings, baseline_figures)
@@ -466,18 +470,20 @@ def _remember(
     verifier: Verifier,
     verifications: Sequence[CandidateMeasurement],
     baseline: Profile,
+    sigma_scale: float,
 ) -> list[str]:
     """Append this run's interleaved ratios to the baseline to the history: the probes', then the
     compared candidates'. Returns a note when the history could not be written."""
     probes = estimator.probes if isinstance(estimator, CostModelEstimator) else estimator
     if not isinstance(probes, ProbeEstimator):
         return []
+    unscaled_z = [z * sigma_scale for z in verifier.held_out_z]
     ratios = probes.log_ratios()
     ratios.update({choice: step - verifier.baseline_log_step for choice, step in verifier.log_steps.items()})
     profiles = dict(probes.profiles)
     profiles.update({v.candidate.problem.value[0]: v.profile for v in verifications
                      if v.candidate.problem.value[0] in verifier.log_steps and v.profile is not None})
-    note = history.append(baseline, ratios, profiles)
+    note = history.append(baseline, ratios, profiles, unscaled_z)
     return [note] if note else []
 
 

@@ -228,6 +228,7 @@ class Verifier:
     baseline_log_step: float = math.nan
     log_steps: dict[GlobalChoice, float] = dataclasses.field(default_factory=dict)
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
+    held_out_z: list[float] = dataclasses.field(default_factory=list)  # (measured - predicted) / σ
 
     def measure(self, candidate: Candidate) -> CandidateMeasurement:
         """Apply `candidate` as `attnprof apply` would, profile it, and judge its outputs and memory."""
@@ -323,7 +324,9 @@ class Verifier:
             if reasons:
                 v.accepted, v.reason = False, "; ".join(reasons)
             self._judge_prediction(v, drift)
-        self.calibration = Calibration.of([z for v in accepted if (z := _z_score(v, drift)) is not None])
+        # Held out: predicted before being measured (a probe's or the baseline's profile reused is not).
+        self.held_out_z = [z for v in accepted if not v.reused and (z := _z_score(v, drift)) is not None]
+        self.calibration = Calibration.of(self.held_out_z)
         timed = [(v, side) for v, side in zip(accepted, sides[1:], strict=True) if v.accepted]
         if timed:
             fastest = min((side for _, side in timed), key=lambda side: statistics.median(side.per_batch_ms))
