@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from attnprof.cli.app import app
 from attnprof.profiling.run import restored_threads
 from attnprof.settings import Settings, resolve_settings
 from attnprof.targets.load import load_workload
@@ -141,3 +143,18 @@ def test_sigma_is_scaled_by_the_remembered_held_out_errors_once_there_are_enough
     assert history.TuneHistory(path, "k").sigma_scale() == pytest.approx((18.0 / 6) ** 0.5)
     path.write_text("\n".join(_line("k", 10.0, {1: 0.0}, held_out=3, z2=0.03) for _ in range(3)) + "\n")
     assert history.TuneHistory(path, "k").sigma_scale() == history.MIN_SIGMA_SCALE
+
+
+@pytest.mark.slow
+def test_the_cli_prices_a_second_run_from_the_first_unless_told_not_to(runner: CliRunner) -> None:
+    flags = ["--knobs", "batch_size", "--batch-size", "4", "--seq-len", "16", "--repeats", "2", "--warmup", "1",
+             "--threads", "1", "--uncertainty", "1e9", "--out", "plan.json"]
+    first = runner.invoke(app, ["tune", *flags])
+    assert first.exit_code == 0, first.output
+    assert "estimates: surrogate fitted on probe measurements" in first.stdout
+    second = runner.invoke(app, ["tune", *flags, "--out", "again.json"])
+    assert second.exit_code == 0, second.output
+    assert "earlier tune run(s) measured" in second.stdout
+    fresh = runner.invoke(app, ["tune", *flags, "--out", "fresh.json", "--no-history"])
+    assert fresh.exit_code == 0, fresh.output
+    assert "estimates: surrogate fitted on probe measurements" in fresh.stdout
