@@ -103,12 +103,11 @@ class TimedSide:
 
 def side_of(label: str, workload: Workload, settings: Settings, micro_steps: int = 1, scale: float = 1.0) -> TimedSide:
     """`workload` prepared to run as `settings` say, as a side. Preparing sets the run's thread
-    count process-wide; here it is put back, so the next side, and a side that keeps the
-    process's threads (settings.threads 0, which gets the count the process has now), are not
-    prepared or timed with this one's."""
+    count process-wide; here it is put back, so that neither the next side's preparation nor a
+    side that keeps the process's threads (settings.threads 0) inherits this one's."""
     with restored_threads():
         prepared = prepare(workload, settings)
-    return TimedSide(label, prepared, settings.threads or torch.get_num_threads(), micro_steps, scale)
+    return TimedSide(label, prepared, settings.threads, micro_steps, scale)
 
 
 def equivalent(ratio: TimeRatio) -> bool:

@@ -139,6 +139,7 @@ class ProbeEstimator:
         self.baseline = baseline
         self.baseline_timed = math.nan  # its median step in the probes' interleaved rounds
         self.remembered: dict[GlobalChoice, Prior] = {}  # priced from earlier runs, not measured in this one
+        self._recalled: bool | None = None  # decided at the first fit: probes measured, or the history taken
         singles = sorted({c.single_device() for c in choices}, key=str)
         self.values = {knob: sorted({getattr(c, knob) for c in singles}, key=str) for knob in knob_names("choice")}
         self.batches = sorted({c.batch_size for c in singles})
@@ -226,14 +227,13 @@ class ProbeEstimator:
 
     def _recall(self, probes: Sequence[GlobalChoice]) -> bool:
         """Take the remembered choices in place of the probes, when every probe not measured here
-        is remembered and the baseline runs at the remembered speed."""
-        if self.history is None or self.baseline is None:
-            return False
-        priors = self.history.priors(self._baseline_ms())
-        if not priors or any(p not in priors and p not in self.profiles for p in probes):
-            return False
-        self.remembered = priors
-        return True
+        is remembered and the baseline runs at the remembered speed. Decided once: a later fit
+        (after a verified candidate) keeps what the first chose."""
+        if self._recalled is None:
+            priors = self.history.priors(self._baseline_ms()) if self.history and self.baseline else {}
+            self._recalled = bool(priors) and all(p in priors or p in self.profiles for p in probes)
+            self.remembered = priors if self._recalled else {}
+        return self._recalled
 
     def log_ratios(self) -> dict[GlobalChoice, float]:
         """ln(micro-step / the baseline's step) of each probe timed in this run's interleaved rounds."""

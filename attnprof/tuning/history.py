@@ -94,6 +94,7 @@ class TuneHistory:
         self.path = path
         self.key = key
         self.note = ""  # why the history was not used, when it was there but could not be
+        self._runs: list[TuneRun] | None = None  # read once: a run prices from the history as it began
 
     @classmethod
     def of(cls, workload: Workload, settings: Settings) -> TuneHistory:
@@ -110,12 +111,14 @@ class TuneHistory:
 
     def runs(self) -> list[TuneRun]:
         """The latest HISTORY_RUNS runs with this key; none when the file cannot be read (noted)."""
-        try:
-            runs, _ = read_jsonl_records(self.path, TuneRun, inside=self.path.parent)
-        except AttnprofError as exc:
-            self.note = f"the tune history could not be read ({exc}); probing afresh"
-            return []
-        return [run for run in runs if run.key == self.key][-HISTORY_RUNS:]
+        if self._runs is None:
+            try:
+                runs, _ = read_jsonl_records(self.path, TuneRun, inside=self.path.parent)
+            except AttnprofError as exc:
+                self.note = f"the tune history could not be read ({exc}); probing afresh"
+                runs = []
+            self._runs = [run for run in runs if run.key == self.key][-HISTORY_RUNS:]
+        return self._runs
 
     def priors(self, baseline_ms: float) -> dict[GlobalChoice, Prior]:
         """Each remembered choice's pooled ratio; empty when nothing is remembered, or when the

@@ -261,16 +261,7 @@ def _tune(
         unchanged = _unchanged_candidate(pricing, settings, space)
         as_it_runs = verifier.as_it_runs(unchanged, baseline) if unchanged else None
         verifications += [as_it_runs] if as_it_runs else []
-
-        def worth_measuring(ranked: Sequence[Candidate]) -> list[Candidate]:
-            """The candidates that could win, less those that build the workload as it runs (the
-            plan that changes nothing measured them; when it was rejected, so would they be)."""
-            again = {id(c) for c in ranked if as_it_runs and _runs_as_it_is(plan_choices(c, settings), settings)}
-            if as_it_runs is not None and not as_it_runs.accepted:
-                ranked = [c for c in ranked if id(c) not in again]
-            return [c for c in _could_win(ranked, request.objective) if id(c) not in again]
-
-        candidates = worth_measuring(result.ranked)
+        candidates = _worth_measuring(result.ranked, as_it_runs, settings, objective)
         for _ in range(VERIFY_ROUNDS):
             for i, candidate in enumerate(candidates, 1):
                 bar.describe(f"tune: measuring candidate {i}/{len(candidates)}: {candidate.describe()}")
@@ -281,7 +272,8 @@ def _tune(
                 break
             # Every candidate was rejected: search again, priced with what was just measured.
             again = search(pricing.problems(), limits, objective, k=request.top_k + len(verifications))
-            candidates = worth_measuring(_untried(again, verifications, settings))[: request.top_k]
+            candidates = _worth_measuring(_untried(again, verifications, settings), as_it_runs, settings, objective)
+            candidates = candidates[: request.top_k]
         for candidate in _neighbours(pricing, limits, request, verifications, settings):
             bar.describe(f"tune: measuring a neighbour of the best: {candidate.describe()}")
             verifications.append(verifier.measure(candidate))
@@ -437,6 +429,20 @@ def _runs_as_it_is(choices: PlanChoices, settings: Settings) -> bool:
     """A plan that builds the workload as it runs (no change counted, and a cast to fp32 of an fp32
     model is none): the plan that changes nothing stands for it."""
     return change_count(choices, settings) == 0 and choices.dtype == "fp32" and layer_part(choices) == PlanChoices()
+
+
+def _worth_measuring(
+    ranked: Sequence[Candidate], as_it_runs: CandidateMeasurement | None, settings: Settings, objective: str
+) -> list[Candidate]:
+    """The candidates that could win, less those that build the workload as it runs: the plan
+    that changes nothing (`as_it_runs`) measured them, and when it was rejected so would they be."""
+
+    def left_to_it(candidate: Candidate) -> bool:
+        return as_it_runs is not None and _runs_as_it_is(plan_choices(candidate, settings), settings)
+
+    if as_it_runs is not None and not as_it_runs.accepted:
+        ranked = [c for c in ranked if not left_to_it(c)]
+    return [c for c in _could_win(ranked, objective) if not left_to_it(c)]
 
 
 def _could_win(ranked: Sequence[Candidate], objective: str) -> list[Candidate]:
